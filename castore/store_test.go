@@ -1,0 +1,174 @@
+package castore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func openTemp(t *testing.T) (*Store, string) {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, dir
+}
+
+func readBlob(t *testing.T, s *Store, d Digest, size uint64) []byte {
+	t.Helper()
+	r := s.NewReader()
+	defer r.Close()
+	var buf bytes.Buffer
+	if err := r.WriteBlob(context.Background(), &buf, d, size); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestStoreBlobRoundTrip(t *testing.T) {
+	s, _ := openTemp(t)
+	for _, size := range []int{0, 1, MinChunkSize, MaxChunkSize, MaxChunkSize + 1, 3 << 20} {
+		data := pseudoRandom(uint64(size), size)
+		w := s.NewWriter()
+		d, n, err := w.PutBlob(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d != Sum(data) || n != uint64(size) {
+			t.Fatalf("size %d: digest or size wrong", size)
+		}
+		if size > 0 && s.HasBlob(d, n) {
+			t.Fatalf("size %d: visible before commit", size)
+		}
+		if err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if !s.HasBlob(d, n) {
+			t.Fatalf("size %d: missing after commit", size)
+		}
+		if got := readBlob(t, s, d, n); !bytes.Equal(got, data) {
+			t.Fatalf("size %d: read back differs", size)
+		}
+	}
+}
+
+func TestStoreDedup(t *testing.T) {
+	s, _ := openTemp(t)
+	data := pseudoRandom(9, 2<<20)
+	w := s.NewWriter()
+	if _, _, err := w.PutBlob(bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	// The same content again in the same writer stores nothing new.
+	if _, _, err := w.PutBlob(bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.NewBytes != int64(len(data)) || st.DedupBytes != int64(len(data)) {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	w = s.NewWriter()
+	if _, _, err := w.PutBlob(bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.NewBytes != 0 {
+		t.Fatalf("second import wrote %d new bytes", st.NewBytes)
+	}
+	w.Commit()
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChunkBytes != uint64(len(data)) {
+		t.Fatalf("store holds %d chunk bytes, want %d", st.ChunkBytes, len(data))
+	}
+}
+
+// TestStoreCrashTail simulates a crash after chunk bytes were appended but
+// before the commit: on reopen the pack is cut back to its committed length
+// and the uncommitted objects are absent.
+func TestStoreCrashTail(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := pseudoRandom(1, 100000)
+	w := s.NewWriter()
+	d1, n1, _ := w.PutBlob(bytes.NewReader(committed))
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	w = s.NewWriter()
+	d2, n2, _ := w.PutBlob(bytes.NewReader(pseudoRandom(2, 100000)))
+	s.Close() // "crash": no commit
+	pack := filepath.Join(dir, packsDir, "00000001.pack")
+	info, _ := os.Stat(pack)
+	if info.Size() != 200000 {
+		t.Fatalf("pack has %d bytes before reopen", info.Size())
+	}
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	info, _ = os.Stat(pack)
+	if info.Size() != 100000 {
+		t.Fatalf("pack has %d bytes after reopen, want 100000", info.Size())
+	}
+	if s.HasBlob(d2, n2) {
+		t.Fatal("uncommitted blob visible")
+	}
+	if got := readBlob(t, s, d1, n1); !bytes.Equal(got, committed) {
+		t.Fatal("committed blob damaged")
+	}
+}
+
+func TestStoreReadChunkDetectsCorruption(t *testing.T) {
+	s, dir := openTemp(t)
+	data := pseudoRandom(5, 1000)
+	w := s.NewWriter()
+	d, _, _ := w.PutBlob(bytes.NewReader(data))
+	w.Commit()
+	if _, err := s.ReadChunk(d, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.OpenFile(filepath.Join(dir, packsDir, "00000001.pack"), os.O_WRONLY, 0)
+	f.WriteAt([]byte{data[10] ^ 1}, 10)
+	f.Close()
+	if _, err := s.ReadChunk(d, nil); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("corrupt chunk read gave %v", err)
+	}
+}
+
+func TestStoreDirectories(t *testing.T) {
+	s, _ := openTemp(t)
+	w := s.NewWriter()
+	dir := &Directory{Files: []FileEntry{{Name: []byte("f"), Digest: emptyBlob}}}
+	d, err := w.PutDirectory(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.PutDirectory(&Directory{Files: []FileEntry{{Name: []byte("a/b"), Digest: emptyBlob}}}); err == nil {
+		t.Fatal("invalid directory accepted")
+	}
+	if _, err := w.PutDirectoryBytes(d, []byte("garbage")); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("bytes not matching the digest: %v", err)
+	}
+	w.Commit()
+	got, err := s.Directory(d)
+	if err != nil || got.Digest() != d {
+		t.Fatalf("directory read back: %v", err)
+	}
+	if _, err := s.Directory(Sum([]byte("nope"))); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing directory: %v", err)
+	}
+}

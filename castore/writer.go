@@ -1,0 +1,229 @@
+package castore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/zeebo/blake3"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Writer adds objects to a store. Chunk bytes go to the pack files as they
+// come; the index entries wait in memory until Commit, which makes all of
+// them visible at once. A Writer that is never committed leaves only
+// unreferenced pack bytes behind. A Writer is not safe for concurrent use;
+// several Writers may work at once.
+type Writer struct {
+	s       *Store
+	chunks  map[Digest]chunkLoc
+	blobs   map[Digest][]byte
+	dirs    map[Digest][]byte
+	packs   map[uint32]struct{}
+	chunker *Chunker
+	hasher  *blake3.Hasher
+	refs    []ChunkRef
+	stats   WriteStats
+	done    bool
+}
+
+// WriteStats count what a Writer added and what it found already stored.
+type WriteStats struct {
+	NewChunks   int
+	NewBytes    int64 // chunk bytes written to packs
+	DedupChunks int
+	DedupBytes  int64 // chunk bytes that were already stored
+}
+
+// NewWriter starts a set of additions.
+func (s *Store) NewWriter() *Writer {
+	return &Writer{
+		s:      s,
+		chunks: map[Digest]chunkLoc{},
+		blobs:  map[Digest][]byte{},
+		dirs:   map[Digest][]byte{},
+		packs:  map[uint32]struct{}{},
+		hasher: blake3.New(),
+	}
+}
+
+// Stats returns what the Writer has added so far.
+func (w *Writer) Stats() WriteStats { return w.stats }
+
+// PutBlob reads r to the end, cuts it into content-defined chunks, stores
+// the chunks it lacks and returns the blob's digest and size.
+func (w *Writer) PutBlob(r io.Reader) (Digest, uint64, error) {
+	if w.chunker == nil {
+		w.chunker = NewChunker(r)
+	} else {
+		w.chunker.Reset(r)
+	}
+	w.hasher.Reset()
+	w.refs = w.refs[:0]
+	var size uint64
+	for {
+		chunk, err := w.chunker.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return Digest{}, 0, err
+		}
+		w.hasher.Write(chunk)
+		d := Sum(chunk)
+		if err := w.putChunk(d, chunk); err != nil {
+			return Digest{}, 0, err
+		}
+		w.refs = append(w.refs, ChunkRef{Digest: d, Size: uint32(len(chunk))})
+		size += uint64(len(chunk))
+	}
+	var digest Digest
+	w.hasher.Sum(digest[:0])
+	if len(w.refs) > 1 {
+		if err := w.putBlobRecord(digest, w.refs); err != nil {
+			return Digest{}, 0, err
+		}
+	}
+	return digest, size, nil
+}
+
+// PutChunk stores a chunk that arrived whole (from a peer), after checking
+// it against its digest.
+func (w *Writer) PutChunk(d Digest, data []byte) error {
+	if len(data) == 0 || len(data) > MaxChunkSize {
+		return fmt.Errorf("castore: chunk of %d bytes", len(data))
+	}
+	if Sum(data) != d {
+		return fmt.Errorf("chunk %s: %w", d, ErrDigestMismatch)
+	}
+	return w.putChunk(d, data)
+}
+
+// PutBlobRecord records the chunk list of a blob assembled from chunks
+// that arrived separately. The caller has checked that the chunks hash to
+// the blob digest in order.
+func (w *Writer) PutBlobRecord(d Digest, refs []ChunkRef) error {
+	if len(refs) < 2 {
+		return nil
+	}
+	return w.putBlobRecord(d, refs)
+}
+
+func (w *Writer) putBlobRecord(d Digest, refs []ChunkRef) error {
+	if _, ok := w.blobs[d]; ok || w.s.has(bucketBlobs, d) {
+		return nil
+	}
+	w.blobs[d] = marshalChunkRefs(refs)
+	return nil
+}
+
+func (w *Writer) putChunk(d Digest, data []byte) error {
+	if w.done {
+		return errors.New("castore: writer already finished")
+	}
+	if _, ok := w.chunks[d]; ok || w.s.HasChunk(d) {
+		w.stats.DedupChunks++
+		w.stats.DedupBytes += int64(len(data))
+		return nil
+	}
+	loc, err := w.s.appendChunk(data)
+	if err != nil {
+		return err
+	}
+	w.chunks[d] = loc
+	w.packs[loc.Pack] = struct{}{}
+	w.stats.NewChunks++
+	w.stats.NewBytes += int64(len(data))
+	return nil
+}
+
+// PutDirectory validates and stores a directory and returns its digest.
+func (w *Writer) PutDirectory(dir *Directory) (Digest, error) {
+	if err := dir.Validate(); err != nil {
+		return Digest{}, err
+	}
+	b := dir.Marshal()
+	d := Sum(b)
+	if _, ok := w.dirs[d]; !ok && !w.s.HasDirectory(d) {
+		w.dirs[d] = b
+	}
+	return d, nil
+}
+
+// PutDirectoryBytes stores an encoded directory that arrived from a peer,
+// after checking its digest and its encoding.
+func (w *Writer) PutDirectoryBytes(d Digest, b []byte) (*Directory, error) {
+	if Sum(b) != d {
+		return nil, fmt.Errorf("directory %s: %w", d, ErrDigestMismatch)
+	}
+	dir, err := UnmarshalDirectory(b)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := w.dirs[d]; !ok && !w.s.HasDirectory(d) {
+		w.dirs[d] = append([]byte(nil), b...)
+	}
+	return dir, nil
+}
+
+// Commit makes everything the Writer added durable and visible: first the
+// pack bytes are synced, then one bbolt transaction adds the index entries.
+func (w *Writer) Commit() error {
+	if w.done {
+		return errors.New("castore: writer already finished")
+	}
+	w.done = true
+	lengths := map[uint32]int64{}
+	for id := range w.packs {
+		n, err := w.s.syncPack(id)
+		if err != nil {
+			return fmt.Errorf("castore: syncing pack %d: %w", id, err)
+		}
+		lengths[id] = n
+	}
+	return w.s.db.Update(func(tx *bolt.Tx) error {
+		chunks := tx.Bucket(bucketChunks)
+		var newBytes, newCount uint64
+		for d, loc := range w.chunks {
+			if chunks.Get(d[:]) != nil {
+				continue // another writer committed the same chunk first
+			}
+			if err := chunks.Put(d[:], loc.marshal()); err != nil {
+				return err
+			}
+			newBytes += uint64(loc.Size)
+			newCount++
+		}
+		for _, m := range []struct {
+			bucket []byte
+			objs   map[Digest][]byte
+		}{{bucketBlobs, w.blobs}, {bucketDirs, w.dirs}} {
+			b := tx.Bucket(m.bucket)
+			for d, v := range m.objs {
+				if err := b.Put(d[:], v); err != nil {
+					return err
+				}
+			}
+		}
+		packs := tx.Bucket(bucketPacks)
+		for id, n := range lengths {
+			k := binary.BigEndian.AppendUint32(nil, id)
+			if old := packs.Get(k); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= n {
+				continue
+			}
+			if err := packs.Put(k, binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if err := addCounter(meta, metaChunkBytes, newBytes); err != nil {
+			return err
+		}
+		return addCounter(meta, metaChunkCount, newCount)
+	})
+}
+
+// Abort drops what the Writer added. Its pack bytes stay as garbage until
+// the store is compacted.
+func (w *Writer) Abort() { w.done = true }

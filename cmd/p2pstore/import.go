@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/p2pstore/p2pstore/narview/localstore"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+	"github.com/p2pstore/p2pstore/node"
+)
+
+func importCommand() *cobra.Command {
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "import [--recursive] PATH...",
+		Short: "Add store paths from the local Nix store to the running node",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			var paths []string
+			for _, a := range args {
+				p, err := localstore.ResolveArg(cfg.StoreDir, a)
+				if err != nil {
+					return err
+				}
+				paths = append(paths, p)
+			}
+			infos, err := localstore.Query(ctx, paths, recursive)
+			if err != nil {
+				return err
+			}
+			client := node.NewClient(cfg.DaemonSocket)
+			var todo []localstore.PathInfo
+			var total uint64
+			for _, in := range infos {
+				sp, err := storepath.Parse(cfg.StoreDir, in.Path)
+				if err != nil {
+					return err
+				}
+				have, err := client.HasPath(ctx, sp.Hash)
+				if err != nil {
+					return err
+				}
+				if !have {
+					todo = append(todo, in)
+					total += in.NarSize
+				}
+			}
+			return importPaths(ctx, client, todo, total, len(infos)-len(todo))
+		},
+	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also import every path the given paths reference, directly or not")
+	return cmd
+}
+
+func importPaths(ctx context.Context, client *node.Client, todo []localstore.PathInfo, total uint64, present int) error {
+	var bar *progressbar.ProgressBar
+	if term.IsTerminal(int(os.Stderr.Fd())) && total > 0 {
+		bar = progressbar.NewOptions64(int64(total),
+			progressbar.OptionSetWriter(os.Stderr),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionThrottle(100_000_000),
+			progressbar.OptionClearOnFinish(),
+			progressbar.OptionSetPredictTime(true),
+		)
+	}
+	var newBytes, narBytes int64
+	for i, in := range todo {
+		if bar != nil {
+			bar.Describe(fmt.Sprintf("[%d/%d] %s", i+1, len(todo), path.Base(in.Path)))
+		}
+		res, err := importOne(ctx, client, in, bar)
+		if err != nil {
+			if bar != nil {
+				bar.Clear()
+			}
+			return err
+		}
+		newBytes += res.NewBytes
+		narBytes += int64(res.NarSize)
+	}
+	if bar != nil {
+		bar.Finish()
+	}
+	ratio := 0.0
+	if narBytes > 0 {
+		ratio = 100 * float64(newBytes) / float64(narBytes)
+	}
+	fmt.Printf("imported %d paths (%s of NARs, %s new after dedup: %.1f%%); %d were already there\n",
+		len(todo), humanBytes(uint64(narBytes)), humanBytes(uint64(newBytes)), ratio, present)
+	return nil
+}
+
+// importOne streams one path's NAR, dumped from the store directory, to the
+// node, which checks it against the NarHash Nix recorded.
+func importOne(ctx context.Context, client *node.Client, in localstore.PathInfo, bar *progressbar.ProgressBar) (*node.ImportResult, error) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(nar.Dump(ctx, nar.NewWriter(pw), in.Path))
+	}()
+	var body io.Reader = pr
+	if bar != nil {
+		body = io.TeeReader(pr, bar)
+	}
+	meta := &node.PathMeta{
+		Path: in.Path, NarHash: in.NarHash, NarSize: in.NarSize, References: in.References,
+		Deriver: in.Deriver, Sigs: in.Signatures, CA: in.CA, RegistrationTime: in.RegistrationTime,
+	}
+	res, err := client.Import(ctx, meta, body)
+	pr.CloseWithError(io.ErrClosedPipe)
+	if err != nil {
+		return nil, fmt.Errorf("importing %s: %w", in.Path, err)
+	}
+	return res, nil
+}

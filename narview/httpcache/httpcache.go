@@ -1,0 +1,207 @@
+// Package httpcache serves the Nix binary cache protocol over HTTP:
+// /nix-cache-info, /<hash>.narinfo and the NARs they point at, rendered on
+// the fly from castore.
+//
+// One node offers two views of the same paths. The root view advertises
+// uncompressed NARs (Compression: none), the fastest on a LAN, served with
+// a Content-Length so that file contents go out by sendfile. The /zstd view
+// (a substituter URL of http://host:port/zstd) advertises .nar.zst. Either
+// view answers any of .nar, .nar.zst and .nar.xz. NAR URLs carry the
+// NarHash (nar/<hash>-<narhash>.nar), so a client holding a stale narinfo
+// gets a 404, never the wrong bytes.
+package httpcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// Paths is what the handler needs of the node.
+type Paths interface {
+	// Info returns the path info for a store-path hash part, from wherever
+	// the node can get it, or an error wrapping pathinfo.ErrNotFound.
+	Info(ctx context.Context, hash string) (*pathinfo.Info, error)
+	// NAR writes the path's NAR to w.
+	NAR(ctx context.Context, info *pathinfo.Info, w io.Writer) error
+}
+
+// Options configure a Handler.
+type Options struct {
+	StoreDir string
+	Priority int // nix-cache-info Priority; lower wins
+	Log      *slog.Logger
+}
+
+// Handler is the binary cache http.Handler.
+type Handler struct {
+	paths Paths
+	opts  Options
+}
+
+// New returns a Handler serving paths.
+func New(paths Paths, opts Options) *Handler {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{paths: paths, opts: opts}
+}
+
+// Compression names as they appear in narinfo files, and URL suffixes.
+const (
+	CompressionNone = "none"
+	CompressionZstd = "zstd"
+	CompressionXz   = "xz"
+)
+
+var suffixes = map[string]string{CompressionNone: ".nar", CompressionZstd: ".nar.zst", CompressionXz: ".nar.xz"}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	p := r.URL.Path
+	view := CompressionNone
+	for _, c := range []string{CompressionZstd, CompressionXz} {
+		if rest, ok := strings.CutPrefix(p, "/"+c+"/"); ok {
+			view, p = c, "/"+rest
+		}
+	}
+	switch {
+	case p == "/nix-cache-info":
+		w.Header().Set("Content-Type", "text/x-nix-cache-info")
+		fmt.Fprintf(w, "StoreDir: %s\nWantMassQuery: 1\nPriority: %d\n", h.opts.StoreDir, h.opts.Priority)
+	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
+		h.serveNarinfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"), view)
+	case strings.HasPrefix(p, "/nar/"):
+		h.serveNAR(w, r, p[len("/nar/"):])
+	case strings.HasPrefix(p, "/log/"):
+		http.Error(w, "no build logs here", http.StatusNotFound)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// info looks a hash part up and writes the error response if that fails.
+func (h *Handler) info(w http.ResponseWriter, r *http.Request, hash string) *pathinfo.Info {
+	if err := storepath.ValidateHash(hash); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil
+	}
+	info, err := h.paths.Info(r.Context(), hash)
+	switch {
+	case err == nil:
+		return info
+	case errors.Is(err, pathinfo.ErrNotFound):
+		http.Error(w, "no such path", http.StatusNotFound)
+	case r.Context().Err() != nil:
+		// The client went away; nobody reads the answer.
+	default:
+		h.opts.Log.Error("looking up path", "hash", hash, "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+	}
+	return nil
+}
+
+// NarURL is the URL (relative to the cache root) of a path's NAR.
+func NarURL(info *pathinfo.Info, compression string) string {
+	return "nar/" + info.HashPart() + "-" + info.NarHash.String()[len("sha256:"):] + suffixes[compression]
+}
+
+func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash, compression string) {
+	info := h.info(w, r, hash)
+	if info == nil {
+		return
+	}
+	text := Narinfo(info, compression)
+	w.Header().Set("Content-Type", "text/x-nix-narinfo")
+	w.Header().Set("Content-Length", strconv.Itoa(len(text)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	io.WriteString(w, text)
+}
+
+// Narinfo formats a path's narinfo pointing at its NAR in the given
+// compression.
+func Narinfo(info *pathinfo.Info, compression string) string {
+	var b strings.Builder
+	b.Grow(400 + 70*len(info.References) + 110*len(info.Sigs))
+	line := func(k, v string) {
+		b.WriteString(k)
+		b.WriteString(": ")
+		b.WriteString(v)
+		b.WriteByte('\n')
+	}
+	line("StorePath", info.StorePath)
+	line("URL", NarURL(info, compression))
+	line("Compression", compression)
+	if compression == CompressionNone {
+		line("FileSize", strconv.FormatUint(info.NarSize, 10))
+	}
+	line("NarHash", info.NarHash.String())
+	line("NarSize", strconv.FormatUint(info.NarSize, 10))
+	line("References", strings.Join(pathinfo.BaseNames(info.References), " "))
+	if info.Deriver != "" {
+		line("Deriver", info.Deriver[strings.LastIndexByte(info.Deriver, '/')+1:])
+	}
+	for _, s := range info.Sigs {
+		line("Sig", s)
+	}
+	if info.CA != "" {
+		line("CA", info.CA)
+	}
+	return b.String()
+}
+
+func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) {
+	compression := ""
+	for c, suffix := range suffixes {
+		if base, ok := strings.CutSuffix(name, suffix); ok && !strings.HasSuffix(base, ".nar") {
+			compression, name = c, base
+		}
+	}
+	hash, narHash, ok := strings.Cut(name, "-")
+	if compression == "" || !ok {
+		http.Error(w, "NAR URLs are nar/<hash>-<narhash>.nar[.zst|.xz]", http.StatusBadRequest)
+		return
+	}
+	info := h.info(w, r, hash)
+	if info == nil {
+		return
+	}
+	if want := info.NarHash.String()[len("sha256:"):]; narHash != want {
+		http.Error(w, "this node holds a different NAR for that path", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-nix-nar")
+	if compression == CompressionNone {
+		w.Header().Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
+	}
+	if r.Method == http.MethodHead {
+		return
+	}
+	out, closeOut := compressor(w, compression)
+	err := h.paths.NAR(r.Context(), info, out)
+	if err == nil {
+		err = closeOut()
+	}
+	if err != nil {
+		if r.Context().Err() == nil {
+			h.opts.Log.Error("serving NAR", "path", info.StorePath, "err", err)
+		}
+		// The status line is gone; cut the connection so that the client
+		// sees a broken transfer, not a short NAR that looks complete.
+		panic(http.ErrAbortHandler)
+	}
+}

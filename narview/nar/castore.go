@@ -1,0 +1,199 @@
+package nar
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"path"
+
+	"github.com/p2pstore/p2pstore/castore"
+)
+
+// ObjectWriter is what Ingest needs of a store: a *castore.Writer.
+type ObjectWriter interface {
+	PutBlob(r io.Reader) (castore.Digest, uint64, error)
+	PutDirectory(d *castore.Directory) (castore.Digest, error)
+}
+
+// Ingest parses a NAR from r and stores its tree through w, returning the
+// root node. The NAR's hash and size are then r.NarHash() and r.NarSize().
+func Ingest(ctx context.Context, r *Reader, w ObjectWriter) (castore.Node, error) {
+	type frame struct {
+		path string
+		dir  castore.Directory
+	}
+	var (
+		stack []*frame
+		root  castore.Node
+	)
+	// finish stores the innermost open directory and links it into its
+	// parent (or makes it the root).
+	finish := func() error {
+		f := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		d, err := w.PutDirectory(&f.dir)
+		if err != nil {
+			return err
+		}
+		size := f.dir.Size()
+		if len(stack) == 0 {
+			root = castore.Node{Type: castore.TypeDirectory, Digest: d, Size: size}
+			return nil
+		}
+		parent := &stack[len(stack)-1].dir
+		parent.Directories = append(parent.Directories, castore.DirectoryEntry{
+			Name: []byte(path.Base(f.path)), Digest: d, Size: size,
+		})
+		return nil
+	}
+	for {
+		if err := ctx.Err(); err != nil {
+			return castore.Node{}, err
+		}
+		h, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return castore.Node{}, err
+		}
+		parent := ""
+		if i := lastSlash(h.Path); i >= 0 {
+			parent = h.Path[:i]
+		}
+		for len(stack) > 0 && stack[len(stack)-1].path != parent {
+			if err := finish(); err != nil {
+				return castore.Node{}, err
+			}
+		}
+		name := []byte(path.Base(h.Path))
+		var dir *castore.Directory
+		if h.Path != "" {
+			dir = &stack[len(stack)-1].dir
+		}
+		switch h.Type {
+		case TypeDirectory:
+			stack = append(stack, &frame{path: h.Path})
+		case TypeRegular:
+			d, size, err := w.PutBlob(r)
+			if err != nil {
+				return castore.Node{}, err
+			}
+			if int64(size) != h.Size {
+				return castore.Node{}, fmt.Errorf("nar: %q: read %d of %d bytes", h.Path, size, h.Size)
+			}
+			if dir == nil {
+				root = castore.Node{Type: castore.TypeFile, Digest: d, Size: size, Executable: h.Executable}
+			} else {
+				dir.Files = append(dir.Files, castore.FileEntry{Name: name, Digest: d, Size: size, Executable: h.Executable})
+			}
+		case TypeSymlink:
+			if dir == nil {
+				root = castore.Node{Type: castore.TypeSymlink, Target: []byte(h.Target)}
+			} else {
+				dir.Symlinks = append(dir.Symlinks, castore.SymlinkEntry{Name: name, Target: []byte(h.Target)})
+			}
+		}
+	}
+	for len(stack) > 0 {
+		if err := finish(); err != nil {
+			return castore.Node{}, err
+		}
+	}
+	return root, nil
+}
+
+func lastSlash(s string) int {
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i] == '/' {
+			return i
+		}
+	}
+	return -1
+}
+
+// Source is what Render needs: directories, and a way to write a blob's
+// bytes (a *castore.Reader, or a fetcher that gets them from peers).
+type Source interface {
+	Directory(ctx context.Context, d castore.Digest) (*castore.Directory, error)
+	WriteBlob(ctx context.Context, w io.Writer, d castore.Digest, size uint64) error
+}
+
+// Render writes the NAR of the tree at root to w.
+func Render(ctx context.Context, w io.Writer, root castore.Node, src Source) error {
+	nw := NewWriter(w)
+	if err := renderNode(ctx, nw, src, "", root); err != nil {
+		return err
+	}
+	return nw.Close()
+}
+
+func renderNode(ctx context.Context, w *Writer, src Source, p string, n castore.Node) error {
+	switch n.Type {
+	case castore.TypeFile:
+		if err := w.WriteHeader(&Header{Path: p, Type: TypeRegular, Size: int64(n.Size), Executable: n.Executable}); err != nil {
+			return err
+		}
+		return src.WriteBlob(ctx, w, n.Digest, n.Size)
+	case castore.TypeSymlink:
+		return w.WriteHeader(&Header{Path: p, Type: TypeSymlink, Target: string(n.Target)})
+	case castore.TypeDirectory:
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		dir, err := src.Directory(ctx, n.Digest)
+		if err != nil {
+			return err
+		}
+		if err := w.WriteHeader(&Header{Path: p, Type: TypeDirectory}); err != nil {
+			return err
+		}
+		return eachEntry(dir, func(name []byte, child castore.Node) error {
+			cp := string(name)
+			if p != "" {
+				cp = p + "/" + cp
+			}
+			return renderNode(ctx, w, src, cp, child)
+		})
+	}
+	return fmt.Errorf("nar: cannot render node type %v", n.Type)
+}
+
+// eachEntry calls fn for the directory's entries in NAR order: the three
+// sorted lists merged by name.
+func eachEntry(d *castore.Directory, fn func(name []byte, n castore.Node) error) error {
+	i, j, k := 0, 0, 0
+	for i < len(d.Directories) || j < len(d.Files) || k < len(d.Symlinks) {
+		var best []byte
+		which := -1
+		if i < len(d.Directories) {
+			best, which = d.Directories[i].Name, 0
+		}
+		if j < len(d.Files) && (which < 0 || bytes.Compare(d.Files[j].Name, best) < 0) {
+			best, which = d.Files[j].Name, 1
+		}
+		if k < len(d.Symlinks) && (which < 0 || bytes.Compare(d.Symlinks[k].Name, best) < 0) {
+			best, which = d.Symlinks[k].Name, 2
+		}
+		var n castore.Node
+		switch which {
+		case 0:
+			e := d.Directories[i]
+			n = castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}
+			i++
+		case 1:
+			e := d.Files[j]
+			n = castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}
+			j++
+		case 2:
+			e := d.Symlinks[k]
+			n = castore.Node{Type: castore.TypeSymlink, Target: e.Target}
+			k++
+		}
+		if err := fn(best, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}

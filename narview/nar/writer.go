@@ -1,0 +1,255 @@
+package nar
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/p2pstore/p2pstore/castore"
+)
+
+// sendfileMin is the content run above which Writer flushes its buffer and
+// hands the reader to the destination's ReadFrom (sendfile on a socket).
+// Below it, copying into the buffer costs less than a pair of syscalls.
+const sendfileMin = 32 << 10
+
+// Writer writes a NAR: WriteHeader for each node in NAR order (a directory
+// before its entries, entries sorted by name), each regular file's contents
+// through Write or ReadFrom, then Close.
+type Writer struct {
+	out io.Writer
+	bw  *bufio.Writer
+
+	started    bool
+	dirs       []dirFrame
+	closes     int
+	remaining  int64
+	contentPad int
+	err        error
+	zero       [8]byte
+}
+
+// NewWriter returns a Writer to w.
+func NewWriter(w io.Writer) *Writer {
+	return &Writer{out: w, bw: bufio.NewWriterSize(w, 64<<10)}
+}
+
+func (w *Writer) writeString(s string) {
+	var n [8]byte
+	binary.LittleEndian.PutUint64(n[:], uint64(len(s)))
+	w.bw.Write(n[:])
+	w.bw.WriteString(s)
+	w.bw.Write(w.zero[:pad(int64(len(s)))])
+}
+
+func (w *Writer) fail(err error) error {
+	if w.err == nil {
+		w.err = err
+	}
+	return err
+}
+
+// WriteHeader starts the next node.
+func (w *Writer) WriteHeader(h *Header) error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.remaining != 0 {
+		return w.fail(fmt.Errorf("nar: %d bytes of file contents missing", w.remaining))
+	}
+	inEntry := w.started
+	if !w.started {
+		if h.Path != "" {
+			return w.fail(errors.New("nar: the first node must be the root"))
+		}
+		w.started = true
+		w.writeString(magic)
+	} else {
+		w.flushCloses()
+		parent, name := path.Dir(h.Path), path.Base(h.Path)
+		if !strings.Contains(h.Path, "/") {
+			parent = ""
+		}
+		for len(w.dirs) > 0 && w.dirs[len(w.dirs)-1].path != parent {
+			w.closeDir()
+		}
+		if len(w.dirs) == 0 {
+			return w.fail(fmt.Errorf("nar: %q is not inside an open directory", h.Path))
+		}
+		top := &w.dirs[len(w.dirs)-1]
+		if err := castore.ValidateName([]byte(name)); err != nil {
+			return w.fail(err)
+		}
+		if top.lastName != nil && string(top.lastName) >= name {
+			return w.fail(fmt.Errorf("nar: %q written after %q: entries must be sorted", name, top.lastName))
+		}
+		top.lastName = append(top.lastName[:0], name...)
+		w.writeString("entry")
+		w.writeString("(")
+		w.writeString("name")
+		w.writeString(name)
+		w.writeString("node")
+	}
+	w.writeString("(")
+	w.writeString("type")
+	switch h.Type {
+	case TypeRegular:
+		w.writeString("regular")
+		if h.Executable {
+			w.writeString("executable")
+			w.writeString("")
+		}
+		w.writeString("contents")
+		if h.Size < 0 {
+			return w.fail(fmt.Errorf("nar: negative size %d", h.Size))
+		}
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(h.Size))
+		w.bw.Write(n[:])
+		w.remaining, w.contentPad = h.Size, pad(h.Size)
+		w.closes = 1
+	case TypeSymlink:
+		if err := castore.ValidateSymlinkTarget([]byte(h.Target)); err != nil {
+			return w.fail(err)
+		}
+		w.writeString("symlink")
+		w.writeString("target")
+		w.writeString(h.Target)
+		w.closes = 1
+	case TypeDirectory:
+		w.writeString("directory")
+		w.dirs = append(w.dirs, dirFrame{path: h.Path})
+		return nil
+	default:
+		return w.fail(fmt.Errorf("nar: unknown node type %v", h.Type))
+	}
+	if inEntry {
+		w.closes++
+	}
+	return nil
+}
+
+func (w *Writer) flushCloses() {
+	for ; w.closes > 0; w.closes-- {
+		w.writeString(")")
+	}
+}
+
+func (w *Writer) closeDir() {
+	w.dirs = w.dirs[:len(w.dirs)-1]
+	w.writeString(")") // the directory node
+	if len(w.dirs) > 0 {
+		w.writeString(")") // the entry that held it
+	}
+}
+
+func (w *Writer) contentWritten(n int) {
+	w.remaining -= int64(n)
+	if w.remaining == 0 {
+		w.bw.Write(w.zero[:w.contentPad])
+	}
+}
+
+// Write writes contents of the current regular file.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if int64(len(p)) > w.remaining {
+		return 0, w.fail(fmt.Errorf("nar: %d bytes written to a file with %d left", len(p), w.remaining))
+	}
+	n, err := w.bw.Write(p)
+	w.contentWritten(n)
+	if err != nil {
+		return n, w.fail(err)
+	}
+	return n, nil
+}
+
+// ReadFrom copies file contents from r until EOF. A large *io.LimitedReader
+// (a range of a file) goes straight to the destination's ReadFrom, which on
+// a socket is sendfile.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if lr, ok := r.(*io.LimitedReader); ok && lr.N >= sendfileMin && lr.N <= w.remaining {
+		if rf, ok := w.out.(io.ReaderFrom); ok {
+			if err := w.bw.Flush(); err != nil {
+				return 0, w.fail(err)
+			}
+			want := lr.N
+			n, err := rf.ReadFrom(lr)
+			w.contentWritten(int(n))
+			if err == nil && n != want {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				return n, w.fail(err)
+			}
+			return n, nil
+		}
+	}
+	var total int64
+	for {
+		if w.bw.Available() == 0 {
+			if err := w.bw.Flush(); err != nil {
+				return total, w.fail(err)
+			}
+		}
+		buf := w.bw.AvailableBuffer()[:w.bw.Available()]
+		if int64(len(buf)) > w.remaining {
+			buf = buf[:w.remaining]
+		}
+		if len(buf) == 0 {
+			// Contents are complete; anything more is an error.
+			var one [1]byte
+			if n, _ := r.Read(one[:]); n > 0 {
+				return total, w.fail(errors.New("nar: more file contents than its header said"))
+			}
+			return total, nil
+		}
+		n, err := r.Read(buf)
+		if n > 0 {
+			w.bw.Write(buf[:n])
+			w.contentWritten(n)
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, w.fail(err)
+		}
+	}
+}
+
+// Flush writes out buffered data.
+func (w *Writer) Flush() error {
+	if err := w.bw.Flush(); err != nil {
+		return w.fail(err)
+	}
+	return nil
+}
+
+// Close finishes the archive (closing open directories) and flushes it.
+func (w *Writer) Close() error {
+	if w.err != nil {
+		return w.err
+	}
+	if !w.started {
+		return w.fail(errors.New("nar: empty archive"))
+	}
+	if w.remaining != 0 {
+		return w.fail(fmt.Errorf("nar: %d bytes of file contents missing", w.remaining))
+	}
+	w.flushCloses()
+	for len(w.dirs) > 0 {
+		w.closeDir()
+	}
+	return w.Flush()
+}

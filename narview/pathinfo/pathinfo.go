@@ -1,0 +1,274 @@
+// Package pathinfo is the path index: for each valid store path, the root
+// of its tree in castore and the metadata Nix keeps (NarHash, NarSize,
+// references, deriver, signatures, CA).
+//
+// The index is its own bbolt file, keyed by the store path's hash part,
+// with JSON values (a few hundred bytes each; readable with any bbolt tool).
+// Putting a path's record is the commit point of an import: castore commits
+// the tree first, so a record never points at missing objects, and a crash
+// before the record leaves only unreferenced objects for gc.
+package pathinfo
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// Info is what the node knows of one valid store path.
+type Info struct {
+	StorePath        string            `json:"path"`
+	Root             castore.Node      `json:"-"`
+	NarHash          storepath.NarHash `json:"-"`
+	NarSize          uint64            `json:"nar_size"`
+	References       []string          `json:"references,omitempty"` // full paths, sorted
+	Deriver          string            `json:"deriver,omitempty"`    // full path
+	Sigs             []string          `json:"sigs,omitempty"`
+	CA               string            `json:"ca,omitempty"`
+	RegistrationTime int64             `json:"registration_time,omitempty"` // unix seconds
+}
+
+// HashPart returns the 32-character hash part of the store path.
+func (i *Info) HashPart() string {
+	base := path.Base(i.StorePath)
+	if len(base) < storepath.HashLen {
+		return base
+	}
+	return base[:storepath.HashLen]
+}
+
+// Fingerprint returns what a Nix signature of this path signs.
+func (i *Info) Fingerprint() string {
+	return narinfo.Fingerprint(i.StorePath, i.NarHash, i.NarSize, i.References)
+}
+
+// AddSig adds a signature unless it is already there.
+func (i *Info) AddSig(sig string) {
+	for _, s := range i.Sigs {
+		if s == sig {
+			return
+		}
+	}
+	i.Sigs = append(i.Sigs, sig)
+}
+
+// TrustedBy reports whether one of the signatures verifies with one of keys.
+func (i *Info) TrustedBy(keys []narinfo.PublicKey) bool {
+	return narinfo.VerifyAny(i.Fingerprint(), i.Sigs, keys)
+}
+
+// MarshalJSON encodes an Info with its root node and hash.
+func (i *Info) MarshalJSON() ([]byte, error) {
+	type plain Info
+	return json.Marshal(struct {
+		*plain
+		Root    []byte `json:"root"`
+		NarHash string `json:"nar_hash"`
+	}{(*plain)(i), i.Root.Marshal(), i.NarHash.String()})
+}
+
+// UnmarshalJSON decodes what MarshalJSON wrote.
+func (i *Info) UnmarshalJSON(b []byte) error {
+	type plain Info
+	var r struct {
+		*plain
+		Root    []byte `json:"root"`
+		NarHash string `json:"nar_hash"`
+	}
+	r.plain = (*plain)(i)
+	if err := json.Unmarshal(b, &r); err != nil {
+		return err
+	}
+	root, err := castore.UnmarshalNode(r.Root)
+	if err != nil {
+		return err
+	}
+	h, err := storepath.ParseNarHash(r.NarHash)
+	if err != nil {
+		return err
+	}
+	i.Root, i.NarHash = root, h
+	return nil
+}
+
+// Validate checks the fields an Info must have to be served.
+func (i *Info) Validate(storeDir string) error {
+	if _, err := storepath.Parse(storeDir, i.StorePath); err != nil {
+		return err
+	}
+	if i.NarSize == 0 {
+		return errors.New("pathinfo: NarSize is 0")
+	}
+	for _, r := range i.References {
+		if _, err := storepath.Parse(storeDir, r); err != nil {
+			return fmt.Errorf("reference: %w", err)
+		}
+	}
+	if i.Deriver != "" {
+		if _, err := storepath.Parse(storeDir, i.Deriver); err != nil {
+			return fmt.Errorf("deriver: %w", err)
+		}
+	}
+	if i.Root.Type == 0 {
+		return errors.New("pathinfo: no root node")
+	}
+	return nil
+}
+
+// ErrNotFound is returned for a path the index does not hold.
+var ErrNotFound = errors.New("path not found")
+
+var (
+	bucketPaths = []byte("paths")
+	bucketMeta  = []byte("meta")
+	metaNarSize = []byte("nar_bytes") // sum of NarSize over all paths
+)
+
+// Index is the path index.
+type Index struct{ db *bolt.DB }
+
+// Open opens or creates the index file.
+func Open(file string) (*Index, error) {
+	db, err := bolt.Open(file, 0o644, &bolt.Options{NoFreelistSync: true})
+	if err != nil {
+		return nil, fmt.Errorf("pathinfo: opening %s: %w", file, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketPaths, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Index{db: db}, nil
+}
+
+// Close closes the index.
+func (x *Index) Close() error { return x.db.Close() }
+
+// Get returns the info for a store path's hash part.
+func (x *Index) Get(hash string) (*Info, error) {
+	var info *Info
+	err := x.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketPaths).Get([]byte(hash))
+		if v == nil {
+			return ErrNotFound
+		}
+		info = new(Info)
+		return json.Unmarshal(v, info)
+	})
+	return info, err
+}
+
+// Has reports whether the index holds the hash part.
+func (x *Index) Has(hash string) bool {
+	var ok bool
+	x.db.View(func(tx *bolt.Tx) error {
+		ok = tx.Bucket(bucketPaths).Get([]byte(hash)) != nil
+		return nil
+	})
+	return ok
+}
+
+// Put adds or replaces a path's record; this makes the path valid.
+func (x *Index) Put(info *Info) error {
+	v, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	key := []byte(info.HashPart())
+	return x.db.Update(func(tx *bolt.Tx) error {
+		paths := tx.Bucket(bucketPaths)
+		var old Info
+		delta := int64(info.NarSize)
+		if prev := paths.Get(key); prev != nil && json.Unmarshal(prev, &old) == nil {
+			delta -= int64(old.NarSize)
+		}
+		if err := paths.Put(key, v); err != nil {
+			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		total := int64(counter(meta)) + delta
+		return meta.Put(metaNarSize, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0))))
+	})
+}
+
+// Delete removes a path's record; its objects become garbage.
+func (x *Index) Delete(hash string) error {
+	return x.db.Update(func(tx *bolt.Tx) error {
+		paths := tx.Bucket(bucketPaths)
+		prev := paths.Get([]byte(hash))
+		if prev == nil {
+			return nil
+		}
+		var old Info
+		if err := json.Unmarshal(prev, &old); err == nil {
+			meta := tx.Bucket(bucketMeta)
+			total := int64(counter(meta)) - int64(old.NarSize)
+			if err := meta.Put(metaNarSize, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0)))); err != nil {
+				return err
+			}
+		}
+		return paths.Delete([]byte(hash))
+	})
+}
+
+func counter(b *bolt.Bucket) uint64 {
+	if v := b.Get(metaNarSize); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+// Totals are the index's counts.
+type Totals struct {
+	Paths    int
+	NarBytes uint64 // sum of NarSize: the logical size of everything held
+}
+
+// Totals returns the number of paths and the sum of their NAR sizes.
+func (x *Index) Totals() (Totals, error) {
+	var t Totals
+	err := x.db.View(func(tx *bolt.Tx) error {
+		t.Paths = tx.Bucket(bucketPaths).Stats().KeyN
+		t.NarBytes = counter(tx.Bucket(bucketMeta))
+		return nil
+	})
+	return t, err
+}
+
+// ForEach calls fn for every path, in hash order, until fn returns an error.
+func (x *Index) ForEach(fn func(*Info) error) error {
+	return x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPaths).ForEach(func(k, v []byte) error {
+			info := new(Info)
+			if err := json.Unmarshal(v, info); err != nil {
+				return fmt.Errorf("pathinfo: record %s: %w", k, err)
+			}
+			return fn(info)
+		})
+	})
+}
+
+// BaseNames returns the basenames of full store paths.
+func BaseNames(paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		out[i] = p[strings.LastIndexByte(p, '/')+1:]
+	}
+	return out
+}

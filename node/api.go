@@ -1,0 +1,257 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// The control API: HTTP over the daemon socket, for the commands (import,
+// status, verify, gc). It lives on the unix socket, not on http.listen, so
+// that only users who may open the socket can change the store.
+
+// PathMeta is what an import says about a path; the node checks the NAR
+// against it.
+type PathMeta struct {
+	Path             string   `json:"path"`
+	NarHash          string   `json:"nar_hash"`
+	NarSize          uint64   `json:"nar_size"`
+	References       []string `json:"references,omitempty"`
+	Deriver          string   `json:"deriver,omitempty"`
+	Sigs             []string `json:"sigs,omitempty"`
+	CA               string   `json:"ca,omitempty"`
+	RegistrationTime int64    `json:"registration_time,omitempty"`
+}
+
+// ImportResult reports one imported path.
+type ImportResult struct {
+	Path       string `json:"path"`
+	NarSize    uint64 `json:"nar_size"`
+	NewBytes   int64  `json:"new_bytes"`   // chunk bytes this import added to the store
+	DedupBytes int64  `json:"dedup_bytes"` // chunk bytes that were already stored
+	NewChunks  int    `json:"new_chunks"`
+	Existed    bool   `json:"existed,omitempty"`
+}
+
+// Status is what `p2pstore status` and /api/v1/status report.
+type Status struct {
+	PeerID                string   `json:"peer_id"`
+	Addrs                 []string `json:"addrs"`
+	Peers                 int      `json:"peers"`
+	Paths                 int      `json:"paths"`
+	BytesStored           uint64   `json:"bytes_stored"`  // chunk bytes on disk, after dedup
+	BytesLogical          uint64   `json:"bytes_logical"` // sum of the NAR sizes of all paths
+	DedupRatio            float64  `json:"dedup_ratio"`   // bytes_stored / bytes_logical
+	Chunks                uint64   `json:"chunks"`
+	Directories           uint64   `json:"directories"`
+	P2PBytesReceived      uint64   `json:"p2p_bytes_received"`
+	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`
+	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"`
+	HTTPListen            string   `json:"http_listen"`
+	DaemonSocket          string   `json:"daemon_socket"`
+	PublicKey             string   `json:"public_key,omitempty"`
+}
+
+// maxMetaLine bounds the JSON header of an import request.
+const maxMetaLine = 4 << 20
+
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	writeJSON(w, code, apiError{Error: err.Error()})
+}
+
+// controlHandler serves the control API.
+func (n *Node) controlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/v1/status", n.serveStatus)
+	mux.HandleFunc("GET /api/v1/paths/{hash}", func(w http.ResponseWriter, r *http.Request) {
+		hash := r.PathValue("hash")
+		if err := storepath.ValidateHash(hash); err != nil {
+			writeError(w, http.StatusBadRequest, err)
+			return
+		}
+		info, err := n.index.Get(hash)
+		if errors.Is(err, pathinfo.ErrNotFound) {
+			writeError(w, http.StatusNotFound, err)
+			return
+		}
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("POST /api/v1/import", func(w http.ResponseWriter, r *http.Request) {
+		br := bufio.NewReaderSize(r.Body, 64<<10)
+		line, err := readLine(br, maxMetaLine)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
+			return
+		}
+		var meta PathMeta
+		if err := json.Unmarshal(line, &meta); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
+			return
+		}
+		res, err := n.Import(r.Context(), &meta, br)
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, ErrBadInput) {
+				code = http.StatusBadRequest
+			}
+			writeError(w, code, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
+	})
+	mux.HandleFunc("POST /api/v1/verify", n.serveVerify)
+	return mux
+}
+
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		line = append(line, frag...)
+		if len(line) > max {
+			return nil, fmt.Errorf("longer than %d bytes", max)
+		}
+		if err == nil {
+			return bytes.TrimSuffix(line, []byte("\n")), nil
+		}
+		if err != bufio.ErrBufferFull {
+			return nil, err
+		}
+	}
+}
+
+// Client talks to a running node over its daemon socket.
+type Client struct {
+	http   *http.Client
+	socket string
+}
+
+// NewClient returns a client for the node listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		MaxIdleConnsPerHost: 8,
+	}
+	return &Client{http: &http.Client{Transport: tr}, socket: socket}
+}
+
+func (c *Client) do(req *http.Request, out any) error {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			return fmt.Errorf("no node is running at %s (start one with `p2pstore serve`): %v", c.socket, op.Err)
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e apiError
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
+		}
+		return &StatusError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// StatusError is a non-200 answer from the node.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+func (c *Client) get(ctx context.Context, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://p2pstore"+path, nil)
+	if err != nil {
+		return err
+	}
+	return c.do(req, out)
+}
+
+// Status returns the node's status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	return &s, c.get(ctx, "/api/v1/status", &s)
+}
+
+// HasPath reports whether the node holds the store path with this hash part.
+func (c *Client) HasPath(ctx context.Context, hash string) (bool, error) {
+	err := c.get(ctx, "/api/v1/paths/"+hash, nil)
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == http.StatusNotFound {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Import sends one path's metadata and NAR to the node.
+func (c *Client) Import(ctx context.Context, meta *PathMeta, nar io.Reader) (*ImportResult, error) {
+	head, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	body := io.MultiReader(bytes.NewReader(append(head, '\n')), nar)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/import", body)
+	if err != nil {
+		return nil, err
+	}
+	var res ImportResult
+	return &res, c.do(req, &res)
+}
+
+// VerifyReport is the outcome of `p2pstore verify`.
+type VerifyReport struct {
+	Paths       int      `json:"paths"`
+	Chunks      int      `json:"chunks"`
+	Directories int      `json:"directories"`
+	Bytes       uint64   `json:"bytes"`
+	Problems    []string `json:"problems,omitempty"`
+	Seconds     float64  `json:"seconds"`
+}
+
+// Verify asks the node to check every object against its digest.
+func (c *Client) Verify(ctx context.Context) (*VerifyReport, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/verify", nil)
+	if err != nil {
+		return nil, err
+	}
+	var rep VerifyReport
+	return &rep, c.do(req, &rep)
+}
+
+var _ = time.Second
