@@ -107,6 +107,10 @@ func (c *Chunker) Next() ([]byte, error) {
 	return chunk, nil
 }
 
+// Done reports whether the stream is exhausted: after a Next that
+// returned the only chunk of a short stream, Done is true.
+func (c *Chunker) Done() bool { return c.eof && c.start == c.end }
+
 func (c *Chunker) fill() error {
 	if c.start > 0 {
 		c.end = copy(c.buf, c.buf[c.start:c.end])

@@ -71,7 +71,12 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Join(dir, packsDir), 0o755); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(dir, indexFile), 0o644, &bolt.Options{NoFreelistSync: true})
+	db, err := bolt.Open(filepath.Join(dir, indexFile), 0o644, &bolt.Options{
+		NoFreelistSync: true,
+		// Map a large range up front: growing the map re-copies every
+		// dirty node of a large commit. It costs address space, not memory.
+		InitialMmapSize: 1 << 30,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("castore: opening index: %w", err)
 	}
@@ -178,7 +183,16 @@ func (s *Store) appendChunk(data []byte) (chunkLoc, error) {
 		s.cur, s.curSize = f, info.Size()
 		s.curBuf = bufio.NewWriterSize(f, packBufferSize)
 	}
-	if _, err := s.curBuf.Write(data); err != nil {
+	var err error
+	if len(data) >= packBufferSize/16 {
+		// Large chunks skip the buffer's copy; small ones share a write.
+		if err = s.curBuf.Flush(); err == nil {
+			_, err = s.cur.Write(data)
+		}
+	} else {
+		_, err = s.curBuf.Write(data)
+	}
+	if err != nil {
 		return chunkLoc{}, fmt.Errorf("castore: writing pack: %w", err)
 	}
 	loc := chunkLoc{Pack: s.curID, Offset: s.curSize, Size: uint32(len(data))}

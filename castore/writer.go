@@ -59,7 +59,6 @@ func (w *Writer) PutBlob(r io.Reader) (Digest, uint64, error) {
 	} else {
 		w.chunker.Reset(r)
 	}
-	w.hasher.Reset()
 	w.refs = w.refs[:0]
 	var size uint64
 	for {
@@ -70,20 +69,32 @@ func (w *Writer) PutBlob(r io.Reader) (Digest, uint64, error) {
 		if err != nil {
 			return Digest{}, 0, err
 		}
-		w.hasher.Write(chunk)
 		d := Sum(chunk)
+		if len(w.refs) == 0 && w.chunker.Done() {
+			// A blob of one chunk: its digest is the chunk's, no need
+			// to hash the bytes twice.
+			if err := w.putChunk(d, chunk); err != nil {
+				return Digest{}, 0, err
+			}
+			return d, uint64(len(chunk)), nil
+		}
+		if len(w.refs) == 0 {
+			w.hasher.Reset()
+		}
+		w.hasher.Write(chunk)
 		if err := w.putChunk(d, chunk); err != nil {
 			return Digest{}, 0, err
 		}
 		w.refs = append(w.refs, ChunkRef{Digest: d, Size: uint32(len(chunk))})
 		size += uint64(len(chunk))
 	}
+	if len(w.refs) == 0 {
+		return Sum(nil), 0, nil
+	}
 	var digest Digest
 	w.hasher.Sum(digest[:0])
-	if len(w.refs) > 1 {
-		if err := w.putBlobRecord(digest, w.refs); err != nil {
-			return Digest{}, 0, err
-		}
+	if err := w.putBlobRecord(digest, w.refs); err != nil {
+		return Digest{}, 0, err
 	}
 	return digest, size, nil
 }

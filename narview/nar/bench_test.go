@@ -17,11 +17,19 @@ func benchNAR(b *testing.B) []byte {
 	if p == "" {
 		b.Skip("set P2PSTORE_BENCH_PATH to a store path (scripts/corpus.sh makes some)")
 	}
-	var buf bytes.Buffer
-	if err := Dump(context.Background(), NewWriter(&buf), p); err != nil {
+	f, err := os.CreateTemp(b.TempDir(), "nar")
+	if err != nil {
 		b.Fatal(err)
 	}
-	return buf.Bytes()
+	defer f.Close()
+	if err := Dump(context.Background(), NewWriter(f), p); err != nil {
+		b.Fatal(err)
+	}
+	narBytes, err := os.ReadFile(f.Name())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return narBytes
 }
 
 // BenchmarkIngest measures NAR -> castore: parsing, SHA-256 of the NAR,

@@ -138,7 +138,7 @@ type Index struct{ db *bolt.DB }
 
 // Open opens or creates the index file.
 func Open(file string) (*Index, error) {
-	db, err := bolt.Open(file, 0o644, &bolt.Options{NoFreelistSync: true})
+	db, err := bolt.Open(file, 0o644, &bolt.Options{NoFreelistSync: true, InitialMmapSize: 256 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("pathinfo: opening %s: %w", file, err)
 	}

@@ -1,0 +1,546 @@
+#!/usr/bin/env bash
+# Benchmarks a p2pstore node side by side with nginx serving the same store
+# paths as a static Nix binary cache, and prints a Markdown table.
+#
+#   bench/run.sh [serve|e2e|narinfo|dedup|ingest|all]...   (default: all)
+#
+#   serve    NAR throughput over loopback with wrk (1 and 16 connections),
+#            and the node's peak RSS
+#   e2e      `nix copy` of the go1.25.0 toolchain into a fresh client store,
+#            uncompressed and zstd
+#   narinfo  373 narinfo GETs, sequential keep-alive and 16-way concurrent
+#   dedup    new bytes stored when go1.25.1 is imported after go1.25.0
+#   ingest   the BenchmarkIngest Go benchmark (NAR -> castore, one core)
+#
+# Environment:
+#   BENCH_DIR      scratch dir, on tmpfs (default /dev/shm/p2pstore-bench);
+#                  wiped at start, its big data removed at exit
+#   BENCH_RUNS     alternating node/nginx runs per measure, best kept (5)
+#   BENCH_SECONDS  wrk duration per run (5)
+#   BENCH_KEEP=1   keep the stores and caches in BENCH_DIR at exit
+#   NODE_PORT, NGINX_PORT, P2P_PORT   loopback ports (17480, 17481, 17482)
+#
+# Run as root: scripts/nix-env.sh may install Nix, and nginx, wrk are
+# installed with apt-get when missing. Every server listens on 127.0.0.1.
+set -euo pipefail
+shopt -s inherit_errexit
+export LC_ALL=C # a '.' decimal point in $EPOCHREALTIME, awk and printf
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+
+# The command line as given, with the settings that change results, so the
+# report says exactly how to reproduce it.
+CMDLINE="bench/run.sh${*:+ $*}"
+for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR NODE_PORT NGINX_PORT P2P_PORT; do
+  if [ -n "${!v:-}" ]; then CMDLINE="$v=${!v} $CMDLINE"; fi
+done
+
+BENCH_DIR=${BENCH_DIR:-/dev/shm/p2pstore-bench}
+RUNS=${BENCH_RUNS:-5}
+SECONDS_PER_RUN=${BENCH_SECONDS:-5}
+NODE_PORT=${NODE_PORT:-17480}
+NGINX_PORT=${NGINX_PORT:-17481}
+P2P_PORT=${P2P_PORT:-17482}
+NARINFO_PATHS=373
+
+BIN=$BENCH_DIR/p2pstore
+SOCK=$BENCH_DIR/node.sock
+LOGS=$BENCH_DIR/logs
+NOTES=$BENCH_DIR/notes.txt
+NODE_URL=http://127.0.0.1:$NODE_PORT
+NGINX_URL=http://127.0.0.1:$NGINX_PORT
+# Nix keeps a narinfo cache under $XDG_CACHE_HOME; a private one keeps runs
+# independent of each other and of the user's cache.
+export XDG_CACHE_HOME=$BENCH_DIR/xdg-cache
+
+PIDS=()     # background processes to stop at exit
+ROWS=()     # table rows, in order
+NODE_PID=""
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+note() { echo "$*" >>"$NOTES"; log "note: $*"; }
+
+usage() {
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+  exit 2
+}
+
+# ---------------------------------------------------------------- cleanup
+
+cleanup() {
+  local rc=$? pid t
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Give each a bounded grace period, then force it.
+  for pid in "${PIDS[@]}"; do
+    for ((t = 0; t < 50; t++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  # The stores and caches are a gigabyte of RAM on tmpfs; keep only the
+  # logs and the results unless asked to keep everything.
+  if [ -z "${BENCH_KEEP:-}" ] && [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
+    rm -rf "$BENCH_DIR"/{node,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec} 2>/dev/null || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- helpers
+
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b - a }'; }
+# calc EXPR: floating-point arithmetic with awk.
+calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
+fmt() { awk -v v="$2" "BEGIN { printf \"$1\", v }"; }
+
+# best max|min VALUE...: the best of several runs.
+best() {
+  local mode=$1; shift
+  if [ "$mode" = max ]; then printf '%s\n' "$@" | sort -g | tail -n1
+  else printf '%s\n' "$@" | sort -g | head -n1; fi
+}
+
+# met floor|ceiling VALUE TARGET: yes or no.
+met() {
+  awk -v k="$1" -v v="$2" -v t="$3" 'BEGIN {
+    ok = (k == "floor") ? (v >= t) : (v <= t); print ok ? "yes" : "**no**" }'
+}
+
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+
+# port_free PORT: nothing listens on 127.0.0.1:PORT.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for DESCRIPTION PID CMD...: polls CMD (bounded, 30 s) until it
+# succeeds, failing early if PID dies.
+wait_for() {
+  local what=$1 pid=$2 i; shift 2
+  for ((i = 0; i < 300; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || die "$what exited while starting; see $LOGS"
+    sleep 0.1
+  done
+  die "$what did not come up within 30 s; see $LOGS"
+}
+
+# p2p CMD ARGS...: a p2pstore command against the bench node.
+p2p() {
+  local cmd=$1; shift
+  P2PSTORE_DATA_DIR=$BENCH_DIR/node "$BIN" "$cmd" --daemon-socket "$SOCK" "$@"
+}
+
+# json_num FIELD: a number field from pretty-printed JSON on stdin.
+json_num() { sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" | head -n1; }
+
+# nar_hash [--store STORE] PATH: the narHash Nix recorded for PATH.
+nar_hash() { nix path-info --json "$@" | grep -o '"narHash":"[^"]*"' | head -n1 | cut -d'"' -f4; }
+
+hash_part() { basename "$1" | cut -c1-32; }
+
+# pair_best MODE FN ARGS...: runs `FN node RUN ARGS` and `FN nginx RUN ARGS`
+# BENCH_RUNS times each, swapping which goes first every round so that the
+# noise of a busy machine falls on both alike, and sets BEST_NODE and
+# BEST_NGINX to the best result (MODE max or min). FN prints one number.
+pair_best() {
+  local mode=$1 fn=$2 i side v; shift 2
+  local node_vals=() nginx_vals=() order
+  for ((i = 1; i <= RUNS; i++)); do
+    order=(node nginx)
+    if ((i % 2 == 0)); then order=(nginx node); fi
+    for side in "${order[@]}"; do
+      v=$("$fn" "$side" "$i" "$@")
+      log "  run $i $side: $v"
+      if [ "$side" = node ]; then node_vals+=("$v"); else nginx_vals+=("$v"); fi
+    done
+  done
+  BEST_NODE=$(best "$mode" "${node_vals[@]}")
+  BEST_NGINX=$(best "$mode" "${nginx_vals[@]}")
+}
+
+# ---------------------------------------------------------------- setup
+
+# Nix, nginx, wrk; the corpus; a clean scratch dir.
+setup_common() {
+  [ "$(id -u)" = 0 ] || die "run as root (Nix is used single-user, and packages may be installed)"
+  # shellcheck source=../scripts/nix-env.sh
+  source scripts/nix-env.sh
+  local missing=()
+  command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if ((${#missing[@]})); then
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  PATH=$PATH:/usr/sbin # nginx lives there on Debian
+
+  # Wipe only a dir this script made (it carries a marker), never an
+  # arbitrary one that BENCH_DIR happens to point at.
+  if [ -e "$BENCH_DIR" ]; then
+    if [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
+      rm -rf "$BENCH_DIR"
+    elif [ -n "$(ls -A "$BENCH_DIR")" ]; then
+      die "$BENCH_DIR exists, is not empty and was not made by this script"
+    fi
+  fi
+  mkdir -p "$BENCH_DIR" "$LOGS"
+  touch "$BENCH_DIR/.p2pstore-bench" "$NOTES"
+  if [ "$(stat -f -c %T "$BENCH_DIR")" != tmpfs ]; then
+    note "BENCH_DIR is not on tmpfs: disk speed is part of the results"
+  fi
+
+  log "preparing the corpus (scripts/corpus.sh)"
+  local corpus
+  corpus=$(scripts/corpus.sh 2>"$LOGS/corpus.log") || die "scripts/corpus.sh failed; see $LOGS/corpus.log"
+  GO0=$(sed -n 1p <<<"$corpus")
+  GO1=$(sed -n 2p <<<"$corpus")
+  [[ $GO0 == */nix/store/*-go1.25.0 && $GO1 == */nix/store/*-go1.25.1 ]] \
+    || die "unexpected corpus.sh output: $corpus"
+  SRC_NARHASH=$(nar_hash "$GO0")
+  GO0_NARSIZE=$(nix path-info --json "$GO0" | grep -o '"narSize":[0-9]*' | head -n1 | cut -d: -f2)
+  log "main path $GO0 ($((GO0_NARSIZE / 1000000)) MB NAR)"
+}
+
+NODE_STARTED=""
+# Builds the binary, makes a signing key and starts the node with go1.25.0.
+start_node() {
+  [ -z "$NODE_STARTED" ] || return 0
+  NODE_STARTED=1
+  log "building p2pstore"
+  go build -o "$BIN" ./cmd/p2pstore
+  PUBKEY=$("$BIN" keygen --name bench-1 --out "$BENCH_DIR/key.sec" --force)
+  port_free "$NODE_PORT" || die "port $NODE_PORT is in use; set NODE_PORT"
+  port_free "$P2P_PORT" || die "port $P2P_PORT is in use; set P2P_PORT"
+  # libp2p on loopback only and no mDNS: nothing of the bench leaves the
+  # machine.
+  P2PSTORE_DATA_DIR=$BENCH_DIR/node "$BIN" serve \
+    --sign-key-file "$BENCH_DIR/key.sec" \
+    --http-listen "127.0.0.1:$NODE_PORT" \
+    --daemon-socket "$SOCK" \
+    --p2p-listen "/ip4/127.0.0.1/tcp/$P2P_PORT" --mdns=false \
+    >"$LOGS/node.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_for "the node" "$NODE_PID" p2p status
+  log "node up (pid $NODE_PID); importing go1.25.0"
+  p2p import "$GO0" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
+  tail -n1 "$LOGS/import.log" >&2
+}
+
+# static_cache none|zstd PATH...: adds paths to a file:// binary cache that
+# nginx serves at /none/ or /zstd/, signed with the node's key.
+static_cache() {
+  local comp=$1; shift
+  nix copy --to "file://$BENCH_DIR/static/$comp?compression=$comp&secret-key=$BENCH_DIR/key.sec" \
+    "$@" >>"$LOGS/static-cache.log" 2>&1 || die "nix copy to the $comp cache failed; see $LOGS/static-cache.log"
+}
+
+NGINX_STARTED=""
+# Makes the static caches of go1.25.0 and starts nginx on them.
+start_nginx() {
+  [ -z "$NGINX_STARTED" ] || return 0
+  NGINX_STARTED=1
+  start_node # for the key
+  log "making static binary caches of go1.25.0 (none, zstd)"
+  static_cache none "$GO0"
+  static_cache zstd "$GO0"
+  port_free "$NGINX_PORT" || die "port $NGINX_PORT is in use; set NGINX_PORT"
+  local d=$BENCH_DIR/nginx
+  mkdir -p "$d/tmp"
+  # Tuned as a binary cache would be: sendfile, no access log, long-lived
+  # keep-alive connections. Workers run as root because the files are
+  # root's in a private scratch dir.
+  cat >"$BENCH_DIR/nginx.conf" <<EOF
+user root;
+worker_processes auto;
+daemon off;
+pid $d/nginx.pid;
+error_log $LOGS/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  keepalive_timeout 65;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  types {
+    text/x-nix-narinfo narinfo;
+    text/x-nix-cache-info nix-cache-info;
+  }
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    root $BENCH_DIR/static; # /none/ and /zstd/ are the two caches
+  }
+}
+EOF
+  nginx -p "$d" -e "$LOGS/nginx-error.log" -c "$BENCH_DIR/nginx.conf" >"$LOGS/nginx.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_for nginx "$pid" curl -fsS "$NGINX_URL/none/nix-cache-info"
+  log "nginx up (pid $pid)"
+}
+
+NARINFO_READY=""
+# Adds 373 small paths to the Nix store, the node and the static cache, for
+# the narinfo benchmark.
+make_narinfo_paths() {
+  [ -z "$NARINFO_READY" ] || return 0
+  NARINFO_READY=1
+  start_nginx
+  log "adding $NARINFO_PATHS small store paths"
+  local src=$BENCH_DIR/narinfo-src i dirs=()
+  for ((i = 1; i <= NARINFO_PATHS; i++)); do
+    mkdir -p "$src/p2pstore-bench-$i"
+    echo "$i" >"$src/p2pstore-bench-$i/index" # deterministic: same paths every time
+    dirs+=("$src/p2pstore-bench-$i")
+  done
+  mapfile -t NARINFO_STORE_PATHS < <(nix-store --add "${dirs[@]}")
+  ((${#NARINFO_STORE_PATHS[@]} == NARINFO_PATHS)) || die "nix-store --add made ${#NARINFO_STORE_PATHS[@]} paths"
+  p2p import "${NARINFO_STORE_PATHS[@]}" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
+  tail -n1 "$LOGS/import.log" >&2
+  static_cache none "${NARINFO_STORE_PATHS[@]}"
+  # curl config files: one with every URL, and 16 batches for the
+  # concurrent variant.
+  local side base p n
+  for side in node nginx; do
+    base=$NODE_URL
+    if [ "$side" = nginx ]; then base=$NGINX_URL/none; fi
+    : >"$BENCH_DIR/narinfo-$side.curl"
+    for ((n = 0; n < 16; n++)); do : >"$BENCH_DIR/narinfo-$side-$n.curl"; done
+    n=0
+    for p in "${NARINFO_STORE_PATHS[@]}"; do
+      printf 'url = "%s/%s.narinfo"\noutput = "/dev/null"\n' "$base" "$(hash_part "$p")" \
+        | tee -a "$BENCH_DIR/narinfo-$side-$((n % 16)).curl" >>"$BENCH_DIR/narinfo-$side.curl"
+      n=$((n + 1))
+    done
+  done
+}
+
+# nar_url node|nginx [zstd]: the NAR URL from the server's narinfo.
+nar_url() {
+  local base=$NODE_URL rel
+  if [ "$1" = nginx ]; then base=$NGINX_URL/${2:-none}; elif [ "${2:-none}" = zstd ]; then base=$NODE_URL/zstd; fi
+  rel=$(curl -fsS "$base/$(hash_part "$GO0").narinfo" | sed -n 's/^URL: //p')
+  [ -n "$rel" ] || die "no URL in the $1 narinfo of $GO0"
+  echo "$base/$rel"
+}
+
+# check_nar URL: the uncompressed NAR there hashes to go1.25.0's narHash, so
+# that the throughput runs measure correct answers.
+check_nar() {
+  local hex got
+  hex=$(curl -fsS "$1" | sha256sum | cut -d' ' -f1)
+  got=sha256:$(nix-hash --type sha256 --to-base32 "$hex")
+  [ "$got" = "$SRC_NARHASH" ] || die "NAR at $1 hashes to $got, not $SRC_NARHASH"
+}
+
+# ---------------------------------------------------------------- measures
+
+# wrk_once SIDE RUN THREADS CONNS: bytes/s of NAR downloads.
+wrk_once() {
+  local side=$1 run=$2 threads=$3 conns=$4 url out
+  url=$([ "$side" = node ] && echo "$NODE_NAR" || echo "$NGINX_NAR")
+  # A 191 MB response takes longer than wrk's default 2 s timeout at 16
+  # connections; wrk would count it as an error.
+  out=$(wrk -t"$threads" -c"$conns" -d"${SECONDS_PER_RUN}s" --timeout 60s "$url" 2>&1)
+  echo "$out" >>"$LOGS/wrk-$side-c$conns.log"
+  if grep -q -e 'Socket errors' -e 'Non-2xx' <<<"$out"; then
+    note "wrk -c$conns against $side, run $run: $(grep -e 'Socket errors' -e 'Non-2xx' <<<"$out" | tr -s ' ' | paste -sd';')"
+  fi
+  # "Transfer/sec:      1.02GB": wrk's units are powers of 1024.
+  awk '/^Transfer\/sec:/ {
+         v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z]+$/, "", v)
+         m = (u == "KB") ? 2^10 : (u == "MB") ? 2^20 : (u == "GB") ? 2^30 : (u == "TB") ? 2^40 : 1
+         printf "%.0f\n", v * m; found = 1 }
+       END { if (!found) exit 1 }' <<<"$out" || die "no Transfer/sec in wrk output: $out"
+}
+
+bench_serve() {
+  start_nginx
+  NODE_NAR=$(nar_url node)
+  NGINX_NAR=$(nar_url nginx)
+  log "checking the NARs both serve"
+  check_nar "$NODE_NAR"
+  check_nar "$NGINX_NAR"
+  local rss_all rss_serve conns threads
+  # VmHWM so far covers the imports; reset it (clear_refs 5) to see what
+  # serving alone peaks at, too.
+  rss_all=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+  echo 5 >"/proc/$NODE_PID/clear_refs" 2>/dev/null || note "could not reset VmHWM; the serving peak includes the imports"
+  for conns in 1 16; do
+    threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
+    log "NAR throughput, $conns connection(s), ${SECONDS_PER_RUN}s x $RUNS runs each"
+    pair_best max wrk_once "$threads" "$conns"
+    row "NAR throughput, go1.25.0, $conns conn (wrk)" \
+      "$(fmt '%.0f MB/s' "$(calc "$BEST_NODE/1e6")")" "$(fmt '%.0f MB/s' "$(calc "$BEST_NGINX/1e6")")" \
+      "$(fmt '%.2f' "$(calc "$BEST_NODE/$BEST_NGINX")")" "≥ 0.8" \
+      "$(met floor "$(calc "$BEST_NODE/$BEST_NGINX")" 0.8)"
+  done
+  rss_serve=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+  rss_all=$((rss_all > rss_serve ? rss_all : rss_serve))
+  row "node peak RSS (VmHWM), imports + serving" "$(fmt '%.0f MiB' "$(calc "$rss_all/1024")")" "—" "—" "≤ 150 MiB" \
+    "$(met ceiling "$(calc "$rss_all/1024")" 150)"
+  row "node peak RSS (VmHWM), serving only" "$(fmt '%.0f MiB' "$(calc "$rss_serve/1024")")" "—" "—" "≤ 150 MiB" \
+    "$(met ceiling "$(calc "$rss_serve/1024")" 150)"
+}
+
+# e2e_once SIDE RUN COMPRESSION: seconds for `nix copy` of go1.25.0 into a
+# fresh client store.
+e2e_once() {
+  local side=$1 run=$2 comp=$3 url client t0 t1 got
+  url=$NGINX_URL/$comp
+  if [ "$side" = node ]; then
+    url=$NODE_URL
+    if [ "$comp" = zstd ]; then url=$NODE_URL/zstd; fi
+  fi
+  client=$BENCH_DIR/client-$run
+  chmod -R u+w "$client" 2>/dev/null || true
+  rm -rf "$client" "$XDG_CACHE_HOME"
+  t0=$(now)
+  nix copy --from "$url" --to "$client" "$GO0" \
+    --option trusted-public-keys "$PUBKEY" \
+    --option narinfo-cache-positive-ttl 0 --option narinfo-cache-negative-ttl 0 \
+    >>"$LOGS/e2e-$side-$comp.log" 2>&1 || die "nix copy from $url failed; see $LOGS/e2e-$side-$comp.log"
+  t1=$(now)
+  got=$(nar_hash --store "$client" "$GO0")
+  [ "$got" = "$SRC_NARHASH" ] || die "client copy from $url has narHash $got, not $SRC_NARHASH"
+  chmod -R u+w "$client" && rm -rf "$client" # tmpfs is RAM
+  elapsed "$t0" "$t1"
+}
+
+bench_e2e() {
+  start_nginx
+  local comp ratio
+  for comp in none zstd; do
+    log "nix copy of go1.25.0, compression $comp, $RUNS runs each"
+    pair_best min e2e_once "$comp"
+    ratio=$(calc "$BEST_NODE/$BEST_NGINX")
+    row "nix copy go1.25.0, $comp (narHash checked)" "$(fmt '%.2f s' "$BEST_NODE")" "$(fmt '%.2f s' "$BEST_NGINX")" \
+      "$(fmt '%.2f' "$ratio")" "≤ 1.2" "$(met ceiling "$ratio" 1.2)"
+  done
+}
+
+# narinfo_once SIDE RUN seq|par: seconds for 373 narinfo GETs, with one
+# keep-alive curl, or with 16 curls at once each fetching a batch.
+narinfo_once() {
+  local side=$1 run=$2 mode=$3 t0 t1 codes ok
+  t0=$(now)
+  if [ "$mode" = seq ]; then
+    codes=$(curl -s -w '%{http_code}\n' -K "$BENCH_DIR/narinfo-$side.curl")
+  else
+    codes=$(printf '%s\n' "$BENCH_DIR"/narinfo-"$side"-{0..15}.curl \
+      | xargs -P16 -n1 curl -s -w '%{http_code}\n' -K)
+  fi
+  t1=$(now)
+  ok=$(grep -c '^200$' <<<"$codes" || true)
+  [ "$ok" = "$NARINFO_PATHS" ] || die "$side answered $ok of $NARINFO_PATHS narinfo GETs with 200"
+  elapsed "$t0" "$t1"
+}
+
+bench_narinfo() {
+  make_narinfo_paths
+  local mode ratio label
+  for mode in seq par; do
+    label="$NARINFO_PATHS narinfo GETs, one keep-alive curl"
+    if [ "$mode" = par ]; then label="$NARINFO_PATHS narinfo GETs, 16 curls at once"; fi
+    log "$label, $RUNS runs each"
+    pair_best min narinfo_once "$mode"
+    ratio=$(calc "$BEST_NODE/$BEST_NGINX")
+    row "$label" "$(fmt '%.3f s' "$BEST_NODE")" "$(fmt '%.3f s' "$BEST_NGINX")" \
+      "$(fmt '%.2f' "$ratio")" "≤ 1.5" "$(met ceiling "$ratio" 1.5)"
+  done
+}
+
+bench_dedup() {
+  start_node
+  local before after stored logical pct
+  before=$(p2p status --json)
+  log "importing go1.25.1 after go1.25.0"
+  p2p import "$GO1" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
+  tail -n1 "$LOGS/import.log" >&2
+  after=$(p2p status --json)
+  stored=$(($(json_num bytes_stored <<<"$after") - $(json_num bytes_stored <<<"$before")))
+  logical=$(($(json_num bytes_logical <<<"$after") - $(json_num bytes_logical <<<"$before")))
+  ((logical > 0)) || die "importing go1.25.1 added no logical bytes (already there?)"
+  pct=$(calc "100*$stored/$logical")
+  row "dedup: new bytes for go1.25.1 after go1.25.0" \
+    "$(fmt '%.1f MB' "$(calc "$stored/1e6")") of $(fmt '%.1f MB' "$(calc "$logical/1e6")")" "—" \
+    "$(fmt '%.1f%%' "$pct")" "≤ 32%" "$(met ceiling "$pct" 32)"
+}
+
+bench_ingest() {
+  log "BenchmarkIngest (NAR -> castore, one core, 3 iterations)"
+  local out mbs
+  mkdir -p "$BENCH_DIR/go-tmp"
+  out=$(TMPDIR=$BENCH_DIR/go-tmp P2PSTORE_BENCH_PATH=$GO0 \
+    go test -run XXX -bench BenchmarkIngest -benchtime 3x -cpu 1 ./narview/nar/ 2>&1) \
+    || { echo "$out" >"$LOGS/ingest.log"; die "go test failed; see $LOGS/ingest.log"; }
+  echo "$out" >"$LOGS/ingest.log"
+  mbs=$(awk '/^BenchmarkIngest/ { for (i = 2; i <= NF; i++) if ($i == "MB/s") print $(i-1) }' <<<"$out")
+  [ -n "$mbs" ] || die "no MB/s in the benchmark output; see $LOGS/ingest.log"
+  row "ingest go1.25.0 NAR -> castore, 1 core (go test -bench)" "$mbs MB/s" "—" "—" "≥ 400 MB/s" \
+    "$(met floor "$mbs" 400)"
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+  local what=("$@") w
+  ((${#what[@]})) || what=(all)
+  for w in "${what[@]}"; do
+    case $w in serve | e2e | narinfo | dedup | ingest | all) ;; *) usage ;; esac
+  done
+  [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
+  [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo dedup ingest); fi
+
+  setup_common
+  # Set everything up before measuring, so that no measure runs while
+  # Nix is compressing or the node importing.
+  for w in "${what[@]}"; do
+    case $w in
+      serve | e2e) start_nginx ;;
+      narinfo) make_narinfo_paths ;;
+      dedup) start_node ;;
+    esac
+  done
+  for w in "${what[@]}"; do "bench_$w"; done
+
+  if [ -n "$NODE_PID" ]; then
+    local errs
+    errs=$(grep -c 'level=ERROR' "$LOGS/node.log" || true)
+    if ((errs > 0)); then
+      note "the node logged $errs errors, e.g.: $(grep -m1 'level=ERROR' "$LOGS/node.log")"
+    fi
+  fi
+
+  {
+    echo "| measure | node | nginx (or peer) | ratio | target | met? |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "Best of $RUNS alternating runs per side; ratio is node/nginx (dedup: new/logical)."
+    if [ -s "$NOTES" ]; then
+      echo
+      sed 's/^/- /' "$NOTES"
+    fi
+    echo
+    echo "command: $CMDLINE"
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'); $(go version); $(nix --version); $(nginx -v 2>&1)"
+  } | tee "$BENCH_DIR/results.md"
+}
+
+main "$@"

@@ -1,0 +1,79 @@
+package pathinfo
+
+import (
+	"crypto/sha256"
+	"errors"
+	"path/filepath"
+	"testing"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+)
+
+func sample(hash string, size uint64) *Info {
+	return &Info{
+		StorePath:  "/nix/store/" + hash + "-name",
+		Root:       castore.Node{Type: castore.TypeDirectory, Digest: castore.Sum([]byte(hash)), Size: 3},
+		NarHash:    sha256.Sum256([]byte(hash)),
+		NarSize:    size,
+		References: []string{"/nix/store/" + hash + "-name"},
+		Sigs:       []string{"x-1:AAAA"},
+	}
+}
+
+func TestIndex(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "paths.db")
+	x, err := Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50)
+	for _, in := range []*Info{a, b, a} { // a twice: replaced, not added
+		if err := in.Validate("/nix/store"); err != nil {
+			t.Fatal(err)
+		}
+		if err := x.Put(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tot, _ := x.Totals()
+	if tot.Paths != 2 || tot.NarBytes != 150 {
+		t.Fatalf("totals %+v", tot)
+	}
+	x.Close()
+	if x, err = Open(file); err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	got, err := x.Get(a.HashPart())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Root.Marshal() == nil || string(got.Root.Marshal()) != string(a.Root.Marshal()) || got.NarHash != a.NarHash || got.StorePath != a.StorePath {
+		t.Fatalf("read back %+v", got)
+	}
+	if _, err := x.Get("00000000000000000000000000000000"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing path: %v", err)
+	}
+	x.Delete(a.HashPart())
+	if tot, _ := x.Totals(); tot.Paths != 1 || tot.NarBytes != 50 {
+		t.Fatalf("after delete %+v", tot)
+	}
+}
+
+func TestSignatures(t *testing.T) {
+	k, _ := narinfo.GenerateKey("test-1")
+	in := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100)
+	if in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
+		t.Fatal("trusted before signing")
+	}
+	in.AddSig(k.Sign(in.Fingerprint()))
+	in.AddSig(k.Sign(in.Fingerprint()))
+	if len(in.Sigs) != 2 || !in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
+		t.Fatalf("sigs %v", in.Sigs)
+	}
+	in.NarSize++
+	if in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
+		t.Fatal("trusted after the NarSize changed")
+	}
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: installs what the tests need (Debian's nix-bin,
+# zstd), adds the real-data corpus to the Nix store, then gofmt, go vet and
+# go test. Needs root on a fresh machine (apt-get, single-user Nix).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/nix-env.sh
+if ! command -v zstd >/dev/null 2>&1; then
+  apt-get install -y -qq --no-install-recommends zstd >/dev/null
+fi
+export P2PSTORE_REQUIRE_NIX=1
+P2PSTORE_CORPUS=$(scripts/corpus.sh | tr '\n' ' ')
+export P2PSTORE_CORPUS
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+go vet ./...
+go test -count=1 -timeout 20m ./...
