@@ -303,7 +303,20 @@ func (n *Node) infoFromMeta(meta *PathMeta) (*pathinfo.Info, error) {
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return nil, badInput("%v", err)
 	}
+	if err := info.CheckSigs(n.knownKeys()); err != nil {
+		return nil, badInput("%v", err)
+	}
 	return info, nil
+}
+
+// knownKeys are the keys whose signatures the node can check: the trusted
+// ones, the upstream ones and its own.
+func (n *Node) knownKeys() []narinfo.PublicKey {
+	keys := append(append([]narinfo.PublicKey(nil), n.cfg.TrustedPublicKeys...), n.cfg.UpstreamPublicKeys...)
+	if n.signKey != nil {
+		keys = append(keys, n.signKey.Public())
+	}
+	return keys
 }
 
 // status gathers the node's status.

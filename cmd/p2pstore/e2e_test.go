@@ -426,6 +426,18 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("%s NAR: %v", name, err)
 		}
 	}
+	// A signature that claims the node's own key but does not verify.
+	forged := addTree(t, "forged", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
+	src := pathInfo(t, "", forged)[forged]
+	fm := &node.PathMeta{Path: forged, NarHash: src.NarHash, NarSize: src.NarSize,
+		Sigs: []string{"e2e-test-1:" + strings.Repeat("A", 86) + "=="}}
+	_, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)))
+	if se, ok := err.(*node.StatusError); !ok || se.Code != 400 || !strings.Contains(se.Msg, "does not verify") {
+		t.Errorf("forged signature: %v", err)
+	}
+	if code, _ := n.get("/" + hashPart(forged) + ".narinfo"); code != 404 {
+		t.Errorf("path with a forged signature is visible: %d", code)
+	}
 	if code, _ := n.get("/" + strings.Repeat("1", 32) + ".narinfo"); code != 404 {
 		t.Errorf("refused import is visible: %d", code)
 	}

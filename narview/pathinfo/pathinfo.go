@@ -61,6 +61,22 @@ func (i *Info) AddSig(sig string) {
 	i.Sigs = append(i.Sigs, sig)
 }
 
+// CheckSigs returns an error for a signature that claims to be by one of
+// keys (by name) but does not verify: a forged or corrupted signature.
+// Signatures by other keys cannot be checked here and are kept.
+func (i *Info) CheckSigs(keys []narinfo.PublicKey) error {
+	fp := i.Fingerprint()
+	for _, sig := range i.Sigs {
+		name, _, _ := strings.Cut(sig, ":")
+		for _, k := range keys {
+			if k.Name() == name && !k.Verify(fp, sig) {
+				return fmt.Errorf("%s: signature by %s does not verify", i.StorePath, name)
+			}
+		}
+	}
+	return nil
+}
+
 // TrustedBy reports whether one of the signatures verifies with one of keys.
 func (i *Info) TrustedBy(keys []narinfo.PublicKey) bool {
 	return narinfo.VerifyAny(i.Fingerprint(), i.Sigs, keys)

@@ -72,7 +72,13 @@ func TestSignatures(t *testing.T) {
 	if len(in.Sigs) != 2 || !in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
 		t.Fatalf("sigs %v", in.Sigs)
 	}
+	if err := in.CheckSigs([]narinfo.PublicKey{k.Public()}); err != nil {
+		t.Fatal(err)
+	}
 	in.NarSize++
+	if err := in.CheckSigs([]narinfo.PublicKey{k.Public()}); err == nil {
+		t.Fatal("a signature that no longer verifies passed CheckSigs")
+	}
 	if in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
 		t.Fatal("trusted after the NarSize changed")
 	}
