@@ -136,8 +136,14 @@ p2p() {
 # json_num FIELD: a number field from pretty-printed JSON on stdin.
 json_num() { sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" | head -n1; }
 
-# nar_hash [--store STORE] PATH: the narHash Nix recorded for PATH.
-nar_hash() { nix path-info --json "$@" | grep -o '"narHash":"[^"]*"' | head -n1 | cut -d'"' -f4; }
+# nar_hash [--store STORE] PATH: the narHash Nix recorded for PATH, in SRI
+# form (Nix versions differ in the form path-info prints).
+nar_hash() {
+  local h
+  h=$(nix path-info --json "$@" | grep -o '"narHash":"[^"]*"' | head -n1 | cut -d'"' -f4)
+  [ -n "$h" ] || die "no narHash for $*"
+  nix hash to-sri "$h"
+}
 
 hash_part() { basename "$1" | cut -c1-32; }
 
@@ -343,7 +349,7 @@ nar_url() {
 check_nar() {
   local hex got
   hex=$(curl -fsS "$1" | sha256sum | cut -d' ' -f1)
-  got=sha256:$(nix-hash --type sha256 --to-base32 "$hex")
+  got=$(nix hash to-sri --type sha256 "$hex")
   [ "$got" = "$SRC_NARHASH" ] || die "NAR at $1 hashes to $got, not $SRC_NARHASH"
 }
 

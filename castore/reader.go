@@ -14,37 +14,42 @@ import (
 // sendfile from the page cache. Not safe for concurrent use.
 type Reader struct {
 	s     *Store
-	files map[uint32]*os.File
+	files map[*packSet]map[uint32]*os.File
 }
 
 // NewReader returns a Reader; Close it to release its files.
 func (s *Store) NewReader() *Reader {
-	return &Reader{s: s, files: map[uint32]*os.File{}}
+	return &Reader{s: s, files: map[*packSet]map[uint32]*os.File{}}
 }
 
 // Close closes the Reader's pack files.
 func (r *Reader) Close() error {
-	for id, f := range r.files {
-		f.Close()
-		delete(r.files, id)
+	for set, files := range r.files {
+		for _, f := range files {
+			f.Close()
+		}
+		delete(r.files, set)
 	}
 	return nil
 }
 
-// chunk returns the bytes of one chunk as a reader positioned in its pack.
-// Bytes are not hashed here: serving trusts the store as nginx trusts its
-// disk, and `verify` checks every chunk.
-func (r *Reader) chunk(d Digest) (*io.LimitedReader, error) {
-	loc, err := r.s.chunkLoc(d)
-	if err != nil {
-		return nil, fmt.Errorf("chunk %s: %w", d, err)
+// section returns a reader over a range of a pack, positioned in a file of
+// the Reader's own so that it can be sent with sendfile. Bytes are not
+// hashed here: serving trusts the store as nginx trusts its disk, and
+// `verify` checks every object.
+func (r *Reader) section(set *packSet, loc chunkLoc) (*io.LimitedReader, error) {
+	files := r.files[set]
+	if files == nil {
+		files = map[uint32]*os.File{}
+		r.files[set] = files
 	}
-	f := r.files[loc.Pack]
+	f := files[loc.Pack]
 	if f == nil {
-		if f, err = os.Open(r.s.packPath(loc.Pack)); err != nil {
+		var err error
+		if f, err = os.Open(set.path(loc.Pack)); err != nil {
 			return nil, err
 		}
-		r.files[loc.Pack] = f
+		files[loc.Pack] = f
 	}
 	if _, err := f.Seek(loc.Offset, io.SeekStart); err != nil {
 		return nil, err
@@ -52,17 +57,31 @@ func (r *Reader) chunk(d Digest) (*io.LimitedReader, error) {
 	return &io.LimitedReader{R: f, N: int64(loc.Size)}, nil
 }
 
-// WriteBlob writes the blob's content to w, chunk by chunk.
+// WriteBlob writes the blob's content to w, chunk by chunk. A w that is a
+// ChunkWriter gets each chunk by digest.
 func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint64) error {
 	refs, err := r.s.BlobChunks(d, size)
 	if err != nil {
 		return err
 	}
+	cw, _ := w.(ChunkWriter)
 	for _, ref := range refs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		lr, err := r.chunk(ref.Digest)
+		if cw != nil {
+			if done, err := cw.WriteChunk(ref); done || err != nil {
+				if err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		loc, err := r.s.chunkLoc(ref.Digest)
+		if err != nil {
+			return fmt.Errorf("chunk %s: %w", ref.Digest, err)
+		}
+		lr, err := r.section(r.s.raw, loc)
 		if err != nil {
 			return err
 		}
@@ -76,7 +95,6 @@ func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint
 	}
 	return nil
 }
-
 // Directory returns a stored directory.
 func (r *Reader) Directory(_ context.Context, d Digest) (*Directory, error) {
 	return r.s.Directory(d)

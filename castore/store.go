@@ -1,43 +1,33 @@
 package castore
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
-	"sync"
 
 	bolt "go.etcd.io/bbolt"
 )
 
-// On-disk layout of a Store at dir:
-//
-//	dir/index.db           bbolt: chunk, blob and directory indexes, pack lengths
-//	dir/packs/NNNNNNNN.pack append-only chunk data, raw bytes back to back
-//
-// Chunks are kept raw, not compressed: a NAR is then mostly a splice of pack
-// file ranges that go to a socket with sendfile, the way nginx serves a
-// static cache, and ingest does not pay for compression.
+// On-disk layout of a Store at dir (see the package doc).
 const (
-	indexFile   = "index.db"
-	packsDir    = "packs"
-	packSuffix  = ".pack"
-	maxPackSize = 1 << 30 // start a new pack after this many bytes
+	indexFile  = "index.db"
+	packsDir   = "packs"
+	packSuffix = ".pack"
+	zstdDir    = "zstd"
+	zstdSuffix = ".zpack"
 
-	packBufferSize = 1 << 20 // appends reach the file in writes of this size
+	rawPackKey  = 'r' // key prefix of raw pack lengths in bucketPacks
+	zstdPackKey = 'z' // and of zstd frame pack lengths
 )
 
 var (
 	bucketChunks = []byte("chunks") // chunk digest -> location
 	bucketBlobs  = []byte("blobs")  // blob digest -> chunk list, only for blobs of 2+ chunks
 	bucketDirs   = []byte("dirs")   // directory digest -> canonical encoding
-	bucketPacks  = []byte("packs")  // pack id -> committed length
+	bucketPacks  = []byte("packs")  // set key + pack id -> committed length
+	bucketFrames = []byte("frames") // chunk digest -> zstd frame location, empty if incompressible
 	bucketMeta   = []byte("meta")   // counters
 )
 
@@ -51,17 +41,10 @@ var (
 // a commit makes them durable first (pack fsync, then the bbolt commit),
 // so the index never points at bytes that a crash could lose.
 type Store struct {
-	dir string
-	db  *bolt.DB
-
-	mu      sync.Mutex // guards the pack being appended to
-	cur     *os.File
-	curBuf  *bufio.Writer // batches small chunks into large writes
-	curID   uint32
-	curSize int64
-
-	rmu     sync.RWMutex
-	readers map[uint32]*os.File // shared read-only pack files, for ReadAt
+	dir  string
+	db   *bolt.DB
+	raw  *packSet // chunk bytes
+	zstd *packSet // zstd frames of chunks, made in the background
 }
 
 // Open opens or creates the store in dir. Pack bytes past the length that
@@ -80,9 +63,16 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("castore: opening index: %w", err)
 	}
-	s := &Store{dir: dir, db: db, readers: map[uint32]*os.File{}}
+	s := &Store{dir: dir, db: db}
+	if s.raw, err = newPackSet(filepath.Join(dir, packsDir), packSuffix, rawPackKey); err == nil {
+		s.zstd, err = newPackSet(filepath.Join(dir, zstdDir), zstdSuffix, zstdPackKey)
+	}
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketChunks, bucketBlobs, bucketDirs, bucketPacks, bucketMeta} {
+		for _, b := range [][]byte{bucketChunks, bucketBlobs, bucketDirs, bucketPacks, bucketMeta, bucketFrames} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -90,7 +80,10 @@ func Open(dir string) (*Store, error) {
 		return nil
 	})
 	if err == nil {
-		err = s.trimPacks()
+		err = s.raw.trim(db)
+	}
+	if err == nil {
+		err = s.zstd.trim(db)
 	}
 	if err != nil {
 		db.Close()
@@ -101,166 +94,9 @@ func Open(dir string) (*Store, error) {
 
 // Close closes the pack files and the index.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	s.closePack()
-	s.mu.Unlock()
-	s.rmu.Lock()
-	for id, f := range s.readers {
-		f.Close()
-		delete(s.readers, id)
-	}
-	s.rmu.Unlock()
+	s.raw.close()
+	s.zstd.close()
 	return s.db.Close()
-}
-
-func (s *Store) packPath(id uint32) string {
-	return filepath.Join(s.dir, packsDir, fmt.Sprintf("%08d%s", id, packSuffix))
-}
-
-// trimPacks cuts every pack to its committed length and picks the pack to
-// append to.
-func (s *Store) trimPacks() error {
-	entries, err := os.ReadDir(filepath.Join(s.dir, packsDir))
-	if err != nil {
-		return err
-	}
-	committed := map[uint32]int64{}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
-			committed[binary.BigEndian.Uint32(k)] = int64(binary.BigEndian.Uint64(v))
-			return nil
-		})
-	})
-	if err != nil {
-		return err
-	}
-	var maxID uint32
-	for _, e := range entries {
-		name := e.Name()
-		if !strings.HasSuffix(name, packSuffix) {
-			continue
-		}
-		n, err := strconv.ParseUint(strings.TrimSuffix(name, packSuffix), 10, 32)
-		if err != nil {
-			continue
-		}
-		id := uint32(n)
-		maxID = max(maxID, id)
-		info, err := e.Info()
-		if err != nil {
-			return err
-		}
-		if want := committed[id]; info.Size() > want {
-			if err := os.Truncate(s.packPath(id), want); err != nil {
-				return fmt.Errorf("castore: trimming pack %d: %w", id, err)
-			}
-		}
-	}
-	s.curID = maxID + 1
-	return nil
-}
-
-// appendChunk writes data to the current pack and returns where it went.
-func (s *Store) appendChunk(data []byte) (chunkLoc, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cur == nil || s.curSize+int64(len(data)) > maxPackSize {
-		if s.cur != nil {
-			if err := s.closePack(); err != nil {
-				return chunkLoc{}, err
-			}
-			s.curID++
-		}
-		f, err := os.OpenFile(s.packPath(s.curID), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-		if err != nil {
-			return chunkLoc{}, err
-		}
-		info, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return chunkLoc{}, err
-		}
-		s.cur, s.curSize = f, info.Size()
-		s.curBuf = bufio.NewWriterSize(f, packBufferSize)
-	}
-	var err error
-	if len(data) >= packBufferSize/16 {
-		// Large chunks skip the buffer's copy; small ones share a write.
-		if err = s.curBuf.Flush(); err == nil {
-			_, err = s.cur.Write(data)
-		}
-	} else {
-		_, err = s.curBuf.Write(data)
-	}
-	if err != nil {
-		return chunkLoc{}, fmt.Errorf("castore: writing pack: %w", err)
-	}
-	loc := chunkLoc{Pack: s.curID, Offset: s.curSize, Size: uint32(len(data))}
-	s.curSize += int64(len(data))
-	return loc, nil
-}
-
-// closePack flushes and closes the pack being appended to. Callers hold mu.
-func (s *Store) closePack() error {
-	if s.cur == nil {
-		return nil
-	}
-	err := s.curBuf.Flush()
-	if cerr := s.cur.Close(); err == nil {
-		err = cerr
-	}
-	s.cur, s.curBuf = nil, nil
-	return err
-}
-
-// syncPack makes a pack's bytes durable and returns its length.
-func (s *Store) syncPack(id uint32) (int64, error) {
-	s.mu.Lock()
-	if s.cur != nil && s.curID == id {
-		if err := s.curBuf.Flush(); err != nil {
-			s.mu.Unlock()
-			return 0, err
-		}
-	}
-	s.mu.Unlock()
-	f, err := os.OpenFile(s.packPath(id), os.O_RDONLY, 0)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return 0, err
-	}
-	info, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	return info.Size(), nil
-}
-
-// chunkLoc is where a chunk's bytes are: a range of one pack file.
-type chunkLoc struct {
-	Pack   uint32
-	Offset int64
-	Size   uint32
-}
-
-func (l chunkLoc) marshal() []byte {
-	b := binary.AppendUvarint(nil, uint64(l.Pack))
-	b = binary.AppendUvarint(b, uint64(l.Offset))
-	return binary.AppendUvarint(b, uint64(l.Size))
-}
-
-func unmarshalChunkLoc(b []byte) (chunkLoc, error) {
-	var v [3]uint64
-	for i := range v {
-		x, n := binary.Uvarint(b)
-		if n <= 0 {
-			return chunkLoc{}, errors.New("castore: corrupt chunk location")
-		}
-		v[i], b = x, b[n:]
-	}
-	return chunkLoc{Pack: uint32(v[0]), Offset: int64(v[1]), Size: uint32(v[2])}, nil
 }
 
 // ChunkRef names one chunk of a blob and its length.
@@ -384,26 +220,6 @@ func (s *Store) HasBlob(d Digest, size uint64) bool {
 	return true
 }
 
-func (s *Store) readerFor(id uint32) (*os.File, error) {
-	s.rmu.RLock()
-	f := s.readers[id]
-	s.rmu.RUnlock()
-	if f != nil {
-		return f, nil
-	}
-	s.rmu.Lock()
-	defer s.rmu.Unlock()
-	if f = s.readers[id]; f != nil {
-		return f, nil
-	}
-	f, err := os.Open(s.packPath(id))
-	if err != nil {
-		return nil, err
-	}
-	s.readers[id] = f
-	return f, nil
-}
-
 // ReadChunk appends the chunk's bytes to buf after checking them against
 // the digest, so that corruption on disk is never passed on.
 func (s *Store) ReadChunk(d Digest, buf []byte) ([]byte, error) {
@@ -411,7 +227,7 @@ func (s *Store) ReadChunk(d Digest, buf []byte) ([]byte, error) {
 	if err != nil {
 		return buf, fmt.Errorf("chunk %s: %w", d, err)
 	}
-	f, err := s.readerFor(loc.Pack)
+	f, err := s.raw.reader(loc.Pack)
 	if err != nil {
 		return buf, err
 	}
@@ -432,6 +248,7 @@ type Stats struct {
 	ChunkBytes  uint64 // their bytes: what the store holds after dedup
 	Blobs       uint64 // blobs of more than one chunk
 	Directories uint64
+	Frames      uint64 // chunks whose zstd frame is made (or found not worth making)
 	Packs       int
 }
 
@@ -444,6 +261,7 @@ func (s *Store) Stats() (Stats, error) {
 		st.Chunks = getCounter(meta, metaChunkCount)
 		st.Blobs = uint64(tx.Bucket(bucketBlobs).Stats().KeyN)
 		st.Directories = uint64(tx.Bucket(bucketDirs).Stats().KeyN)
+		st.Frames = uint64(tx.Bucket(bucketFrames).Stats().KeyN)
 		st.Packs = tx.Bucket(bucketPacks).Stats().KeyN
 		return nil
 	})
@@ -460,18 +278,3 @@ func getCounter(b *bolt.Bucket, key []byte) uint64 {
 func addCounter(b *bolt.Bucket, key []byte, delta uint64) error {
 	return b.Put(key, binary.BigEndian.AppendUint64(nil, getCounter(b, key)+delta))
 }
-
-// packIDs lists the packs that hold committed data, in order.
-func (s *Store) packIDs() ([]uint32, error) {
-	var ids []uint32
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPacks).ForEach(func(k, _ []byte) error {
-			ids = append(ids, binary.BigEndian.Uint32(k))
-			return nil
-		})
-	})
-	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
-	return ids, err
-}
-
-var _ = io.EOF

@@ -11,6 +11,7 @@ import (
 // VerifyStats count what Verify checked.
 type VerifyStats struct {
 	Chunks      int
+	Frames      int
 	Directories int
 	Bytes       uint64
 }
@@ -26,12 +27,12 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 	}
 	// Collect the index first so that no read transaction stays open
 	// while the chunk data is read.
-	var chunks, dirs, blobs []entry
+	var chunks, dirs, blobs, frames []entry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		for _, b := range []struct {
 			name []byte
 			dst  *[]entry
-		}{{bucketChunks, &chunks}, {bucketDirs, &dirs}, {bucketBlobs, &blobs}} {
+		}{{bucketChunks, &chunks}, {bucketDirs, &dirs}, {bucketBlobs, &blobs}, {bucketFrames, &frames}} {
 			err := tx.Bucket(b.name).ForEach(func(k, v []byte) error {
 				d, err := DigestFromBytes(k)
 				if err != nil {
@@ -69,7 +70,7 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 		}
 		f := files[loc.Pack]
 		if f == nil {
-			if f, err = os.Open(s.packPath(loc.Pack)); err != nil {
+			if f, err = os.Open(s.raw.path(loc.Pack)); err != nil {
 				report(fmt.Sprintf("chunk %s: %v", c.d, err))
 				continue
 			}
@@ -106,6 +107,33 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 				report(fmt.Sprintf("blob %s: chunk %s is missing", b.d, r.Digest))
 			}
 		}
+	}
+	for _, f := range frames {
+		if err := ctx.Err(); err != nil {
+			return st, err
+		}
+		if len(f.v) == 0 {
+			continue // incompressible: served from the raw chunk
+		}
+		loc, err := unmarshalChunkLoc(f.v)
+		if err != nil || loc.Size > 2*MaxChunkSize {
+			report(fmt.Sprintf("zstd frame of chunk %s: bad location", f.d))
+			continue
+		}
+		pf, err := s.zstd.reader(loc.Pack)
+		if err != nil {
+			report(fmt.Sprintf("zstd frame of chunk %s: %v", f.d, err))
+			continue
+		}
+		frame := make([]byte, loc.Size)
+		if _, err := pf.ReadAt(frame, loc.Offset); err != nil {
+			report(fmt.Sprintf("zstd frame of chunk %s: %v", f.d, err))
+			continue
+		}
+		if err := verifyFrame(f.d, frame); err != nil {
+			report(err.Error())
+		}
+		st.Frames++
 	}
 	return st, nil
 }

@@ -1,7 +1,6 @@
 package castore
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -138,7 +137,7 @@ func (w *Writer) putChunk(d Digest, data []byte) error {
 		w.stats.DedupBytes += int64(len(data))
 		return nil
 	}
-	loc, err := w.s.appendChunk(data)
+	loc, err := w.s.raw.append(data)
 	if err != nil {
 		return err
 	}
@@ -185,13 +184,9 @@ func (w *Writer) Commit() error {
 		return errors.New("castore: writer already finished")
 	}
 	w.done = true
-	lengths := map[uint32]int64{}
-	for id := range w.packs {
-		n, err := w.s.syncPack(id)
-		if err != nil {
-			return fmt.Errorf("castore: syncing pack %d: %w", id, err)
-		}
-		lengths[id] = n
+	lengths, err := w.s.raw.syncAll(w.packs)
+	if err != nil {
+		return err
 	}
 	return w.s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
@@ -217,15 +212,8 @@ func (w *Writer) Commit() error {
 				}
 			}
 		}
-		packs := tx.Bucket(bucketPacks)
-		for id, n := range lengths {
-			k := binary.BigEndian.AppendUint32(nil, id)
-			if old := packs.Get(k); len(old) == 8 && int64(binary.BigEndian.Uint64(old)) >= n {
-				continue
-			}
-			if err := packs.Put(k, binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
-				return err
-			}
+		if err := w.s.raw.recordLengths(tx, lengths); err != nil {
+			return err
 		}
 		meta := tx.Bucket(bucketMeta)
 		if err := addCounter(meta, metaChunkBytes, newBytes); err != nil {

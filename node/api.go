@@ -54,6 +54,7 @@ type Status struct {
 	BytesLogical          uint64   `json:"bytes_logical"` // sum of the NAR sizes of all paths
 	DedupRatio            float64  `json:"dedup_ratio"`   // bytes_stored / bytes_logical
 	Chunks                uint64   `json:"chunks"`
+	ChunksCompressed      uint64   `json:"chunks_compressed"` // chunks with their zstd frame made`
 	Directories           uint64   `json:"directories"`
 	P2PBytesReceived      uint64   `json:"p2p_bytes_received"`
 	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`

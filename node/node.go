@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/ulikunitz/xz"
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/config"
@@ -40,6 +41,8 @@ type Node struct {
 	lock    *os.File
 	metrics *metrics
 
+	compress chan struct{} // wakes the background compressor
+
 	httpLn    net.Listener
 	controlLn net.Listener
 	servers   []*http.Server
@@ -56,7 +59,7 @@ const (
 // New opens the node's stores under cfg.DataDir and binds its listeners;
 // Run serves them.
 func New(cfg *config.Config, log *slog.Logger) (*Node, error) {
-	n := &Node{cfg: cfg, log: log}
+	n := &Node{cfg: cfg, log: log, compress: make(chan struct{}, 1)}
 	if err := n.open(); err != nil {
 		n.Close()
 		return nil, err
@@ -162,6 +165,8 @@ func (n *Node) Run(ctx context.Context) error {
 		serve(n.httpLn, n.Handler())
 	}
 	serve(n.controlLn, n.controlHandler())
+	n.wg.Add(1)
+	go n.compressLoop(ctx)
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
 	var err error
 	select {
@@ -198,23 +203,70 @@ func (n *Node) Close() error {
 	return nil
 }
 
+// compressLoop makes the zstd frames of new chunks in the background, at
+// start and after each import, so that .nar.zst requests are splices.
+func (n *Node) compressLoop(ctx context.Context) {
+	defer n.wg.Done()
+	n.wakeCompressor()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.compress:
+		}
+		start := time.Now()
+		count, err := n.store.CompressPending(ctx)
+		if err != nil && ctx.Err() == nil {
+			n.log.Error("compressing chunks", "err", err)
+		}
+		if count > 0 {
+			n.log.Debug("compressed chunks", "chunks", count, "seconds", time.Since(start).Seconds())
+		}
+	}
+}
+
+func (n *Node) wakeCompressor() {
+	select {
+	case n.compress <- struct{}{}:
+	default:
+	}
+}
+
 // Info implements httpcache.Paths: the local index.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	return n.index.Get(hash)
 }
 
-// NAR implements httpcache.Paths: the NAR rendered from castore.
-func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, w io.Writer) error {
+// NAR implements httpcache.Paths: the NAR rendered from castore. A zstd
+// NAR is spliced from the chunks' stored frames; xz is compressed on the
+// fly (slow, for clients that ask for nothing else).
+func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error {
 	r := n.store.NewReader()
 	defer r.Close()
 	cw := &countingWriter{w: w}
-	err := nar.Render(ctx, cw, info.Root, r)
+	var err error
+	switch compression {
+	case httpcache.CompressionZstd:
+		zw := r.NewZstdWriter(cw)
+		if err = nar.Render(ctx, zw, info.Root, r); err == nil {
+			err = zw.Close()
+		}
+	case httpcache.CompressionXz:
+		var xw *xz.Writer
+		if xw, err = xz.NewWriter(cw); err == nil {
+			if err = nar.Render(ctx, xw, info.Root, r); err == nil {
+				err = xw.Close()
+			}
+		}
+	default:
+		err = nar.Render(ctx, cw, info.Root, r)
+	}
 	n.metrics.narBytes.Add(float64(cw.n))
 	return err
 }
 
-// countingWriter counts bytes and keeps the ReaderFrom of what it wraps,
-// so that sendfile still happens underneath.
+// countingWriter counts the bytes sent and keeps the ReaderFrom of what it
+// wraps, so that sendfile still happens underneath.
 type countingWriter struct {
 	w io.Writer
 	n int64
@@ -278,6 +330,7 @@ func (n *Node) Import(ctx context.Context, meta *PathMeta, r io.Reader) (*Import
 	if err := n.index.Put(info); err != nil {
 		return nil, err
 	}
+	n.wakeCompressor()
 	st := w.Stats()
 	n.metrics.imported(info.NarSize, st)
 	n.log.Info("imported", "path", info.StorePath, "nar_size", info.NarSize, "new_bytes", st.NewBytes)
@@ -330,14 +383,15 @@ func (n *Node) status() (*Status, error) {
 		return nil, err
 	}
 	s := &Status{
-		Addrs:        []string{},
-		Paths:        tot.Paths,
-		BytesStored:  st.ChunkBytes,
-		BytesLogical: tot.NarBytes,
-		Chunks:       st.Chunks,
-		Directories:  st.Directories,
-		HTTPListen:   n.HTTPAddr(),
-		DaemonSocket: n.cfg.DaemonSocket,
+		Addrs:            []string{},
+		Paths:            tot.Paths,
+		BytesStored:      st.ChunkBytes,
+		BytesLogical:     tot.NarBytes,
+		Chunks:           st.Chunks,
+		ChunksCompressed: st.Frames,
+		Directories:      st.Directories,
+		HTTPListen:       n.HTTPAddr(),
+		DaemonSocket:     n.cfg.DaemonSocket,
 	}
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
@@ -399,7 +453,7 @@ func newMetrics(n *Node) *metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "p2pstore_http_requests_total", Help: "HTTP requests by kind and status code.",
 		}, []string{"kind", "code"}),
-		narBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_nar_bytes_served_total", Help: "Uncompressed NAR bytes served over HTTP."}),
+		narBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_nar_bytes_served_total", Help: "NAR bytes sent over HTTP, compressed where the client asked."}),
 		importPaths: prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_import_paths_total", Help: "Store paths imported."}),
 		importBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_import_nar_bytes_total", Help: "NAR bytes imported."}),
 		importNew:   prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_import_new_bytes_total", Help: "Chunk bytes that imports added after dedup."}),

@@ -288,6 +288,39 @@ func TestNARsMatchNixStoreDump(t *testing.T) {
 	for _, p := range paths {
 		n.run("import", p)
 	}
+	// Once with zstd frames made on the spot, once spliced from stored ones.
+	checkNARs(t, n, paths)
+	n.waitCompressed()
+	checkNARs(t, n, paths)
+
+	// A real Nix client reads the spliced frames: stored ones, raw blocks
+	// (random data) and raw frames (NAR framing).
+	edge := paths[len(paths)-1]
+	client := filepath.Join(t.TempDir(), "client")
+	nixtest.Output(t, "nix", "copy", "--from", n.url+"/zstd", "--to", client, "--option", "trusted-public-keys", n.status().PublicKey, edge)
+	if got, want := pathInfo(t, client, edge)[edge].NarHash, pathInfo(t, "", edge)[edge].NarHash; got != want {
+		t.Fatalf("zstd copy recorded %s, want %s", got, want)
+	}
+}
+
+// waitCompressed waits for the background compressor to catch up.
+func (n *nodeProc) waitCompressed() {
+	n.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		s := n.status()
+		if s.ChunksCompressed == s.Chunks {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("compressor stuck at %d of %d chunks", s.ChunksCompressed, s.Chunks)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func checkNARs(t *testing.T, n *nodeProc, paths []string) {
+	t.Helper()
 	for _, p := range paths {
 		want := sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
 		code, body := n.get("/" + hashPart(p) + ".narinfo")

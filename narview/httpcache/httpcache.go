@@ -30,8 +30,9 @@ type Paths interface {
 	// Info returns the path info for a store-path hash part, from wherever
 	// the node can get it, or an error wrapping pathinfo.ErrNotFound.
 	Info(ctx context.Context, hash string) (*pathinfo.Info, error)
-	// NAR writes the path's NAR to w.
-	NAR(ctx context.Context, info *pathinfo.Info, w io.Writer) error
+	// NAR writes the path's NAR to w, compressed as asked (one of the
+	// Compression constants).
+	NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error
 }
 
 // Options configure a Handler.
@@ -191,12 +192,7 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 	if r.Method == http.MethodHead {
 		return
 	}
-	out, closeOut := compressor(w, compression)
-	err := h.paths.NAR(r.Context(), info, out)
-	if err == nil {
-		err = closeOut()
-	}
-	if err != nil {
+	if err := h.paths.NAR(r.Context(), info, compression, w); err != nil {
 		if r.Context().Err() == nil {
 			h.opts.Log.Error("serving NAR", "path", info.StorePath, "err", err)
 		}

@@ -213,10 +213,8 @@ func flip(b []byte, i int) []byte {
 
 // rawNAR writes NAR tokens as given, bypassing Writer's checks.
 func rawNAR(tokens ...string) []byte {
-	var w Writer
 	var buf bytes.Buffer
-	w.out = &buf
-	w.bw = bufioWriter(&buf)
+	w := NewWriter(&buf)
 	for _, tok := range tokens {
 		w.writeString(tok)
 	}

@@ -1,7 +1,6 @@
 package nar
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,19 +9,15 @@ import (
 	"strings"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/internal/splice"
 )
-
-// sendfileMin is the content run above which Writer flushes its buffer and
-// hands the reader to the destination's ReadFrom (sendfile on a socket).
-// Below it, copying into the buffer costs less than a pair of syscalls.
-const sendfileMin = 32 << 10
 
 // Writer writes a NAR: WriteHeader for each node in NAR order (a directory
 // before its entries, entries sorted by name), each regular file's contents
 // through Write or ReadFrom, then Close.
 type Writer struct {
 	out io.Writer
-	bw  *bufio.Writer
+	bw  *splice.Writer
 
 	started    bool
 	dirs       []dirFrame
@@ -35,7 +30,7 @@ type Writer struct {
 
 // NewWriter returns a Writer to w.
 func NewWriter(w io.Writer) *Writer {
-	return &Writer{out: w, bw: bufio.NewWriterSize(w, 64<<10)}
+	return &Writer{out: w, bw: splice.NewWriter(w)}
 }
 
 func (w *Writer) writeString(s string) {
@@ -147,7 +142,7 @@ func (w *Writer) closeDir() {
 	}
 }
 
-func (w *Writer) contentWritten(n int) {
+func (w *Writer) contentWritten(n int64) {
 	w.remaining -= int64(n)
 	if w.remaining == 0 {
 		w.bw.Write(w.zero[:w.contentPad])
@@ -163,6 +158,28 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, w.fail(fmt.Errorf("nar: %d bytes written to a file with %d left", len(p), w.remaining))
 	}
 	n, err := w.bw.Write(p)
+	w.contentWritten(int64(n))
+	if err != nil {
+		return n, w.fail(err)
+	}
+	return n, nil
+}
+
+// ReadFrom copies file contents from r until EOF; a large range of a file
+// goes to the destination by sendfile (see package splice).
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	src := r
+	lr, ok := r.(*io.LimitedReader)
+	if !ok || lr.N > w.remaining {
+		src = io.LimitReader(r, w.remaining) // a bare range keeps sendfile
+	}
+	n, err := w.bw.ReadFrom(src)
+	if ok && lr.N > 0 && err == nil {
+		err = errors.New("nar: more file contents than its header said")
+	}
 	w.contentWritten(n)
 	if err != nil {
 		return n, w.fail(err)
@@ -170,62 +187,28 @@ func (w *Writer) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// ReadFrom copies file contents from r until EOF. A large *io.LimitedReader
-// (a range of a file) goes straight to the destination's ReadFrom, which on
-// a socket is sendfile.
-func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
-	if w.err != nil {
-		return 0, w.err
+// WriteChunk passes one chunk of file contents, by digest, to a
+// destination that takes chunks so (a castore.ZstdWriter); it reports false
+// for any other destination, and the caller writes the bytes instead.
+func (w *Writer) WriteChunk(ref castore.ChunkRef) (bool, error) {
+	cw, ok := w.out.(castore.ChunkWriter)
+	if !ok || w.err != nil {
+		return false, w.err
 	}
-	if lr, ok := r.(*io.LimitedReader); ok && lr.N >= sendfileMin && lr.N <= w.remaining {
-		if rf, ok := w.out.(io.ReaderFrom); ok {
-			if err := w.bw.Flush(); err != nil {
-				return 0, w.fail(err)
-			}
-			want := lr.N
-			n, err := rf.ReadFrom(lr)
-			w.contentWritten(int(n))
-			if err == nil && n != want {
-				err = io.ErrUnexpectedEOF
-			}
-			if err != nil {
-				return n, w.fail(err)
-			}
-			return n, nil
-		}
+	if int64(ref.Size) > w.remaining {
+		return true, w.fail(fmt.Errorf("nar: chunk of %d bytes in a file with %d left", ref.Size, w.remaining))
 	}
-	var total int64
-	for {
-		if w.bw.Available() == 0 {
-			if err := w.bw.Flush(); err != nil {
-				return total, w.fail(err)
-			}
-		}
-		buf := w.bw.AvailableBuffer()[:w.bw.Available()]
-		if int64(len(buf)) > w.remaining {
-			buf = buf[:w.remaining]
-		}
-		if len(buf) == 0 {
-			// Contents are complete; anything more is an error.
-			var one [1]byte
-			if n, _ := r.Read(one[:]); n > 0 {
-				return total, w.fail(errors.New("nar: more file contents than its header said"))
-			}
-			return total, nil
-		}
-		n, err := r.Read(buf)
-		if n > 0 {
-			w.bw.Write(buf[:n])
-			w.contentWritten(n)
-			total += int64(n)
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, w.fail(err)
-		}
+	if err := w.bw.Flush(); err != nil {
+		return true, w.fail(err)
 	}
+	done, err := cw.WriteChunk(ref)
+	if err != nil {
+		return true, w.fail(err)
+	}
+	if done {
+		w.contentWritten(int64(ref.Size))
+	}
+	return done, nil
 }
 
 // Flush writes out buffered data.

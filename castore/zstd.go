@@ -1,0 +1,296 @@
+package castore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/p2pstore/p2pstore/internal/splice"
+)
+
+// Compressed chunks. Every chunk also gets a zstd frame of its own, made in
+// the background after import (CompressPending) and kept in the zstd pack
+// set. A .nar.zst is then a concatenation of frames that is spliced from
+// disk, not compressed per request: raw frames around the NAR framing bytes,
+// and each chunk's stored frame (zstd decoders read concatenated frames as
+// one stream). The same frames can travel to peers compressed for free.
+// They cost about a third of the raw bytes on disk.
+
+// frameLevel is the zstd level of stored frames: compressed once, served
+// many times, so the default level rather than the fastest.
+const frameLevel = zstd.SpeedDefault
+
+// minSaving: a frame must save at least this fraction of the chunk to be
+// kept; other chunks are served as raw zstd blocks.
+const minSaving = 0.05
+
+var (
+	encoderOnce sync.Once
+	encoder     *zstd.Encoder
+	fastEncoder *zstd.Encoder
+)
+
+func encoders() (stored, fast *zstd.Encoder) {
+	encoderOnce.Do(func() {
+		encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(frameLevel), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+		fastEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+	})
+	return encoder, fastEncoder
+}
+
+// CompressPending makes the zstd frames of chunks that have none yet, in
+// batches that each commit like a Writer (frames fsynced, then indexed). It
+// returns the number of chunks it compressed once none is left, or when ctx
+// is done.
+func (s *Store) CompressPending(ctx context.Context) (int, error) {
+	enc, _ := encoders()
+	done := 0
+	var raw, frame []byte
+	for {
+		pending, err := s.chunksWithoutFrames(256)
+		if err != nil || len(pending) == 0 {
+			return done, err
+		}
+		frames := map[Digest][]byte{}
+		packs := map[uint32]struct{}{}
+		for _, d := range pending {
+			if err := ctx.Err(); err != nil {
+				return done, err
+			}
+			if raw, err = s.ReadChunk(d, raw[:0]); err != nil {
+				return done, err
+			}
+			frame = enc.EncodeAll(raw, frame[:0])
+			if float64(len(frame)) > float64(len(raw))*(1-minSaving) {
+				frames[d] = nil // not worth it: served as raw blocks
+				continue
+			}
+			loc, err := s.zstd.append(frame)
+			if err != nil {
+				return done, err
+			}
+			frames[d] = loc.marshal()
+			packs[loc.Pack] = struct{}{}
+		}
+		lengths, err := s.zstd.syncAll(packs)
+		if err != nil {
+			return done, err
+		}
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketFrames)
+			for d, v := range frames {
+				if err := b.Put(d[:], v); err != nil {
+					return err
+				}
+			}
+			return s.zstd.recordLengths(tx, lengths)
+		})
+		if err != nil {
+			return done, err
+		}
+		done += len(pending)
+	}
+}
+
+// chunksWithoutFrames returns up to n chunks that have no frame entry, by
+// walking the two digest-ordered buckets side by side.
+func (s *Store) chunksWithoutFrames(n int) ([]Digest, error) {
+	var out []Digest
+	err := s.db.View(func(tx *bolt.Tx) error {
+		chunks := tx.Bucket(bucketChunks).Cursor()
+		frames := tx.Bucket(bucketFrames).Cursor()
+		fk, _ := frames.First()
+		for k, _ := chunks.First(); k != nil && len(out) < n; k, _ = chunks.Next() {
+			for fk != nil && bytes.Compare(fk, k) < 0 {
+				fk, _ = frames.Next()
+			}
+			if fk == nil || !bytes.Equal(fk, k) {
+				d, err := DigestFromBytes(k)
+				if err != nil {
+					return err
+				}
+				out = append(out, d)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// frameLoc returns where a chunk's stored frame is; ok is false when the
+// chunk has none yet, and loc.Size is 0 when it is not worth compressing.
+func (s *Store) frameLoc(d Digest) (loc chunkLoc, ok bool, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketFrames).Get(d[:])
+		if v == nil {
+			return nil
+		}
+		ok = true
+		if len(v) > 0 {
+			loc, err = unmarshalChunkLoc(v)
+		}
+		return err
+	})
+	return loc, ok, err
+}
+
+// ChunkWriter is a destination that takes file contents chunk by chunk, by
+// digest, instead of as bytes: a ZstdWriter splices a chunk's stored frame.
+// WriteChunk reports false when it cannot take this chunk so, and the bytes
+// are written instead.
+type ChunkWriter interface {
+	WriteChunk(ref ChunkRef) (bool, error)
+}
+
+// ZstdWriter writes a zstd stream of independent frames: bytes written with
+// Write (the NAR framing) go out as raw frames, and chunks given to
+// WriteChunk as their stored frames, or compressed on the spot if the
+// background compressor has not reached them yet.
+type ZstdWriter struct {
+	r       *Reader
+	out     *splice.Writer
+	pending []byte
+	raw     []byte
+	hdr     []byte
+}
+
+// maxRawBlock is zstd's largest block.
+const maxRawBlock = 128 << 10
+
+// NewZstdWriter returns a ZstdWriter to w reading frames through r.
+func (r *Reader) NewZstdWriter(w io.Writer) *ZstdWriter {
+	return &ZstdWriter{r: r, out: splice.NewWriter(w)}
+}
+
+// Write adds bytes to the next raw frame.
+func (z *ZstdWriter) Write(p []byte) (int, error) {
+	z.pending = append(z.pending, p...)
+	if len(z.pending) >= maxRawBlock {
+		if err := z.flushPending(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+func (z *ZstdWriter) flushPending() error {
+	if len(z.pending) == 0 {
+		return nil
+	}
+	z.hdr = rawFrameHeader(z.hdr[:0], len(z.pending))
+	for off := 0; off < len(z.pending); off += maxRawBlock {
+		n := min(maxRawBlock, len(z.pending)-off)
+		z.hdr = rawBlockHeader(z.hdr, n, off+n == len(z.pending))
+		z.hdr = append(z.hdr, z.pending[off:off+n]...)
+	}
+	z.pending = z.pending[:0]
+	_, err := z.out.Write(z.hdr)
+	return err
+}
+
+// WriteChunk writes a chunk as a frame.
+func (z *ZstdWriter) WriteChunk(ref ChunkRef) (bool, error) {
+	if err := z.flushPending(); err != nil {
+		return true, err
+	}
+	s := z.r.s
+	loc, ok, err := s.frameLoc(ref.Digest)
+	if err != nil {
+		return true, err
+	}
+	switch {
+	case ok && loc.Size > 0: // a stored frame
+		lr, err := z.r.section(s.zstd, loc)
+		if err != nil {
+			return true, err
+		}
+		_, err = io.Copy(z.out, lr)
+		return true, err
+	case ok: // incompressible: raw blocks around the chunk's bytes
+		raw, err := s.chunkLoc(ref.Digest)
+		if err != nil {
+			return true, err
+		}
+		z.hdr = rawFrameHeader(z.hdr[:0], int(raw.Size))
+		for off := uint32(0); off < raw.Size; off += maxRawBlock {
+			n := min(maxRawBlock, raw.Size-off)
+			z.hdr = rawBlockHeader(z.hdr, int(n), off+n == raw.Size)
+			if _, err := z.out.Write(z.hdr); err != nil {
+				return true, err
+			}
+			z.hdr = z.hdr[:0]
+			lr, err := z.r.section(s.raw, chunkLoc{Pack: raw.Pack, Offset: raw.Offset + int64(off), Size: n})
+			if err != nil {
+				return true, err
+			}
+			if _, err := io.Copy(z.out, lr); err != nil {
+				return true, err
+			}
+		}
+		return true, nil
+	default: // not compressed yet
+		if z.raw, err = s.ReadChunk(ref.Digest, z.raw[:0]); err != nil {
+			return true, err
+		}
+		_, fast := encoders()
+		z.hdr = fast.EncodeAll(z.raw, z.hdr[:0])
+		_, err = z.out.Write(z.hdr)
+		return true, err
+	}
+}
+
+// Close writes what is pending and flushes.
+func (z *ZstdWriter) Close() error {
+	if err := z.flushPending(); err != nil {
+		return err
+	}
+	return z.out.Flush()
+}
+
+// rawFrameHeader appends a zstd frame header for a single-segment frame of
+// n bytes: magic, descriptor, content size.
+func rawFrameHeader(b []byte, n int) []byte {
+	b = binary.LittleEndian.AppendUint32(b, 0xFD2FB528)
+	const singleSegment = 1 << 5
+	switch {
+	case n < 256:
+		return append(b, singleSegment, byte(n))
+	case n < 65536+256:
+		return binary.LittleEndian.AppendUint16(append(b, 1<<6|singleSegment), uint16(n-256))
+	default:
+		return binary.LittleEndian.AppendUint32(append(b, 2<<6|singleSegment), uint32(n))
+	}
+}
+
+// rawBlockHeader appends the 3-byte header of a raw block of n bytes.
+func rawBlockHeader(b []byte, n int, last bool) []byte {
+	h := uint32(n) << 3 // block type 0: raw
+	if last {
+		h |= 1
+	}
+	return append(b, byte(h), byte(h>>8), byte(h>>16))
+}
+
+// verifyFrame decompresses a stored frame and checks it against the chunk
+// digest.
+func verifyFrame(d Digest, frame []byte) error {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	raw, err := dec.DecodeAll(frame, nil)
+	if err != nil {
+		return fmt.Errorf("zstd frame of chunk %s: %w", d, err)
+	}
+	if Sum(raw) != d {
+		return fmt.Errorf("zstd frame of chunk %s: %w", d, ErrDigestMismatch)
+	}
+	return nil
+}

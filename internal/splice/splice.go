@@ -1,0 +1,69 @@
+// Package splice is the buffered writer under our NAR and zstd streams: it
+// gathers small writes into large ones, and passes large file ranges (an
+// *io.LimitedReader over an *os.File) to the destination's ReadFrom, which
+// on a TCP connection is sendfile: the bytes go from the page cache to the
+// socket without passing through the process.
+package splice
+
+import (
+	"bufio"
+	"io"
+)
+
+// MinSendfile is the range size from which a direct ReadFrom beats copying
+// into the buffer (it costs a flush and a syscall of its own).
+const MinSendfile = 32 << 10
+
+// Writer buffers writes to w and splices large ranges.
+type Writer struct {
+	out io.Writer
+	bw  *bufio.Writer
+}
+
+// NewWriter returns a Writer with a 64 KiB buffer.
+func NewWriter(w io.Writer) *Writer {
+	return &Writer{out: w, bw: bufio.NewWriterSize(w, 64<<10)}
+}
+
+// Write buffers p.
+func (w *Writer) Write(p []byte) (int, error) { return w.bw.Write(p) }
+
+// WriteString buffers s.
+func (w *Writer) WriteString(s string) (int, error) { return w.bw.WriteString(s) }
+
+// Flush writes out the buffer.
+func (w *Writer) Flush() error { return w.bw.Flush() }
+
+// ReadFrom copies r to the destination until EOF: a large
+// *io.LimitedReader goes to the destination's ReadFrom (sendfile), anything
+// else through the buffer.
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if lr, ok := r.(*io.LimitedReader); ok && lr.N >= MinSendfile {
+		if rf, ok := w.out.(io.ReaderFrom); ok {
+			if err := w.bw.Flush(); err != nil {
+				return 0, err
+			}
+			return rf.ReadFrom(lr)
+		}
+	}
+	var total int64
+	for {
+		if w.bw.Available() == 0 {
+			if err := w.bw.Flush(); err != nil {
+				return total, err
+			}
+		}
+		buf := w.bw.AvailableBuffer()[:w.bw.Available()]
+		n, err := r.Read(buf)
+		if n > 0 {
+			w.bw.Write(buf[:n])
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
