@@ -99,3 +99,40 @@ func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint
 func (r *Reader) Directory(_ context.Context, d Digest) (*Directory, error) {
 	return r.s.Directory(d)
 }
+
+// ReadBlobAt reads from the blob made of refs, at off, into p, the way
+// io.ReaderAt does: it returns io.EOF when it reads less than len(p)
+// because the blob ends.
+func (s *Store) ReadBlobAt(refs []ChunkRef, p []byte, off int64) (int, error) {
+	var start int64 // offset of refs[i] in the blob
+	n := 0
+	for _, ref := range refs {
+		end := start + int64(ref.Size)
+		if end <= off {
+			start = end
+			continue
+		}
+		if len(p) == n {
+			return n, nil
+		}
+		loc, err := s.chunkLoc(ref.Digest)
+		if err != nil {
+			return n, fmt.Errorf("chunk %s: %w", ref.Digest, err)
+		}
+		f, err := s.raw.reader(loc.Pack)
+		if err != nil {
+			return n, err
+		}
+		within := max(off+int64(n)-start, 0)
+		k := min(int64(len(p)-n), int64(ref.Size)-within)
+		if _, err := f.ReadAt(p[n:n+int(k)], loc.Offset+within); err != nil {
+			return n, fmt.Errorf("castore: reading chunk %s: %w", ref.Digest, err)
+		}
+		n += int(k)
+		start = end
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}

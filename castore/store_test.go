@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -170,5 +171,28 @@ func TestStoreDirectories(t *testing.T) {
 	}
 	if _, err := s.Directory(Sum([]byte("nope"))); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing directory: %v", err)
+	}
+}
+
+func TestReadBlobAt(t *testing.T) {
+	s, _ := openTemp(t)
+	data := pseudoRandom(21, 2<<20)
+	w := s.NewWriter()
+	d, size, _ := w.PutBlob(bytes.NewReader(data))
+	w.Commit()
+	refs, err := s.BlobChunks(d, size)
+	if err != nil || len(refs) < 2 {
+		t.Fatalf("%d chunks, %v", len(refs), err)
+	}
+	for _, c := range []struct{ off, n int }{{0, 10}, {0, len(data)}, {100, 300000}, {int(refs[0].Size) - 1, 2}, {len(data) - 5, 5}, {len(data) - 5, 50}, {len(data), 10}} {
+		p := make([]byte, c.n)
+		n, err := s.ReadBlobAt(refs, p, int64(c.off))
+		want := data[min(c.off, len(data)):min(c.off+c.n, len(data))]
+		if n != len(want) || !bytes.Equal(p[:n], want) {
+			t.Fatalf("off %d len %d: read %d bytes (%v)", c.off, c.n, n, err)
+		}
+		if (n < c.n) != (err == io.EOF) {
+			t.Fatalf("off %d len %d: err %v", c.off, c.n, err)
+		}
 	}
 }

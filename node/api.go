@@ -256,3 +256,68 @@ func (c *Client) Verify(ctx context.Context) (*VerifyReport, error) {
 }
 
 var _ = time.Second
+
+// status gathers the node's status.
+func (n *Node) status() (*Status, error) {
+	st, err := n.store.Stats()
+	if err != nil {
+		return nil, err
+	}
+	tot, err := n.index.Totals()
+	if err != nil {
+		return nil, err
+	}
+	s := &Status{
+		Addrs:            []string{},
+		Paths:            tot.Paths,
+		BytesStored:      st.ChunkBytes,
+		BytesLogical:     tot.NarBytes,
+		Chunks:           st.Chunks,
+		ChunksCompressed: st.Frames,
+		Directories:      st.Directories,
+		HTTPListen:       n.HTTPAddr(),
+		DaemonSocket:     n.cfg.DaemonSocket,
+	}
+	if tot.NarBytes > 0 {
+		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
+	}
+	if n.signKey != nil {
+		s.PublicKey = n.signKey.Public().String()
+	}
+	return s, nil
+}
+
+func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) {
+	s, err := n.status()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s)
+}
+
+func (n *Node) serveVerify(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rep := &VerifyReport{}
+	report := func(p string) {
+		if len(rep.Problems) < 1000 {
+			rep.Problems = append(rep.Problems, p)
+		}
+	}
+	st, err := n.store.Verify(r.Context(), report)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	rep.Chunks, rep.Directories, rep.Bytes = st.Chunks, st.Directories, st.Bytes
+	err = n.index.ForEach(func(info *pathinfo.Info) error {
+		rep.Paths++
+		return n.store.CheckTree(r.Context(), info.Root, func(p string) { report(info.StorePath + ": " + p) })
+	})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	writeJSON(w, http.StatusOK, rep)
+}

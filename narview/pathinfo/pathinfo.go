@@ -116,7 +116,8 @@ func (i *Info) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Validate checks the fields an Info must have to be served.
+// Validate checks the metadata of a path: its store path, references,
+// deriver and size. (Put checks the root.)
 func (i *Info) Validate(storeDir string) error {
 	if _, err := storepath.Parse(storeDir, i.StorePath); err != nil {
 		return err
@@ -133,9 +134,6 @@ func (i *Info) Validate(storeDir string) error {
 		if _, err := storepath.Parse(storeDir, i.Deriver); err != nil {
 			return fmt.Errorf("deriver: %w", err)
 		}
-	}
-	if i.Root.Type == 0 {
-		return errors.New("pathinfo: no root node")
 	}
 	return nil
 }
@@ -202,6 +200,9 @@ func (x *Index) Has(hash string) bool {
 
 // Put adds or replaces a path's record; this makes the path valid.
 func (x *Index) Put(info *Info) error {
+	if info.Root.Type == 0 {
+		return errors.New("pathinfo: no root node")
+	}
 	v, err := json.Marshal(info)
 	if err != nil {
 		return err

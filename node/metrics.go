@@ -1,0 +1,102 @@
+package node
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the node's Prometheus metrics.
+type metrics struct {
+	reg         *prometheus.Registry
+	requests    *prometheus.CounterVec
+	narBytes    prometheus.Counter
+	importPaths prometheus.Counter
+	importBytes prometheus.Counter
+	importNew   prometheus.Counter
+}
+
+func newMetrics(n *Node) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "p2pstore_http_requests_total", Help: "HTTP requests by kind and status code.",
+		}, []string{"kind", "code"}),
+		narBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_nar_bytes_served_total", Help: "NAR bytes sent over HTTP, compressed where the client asked."}),
+		importPaths: prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_import_paths_total", Help: "Store paths imported."}),
+		importBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_import_nar_bytes_total", Help: "NAR bytes imported."}),
+		importNew:   prometheus.NewCounter(prometheus.CounterOpts{Name: "p2pstore_import_new_bytes_total", Help: "Chunk bytes that imports added after dedup."}),
+	}
+	gauge := func(name, help string, f func(*Status) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			s, err := n.status()
+			if err != nil {
+				return 0
+			}
+			return f(s)
+		})
+	}
+	m.reg.MustRegister(m.requests, m.narBytes, m.importPaths, m.importBytes, m.importNew,
+		gauge("p2pstore_paths", "Valid store paths held.", func(s *Status) float64 { return float64(s.Paths) }),
+		gauge("p2pstore_bytes_stored", "Chunk bytes stored after dedup.", func(s *Status) float64 { return float64(s.BytesStored) }),
+		gauge("p2pstore_bytes_logical", "Sum of the NAR sizes of all paths.", func(s *Status) float64 { return float64(s.BytesLogical) }),
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+func (m *metrics) imported(narSize uint64, st castore.WriteStats) {
+	m.importPaths.Inc()
+	m.importBytes.Add(float64(narSize))
+	m.importNew.Add(float64(st.NewBytes))
+}
+
+// instrument counts requests by kind and status.
+func (m *metrics) instrument(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		defer func() {
+			m.requests.WithLabelValues(requestKind(r.URL.Path), fmt.Sprint(rec.code)).Inc()
+		}()
+		h.ServeHTTP(rec, r)
+	})
+}
+
+func requestKind(p string) string {
+	switch {
+	case filepath.Ext(p) == ".narinfo":
+		return "narinfo"
+	case filepath.Base(filepath.Dir(p)) == "nar":
+		return "nar"
+	case p == "/metrics":
+		return "metrics"
+	case filepath.Base(p) == "nix-cache-info":
+		return "cache-info"
+	}
+	return "other"
+}
+
+// statusRecorder remembers the status code and passes ReadFrom through, so
+// that sendfile keeps working under instrumentation.
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
+}
+
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

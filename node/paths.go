@@ -1,0 +1,242 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/httpcache"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+	"github.com/ulikunitz/xz"
+)
+
+// Info implements httpcache.Paths: the local index.
+func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	return n.index.Get(hash)
+}
+
+// NAR implements httpcache.Paths: the NAR rendered from castore. A zstd
+// NAR is spliced from the chunks' stored frames; xz is compressed on the
+// fly (slow, for clients that ask for nothing else).
+func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error {
+	r := n.store.NewReader()
+	defer r.Close()
+	cw := &countingWriter{w: w}
+	var err error
+	switch compression {
+	case httpcache.CompressionZstd:
+		zw := r.NewZstdWriter(cw)
+		if err = nar.Render(ctx, zw, info.Root, r); err == nil {
+			err = zw.Close()
+		}
+	case httpcache.CompressionXz:
+		var xw *xz.Writer
+		if xw, err = xz.NewWriter(cw); err == nil {
+			if err = nar.Render(ctx, xw, info.Root, r); err == nil {
+				err = xw.Close()
+			}
+		}
+	default:
+		err = nar.Render(ctx, cw, info.Root, r)
+	}
+	n.metrics.narBytes.Add(float64(cw.n))
+	return err
+}
+
+// countingWriter counts the bytes sent and keeps the ReaderFrom of what it
+// wraps, so that sendfile still happens underneath.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	c.n += int64(k)
+	return k, err
+}
+
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	var k int64
+	var err error
+	if rf, ok := c.w.(io.ReaderFrom); ok {
+		k, err = rf.ReadFrom(r)
+	} else {
+		k, err = io.Copy(struct{ io.Writer }{c.w}, r)
+	}
+	c.n += k
+	return k, err
+}
+
+// ErrBadInput marks an import the node refused for what the client sent.
+var ErrBadInput = errors.New("bad input")
+
+func badInput(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadInput, fmt.Sprintf(format, args...))
+}
+
+// Import adds one path from a NAR stream for `p2pstore import`.
+func (n *Node) Import(ctx context.Context, meta *PathMeta, r io.Reader) (*ImportResult, error) {
+	h, err := storepath.ParseNarHash(meta.NarHash)
+	if err != nil {
+		return nil, badInput("%s: %v", meta.Path, err)
+	}
+	info := &pathinfo.Info{
+		StorePath:        meta.Path,
+		NarHash:          h,
+		NarSize:          meta.NarSize,
+		References:       meta.References,
+		Deriver:          meta.Deriver,
+		Sigs:             meta.Sigs,
+		CA:               meta.CA,
+		RegistrationTime: meta.RegistrationTime,
+	}
+	st, err := n.addPath(ctx, info, r)
+	if err != nil {
+		return nil, err
+	}
+	return &ImportResult{Path: info.StorePath, NarSize: info.NarSize, NewBytes: st.NewBytes, DedupBytes: st.DedupBytes, NewChunks: st.NewChunks}, nil
+}
+
+// addPath stores one path from its NAR. The metadata is checked first
+// (store paths, and any signature by a key the node knows), the NAR against
+// the NarHash and NarSize before the path becomes valid. Paths come from
+// the node's owner (the control API and the daemon socket are the owner's
+// only), so the node signs them with its key: they are its own.
+func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader) (castore.WriteStats, error) {
+	if err := info.Validate(n.cfg.StoreDir); err != nil {
+		return castore.WriteStats{}, badInput("%v", err)
+	}
+	if err := info.CheckSigs(n.knownKeys()); err != nil {
+		return castore.WriteStats{}, badInput("%v", err)
+	}
+	w := n.store.NewWriter()
+	nr := nar.NewReader(r)
+	root, err := nar.Ingest(ctx, nr, w)
+	if err != nil {
+		w.Abort()
+		if errors.Is(err, nar.ErrFormat) {
+			return castore.WriteStats{}, badInput("%s: %v", info.StorePath, err)
+		}
+		return castore.WriteStats{}, fmt.Errorf("%s: %w", info.StorePath, err)
+	}
+	if got := storepath.NarHash(nr.NarHash()); got != info.NarHash || uint64(nr.NarSize()) != info.NarSize {
+		w.Abort()
+		return castore.WriteStats{}, badInput("%s: NAR has hash %s and size %d, but the path info says %s and %d",
+			info.StorePath, got, nr.NarSize(), info.NarHash, info.NarSize)
+	}
+	if err := w.Commit(); err != nil {
+		return castore.WriteStats{}, err
+	}
+	info.Root = root
+	if n.signKey != nil {
+		info.AddSig(n.signKey.Sign(info.Fingerprint()))
+	}
+	if err := n.index.Put(info); err != nil {
+		return castore.WriteStats{}, err
+	}
+	n.wakeCompressor()
+	st := w.Stats()
+	n.metrics.imported(info.NarSize, st)
+	n.log.Info("added path", "path", info.StorePath, "nar_size", info.NarSize, "new_bytes", st.NewBytes)
+	return st, nil
+}
+
+// knownKeys are the keys whose signatures the node can check: the trusted
+// ones, the upstream ones and its own.
+func (n *Node) knownKeys() []narinfo.PublicKey {
+	keys := append(append([]narinfo.PublicKey(nil), n.cfg.TrustedPublicKeys...), n.cfg.UpstreamPublicKeys...)
+	if n.signKey != nil {
+		keys = append(keys, n.signKey.Public())
+	}
+	return keys
+}
+
+// daemonStore adapts the node to daemon.Store.
+type daemonStore struct{ n *Node }
+
+// PathInfo looks a full store path up; the hash part must name this very
+// path.
+func (d daemonStore) PathInfo(ctx context.Context, path string, lookup bool) (*pathinfo.Info, error) {
+	sp, err := storepath.Parse(d.n.cfg.StoreDir, path)
+	if err != nil {
+		return nil, err
+	}
+	info, err := d.n.index.Get(sp.Hash)
+	if err != nil {
+		return nil, err
+	}
+	if info.StorePath != path {
+		return nil, pathinfo.ErrNotFound
+	}
+	return info, nil
+}
+
+func (d daemonStore) PathFromHashPart(ctx context.Context, hash string) (string, error) {
+	info, err := d.n.index.Get(hash)
+	if err != nil {
+		return "", err
+	}
+	return info.StorePath, nil
+}
+
+func (d daemonStore) AllPaths(ctx context.Context) ([]string, error) {
+	var out []string
+	err := d.n.index.ForEach(func(info *pathinfo.Info) error {
+		out = append(out, info.StorePath)
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}
+
+func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Writer) error {
+	return d.n.NAR(ctx, info, httpcache.CompressionNone, w)
+}
+
+func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
+	_, err := d.n.addPath(ctx, info, r)
+	return err
+}
+
+// AddSignatures adds signatures to a path, refusing any by a key the node
+// knows that does not verify.
+func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []string) error {
+	info, err := d.PathInfo(ctx, path, false)
+	if err != nil {
+		return err
+	}
+	for _, s := range sigs {
+		info.AddSig(s)
+	}
+	if err := info.CheckSigs(d.n.knownKeys()); err != nil {
+		return badInput("%v", err)
+	}
+	return d.n.index.Put(info)
+}
+
+// mountSource adapts the node to mount.Source.
+type mountSource struct {
+	*castore.Store
+	n *Node
+}
+
+func (m mountSource) Path(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	return m.n.index.Get(hash)
+}
+
+func (m mountSource) Paths(ctx context.Context) ([]string, error) {
+	var out []string
+	err := m.n.index.ForEach(func(info *pathinfo.Info) error {
+		out = append(out, path.Base(info.StorePath))
+		return nil
+	})
+	return out, err
+}
