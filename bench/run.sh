@@ -172,7 +172,7 @@ pair_best() {
 # Nix, nginx, wrk; the corpus; a clean scratch dir.
 setup_common() {
   [ "$(id -u)" = 0 ] || die "run as root (Nix is used single-user, and packages may be installed)"
-  # shellcheck source=../scripts/nix-env.sh
+  # shellcheck source=scripts/nix-env.sh
   source scripts/nix-env.sh
   local missing=()
   command -v nginx >/dev/null 2>&1 || missing+=(nginx)
@@ -355,27 +355,41 @@ check_nar() {
 
 # ---------------------------------------------------------------- measures
 
-# wrk_once SIDE RUN THREADS CONNS: bytes/s of NAR downloads.
+# wrk prints Transfer/sec with three digits ("2.59GB"), too coarse to
+# compare runs; this hook prints the same quantity exactly: bytes read over
+# the run's duration.
+write_wrk_script() {
+  cat >"$BENCH_DIR/wrk-report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("bench: bytes %d us %d errors %d %d %d %d %d\n",
+    summary.bytes, summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
+end
+EOF
+}
+
+# wrk_once SIDE RUN THREADS CONNS: bytes/s of NAR downloads (wrk's
+# Transfer/sec).
 wrk_once() {
   local side=$1 run=$2 threads=$3 conns=$4 url out
   url=$([ "$side" = node ] && echo "$NODE_NAR" || echo "$NGINX_NAR")
   # A 191 MB response takes longer than wrk's default 2 s timeout at 16
   # connections; wrk would count it as an error.
-  out=$(wrk -t"$threads" -c"$conns" -d"${SECONDS_PER_RUN}s" --timeout 60s "$url" 2>&1)
+  out=$(wrk -t"$threads" -c"$conns" -d"${SECONDS_PER_RUN}s" --timeout 60s \
+    -s "$BENCH_DIR/wrk-report.lua" "$url" 2>&1)
   echo "$out" >>"$LOGS/wrk-$side-c$conns.log"
+  # Connections still mid-NAR when the time is up are cut; wrk does not
+  # count that as an error, so any error here is real.
   if grep -q -e 'Socket errors' -e 'Non-2xx' <<<"$out"; then
     note "wrk -c$conns against $side, run $run: $(grep -e 'Socket errors' -e 'Non-2xx' <<<"$out" | tr -s ' ' | paste -sd';')"
   fi
-  # "Transfer/sec:      1.02GB": wrk's units are powers of 1024.
-  awk '/^Transfer\/sec:/ {
-         v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[A-Za-z]+$/, "", v)
-         m = (u == "KB") ? 2^10 : (u == "MB") ? 2^20 : (u == "GB") ? 2^30 : (u == "TB") ? 2^40 : 1
-         printf "%.0f\n", v * m; found = 1 }
-       END { if (!found) exit 1 }' <<<"$out" || die "no Transfer/sec in wrk output: $out"
+  awk '$1 == "bench:" && $2 == "bytes" { printf "%.0f\n", $3 / ($5 / 1e6); found = 1 }
+       END { if (!found) exit 1 }' <<<"$out" || die "no result line in wrk output: $out"
 }
 
 bench_serve() {
   start_nginx
+  write_wrk_script
   NODE_NAR=$(nar_url node)
   NGINX_NAR=$(nar_url nginx)
   log "checking the NARs both serve"
@@ -385,6 +399,7 @@ bench_serve() {
   # VmHWM so far covers the imports; reset it (clear_refs 5) to see what
   # serving alone peaks at, too.
   rss_all=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+  log "node VmHWM before serving: $((rss_all / 1024)) MiB"
   echo 5 >"/proc/$NODE_PID/clear_refs" 2>/dev/null || note "could not reset VmHWM; the serving peak includes the imports"
   for conns in 1 16; do
     threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
@@ -396,6 +411,7 @@ bench_serve() {
       "$(met floor "$(calc "$BEST_NODE/$BEST_NGINX")" 0.8)"
   done
   rss_serve=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+  log "node VmHWM while serving: $((rss_serve / 1024)) MiB"
   rss_all=$((rss_all > rss_serve ? rss_all : rss_serve))
   row "node peak RSS (VmHWM), imports + serving" "$(fmt '%.0f MiB' "$(calc "$rss_all/1024")")" "—" "—" "≤ 150 MiB" \
     "$(met ceiling "$(calc "$rss_all/1024")" 150)"
@@ -442,17 +458,23 @@ bench_e2e() {
 # narinfo_once SIDE RUN seq|par: seconds for 373 narinfo GETs, with one
 # keep-alive curl, or with 16 curls at once each fetching a batch.
 narinfo_once() {
-  local side=$1 run=$2 mode=$3 t0 t1 codes ok
+  local side=$1 run=$2 mode=$3 t0 t1 out ok conns max_conns=1
   t0=$(now)
   if [ "$mode" = seq ]; then
-    codes=$(curl -s -w '%{http_code}\n' -K "$BENCH_DIR/narinfo-$side.curl")
+    out=$(curl -s -w '%{http_code} %{num_connects}\n' -K "$BENCH_DIR/narinfo-$side.curl")
   else
-    codes=$(printf '%s\n' "$BENCH_DIR"/narinfo-"$side"-{0..15}.curl \
-      | xargs -P16 -n1 curl -s -w '%{http_code}\n' -K)
+    max_conns=16
+    out=$(printf '%s\n' "$BENCH_DIR"/narinfo-"$side"-{0..15}.curl \
+      | xargs -P16 -n1 curl -s -w '%{http_code} %{num_connects}\n' -K)
   fi
   t1=$(now)
-  ok=$(grep -c '^200$' <<<"$codes" || true)
+  ok=$(grep -c '^200 ' <<<"$out" || true)
   [ "$ok" = "$NARINFO_PATHS" ] || die "$side answered $ok of $NARINFO_PATHS narinfo GETs with 200"
+  # Each curl should open one connection and keep it alive.
+  conns=$(awk '{ n += $2 } END { print n }' <<<"$out")
+  if ((conns > max_conns)); then
+    note "narinfo $mode against $side, run $run: $conns connections for $NARINFO_PATHS GETs (keep-alive not kept)"
+  fi
   elapsed "$t0" "$t1"
 }
 
@@ -526,10 +548,16 @@ main() {
   for w in "${what[@]}"; do "bench_$w"; done
 
   if [ -n "$NODE_PID" ]; then
-    local errs
-    errs=$(grep -c 'level=ERROR' "$LOGS/node.log" || true)
-    if ((errs > 0)); then
-      note "the node logged $errs errors, e.g.: $(grep -m1 'level=ERROR' "$LOGS/node.log")"
+    # wrk cuts the connections still mid-NAR when its time is up; errors
+    # saying so are expected, any other is worth a look.
+    local hangup='broken pipe|connection reset by peer' hangups others
+    hangups=$(grep 'level=ERROR' "$LOGS/node.log" | grep -E -c "$hangup" || true)
+    others=$(grep 'level=ERROR' "$LOGS/node.log" | grep -E -v -c "$hangup" || true)
+    if ((hangups > 0)); then
+      note "the node logged $hangups ERROR lines for clients that hung up mid-NAR (wrk stopping), e.g. $(grep 'level=ERROR' "$LOGS/node.log" | grep -E -m1 "$hangup" | sed 's/^time=[^ ]* //')"
+    fi
+    if ((others > 0)); then
+      note "the node logged $others other ERROR lines, e.g. $(grep 'level=ERROR' "$LOGS/node.log" | grep -E -v -m1 "$hangup" | sed 's/^time=[^ ]* //')"
     fi
   fi
 

@@ -95,6 +95,7 @@ func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint
 	}
 	return nil
 }
+
 // Directory returns a stored directory.
 func (r *Reader) Directory(_ context.Context, d Digest) (*Directory, error) {
 	return r.s.Directory(d)
