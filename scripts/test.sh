@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: installs what the tests need (Debian's nix-bin,
-# zstd), adds the real-data corpus to the Nix store, then gofmt, go vet and
+# zstd, openssh-server), adds the real-data corpus to the Nix store, then gofmt, go vet and
 # go test. Needs root on a fresh machine (apt-get, single-user Nix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
-if ! command -v zstd >/dev/null 2>&1; then
-  apt-get install -y -qq --no-install-recommends zstd >/dev/null
+# zstd checks our .nar.zst streams with the reference decoder; sshd serves
+# the ssh-ng tests.
+missing=()
+command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server openssh-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-export P2PSTORE_REQUIRE_NIX=1
+export P2PSTORE_REQUIRE_NIX=1 P2PSTORE_REQUIRE_FUSE=1
 P2PSTORE_CORPUS=$(scripts/corpus.sh | tr '\n' ' ')
 export P2PSTORE_CORPUS
 unformatted=$(gofmt -l $(git ls-files '*.go'))

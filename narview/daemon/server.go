@@ -505,10 +505,13 @@ func (c *conn) op(ctx context.Context, op uint64) error {
 		if err != nil {
 			return err
 		}
+		// The reply's sets hold store paths, not DerivedPaths: a
+		// derivation we cannot build is reported by its .drv path.
 		var unknown []string
 		for _, req := range reqs {
 			if c.unbuildable(ctx, req) != "" {
-				unknown = append(unknown, req)
+				p, _, _ := strings.Cut(req, "!")
+				unknown = append(unknown, p)
 			}
 		}
 		c.last()

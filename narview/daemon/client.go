@@ -1,0 +1,467 @@
+package daemon
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// Client is a connection to a Nix daemon (or to a node). Its methods run
+// one op at a time; it is safe for concurrent use, ops are serialised.
+type Client struct {
+	mu      sync.Mutex
+	conn    io.ReadWriteCloser
+	r       *wireReader
+	w       *wireWriter
+	version uint64 // negotiated
+	// DaemonVersion is the Nix version the daemon reported (1.33 and later).
+	DaemonVersion string
+}
+
+// Dial connects to the daemon socket at path and shakes hands.
+func Dial(path string) (*Client, error) {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	return NewClient(c, ProtocolVersion)
+}
+
+// NewClient shakes hands over conn, offering version, and sends the
+// options a client always sends first.
+func NewClient(conn io.ReadWriteCloser, version uint64) (*Client, error) {
+	c := &Client{conn: conn, r: newWireReader(conn), w: newWireWriter(conn)}
+	if err := c.handshake(version); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("daemon handshake: %w", err)
+	}
+	return c, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Version returns the negotiated protocol version.
+func (c *Client) Version() uint64 { return c.version }
+
+func (c *Client) minor() uint64 { return minor(c.version) }
+
+func (c *Client) handshake(version uint64) error {
+	c.w.Uint64(workerMagic1)
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	magic, err := c.r.Uint64()
+	if err != nil {
+		return err
+	}
+	if magic != workerMagic2 {
+		return fmt.Errorf("not a Nix daemon (magic %#x)", magic)
+	}
+	server, err := c.r.Uint64()
+	if err != nil {
+		return err
+	}
+	if server>>8 != 1 || minor(server) < 21 {
+		return fmt.Errorf("daemon protocol %d.%d is too old", server>>8, minor(server))
+	}
+	c.version = min(server, version)
+	c.w.Uint64(version)
+	if c.minor() >= 38 {
+		c.w.Strings(nil)
+		if err := c.w.Flush(); err != nil {
+			return err
+		}
+		if _, err := c.r.Strings(); err != nil {
+			return err
+		}
+	}
+	if c.minor() >= 14 {
+		c.w.Uint64(0) // no CPU affinity
+	}
+	if c.minor() >= 11 {
+		c.w.Uint64(0) // reserveSpace
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	if c.minor() >= 33 {
+		if c.DaemonVersion, err = c.r.String(); err != nil {
+			return err
+		}
+	}
+	if c.minor() >= 35 {
+		if _, err := c.r.Uint64(); err != nil { // trusted
+			return err
+		}
+	}
+	if err := c.stderr(nil); err != nil {
+		return err
+	}
+	return c.setOptions()
+}
+
+func (c *Client) setOptions() error {
+	c.w.Uint64(opSetOptions)
+	for i, v := range []uint64{0, 0, 0, 0, 1, 0, 1, 7, 0, 0, 0, 0} {
+		_ = i // keepFailed keepGoing tryFallback verbosity maxBuildJobs maxSilentTime useBuildHook verboseBuild logType printBuildTrace buildCores useSubstitutes
+		c.w.Uint64(v)
+	}
+	if c.minor() >= 12 {
+		c.w.Uint64(0) // no overrides
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	return c.stderr(nil)
+}
+
+// DaemonError is an error the daemon reported for an op.
+type DaemonError struct{ Msg string }
+
+func (e *DaemonError) Error() string { return e.Msg }
+
+// stderr reads log messages until STDERR_LAST (nil) or STDERR_ERROR (a
+// *DaemonError). read answers STDERR_READ requests, if the op has data.
+func (c *Client) stderr(read func(max uint64) ([]byte, error)) error {
+	for {
+		tag, err := c.r.Uint64()
+		if err != nil {
+			return err
+		}
+		switch tag {
+		case stderrLast:
+			return nil
+		case stderrError:
+			return c.readError()
+		case stderrNext:
+			if _, err := c.r.String(); err != nil {
+				return err
+			}
+		case stderrStartActivity:
+			if err := c.skipActivity(); err != nil {
+				return err
+			}
+		case stderrStopActivity:
+			if _, err := c.r.Uint64(); err != nil {
+				return err
+			}
+		case stderrResult:
+			if _, err := c.r.Uint64(); err != nil { // id
+				return err
+			}
+			if _, err := c.r.Uint64(); err != nil { // type
+				return err
+			}
+			if err := c.skipFields(); err != nil {
+				return err
+			}
+		case stderrRead:
+			max, err := c.r.Uint64()
+			if err != nil {
+				return err
+			}
+			if read == nil {
+				return errors.New("daemon asked for data the op does not have")
+			}
+			data, err := read(max)
+			if err != nil {
+				return err
+			}
+			c.w.String(string(data))
+			if err := c.w.Flush(); err != nil {
+				return err
+			}
+		case stderrWrite:
+			if _, err := c.r.Bytes(MaxFrameLen); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("unknown stderr message %#x", tag)
+		}
+	}
+}
+
+func (c *Client) readError() error {
+	if c.minor() >= 26 {
+		if _, err := c.r.String(); err != nil { // "Error"
+			return err
+		}
+		if _, err := c.r.Uint64(); err != nil { // level
+			return err
+		}
+		if _, err := c.r.String(); err != nil { // name
+			return err
+		}
+		msg, err := c.r.String()
+		if err != nil {
+			return err
+		}
+		if havePos, err := c.r.Uint64(); err != nil || havePos != 0 {
+			return fmt.Errorf("daemon error with a position: %s", msg)
+		}
+		n, err := c.r.count()
+		if err != nil {
+			return err
+		}
+		for i := 0; i < n; i++ {
+			if _, err := c.r.Uint64(); err != nil { // havePos
+				return err
+			}
+			if _, err := c.r.String(); err != nil {
+				return err
+			}
+		}
+		return &DaemonError{Msg: msg}
+	}
+	msg, err := c.r.String()
+	if err != nil {
+		return err
+	}
+	if _, err := c.r.Uint64(); err != nil { // exit status
+		return err
+	}
+	return &DaemonError{Msg: msg}
+}
+
+func (c *Client) skipActivity() error {
+	for i := 0; i < 3; i++ { // id, level, type
+		if _, err := c.r.Uint64(); err != nil {
+			return err
+		}
+	}
+	if _, err := c.r.String(); err != nil { // text
+		return err
+	}
+	if err := c.skipFields(); err != nil {
+		return err
+	}
+	_, err := c.r.Uint64() // parent
+	return err
+}
+
+func (c *Client) skipFields() error {
+	n, err := c.r.count()
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		typ, err := c.r.Uint64()
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 0:
+			_, err = c.r.Uint64()
+		case 1:
+			_, err = c.r.String()
+		default:
+			err = fmt.Errorf("unknown field type %d", typ)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// call sends an op whose arguments args writes, and waits for its result.
+func (c *Client) call(op uint64, args func()) error {
+	c.w.Uint64(op)
+	if args != nil {
+		args()
+	}
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	return c.stderr(nil)
+}
+
+// IsValidPath reports whether the daemon holds path.
+func (c *Client) IsValidPath(path string) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.call(opIsValidPath, func() { c.w.String(path) }); err != nil {
+		return false, err
+	}
+	return c.r.Bool()
+}
+
+// QueryValidPaths returns which of paths the daemon holds.
+func (c *Client) QueryValidPaths(paths []string, substitute bool) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err := c.call(opQueryValidPaths, func() {
+		c.w.Strings(paths)
+		if c.minor() >= 27 {
+			c.w.Bool(substitute)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.r.Strings()
+}
+
+// QueryPathInfo returns a path's info, or pathinfo.ErrNotFound.
+func (c *Client) QueryPathInfo(path string) (*pathinfo.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.call(opQueryPathInfo, func() { c.w.String(path) }); err != nil {
+		var de *DaemonError
+		if errors.As(err, &de) && strings.Contains(de.Msg, "is not valid") {
+			return nil, pathinfo.ErrNotFound
+		}
+		return nil, err
+	}
+	if c.minor() >= 17 {
+		valid, err := c.r.Bool()
+		if err != nil {
+			return nil, err
+		}
+		if !valid {
+			return nil, pathinfo.ErrNotFound
+		}
+	}
+	info, err := readClientPathInfo(c.r, c.minor() >= 16)
+	if err != nil {
+		return nil, err
+	}
+	info.StorePath = path
+	return info, nil
+}
+
+func readClientPathInfo(r *wireReader, v16 bool) (*pathinfo.Info, error) {
+	info := &pathinfo.Info{}
+	var err error
+	if info.Deriver, err = r.String(); err != nil {
+		return nil, err
+	}
+	h, err := r.String()
+	if err != nil {
+		return nil, err
+	}
+	if info.NarHash, err = storepath.ParseNarHash(h); err != nil {
+		return nil, err
+	}
+	if info.References, err = r.Strings(); err != nil {
+		return nil, err
+	}
+	t, err := r.Uint64()
+	if err != nil {
+		return nil, err
+	}
+	info.RegistrationTime = int64(t)
+	if info.NarSize, err = r.Uint64(); err != nil {
+		return nil, err
+	}
+	if v16 {
+		if _, err := r.Uint64(); err != nil { // ultimate
+			return nil, err
+		}
+		if info.Sigs, err = r.Strings(); err != nil {
+			return nil, err
+		}
+		if info.CA, err = r.String(); err != nil {
+			return nil, err
+		}
+	}
+	return info, nil
+}
+
+// NarFromPath writes the path's NAR to w. The NAR has no length prefix on
+// the wire, so it is parsed to find its end.
+func (c *Client) NarFromPath(path string, w io.Writer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.call(opNarFromPath, func() { c.w.String(path) }); err != nil {
+		return err
+	}
+	nr := nar.NewReader(&teeReader{r: c.r.r, w: w})
+	for {
+		_, err := nr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// teeReader writes what is read through it; it is a ByteReader so that the
+// NAR parser reads exactly the NAR from the buffered connection.
+type teeReader struct {
+	r *bufio.Reader
+	w io.Writer
+}
+
+func (t *teeReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		if _, werr := t.w.Write(p[:n]); werr != nil {
+			return n, werr
+		}
+	}
+	return n, err
+}
+
+func (t *teeReader) ReadByte() (byte, error) {
+	var b [1]byte
+	_, err := io.ReadFull(t, b[:])
+	return b[0], err
+}
+
+// AddToStoreNar sends a path and its NAR: framed from 1.23 on, pulled by
+// the daemon with STDERR_READ before.
+func (c *Client) AddToStoreNar(info *pathinfo.Info, narData io.Reader, dontCheckSigs bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.w.Uint64(opAddToStoreNar)
+	c.w.String(info.StorePath)
+	writePathInfo(c.w, info, false, true)
+	c.w.Bool(false) // repair
+	c.w.Bool(dontCheckSigs)
+	if err := c.w.Flush(); err != nil {
+		return err
+	}
+	if c.minor() >= 23 {
+		// The daemon may answer while we upload: read its messages at the
+		// same time, or both sides can block on full buffers. From here
+		// only the goroutine writes.
+		done := make(chan error, 1)
+		fw := &framedWriter{w: c.w}
+		go func() {
+			_, err := io.Copy(fw, narData)
+			if cerr := fw.Close(); err == nil {
+				err = cerr
+			}
+			if ferr := c.w.Flush(); err == nil {
+				err = ferr
+			}
+			done <- err
+		}()
+		serr := c.stderr(nil)
+		werr := <-done
+		if serr != nil {
+			return serr
+		}
+		return werr
+	}
+	return c.stderr(func(max uint64) ([]byte, error) {
+		buf := make([]byte, min(max, 1<<20))
+		n, err := narData.Read(buf)
+		if n == 0 && err != nil {
+			return nil, fmt.Errorf("NAR ended early: %w", err)
+		}
+		return buf[:n], nil
+	})
+}
