@@ -278,3 +278,41 @@ func TestSSHNG(t *testing.T) {
 		t.Fatalf("copied back %s, want %s", got, want)
 	}
 }
+
+// TestImportFromNixDaemon: with a nix-daemon running, import reads path
+// infos and NARs from it over the worker protocol.
+func TestImportFromNixDaemon(t *testing.T) {
+	nixtest.Require(t)
+	sock := filepath.Join(t.TempDir(), "nix-daemon.sock")
+	d := nixtest.Command("nix-daemon")
+	d.Env = append(d.Env, "NIX_DAEMON_SOCKET_PATH="+sock)
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Process.Kill(); d.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("nix-daemon did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n := newNode(t)
+	n.start()
+	top, all := buildClosure(t)
+	cmd := exec.Command(binary, append([]string{"import", "--recursive", top}, n.args...)...)
+	cmd.Env = append(nixtest.Env(), "NIX_DAEMON_SOCKET_PATH="+sock)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("imported %d paths from the nix-daemon", len(all))) {
+		t.Fatalf("import: %v\n%s", err, out)
+	}
+	want := pathInfo(t, "", all...)
+	for _, p := range all {
+		if got := pathInfo(t, "unix://"+n.socket(), p)[p]; got.NarHash != want[p].NarHash {
+			t.Errorf("%s: node has %s, want %s", p, got.NarHash, want[p].NarHash)
+		}
+	}
+}

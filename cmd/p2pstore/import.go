@@ -12,7 +12,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/p2pstore/p2pstore/narview/localstore"
-	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node"
 )
@@ -37,7 +36,9 @@ func importCommand() *cobra.Command {
 				}
 				paths = append(paths, p)
 			}
-			infos, err := localstore.Query(ctx, paths, recursive)
+			src := localstore.Open()
+			defer src.Close()
+			infos, err := src.Query(ctx, paths, recursive)
 			if err != nil {
 				return err
 			}
@@ -58,14 +59,14 @@ func importCommand() *cobra.Command {
 					total += in.NarSize
 				}
 			}
-			return importPaths(ctx, client, todo, total, len(infos)-len(todo))
+			return importPaths(ctx, client, src, todo, total, len(infos)-len(todo))
 		},
 	}
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also import every path the given paths reference, directly or not")
 	return cmd
 }
 
-func importPaths(ctx context.Context, client *node.Client, todo []localstore.PathInfo, total uint64, present int) error {
+func importPaths(ctx context.Context, client *node.Client, src localstore.Source, todo []localstore.PathInfo, total uint64, present int) error {
 	var bar *progressbar.ProgressBar
 	if term.IsTerminal(int(os.Stderr.Fd())) && total > 0 {
 		bar = progressbar.NewOptions64(int64(total),
@@ -83,7 +84,7 @@ func importPaths(ctx context.Context, client *node.Client, todo []localstore.Pat
 		if bar != nil {
 			bar.Describe(fmt.Sprintf("[%d/%d] %s", i+1, len(todo), path.Base(in.Path)))
 		}
-		res, err := importOne(ctx, client, in, bar)
+		res, err := importOne(ctx, client, src, in, bar)
 		if err != nil {
 			if bar != nil {
 				bar.Clear()
@@ -100,17 +101,17 @@ func importPaths(ctx context.Context, client *node.Client, todo []localstore.Pat
 	if narBytes > 0 {
 		ratio = 100 * float64(newBytes) / float64(narBytes)
 	}
-	fmt.Printf("imported %d paths (%s of NARs, %s new after dedup: %.1f%%); %d were already there\n",
-		len(todo), humanBytes(uint64(narBytes)), humanBytes(uint64(newBytes)), ratio, present)
+	fmt.Printf("imported %d paths from %s (%s of NARs, %s new after dedup: %.1f%%); %d were already there\n",
+		len(todo), src.Name(), humanBytes(uint64(narBytes)), humanBytes(uint64(newBytes)), ratio, present)
 	return nil
 }
 
-// importOne streams one path's NAR, dumped from the store directory, to the
-// node, which checks it against the NarHash Nix recorded.
-func importOne(ctx context.Context, client *node.Client, in localstore.PathInfo, bar *progressbar.ProgressBar) (*node.ImportResult, error) {
+// importOne streams one path's NAR from the local store to the node, which
+// checks it against the NarHash Nix recorded.
+func importOne(ctx context.Context, client *node.Client, src localstore.Source, in localstore.PathInfo, bar *progressbar.ProgressBar) (*node.ImportResult, error) {
 	pr, pw := io.Pipe()
 	go func() {
-		pw.CloseWithError(nar.Dump(ctx, nar.NewWriter(pw), in.Path))
+		pw.CloseWithError(src.Dump(ctx, in.Path, pw))
 	}()
 	var body io.Reader = pr
 	if bar != nil {

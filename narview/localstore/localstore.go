@@ -1,19 +1,26 @@
-// Package localstore reads store paths out of the local Nix installation:
-// their metadata from Nix itself (`nix path-info --json`, which works with
-// or without a running nix-daemon) and their NARs from the store directory.
+// Package localstore reads store paths out of the local Nix installation.
+// Where a nix-daemon runs, it asks the daemon, over the worker protocol,
+// for path infos and NARs; where none runs (single-user Nix), it asks Nix
+// itself (`nix path-info --json`) for the metadata and dumps the NARs from
+// the store directory.
 package localstore
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 
+	"github.com/p2pstore/p2pstore/narview/daemon"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
@@ -55,10 +62,48 @@ func ResolveArg(storeDir, arg string) (string, error) {
 	return sp.String(), nil
 }
 
+// Source gives paths of the local store: their infos, sorted so that every
+// path comes after those it references, and their NARs.
+type Source interface {
+	Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error)
+	Dump(ctx context.Context, path string, w io.Writer) error
+	Close() error
+	// Name says where the paths come from, for messages.
+	Name() string
+}
+
+// DaemonSocket is where a nix-daemon listens: $NIX_DAEMON_SOCKET_PATH, or
+// the default.
+func DaemonSocket() string {
+	if p := os.Getenv("NIX_DAEMON_SOCKET_PATH"); p != "" {
+		return p
+	}
+	return "/nix/var/nix/daemon-socket/socket"
+}
+
+// Open returns the nix-daemon as a source if one answers on its socket,
+// and the local store otherwise.
+func Open() Source {
+	if c, err := daemon.Dial(DaemonSocket()); err == nil {
+		return &daemonSource{c: c}
+	}
+	return localSource{}
+}
+
+// localSource reads a store with no daemon: metadata from Nix, NARs
+// dumped from the files.
+type localSource struct{}
+
+func (localSource) Name() string { return "the local Nix store" }
+func (localSource) Close() error { return nil }
+
+func (localSource) Dump(ctx context.Context, path string, w io.Writer) error {
+	return nar.Dump(ctx, nar.NewWriter(w), path)
+}
+
 // Query asks Nix for the info of paths, and with recursive of their whole
-// closure. The result is sorted so that every path comes after the paths it
-// references.
-func Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
+// closure.
+func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
 	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
 	if recursive {
 		args = append(args, "--recursive")
@@ -121,8 +166,46 @@ func SortByReferences(infos []PathInfo) []PathInfo {
 	return out
 }
 
-// Exists reports whether a store path is present on disk.
-func Exists(p string) bool {
-	_, err := os.Lstat(p)
-	return err == nil
+// daemonSource reads paths through a nix-daemon.
+type daemonSource struct{ c *daemon.Client }
+
+func (d *daemonSource) Name() string { return "the nix-daemon at " + DaemonSocket() }
+func (d *daemonSource) Close() error { return d.c.Close() }
+
+func (d *daemonSource) Dump(ctx context.Context, path string, w io.Writer) error {
+	return d.c.NarFromPath(path, w)
+}
+
+// Query asks the daemon for each path's info, following references for a
+// closure.
+func (d *daemonSource) Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
+	seen := map[string]bool{}
+	var out []PathInfo
+	queue := append([]string(nil), paths...)
+	for len(queue) > 0 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		p := queue[0]
+		queue = queue[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		info, err := d.c.QueryPathInfo(p)
+		if errors.Is(err, pathinfo.ErrNotFound) {
+			return nil, fmt.Errorf("%s is not a valid path in the local Nix store", p)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("nix-daemon: %w", err)
+		}
+		out = append(out, PathInfo{
+			Path: p, NarHash: info.NarHash.String(), NarSize: info.NarSize, References: info.References,
+			Deriver: info.Deriver, Signatures: info.Sigs, CA: info.CA, RegistrationTime: info.RegistrationTime,
+		})
+		if recursive {
+			queue = append(queue, info.References...)
+		}
+	}
+	return SortByReferences(out), nil
 }
