@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/p2pstore/p2pstore/internal/splice"
 )
 
 // Reader streams blobs out of the store for one consumer, such as one HTTP
@@ -15,7 +17,17 @@ import (
 type Reader struct {
 	s     *Store
 	files map[*packSet]map[uint32]*os.File
+
+	// A read-ahead window over the raw packs for small chunks: the chunks
+	// of a path's small files were written side by side, in NAR order, so
+	// one read serves many of them.
+	win     []byte
+	winPack uint32
+	winOff  int64
 }
+
+// readAhead is the size of the read-ahead window.
+const readAhead = 32 << 10
 
 // NewReader returns a Reader; Close it to release its files.
 func (s *Store) NewReader() *Reader {
@@ -57,14 +69,17 @@ func (r *Reader) section(set *packSet, loc chunkLoc) (*io.LimitedReader, error) 
 	return &io.LimitedReader{R: f, N: int64(loc.Size)}, nil
 }
 
-// WriteBlob writes the blob's content to w, chunk by chunk. A w that is a
-// ChunkWriter gets each chunk by digest.
+// WriteBlob writes the blob's content to w. A w that is a ChunkWriter gets
+// each chunk by digest; otherwise chunks that lie back to back in a pack
+// (as the chunks of a file imported in one go do) go out as one range: one
+// sendfile for a whole large file, one buffered read for small ones.
 func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint64) error {
 	refs, err := r.s.BlobChunks(d, size)
 	if err != nil {
 		return err
 	}
 	cw, _ := w.(ChunkWriter)
+	var run chunkLoc // contiguous bytes not written yet
 	for _, ref := range refs {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -81,19 +96,69 @@ func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint
 		if err != nil {
 			return fmt.Errorf("chunk %s: %w", ref.Digest, err)
 		}
-		lr, err := r.section(r.s.raw, loc)
-		if err != nil {
+		if loc.Size != ref.Size {
+			return fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
+		}
+		if run.Size > 0 && loc.Pack == run.Pack && loc.Offset == run.Offset+int64(run.Size) && int64(run.Size)+int64(loc.Size) < 1<<30 {
+			run.Size += loc.Size
+			continue
+		}
+		if err := r.writeRange(w, run); err != nil {
 			return err
 		}
-		n, err := io.Copy(w, lr)
-		if err != nil {
-			return err
-		}
-		if n != int64(ref.Size) {
-			return fmt.Errorf("castore: chunk %s: pack has %d of its %d bytes", ref.Digest, n, ref.Size)
-		}
+		run = loc
 	}
-	return nil
+	return r.writeRange(w, run)
+}
+
+// writeRange writes a range of a raw pack to w.
+func (r *Reader) writeRange(w io.Writer, loc chunkLoc) error {
+	if loc.Size == 0 {
+		return nil
+	}
+	if loc.Size < splice.MinSendfile {
+		data, err := r.small(loc)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(data)
+		return err
+	}
+	lr, err := r.section(r.s.raw, loc)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(w, lr)
+	if err == nil && n != int64(loc.Size) {
+		err = fmt.Errorf("castore: pack %d has %d of the %d bytes at %d", loc.Pack, n, loc.Size, loc.Offset)
+	}
+	return err
+}
+
+// small returns a small chunk's bytes from the read-ahead window, reading
+// a new window if the chunk is not in it. The bytes are valid until the
+// next call.
+func (r *Reader) small(loc chunkLoc) ([]byte, error) {
+	end := loc.Offset + int64(loc.Size)
+	if r.win == nil || loc.Pack != r.winPack || loc.Offset < r.winOff || end > r.winOff+int64(len(r.win)) {
+		f, err := r.s.raw.reader(loc.Pack)
+		if err != nil {
+			return nil, err
+		}
+		if cap(r.win) < readAhead {
+			r.win = make([]byte, readAhead)
+		}
+		n, err := f.ReadAt(r.win[:readAhead], loc.Offset)
+		if int64(n) < int64(loc.Size) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			r.win = r.win[:0]
+			return nil, fmt.Errorf("castore: reading pack %d: %w", loc.Pack, err)
+		}
+		r.win, r.winPack, r.winOff = r.win[:n], loc.Pack, loc.Offset
+	}
+	return r.win[loc.Offset-r.winOff : end-r.winOff], nil
 }
 
 // Directory returns a stored directory.

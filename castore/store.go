@@ -45,6 +45,10 @@ type Store struct {
 	db   *bolt.DB
 	raw  *packSet // chunk bytes
 	zstd *packSet // zstd frames of chunks, made in the background
+
+	dirCache   *cache[*Directory]
+	blobCache  *cache[[]ChunkRef]
+	chunkCache *cache[chunkLoc]
 }
 
 // Open opens or creates the store in dir. Pack bytes past the length that
@@ -63,7 +67,8 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("castore: opening index: %w", err)
 	}
-	s := &Store{dir: dir, db: db}
+	s := &Store{dir: dir, db: db,
+		dirCache: newCache[*Directory](cacheDirs), blobCache: newCache[[]ChunkRef](cacheBlobs), chunkCache: newCache[chunkLoc](cacheChunks)}
 	if s.raw, err = newPackSet(filepath.Join(dir, packsDir), packSuffix, rawPackKey); err == nil {
 		s.zstd, err = newPackSet(filepath.Join(dir, zstdDir), zstdSuffix, zstdPackKey)
 	}
@@ -160,20 +165,35 @@ func (s *Store) HasChunk(d Digest) bool { return s.has(bucketChunks, d) }
 func (s *Store) HasDirectory(d Digest) bool { return s.has(bucketDirs, d) }
 
 func (s *Store) chunkLoc(d Digest) (chunkLoc, error) {
+	if loc, ok := s.chunkCache.get(d); ok {
+		return loc, nil
+	}
 	v, err := s.get(bucketChunks, d)
 	if err != nil {
 		return chunkLoc{}, err
 	}
-	return unmarshalChunkLoc(v)
+	loc, err := unmarshalChunkLoc(v)
+	if err == nil {
+		s.chunkCache.put(d, loc)
+	}
+	return loc, err
 }
 
-// Directory returns a stored directory.
+// Directory returns a stored directory. Callers must not modify it: it may
+// be shared through the cache.
 func (s *Store) Directory(d Digest) (*Directory, error) {
+	if dir, ok := s.dirCache.get(d); ok {
+		return dir, nil
+	}
 	v, err := s.get(bucketDirs, d)
 	if err != nil {
 		return nil, fmt.Errorf("directory %s: %w", d, err)
 	}
-	return UnmarshalDirectory(v)
+	dir, err := UnmarshalDirectory(v)
+	if err == nil {
+		s.dirCache.put(d, dir)
+	}
+	return dir, err
 }
 
 // BlobChunks returns the chunks that make up a blob of the given size, in
@@ -183,12 +203,17 @@ func (s *Store) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
 	if size == 0 {
 		return nil, nil
 	}
-	v, err := s.get(bucketBlobs, d)
-	if errors.Is(err, ErrNotFound) && size <= MaxChunkSize {
-		if s.HasChunk(d) {
+	if size <= MaxChunkSize {
+		// A chunk named by the blob's digest, of the blob's size, is the
+		// whole blob.
+		if loc, err := s.chunkLoc(d); err == nil && uint64(loc.Size) == size {
 			return []ChunkRef{{Digest: d, Size: uint32(size)}}, nil
 		}
 	}
+	if refs, ok := s.blobCache.get(d); ok {
+		return refs, nil
+	}
+	v, err := s.get(bucketBlobs, d)
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", d, err)
 	}
@@ -203,6 +228,7 @@ func (s *Store) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
 	if total != size {
 		return nil, fmt.Errorf("castore: blob %s has %d bytes of chunks, want %d", d, total, size)
 	}
+	s.blobCache.put(d, refs)
 	return refs, nil
 }
 

@@ -141,14 +141,15 @@ func (n *Node) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/status", n.serveStatus)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{}))
 	mux.Handle("/", cache)
-	return n.metrics.instrument(mux)
+	return n.metrics.instrument(corkNARs(mux))
 }
 
 // Run serves until ctx is done, then shuts down gracefully.
 func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	serve := func(ln net.Listener, h http.Handler) {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug), ConnContext: withConn}
 		n.servers = append(n.servers, srv)
 		n.wg.Add(1)
 		go func() {

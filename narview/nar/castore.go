@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path"
 
 	"github.com/p2pstore/p2pstore/castore"
 )
@@ -43,7 +42,7 @@ func Ingest(ctx context.Context, r *Reader, w ObjectWriter) (castore.Node, error
 		}
 		parent := &stack[len(stack)-1].dir
 		parent.Directories = append(parent.Directories, castore.DirectoryEntry{
-			Name: []byte(path.Base(f.path)), Digest: d, Size: size,
+			Name: []byte(baseName(f.path)), Digest: d, Size: size,
 		})
 		return nil
 	}
@@ -58,16 +57,13 @@ func Ingest(ctx context.Context, r *Reader, w ObjectWriter) (castore.Node, error
 		if err != nil {
 			return castore.Node{}, err
 		}
-		parent := ""
-		if i := lastSlash(h.Path); i >= 0 {
-			parent = h.Path[:i]
-		}
+		parent, base := splitPath(h.Path)
 		for len(stack) > 0 && stack[len(stack)-1].path != parent {
 			if err := finish(); err != nil {
 				return castore.Node{}, err
 			}
 		}
-		name := []byte(path.Base(h.Path))
+		name := []byte(base)
 		var dir *castore.Directory
 		if h.Path != "" {
 			dir = &stack[len(stack)-1].dir
@@ -104,13 +100,9 @@ func Ingest(ctx context.Context, r *Reader, w ObjectWriter) (castore.Node, error
 	return root, nil
 }
 
-func lastSlash(s string) int {
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '/' {
-			return i
-		}
-	}
-	return -1
+func baseName(p string) string {
+	_, name := splitPath(p)
+	return name
 }
 
 // Source is what Render needs: directories, and a way to write a blob's

@@ -20,6 +20,7 @@ package nar
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 const magic = "nix-archive-1"
@@ -64,3 +65,14 @@ func formatErr(format string, args ...any) error {
 }
 
 func pad(n int64) int { return int((8 - n%8) % 8) }
+
+// splitPath splits a NAR path into its parent ("" for the root's entries)
+// and its last component. Paths are built by us or checked by the reader,
+// so no cleaning is needed.
+func splitPath(p string) (parent, name string) {
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return "", p
+	}
+	return p[:i], p[i+1:]
+}

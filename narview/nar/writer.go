@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
-	"strings"
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/internal/splice"
@@ -65,10 +63,7 @@ func (w *Writer) WriteHeader(h *Header) error {
 		w.writeString(magic)
 	} else {
 		w.flushCloses()
-		parent, name := path.Dir(h.Path), path.Base(h.Path)
-		if !strings.Contains(h.Path, "/") {
-			parent = ""
-		}
+		parent, name := splitPath(h.Path)
 		for len(w.dirs) > 0 && w.dirs[len(w.dirs)-1].path != parent {
 			w.closeDir()
 		}
