@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -193,11 +194,18 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 		return
 	}
 	if err := h.paths.NAR(r.Context(), info, compression, w); err != nil {
-		if r.Context().Err() == nil {
+		if clientGone(r, err) {
+			h.opts.Log.Debug("client left during a NAR", "path", info.StorePath, "err", err)
+		} else {
 			h.opts.Log.Error("serving NAR", "path", info.StorePath, "err", err)
 		}
 		// The status line is gone; cut the connection so that the client
 		// sees a broken transfer, not a short NAR that looks complete.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// clientGone reports whether err only says that the client hung up.
+func clientGone(r *http.Request, err error) bool {
+	return r.Context().Err() != nil || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 }
