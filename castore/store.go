@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/p2pstore/p2pstore/internal/cache"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -46,9 +47,9 @@ type Store struct {
 	raw  *packSet // chunk bytes
 	zstd *packSet // zstd frames of chunks, made in the background
 
-	dirCache   *cache[*Directory]
-	blobCache  *cache[[]ChunkRef]
-	chunkCache *cache[chunkLoc]
+	dirCache   *cache.Map[Digest, *Directory]
+	blobCache  *cache.Map[Digest, []ChunkRef]
+	chunkCache *cache.Map[Digest, chunkLoc]
 }
 
 // Open opens or creates the store in dir. Pack bytes past the length that
@@ -68,7 +69,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("castore: opening index: %w", err)
 	}
 	s := &Store{dir: dir, db: db,
-		dirCache: newCache[*Directory](cacheDirs), blobCache: newCache[[]ChunkRef](cacheBlobs), chunkCache: newCache[chunkLoc](cacheChunks)}
+		dirCache: cache.New[Digest, *Directory](cacheDirs), blobCache: cache.New[Digest, []ChunkRef](cacheBlobs), chunkCache: cache.New[Digest, chunkLoc](cacheChunks)}
 	if s.raw, err = newPackSet(filepath.Join(dir, packsDir), packSuffix, rawPackKey); err == nil {
 		s.zstd, err = newPackSet(filepath.Join(dir, zstdDir), zstdSuffix, zstdPackKey)
 	}
@@ -165,7 +166,7 @@ func (s *Store) HasChunk(d Digest) bool { return s.has(bucketChunks, d) }
 func (s *Store) HasDirectory(d Digest) bool { return s.has(bucketDirs, d) }
 
 func (s *Store) chunkLoc(d Digest) (chunkLoc, error) {
-	if loc, ok := s.chunkCache.get(d); ok {
+	if loc, ok := s.chunkCache.Get(d); ok {
 		return loc, nil
 	}
 	v, err := s.get(bucketChunks, d)
@@ -174,7 +175,7 @@ func (s *Store) chunkLoc(d Digest) (chunkLoc, error) {
 	}
 	loc, err := unmarshalChunkLoc(v)
 	if err == nil {
-		s.chunkCache.put(d, loc)
+		s.chunkCache.Put(d, loc)
 	}
 	return loc, err
 }
@@ -182,7 +183,7 @@ func (s *Store) chunkLoc(d Digest) (chunkLoc, error) {
 // Directory returns a stored directory. Callers must not modify it: it may
 // be shared through the cache.
 func (s *Store) Directory(d Digest) (*Directory, error) {
-	if dir, ok := s.dirCache.get(d); ok {
+	if dir, ok := s.dirCache.Get(d); ok {
 		return dir, nil
 	}
 	v, err := s.get(bucketDirs, d)
@@ -191,7 +192,7 @@ func (s *Store) Directory(d Digest) (*Directory, error) {
 	}
 	dir, err := UnmarshalDirectory(v)
 	if err == nil {
-		s.dirCache.put(d, dir)
+		s.dirCache.Put(d, dir)
 	}
 	return dir, err
 }
@@ -210,7 +211,7 @@ func (s *Store) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
 			return []ChunkRef{{Digest: d, Size: uint32(size)}}, nil
 		}
 	}
-	if refs, ok := s.blobCache.get(d); ok {
+	if refs, ok := s.blobCache.Get(d); ok {
 		return refs, nil
 	}
 	v, err := s.get(bucketBlobs, d)
@@ -228,7 +229,7 @@ func (s *Store) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
 	if total != size {
 		return nil, fmt.Errorf("castore: blob %s has %d bytes of chunks, want %d", d, total, size)
 	}
-	s.blobCache.put(d, refs)
+	s.blobCache.Put(d, refs)
 	return refs, nil
 }
 

@@ -16,10 +16,12 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"sync"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/internal/cache"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -147,8 +149,27 @@ var (
 	metaNarSize = []byte("nar_bytes") // sum of NarSize over all paths
 )
 
-// Index is the path index.
-type Index struct{ db *bolt.DB }
+// Index is the path index. Decoded records are cached: a narinfo request
+// then costs no transaction and no JSON decode.
+type Index struct {
+	db    *bolt.DB
+	cache *cache.Map[string, *Info]
+	// mu orders filling the cache from the file (read-locked) after
+	// writes (locked), so that a slow read never caches an old record.
+	mu sync.RWMutex
+}
+
+// cachePaths bounds the decoded-record cache (about 1 KB a record).
+const cachePaths = 16 << 10
+
+// clone copies an Info deeply enough that the caller may change it.
+func (i *Info) clone() *Info {
+	c := *i
+	c.References = append([]string(nil), i.References...)
+	c.Sigs = append([]string(nil), i.Sigs...)
+	c.Root.Target = append([]byte(nil), i.Root.Target...)
+	return &c
+}
 
 // Open opens or creates the index file.
 func Open(file string) (*Index, error) {
@@ -168,7 +189,7 @@ func Open(file string) (*Index, error) {
 		db.Close()
 		return nil, err
 	}
-	return &Index{db: db}, nil
+	return &Index{db: db, cache: cache.New[string, *Info](cachePaths)}, nil
 }
 
 // Close closes the index.
@@ -176,6 +197,11 @@ func (x *Index) Close() error { return x.db.Close() }
 
 // Get returns the info for a store path's hash part.
 func (x *Index) Get(hash string) (*Info, error) {
+	if info, ok := x.cache.Get(hash); ok {
+		return info.clone(), nil
+	}
+	x.mu.RLock()
+	defer x.mu.RUnlock()
 	var info *Info
 	err := x.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketPaths).Get([]byte(hash))
@@ -185,6 +211,9 @@ func (x *Index) Get(hash string) (*Info, error) {
 		info = new(Info)
 		return json.Unmarshal(v, info)
 	})
+	if err == nil {
+		x.cache.Put(hash, info.clone())
+	}
 	return info, err
 }
 
@@ -208,7 +237,9 @@ func (x *Index) Put(info *Info) error {
 		return err
 	}
 	key := []byte(info.HashPart())
-	return x.db.Update(func(tx *bolt.Tx) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	err = x.db.Update(func(tx *bolt.Tx) error {
 		paths := tx.Bucket(bucketPaths)
 		var old Info
 		delta := int64(info.NarSize)
@@ -222,10 +253,17 @@ func (x *Index) Put(info *Info) error {
 		total := int64(counter(meta)) + delta
 		return meta.Put(metaNarSize, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0))))
 	})
+	if err == nil {
+		x.cache.Put(string(key), info.clone())
+	}
+	return err
 }
 
 // Delete removes a path's record; its objects become garbage.
 func (x *Index) Delete(hash string) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.cache.Delete(hash)
 	return x.db.Update(func(tx *bolt.Tx) error {
 		paths := tx.Bucket(bucketPaths)
 		prev := paths.Get([]byte(hash))
