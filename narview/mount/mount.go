@@ -15,6 +15,7 @@ package mount
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -22,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/zeebo/blake3"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -63,11 +66,15 @@ func Mount(dir string, src Source) (*fuse.Server, error) {
 		NegativeTimeout: &zero,
 		MountOptions: fuse.MountOptions{
 			FsName:       "p2pstore",
+			Debug:        os.Getenv("P2PSTORE_FUSE_DEBUG") != "",
 			Name:         "p2pstore",
 			DirectMount:  true, // as root, mount(2) itself: no fusermount needed
 			AllowOther:   true, // Nix clients of other users read it
 			MaxReadAhead: 1 << 20,
 			MaxWrite:     1 << 20,
+			// Symlinks never change either.
+			EnableSymlinkCaching: true,
+			Options:              []string{"ro"},
 		},
 	}
 	srv, err := fs.Mount(dir, root, opts)
@@ -130,7 +137,30 @@ func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	return fs.NewListDirStream(entries), 0
 }
 
-// newChild makes the inode for a castore node and fills out its entry.
+// stableIno derives an inode number from what a node is, so that looking
+// the same node up again (a READDIRPLUS after a LOOKUP, a second dump)
+// finds the inode the kernel already has, with its cached pages and
+// entries, instead of replacing it. Equal content shares an inode, as hard
+// links would; nothing can tell, since nothing can change it.
+func stableIno(n castore.Node) uint64 {
+	h := blake3.New()
+	h.Write([]byte{byte(n.Type), boolByte(n.Executable)})
+	h.Write(n.Digest[:])
+	h.Write(n.Target)
+	var sum [8]byte
+	h.Digest().Read(sum[:])
+	return binary.LittleEndian.Uint64(sum[:]) | 1<<63 // never 1, the root's
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// newChild makes (or finds) the inode for a castore node and fills out its
+// entry.
 func newChild(ctx context.Context, parent *fs.Inode, src Source, n castore.Node, out *fuse.EntryOut) *fs.Inode {
 	var child fs.InodeEmbedder
 	var mode uint32
@@ -150,7 +180,7 @@ func newChild(ctx context.Context, parent *fs.Inode, src Source, n castore.Node,
 	setAttr(&out.Attr, mode, size)
 	out.SetEntryTimeout(forever)
 	out.SetAttrTimeout(forever)
-	return parent.NewInode(ctx, child, fs.StableAttr{Mode: mode & syscall.S_IFMT})
+	return parent.NewInode(ctx, child, fs.StableAttr{Mode: mode & syscall.S_IFMT, Ino: stableIno(n)})
 }
 
 // dirNode is a directory of a path's tree.
@@ -165,7 +195,7 @@ type dirNode struct {
 }
 
 var _ = (fs.NodeLookuper)((*dirNode)(nil))
-var _ = (fs.NodeReaddirer)((*dirNode)(nil))
+var _ = (fs.NodeOpendirHandler)((*dirNode)(nil))
 var _ = (fs.NodeGetattrer)((*dirNode)(nil))
 
 func (d *dirNode) load() (*castore.Directory, syscall.Errno) {
@@ -202,23 +232,55 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	return nil, syscall.ENOENT
 }
 
-func (d *dirNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+// OpendirHandle lists the directory and lets the kernel cache the
+// listing: it never changes.
+func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	dir, errno := d.load()
 	if errno != 0 {
-		return nil, errno
+		return nil, 0, errno
 	}
 	entries := make([]fuse.DirEntry, 0, len(dir.Directories)+len(dir.Files)+len(dir.Symlinks))
 	for _, e := range dir.Directories {
-		entries = append(entries, fuse.DirEntry{Name: string(e.Name), Mode: syscall.S_IFDIR})
+		n := castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}
+		entries = append(entries, fuse.DirEntry{Name: string(e.Name), Mode: syscall.S_IFDIR, Ino: stableIno(n)})
 	}
 	for _, e := range dir.Files {
-		entries = append(entries, fuse.DirEntry{Name: string(e.Name), Mode: syscall.S_IFREG})
+		n := castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}
+		entries = append(entries, fuse.DirEntry{Name: string(e.Name), Mode: syscall.S_IFREG, Ino: stableIno(n)})
 	}
 	for _, e := range dir.Symlinks {
-		entries = append(entries, fuse.DirEntry{Name: string(e.Name), Mode: syscall.S_IFLNK})
+		n := castore.Node{Type: castore.TypeSymlink, Target: e.Target}
+		entries = append(entries, fuse.DirEntry{Name: string(e.Name), Mode: syscall.S_IFLNK, Ino: stableIno(n)})
 	}
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Name < entries[j].Name })
-	return fs.NewListDirStream(entries), 0
+	return &dirHandle{entries: entries}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// dirHandle reads out a directory listing; offsets count entries.
+type dirHandle struct {
+	entries []fuse.DirEntry
+	pos     int
+}
+
+var _ = (fs.FileReaddirenter)((*dirHandle)(nil))
+var _ = (fs.FileSeekdirer)((*dirHandle)(nil))
+
+func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if h.pos >= len(h.entries) {
+		return nil, 0
+	}
+	e := h.entries[h.pos]
+	h.pos++
+	e.Off = uint64(h.pos)
+	return &e, 0
+}
+
+func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if off > uint64(len(h.entries)) {
+		return syscall.EINVAL
+	}
+	h.pos = int(off)
+	return 0
 }
 
 // fileNode is a regular file; its chunk list is loaded at first read.
@@ -236,6 +298,7 @@ type fileNode struct {
 
 var _ = (fs.NodeOpener)((*fileNode)(nil))
 var _ = (fs.NodeReader)((*fileNode)(nil))
+var _ = (fs.NodeFlusher)((*fileNode)(nil))
 var _ = (fs.NodeGetattrer)((*fileNode)(nil))
 
 func (f *fileNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -244,12 +307,18 @@ func (f *fileNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrO
 	return 0
 }
 
+// Open answers ENOSYS: the kernel then stops sending opens (and releases)
+// for this mount and keeps the page cache across opens, which a read-only
+// tree of immutable files can afford. Each open and close of a file in a
+// NAR dump is otherwise a round trip to this process. (The mount is
+// read-only: the kernel refuses writes before they get here.)
 func (f *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	// The content never changes: keep the page cache across opens.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, 0, syscall.ENOSYS
+}
+
+// Flush answers ENOSYS, so that the kernel stops sending one per close.
+func (f *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
+	return syscall.ENOSYS
 }
 
 func (f *fileNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
