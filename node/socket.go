@@ -3,19 +3,32 @@ package node
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
+	"os"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/p2pstore/p2pstore/internal/splice"
 
 	"github.com/p2pstore/p2pstore/narview/daemon"
 )
 
 // The daemon socket carries two protocols: the Nix worker protocol, for Nix
-// clients (and `p2pstore daemon --stdio`), and HTTP, for the control API the
-// commands use. A Nix client opens with the worker magic, "cxin" on the
-// wire; anything else is HTTP. Each connection is sorted by its first bytes.
+// clients, and HTTP, for the control API the commands use. A Nix client
+// opens with the worker magic, "cxin" on the wire; anything else is HTTP.
+// Each connection is sorted by its first bytes.
+//
+// `p2pstore daemon --stdio` (what ssh-ng runs) opens with "p2pf" instead
+// and hands its stdin and stdout over (SCM_RIGHTS): the node then speaks
+// the worker protocol on them itself, so NARs go from the page cache to
+// ssh's pipe without a hop through the bridge process.
 
-var workerMagic = []byte("cxin")
+var (
+	workerMagic = []byte("cxin")
+	stdioMagic  = []byte("p2pf")
+)
 
 // serveSocket accepts connections on ln, runs the worker protocol on those
 // that start with the magic and hands the others to httpLn.
@@ -36,8 +49,12 @@ func (n *Node) serveSocket(ctx context.Context, ln net.Listener, srv *daemon.Ser
 				return
 			}
 			pc := &peekedConn{Conn: c, r: br}
-			if string(head) == string(workerMagic) {
+			switch string(head) {
+			case string(workerMagic):
 				srv.ServeConn(ctx, pc, pc)
+				return
+			case string(stdioMagic):
+				n.serveStdio(ctx, c, br, srv)
 				return
 			}
 			if !httpLn.put(pc) {
@@ -47,6 +64,55 @@ func (n *Node) serveSocket(ctx context.Context, ln net.Listener, srv *daemon.Ser
 	}
 }
 
+// serveStdio receives the bridge's stdin and stdout and serves the worker
+// protocol on them; closing c at the end lets the bridge exit.
+func (n *Node) serveStdio(ctx context.Context, c net.Conn, br *bufio.Reader, srv *daemon.Server) {
+	defer c.Close()
+	uc, ok := c.(*net.UnixConn)
+	br.Discard(len(stdioMagic))
+	// The descriptors come with the next message, after our ack: nothing
+	// may be buffered past the magic, or its rights were dropped.
+	if !ok || br.Buffered() != 0 {
+		return
+	}
+	if _, err := uc.Write([]byte{'k'}); err != nil {
+		return
+	}
+	uc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var one [1]byte
+	oob := make([]byte, syscall.CmsgSpace(2*4))
+	_, oobn, _, _, err := uc.ReadMsgUnix(one[:], oob)
+	uc.SetReadDeadline(time.Time{})
+	if err != nil {
+		return
+	}
+	var fds []int
+	if msgs, err := syscall.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
+		fds, _ = syscall.ParseUnixRights(&msgs[0])
+	}
+	if len(fds) != 2 {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+		n.log.Debug("daemon --stdio handed over no stdin and stdout")
+		return
+	}
+	in, out := os.NewFile(uintptr(fds[0]), "bridge stdin"), os.NewFile(uintptr(fds[1]), "bridge stdout")
+	defer in.Close()
+	srv.ServeConn(ctx, in, &fileWriter{out})
+}
+
+// fileWriter writes to the bridge's stdout (a pipe) and sends file ranges
+// into it with sendfile.
+type fileWriter struct{ *os.File }
+
+func (w *fileWriter) ReadFrom(r io.Reader) (int64, error) {
+	if n, handled, err := splice.SendFile(w.File, r); handled {
+		return n, err
+	}
+	return io.Copy(struct{ io.Writer }{w.File}, r)
+}
+
 // peekedConn reads through the reader that peeked at its first bytes.
 type peekedConn struct {
 	net.Conn
@@ -54,6 +120,17 @@ type peekedConn struct {
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// ReadFrom sends file ranges with sendfile, as a TCP connection does on
+// its own (a NAR going out over the worker protocol).
+func (c *peekedConn) ReadFrom(r io.Reader) (int64, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		if n, handled, err := splice.SendFile(sc, r); handled {
+			return n, err
+		}
+	}
+	return io.Copy(c.Conn, r)
+}
 
 // connListener is a net.Listener fed with connections by serveSocket.
 type connListener struct {

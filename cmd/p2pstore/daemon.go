@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -18,7 +18,10 @@ func daemonCommand() *cobra.Command {
 		Long: `Speak the Nix daemon protocol on stdin and stdout, bridged to the running
 node's daemon socket. Nix runs this over SSH for ssh-ng stores:
 
-  nix copy --to 'ssh-ng://HOST?remote-program=p2pstore daemon' PATH`,
+  nix copy --to 'ssh-ng://HOST?remote-program=p2pstore daemon' PATH
+
+The node takes over stdin and stdout (they are passed to it over the
+socket) and this process waits until the session ends.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !stdio {
@@ -28,23 +31,31 @@ node's daemon socket. Nix runs this over SSH for ssh-ng stores:
 			if err != nil {
 				return err
 			}
-			c, err := net.Dial("unix", cfg.DaemonSocket)
+			c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: cfg.DaemonSocket, Net: "unix"})
 			if err != nil {
 				return fmt.Errorf("no node is running at %s: %v", cfg.DaemonSocket, err)
 			}
 			defer c.Close()
-			done := make(chan error, 1)
-			go func() {
-				_, err := io.Copy(c, os.Stdin)
-				c.(*net.UnixConn).CloseWrite() // the client is done: let the node see EOF
-				done <- err
-			}()
-			if _, err := io.Copy(os.Stdout, c); err != nil {
-				return err
-			}
-			return nil
+			return handOver(c)
 		},
 	}
 	cmd.Flags().BoolVar(&stdio, "stdio", false, "use stdin and stdout (what ssh-ng runs)")
 	return cmd
+}
+
+// handOver passes stdin and stdout to the node and waits for it to hang
+// up, which it does when the client has.
+func handOver(c *net.UnixConn) error {
+	if _, err := c.Write([]byte("p2pf")); err != nil {
+		return err
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(c, ack[:]); err != nil || ack[0] != 'k' {
+		return errors.New("the node did not take the session")
+	}
+	if _, _, err := c.WriteMsgUnix([]byte{0}, syscall.UnixRights(0, 1), nil); err != nil {
+		return err
+	}
+	_, err := io.Copy(io.Discard, c)
+	return err
 }

@@ -8,6 +8,8 @@ package splice
 import (
 	"bufio"
 	"io"
+	"os"
+	"syscall"
 )
 
 // MinSendfile is the range size from which a direct ReadFrom beats copying
@@ -66,4 +68,70 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// SendFile sends a range of a file (an *io.LimitedReader over an *os.File,
+// from the file's offset) to a socket with sendfile(2), for sockets whose
+// Go type does not do it on its own (a unix socket). It reports false, with
+// nothing sent, when r or dst is not of that kind.
+func SendFile(dst syscall.Conn, r io.Reader) (int64, bool, error) {
+	lr, ok := r.(*io.LimitedReader)
+	if !ok {
+		return 0, false, nil
+	}
+	f, ok := lr.R.(*os.File)
+	if !ok || lr.N <= 0 {
+		return 0, false, nil
+	}
+	off, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, false, nil
+	}
+	rc, err := dst.SyscallConn()
+	if err != nil {
+		return 0, false, nil
+	}
+	var srcFD int
+	if err := withFD(f, func(fd int) { srcFD = fd }); err != nil {
+		return 0, false, nil
+	}
+	var written int64
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		for lr.N > 0 {
+			n, err := syscall.Sendfile(int(fd), srcFD, &off, int(min(lr.N, 1<<30)))
+			if n > 0 {
+				written += int64(n)
+				lr.N -= int64(n)
+			}
+			if err == syscall.EAGAIN {
+				return false // wait until the socket is writable
+			}
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				serr = err
+				return true
+			}
+			if n == 0 {
+				serr = io.ErrUnexpectedEOF
+				return true
+			}
+		}
+		return true
+	})
+	if serr == nil {
+		serr = err
+	}
+	f.Seek(off, io.SeekStart)
+	return written, true, serr
+}
+
+func withFD(f *os.File, fn func(fd int)) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Control(func(fd uintptr) { fn(int(fd)) })
 }
