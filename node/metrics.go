@@ -1,10 +1,10 @@
 package node
 
 import (
-	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/prometheus/client_golang/prometheus"
@@ -60,7 +60,7 @@ func (m *metrics) instrument(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
 		defer func() {
-			m.requests.WithLabelValues(requestKind(r.URL.Path), fmt.Sprint(rec.code)).Inc()
+			m.requests.WithLabelValues(requestKind(r.URL.Path), strconv.Itoa(rec.code)).Inc()
 		}()
 		h.ServeHTTP(rec, r)
 	})
@@ -68,13 +68,13 @@ func (m *metrics) instrument(h http.Handler) http.Handler {
 
 func requestKind(p string) string {
 	switch {
-	case filepath.Ext(p) == ".narinfo":
+	case strings.HasSuffix(p, ".narinfo"):
 		return "narinfo"
-	case filepath.Base(filepath.Dir(p)) == "nar":
+	case strings.Contains(p, "/nar/"):
 		return "nar"
 	case p == "/metrics":
 		return "metrics"
-	case filepath.Base(p) == "nix-cache-info":
+	case strings.HasSuffix(p, "/nix-cache-info"):
 		return "cache-info"
 	}
 	return "other"
