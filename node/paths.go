@@ -163,13 +163,18 @@ func (n *Node) knownKeys() []narinfo.PublicKey {
 type daemonStore struct{ n *Node }
 
 // PathInfo looks a full store path up; the hash part must name this very
-// path.
+// path. With lookup it goes the way an HTTP narinfo request goes (Node.Info).
 func (d daemonStore) PathInfo(ctx context.Context, path string, lookup bool) (*pathinfo.Info, error) {
 	sp, err := storepath.Parse(d.n.cfg.StoreDir, path)
 	if err != nil {
 		return nil, err
 	}
-	info, err := d.n.index.Get(sp.Hash)
+	var info *pathinfo.Info
+	if lookup {
+		info, err = d.n.Info(ctx, sp.Hash)
+	} else {
+		info, err = d.n.index.Get(sp.Hash)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -4,7 +4,9 @@ package main
 // the node's socket, its store mount, and ssh-ng through a real sshd.
 
 import (
+	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,6 +43,11 @@ func (s *srcStore) add(name string, files map[string]string) string {
 }
 
 func (n *nodeProc) socket() string { return filepath.Join(n.dir, "data", "daemon.sock") }
+
+func (n *nodeProc) hasPath(hash string) bool {
+	ok, err := n.client.HasPath(context.Background(), hash)
+	return err == nil && ok
+}
 
 // withMount restarts nothing: it adds --mount to the node's settings; call
 // before start. It reports false when FUSE cannot be mounted here (the
@@ -133,6 +140,44 @@ func TestDaemonSocket(t *testing.T) {
 	cmd := nixtest.Command("nix", "copy", "--from", real, "--to", filepath.Join(t.TempDir(), "c3"), missing)
 	if out, err := cmd.CombinedOutput(); err == nil {
 		t.Errorf("copying a missing path succeeded:\n%s", out)
+	}
+
+	// The mount never shows a path before it is whole: copy a big one in
+	// and watch the mount while the copy runs.
+	blob := make([]byte, 48<<20)
+	var seed [32]byte
+	copy(seed[:], stamp)
+	rand.NewChaCha8(seed).Read(blob)
+	big := src.add("big", map[string]string{"blob": string(blob)})
+	copyBig := nixtest.Command("nix", "copy", "--from", src.dir, "--to", sock, big)
+	if err := copyBig.Start(); err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan error, 1)
+	go func() { copied <- copyBig.Wait() }()
+	seenEarly := false
+	for done := false; !done; {
+		select {
+		case err := <-copied:
+			if err != nil {
+				t.Fatalf("copying the big path: %v", err)
+			}
+			done = true
+		case <-time.After(5 * time.Millisecond):
+			if _, err := os.Lstat(filepath.Join(mnt, filepath.Base(big))); err == nil {
+				// Visible before nix copy returned: only fine if the
+				// record was committed, i.e. the node already says so.
+				if _, err := n.client.Status(context.Background()); err == nil && !n.hasPath(hashPart(big)) {
+					seenEarly = true
+				}
+			}
+		}
+	}
+	if seenEarly {
+		t.Fatal("the mount showed a path before the node committed it")
+	}
+	if _, err := os.Lstat(filepath.Join(mnt, filepath.Base(big), "blob")); err != nil {
+		t.Fatalf("the copied path is not in the mount: %v", err)
 	}
 
 	// A build request gets one readable error line.

@@ -154,9 +154,32 @@ func (c *conn) handshake() error {
 	if err != nil {
 		return err
 	}
-	if clientVersion>>8 != 1 || clientVersion < MinClientVersion {
-		// A real daemon closes too: its error channel does not exist yet.
-		return fmt.Errorf("client protocol %d.%d is too old (need 1.%d)", clientVersion>>8, minor(clientVersion), minor(MinClientVersion))
+	if clientVersion>>8 != 1 {
+		return fmt.Errorf("client protocol %d.%d is not 1.x", clientVersion>>8, minor(clientVersion))
+	}
+	if clientVersion < MinClientVersion {
+		// Finish the old client's handshake so that it reads our error
+		// (in the old format) where it reads the handshake's log
+		// messages, rather than an unexplained hang-up.
+		c.version = clientVersion
+		if c.minor() >= 14 {
+			if affinity, err := c.r.Uint64(); err != nil || affinity != 0 {
+				if err == nil {
+					_, err = c.r.Uint64()
+				}
+				if err != nil {
+					return err
+				}
+			}
+		}
+		if c.minor() >= 11 {
+			if _, err := c.r.Uint64(); err != nil {
+				return err
+			}
+		}
+		msg := fmt.Sprintf("this Nix speaks daemon protocol 1.%d; p2pstore needs 1.%d (Nix 2.1) or later", c.minor(), minor(MinClientVersion))
+		c.fail(msg)
+		return errors.New(msg)
 	}
 	c.version = min(clientVersion, ProtocolVersion)
 	if c.minor() >= 38 {

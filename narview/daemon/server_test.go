@@ -194,10 +194,13 @@ func TestVersions(t *testing.T) {
 	}
 }
 
-// TestOldClient: a client below 1.21 is turned away.
+// TestOldClient: a client below 1.21 is turned away with a message it can
+// print.
 func TestOldClient(t *testing.T) {
-	if _, err := NewClient(pipeServer(t, newMemStore()), 1<<8|20); err == nil {
-		t.Fatal("1.20 client accepted")
+	_, err := NewClient(pipeServer(t, newMemStore()), 1<<8|20)
+	var de *DaemonError
+	if !errors.As(err, &de) || !strings.Contains(de.Msg, "needs 1.21") {
+		t.Fatalf("1.20 client: %v", err)
 	}
 }
 
