@@ -78,7 +78,7 @@ func Open(dir string) (*Store, error) {
 		return nil, err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketChunks, bucketBlobs, bucketDirs, bucketPacks, bucketMeta, bucketFrames} {
+		for _, b := range [][]byte{bucketChunks, bucketBlobs, bucketDirs, bucketPacks, bucketMeta, bucketFrames, bucketShared} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -196,3 +196,42 @@ func TestReadBlobAt(t *testing.T) {
 		}
 	}
 }
+
+func TestShare(t *testing.T) {
+	s, _ := openTemp(t)
+	w := s.NewWriter()
+	small, _, _ := w.PutBlob(bytes.NewReader([]byte("small")))
+	bigData := pseudoRandom(31, 1<<20)
+	big, bigSize, _ := w.PutBlob(bytes.NewReader(bigData))
+	sub, _ := w.PutDirectory(&Directory{Files: []FileEntry{{Name: []byte("big"), Digest: big, Size: bigSize}}})
+	root, _ := w.PutDirectory(&Directory{
+		Directories: []DirectoryEntry{{Name: []byte("sub"), Digest: sub, Size: 1}},
+		Files:       []FileEntry{{Name: []byte("small"), Digest: small, Size: 5}},
+	})
+	private, _, _ := w.PutBlob(bytes.NewReader([]byte("private")))
+	w.Commit()
+	fresh, err := s.Share(context.Background(), Node{Type: TypeDirectory, Digest: root, Size: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs, _ := s.BlobChunks(big, bigSize)
+	if want := 2 + 1 + len(refs); len(fresh) != want { // 2 dirs, small's chunk, big's chunks
+		t.Fatalf("%d new digests, want %d", len(fresh), want)
+	}
+	for _, d := range append([]Digest{root, sub, small, big}, refs[0].Digest) {
+		if !s.IsShared(d) {
+			t.Fatalf("%s not shared", d)
+		}
+	}
+	if s.IsShared(private) {
+		t.Fatal("an object of no shared tree is shared")
+	}
+	if again, _ := s.Share(context.Background(), Node{Type: TypeDirectory, Digest: root, Size: 3}); len(again) != 0 {
+		t.Fatalf("sharing again found %d new digests", len(again))
+	}
+	n := 0
+	s.ForEachShared(func(Digest) error { n++; return nil })
+	if n != len(fresh) {
+		t.Fatalf("ForEachShared gave %d, want %d (blobs are not announced)", n, len(fresh))
+	}
+}

@@ -127,6 +127,7 @@ func (n *Node) controlHandler() http.Handler {
 		writeJSON(w, http.StatusOK, res)
 	})
 	mux.HandleFunc("POST /api/v1/verify", n.serveVerify)
+	mux.HandleFunc("POST /api/v1/fetch", n.serveFetch)
 	// Profiles, for the node's owner only (this socket is theirs).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -288,6 +289,15 @@ func (n *Node) status() (*Status, error) {
 	if n.signKey != nil {
 		s.PublicKey = n.signKey.Public().String()
 	}
+	if p := n.p2p; p != nil {
+		s.PeerID = p.host.ID().String()
+		for _, a := range p.host.Addrs() {
+			s.Addrs = append(s.Addrs, a.String()+"/p2p/"+s.PeerID)
+		}
+		s.Peers = len(p.host.Network().Peers())
+		s.P2PBytesReceived = p.client.BytesReceived()
+		s.P2PBytesSent = p.server.BytesSent()
+	}
 	return s, nil
 }
 
@@ -324,4 +334,94 @@ func (n *Node) serveVerify(w http.ResponseWriter, r *http.Request) {
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	writeJSON(w, http.StatusOK, rep)
+}
+
+// FetchRequest asks the node to fetch paths from peers.
+type FetchRequest struct {
+	Paths     []string `json:"paths"`
+	Recursive bool     `json:"recursive"`
+}
+
+// FetchResult reports a fetch.
+type FetchResult struct {
+	Fetched       []string `json:"fetched"`        // paths the node got from peers
+	Present       int      `json:"present"`        // paths it had already
+	BytesReceived uint64   `json:"bytes_received"` // from peers, during this fetch
+	NarBytes      uint64   `json:"nar_bytes"`      // NAR size of the fetched paths
+	Seconds       float64  `json:"seconds"`
+}
+
+func (n *Node) serveFetch(w http.ResponseWriter, r *http.Request) {
+	var req FetchRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxMetaLine)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	res, err := n.Fetch(r.Context(), req.Paths, req.Recursive)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrBadInput) || errors.Is(err, pathinfo.ErrNotFound) {
+			code = http.StatusBadRequest
+		}
+		writeError(w, code, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// Fetch makes the node get paths (and with recursive their closures)
+// from its peers.
+func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*FetchResult, error) {
+	if n.p2p == nil {
+		return nil, badInput("this node runs without p2p (p2p.listen is empty)")
+	}
+	start := time.Now()
+	before := n.p2p.client.BytesReceived()
+	res := &FetchResult{Fetched: []string{}}
+	seen := map[string]bool{}
+	queue := append([]string(nil), paths...)
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		sp, err := storepath.Parse(n.cfg.StoreDir, p)
+		if err != nil {
+			return nil, badInput("%v", err)
+		}
+		info, err := n.index.Get(sp.Hash)
+		if err == nil {
+			res.Present++
+		} else if errors.Is(err, pathinfo.ErrNotFound) {
+			if info, err = n.p2p.fetch.Fetch(ctx, sp.Hash); err != nil {
+				return nil, fmt.Errorf("%s: %w on any peer", p, err)
+			}
+			res.Fetched = append(res.Fetched, info.StorePath)
+			res.NarBytes += info.NarSize
+		} else {
+			return nil, err
+		}
+		if recursive {
+			queue = append(queue, info.References...)
+		}
+	}
+	res.BytesReceived = n.p2p.client.BytesReceived() - before
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// Fetch asks the node to fetch paths from peers.
+func (c *Client) Fetch(ctx context.Context, req *FetchRequest) (*FetchResult, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/fetch", bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	var res FetchResult
+	return &res, c.do(hr, &res)
 }

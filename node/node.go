@@ -39,6 +39,7 @@ type Node struct {
 	metrics *metrics
 
 	compress chan struct{} // wakes the background compressor
+	p2p      *p2p          // nil when p2p.listen is empty
 
 	httpLn    net.Listener
 	controlLn net.Listener
@@ -158,6 +159,14 @@ func (n *Node) Run(ctx context.Context) error {
 				errc <- err
 			}
 		}()
+	}
+	if len(n.cfg.P2PListen) > 0 {
+		p, err := n.startP2P(ctx)
+		if err != nil {
+			return err
+		}
+		n.p2p = p
+		defer p.close()
 	}
 	if n.httpLn != nil {
 		serve(n.httpLn, n.Handler())

@@ -14,12 +14,18 @@ import (
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
+	"github.com/p2pstore/p2pstore/node/transfer"
 	"github.com/ulikunitz/xz"
 )
 
-// Info implements httpcache.Paths: the local index.
+// Info implements httpcache.Paths, and is how the daemon endpoint looks
+// paths up too: the local index, then the peers.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	return n.index.Get(hash)
+	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
+		return n.p2p.fetch.Fetch(ctx, hash)
+	}
+	return info, err
 }
 
 // NAR implements httpcache.Paths: the NAR rendered from castore. A zstd
@@ -137,12 +143,18 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader) (c
 	}
 	info.Root = root
 	if n.signKey != nil {
+		// The node signs the path and binds its tree to it, so that peers
+		// can check every object of the tree as it arrives.
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))
+		info.RootSigs = []string{n.signKey.Sign(transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root))}
 	}
 	if err := n.index.Put(info); err != nil {
 		return castore.WriteStats{}, err
 	}
 	n.wakeCompressor()
+	if n.p2p != nil {
+		n.p2p.share(ctx, info)
+	}
 	st := w.Stats()
 	n.metrics.imported(info.NarSize, st)
 	n.log.Info("added path", "path", info.StorePath, "nar_size", info.NarSize, "new_bytes", st.NewBytes)

@@ -57,7 +57,8 @@ func newNode(t *testing.T) *nodeProc {
 	t.Helper()
 	dir := t.TempDir()
 	n := &nodeProc{t: t, dir: dir}
-	n.args = []string{"--data-dir", filepath.Join(dir, "data"), "--http-listen", "127.0.0.1:0", "--sign-key-file", filepath.Join(dir, "key.sec")}
+	n.args = []string{"--data-dir", filepath.Join(dir, "data"), "--http-listen", "127.0.0.1:0", "--sign-key-file", filepath.Join(dir, "key.sec"),
+		"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false"}
 	n.run("keygen", "--name", "e2e-test-1", "--out", filepath.Join(dir, "key.sec"))
 	n.client = node.NewClient(filepath.Join(dir, "data", "daemon.sock"))
 	return n

@@ -37,6 +37,9 @@ type Info struct {
 	Sigs             []string          `json:"sigs,omitempty"`
 	CA               string            `json:"ca,omitempty"`
 	RegistrationTime int64             `json:"registration_time,omitempty"` // unix seconds
+	// RootSigs are p2pstore signatures binding Root to this path, so that
+	// a peer fetching the tree can check every object as it arrives.
+	RootSigs []string `json:"root_sigs,omitempty"`
 }
 
 // HashPart returns the 32-character hash part of the store path.
@@ -167,6 +170,7 @@ func (i *Info) clone() *Info {
 	c := *i
 	c.References = append([]string(nil), i.References...)
 	c.Sigs = append([]string(nil), i.Sigs...)
+	c.RootSigs = append([]string(nil), i.RootSigs...)
 	c.Root.Target = append([]byte(nil), i.Root.Target...)
 	return &c
 }

@@ -1,0 +1,144 @@
+package castore
+
+import (
+	"context"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Sharing. A node gives peers only the objects of the paths it shares
+// (paths a trusted key or the node itself signed), and announces exactly
+// those on the DHT; the objects of private paths are neither announced nor
+// served. The shared bucket holds the digest of every shared directory,
+// blob and chunk, so that a peer's request is answered or refused with one
+// lookup, and so that the announcements can be replayed after a restart.
+
+var bucketShared = []byte("shared") // digest -> kind
+
+// Kinds of shared objects.
+const (
+	SharedDirectory byte = 1 + iota
+	SharedBlob
+	SharedChunk
+)
+
+// Share marks every object of the tree under root as shared and returns
+// the directories and chunks that were not shared before (what is new to
+// announce). The root is marked last, so a marked root means a complete
+// tree.
+func (s *Store) Share(ctx context.Context, root Node) (newDigests []Digest, err error) {
+	if root.Type == TypeSymlink {
+		return nil, nil
+	}
+	if s.IsShared(root.Digest) {
+		return nil, nil
+	}
+	marks := map[Digest]byte{}
+	var order []Digest
+	add := func(d Digest, kind byte) {
+		if _, ok := marks[d]; !ok {
+			marks[d] = kind
+			order = append(order, d)
+		}
+	}
+	var walk func(n Node) error
+	walk = func(n Node) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		switch n.Type {
+		case TypeFile:
+			refs, err := s.BlobChunks(n.Digest, n.Size)
+			if err != nil {
+				return err
+			}
+			for _, r := range refs {
+				add(r.Digest, SharedChunk)
+			}
+			add(n.Digest, SharedBlob)
+		case TypeDirectory:
+			if s.IsShared(n.Digest) {
+				return nil // marked after its children: all of it is shared
+			}
+			dir, err := s.Directory(n.Digest)
+			if err != nil {
+				return err
+			}
+			for _, e := range dir.Directories {
+				if err := walk(Node{Type: TypeDirectory, Digest: e.Digest, Size: e.Size}); err != nil {
+					return err
+				}
+			}
+			for _, e := range dir.Files {
+				if err := walk(Node{Type: TypeFile, Digest: e.Digest, Size: e.Size}); err != nil {
+					return err
+				}
+			}
+			add(n.Digest, SharedDirectory)
+		}
+		return nil
+	}
+	if err := walk(root); err != nil {
+		return nil, err
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketShared)
+		for _, d := range order { // children before parents, the root last
+			if old := b.Get(d[:]); old != nil {
+				continue
+			}
+			kind := marks[d]
+			if err := b.Put(d[:], []byte{kind}); err != nil {
+				return err
+			}
+			if kind != SharedBlob {
+				newDigests = append(newDigests, d)
+			}
+		}
+		return nil
+	})
+	return newDigests, err
+}
+
+// IsShared reports whether an object belongs to a shared tree.
+func (s *Store) IsShared(d Digest) bool { return s.has(bucketShared, d) }
+
+// ForEachShared calls fn with each shared directory and chunk (what the
+// node announces).
+func (s *Store) ForEachShared(fn func(d Digest) error) error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketShared).ForEach(func(k, v []byte) error {
+			if len(v) == 1 && v[0] == SharedBlob {
+				return nil
+			}
+			d, err := DigestFromBytes(k)
+			if err != nil {
+				return err
+			}
+			return fn(d)
+		})
+	})
+}
+
+// DirectoryBytes returns a directory's canonical encoding, as stored.
+func (s *Store) DirectoryBytes(d Digest) ([]byte, error) {
+	return s.get(bucketDirs, d)
+}
+
+// ChunkFrame returns a chunk's stored zstd frame, or ok false when it has
+// none (not made yet, or not worth making).
+func (s *Store) ChunkFrame(d Digest) (frame []byte, ok bool, err error) {
+	loc, have, err := s.frameLoc(d)
+	if err != nil || !have || loc.Size == 0 {
+		return nil, false, err
+	}
+	f, err := s.zstd.reader(loc.Pack)
+	if err != nil {
+		return nil, false, err
+	}
+	frame = make([]byte, loc.Size)
+	if _, err := f.ReadAt(frame, loc.Offset); err != nil {
+		return nil, false, err
+	}
+	return frame, true, nil
+}

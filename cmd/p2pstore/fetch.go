@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/p2pstore/p2pstore/narview/localstore"
+	"github.com/p2pstore/p2pstore/node"
+)
+
+func fetchCommand() *cobra.Command {
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "fetch [--recursive] PATH...",
+		Short: "Make the running node fetch store paths from its peers",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			var paths []string
+			for _, a := range args {
+				p, err := localstore.ResolveArg(cfg.StoreDir, a)
+				if err != nil {
+					return err
+				}
+				paths = append(paths, p)
+			}
+			res, err := node.NewClient(cfg.DaemonSocket).Fetch(cmd.Context(), &node.FetchRequest{Paths: paths, Recursive: recursive})
+			if err != nil {
+				return err
+			}
+			rate := 0.0
+			if res.Seconds > 0 {
+				rate = float64(res.NarBytes) / res.Seconds / 1e6
+			}
+			fmt.Printf("fetched %d paths (%s of NARs, %s received from peers) in %.2fs (%.0f MB/s); %d were already there\n",
+				len(res.Fetched), humanBytes(res.NarBytes), humanBytes(res.BytesReceived), res.Seconds, rate, res.Present)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also fetch every path the given paths reference, directly or not")
+	return cmd
+}

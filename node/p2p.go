@@ -1,0 +1,304 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	ma "github.com/multiformats/go-multiaddr"
+	mh "github.com/multiformats/go-multihash"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/dht"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/node/transfer"
+)
+
+// p2p is the node's presence on the network: its libp2p host, the DHT, the
+// transfer protocol both ways, and what it announces.
+type p2p struct {
+	n      *Node
+	host   host.Host
+	dht    *dht.DHT
+	client *transfer.Client
+	server *transfer.Server
+	mdns   mdns.Service
+	fetch  *fetcher
+
+	announceMu sync.Mutex // one full re-announcement at a time
+}
+
+// mdnsService is the mDNS service name nodes look for on the LAN.
+const mdnsService = "p2pstore"
+
+// loadIdentity reads the node's libp2p key, making one on first start.
+func loadIdentity(file string) (crypto.PrivKey, error) {
+	if b, err := os.ReadFile(file); err == nil {
+		k, err := crypto.UnmarshalPrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("p2p.identity_file %s: %w", file, err)
+		}
+		return k, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	k, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		return nil, err
+	}
+	b, err := crypto.MarshalPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(file, b, 0o600); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// resourceLimits are go-libp2p's defaults scaled to the machine, with room
+// for bulk transfer on our protocol: many streams to one peer, each
+// carrying up to MaxChunksPerRequest chunks.
+func resourceLimits() rcmgr.ConcreteLimitConfig {
+	scaling := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&scaling)
+	scaling.AddProtocolLimit(transfer.ProtocolID,
+		rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 512 << 20},
+		rcmgr.BaseLimitIncrease{})
+	scaling.AddProtocolPeerLimit(transfer.ProtocolID,
+		rcmgr.BaseLimit{StreamsInbound: 64, StreamsOutbound: 64, Streams: 128, Memory: 128 << 20},
+		rcmgr.BaseLimitIncrease{})
+	return scaling.AutoScale()
+}
+
+func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
+	cfg := n.cfg
+	key, err := loadIdentity(cfg.IdentityFile)
+	if err != nil {
+		return nil, err
+	}
+	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, err
+	}
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits()))
+	if err != nil {
+		return nil, err
+	}
+	h, err := libp2p.New(
+		libp2p.Identity(key),
+		libp2p.ListenAddrStrings(cfg.P2PListen...),
+		libp2p.ConnectionManager(cm),
+		libp2p.ResourceManager(rm),
+		libp2p.DisableRelay(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("p2p: %w", err)
+	}
+	var boot []peer.AddrInfo
+	for _, s := range cfg.Bootstrap {
+		a, err := ma.NewMultiaddr(s)
+		if err == nil {
+			var pi *peer.AddrInfo
+			if pi, err = peer.AddrInfoFromP2pAddr(a); err == nil {
+				boot = append(boot, *pi)
+				continue
+			}
+		}
+		h.Close()
+		return nil, fmt.Errorf("p2p.bootstrap %q: %v (want a multiaddress ending in /p2p/<peer id>)", s, err)
+	}
+	p := &p2p{n: n, host: h, client: transfer.NewClient(h)}
+	p.server = transfer.NewServer(transferSource{n}, cfg.MaxUploadRate, n.log)
+	h.SetStreamHandler(transfer.ProtocolID, p.server.Handle)
+	p.dht, err = dht.New(h, dht.Options{Bootstrap: boot, OnOnline: func() { go p.announceAll(ctx) }})
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	p.fetch = newFetcher(n, p)
+	for _, pi := range boot {
+		go p.connect(ctx, pi)
+	}
+	if cfg.MDNS {
+		p.mdns = mdns.NewMdnsService(h, mdnsService, p)
+		if err := p.mdns.Start(); err != nil {
+			n.log.Warn("running without mDNS discovery", "err", err)
+			p.mdns = nil
+		}
+	}
+	go p.dht.Bootstrap(ctx)
+	n.log.Info("p2p up", "peer_id", h.ID(), "addrs", h.Addrs())
+	return p, nil
+}
+
+// HandlePeerFound is mDNS's callback: a node on the LAN.
+func (p *p2p) HandlePeerFound(pi peer.AddrInfo) {
+	if pi.ID == p.host.ID() {
+		return
+	}
+	go p.connect(context.Background(), pi)
+}
+
+func (p *p2p) connect(ctx context.Context, pi peer.AddrInfo) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := p.host.Connect(ctx, pi); err != nil {
+		p.n.log.Debug("connecting to a peer", "peer", pi.ID, "err", err)
+		return
+	}
+	p.n.log.Debug("connected", "peer", pi.ID)
+	p.dht.Bootstrap(ctx)
+}
+
+func (p *p2p) close() {
+	if p.mdns != nil {
+		p.mdns.Close()
+	}
+	p.dht.Close()
+	p.host.Close()
+}
+
+// share marks a path's tree as shared and announces the new keys, when
+// the path is one the node shares: signed by a trusted key or its own.
+func (p *p2p) share(ctx context.Context, info *pathinfo.Info) {
+	if !p.n.shares(info) {
+		return
+	}
+	fresh, err := p.n.store.Share(ctx, info.Root)
+	if err != nil {
+		p.n.log.Error("sharing a path", "path", info.StorePath, "err", err)
+		return
+	}
+	keys := make([]mh.Multihash, 0, len(fresh)+1)
+	keys = append(keys, dht.PathKey(p.n.cfg.StoreDir, info.HashPart()))
+	for _, d := range fresh {
+		keys = append(keys, dht.DigestKey(d))
+	}
+	if err := p.dht.Provide(keys...); err != nil {
+		p.n.log.Warn("announcing", "path", info.StorePath, "err", err)
+	}
+}
+
+// announceAll announces every shared path and object again: at start, and
+// whenever the node regains contact with the DHT (keys announced while it
+// had none wait for that).
+func (p *p2p) announceAll(ctx context.Context) {
+	p.announceMu.Lock()
+	defer p.announceMu.Unlock()
+	var keys []mh.Multihash
+	flush := func() {
+		if len(keys) > 0 {
+			if err := p.dht.ProvideAgain(keys...); err != nil {
+				p.n.log.Warn("announcing", "err", err)
+			}
+			keys = keys[:0]
+		}
+	}
+	err := p.n.index.ForEach(func(info *pathinfo.Info) error {
+		if p.n.shares(info) {
+			if _, err := p.n.store.Share(ctx, info.Root); err != nil {
+				return err
+			}
+			keys = append(keys, dht.PathKey(p.n.cfg.StoreDir, info.HashPart()))
+		}
+		return ctx.Err()
+	})
+	if err == nil {
+		err = p.n.store.ForEachShared(func(d castore.Digest) error {
+			keys = append(keys, dht.DigestKey(d))
+			if len(keys) >= 4096 {
+				flush()
+			}
+			return ctx.Err()
+		})
+	}
+	flush()
+	if err != nil && ctx.Err() == nil {
+		p.n.log.Error("announcing what the node holds", "err", err)
+	}
+}
+
+// shares says whether a path is one the node gives to peers.
+func (n *Node) shares(info *pathinfo.Info) bool {
+	return info.TrustedBy(n.shareKeys())
+}
+
+// shareKeys are the keys whose signature makes a path shareable: the
+// trusted ones and the node's own.
+func (n *Node) shareKeys() []narinfo.PublicKey {
+	keys := append([]narinfo.PublicKey(nil), n.cfg.TrustedPublicKeys...)
+	if n.signKey != nil {
+		keys = append(keys, n.signKey.Public())
+	}
+	return keys
+}
+
+// transferSource answers peers from the node's shared objects.
+type transferSource struct{ n *Node }
+
+func (t transferSource) Record(ctx context.Context, hash string) (*transfer.Record, error) {
+	info, err := t.n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) || (err == nil && !t.n.shares(info)) {
+		return nil, transfer.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return transfer.RecordOf(info, info.RootSigs), nil
+}
+
+func (t transferSource) Directory(d castore.Digest) ([]byte, error) {
+	if !t.n.store.IsShared(d) {
+		return nil, transfer.ErrNotFound
+	}
+	b, err := t.n.store.DirectoryBytes(d)
+	if errors.Is(err, castore.ErrNotFound) {
+		return nil, transfer.ErrNotFound
+	}
+	return b, err
+}
+
+func (t transferSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
+	if !t.n.store.IsShared(d) {
+		return nil, transfer.ErrNotFound
+	}
+	refs, err := t.n.store.BlobChunks(d, size)
+	if errors.Is(err, castore.ErrNotFound) {
+		return nil, transfer.ErrNotFound
+	}
+	return refs, err
+}
+
+// Chunk reads a shared chunk; ReadChunk checks it against its digest, so
+// a chunk damaged on disk is refused here rather than sent.
+func (t transferSource) Chunk(d castore.Digest, zstd bool) ([]byte, bool, error) {
+	if !t.n.store.IsShared(d) {
+		return nil, false, transfer.ErrNotFound
+	}
+	if zstd {
+		if frame, ok, err := t.n.store.ChunkFrame(d); err == nil && ok {
+			return frame, true, nil
+		}
+	}
+	data, err := t.n.store.ReadChunk(d, nil)
+	if errors.Is(err, castore.ErrNotFound) {
+		return nil, false, transfer.ErrNotFound
+	}
+	return data, false, err
+}

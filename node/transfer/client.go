@@ -1,0 +1,301 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pstore/p2pstore/castore"
+)
+
+// stallTimeout: a peer that sends nothing for this long has stalled.
+const stallTimeout = 20 * time.Second
+
+// Client asks peers for objects.
+type Client struct {
+	h        host.Host
+	received atomic.Uint64
+	dec      *zstd.Decoder
+}
+
+// NewClient returns a client using h's connections.
+func NewClient(h host.Host) *Client {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxFrame*2))
+	if err != nil {
+		panic(err) // only for invalid options
+	}
+	return &Client{h: h, dec: dec}
+}
+
+// BytesReceived is what the client has received from peers.
+func (c *Client) BytesReceived() uint64 { return c.received.Load() }
+
+// exchange opens a stream to p, writes the request that req builds, and
+// hands the framed stream to read.
+func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*bufio.Writer), read func(*frames, network.Stream) error) error {
+	st, err := c.h.NewStream(network.WithAllowLimitedConn(ctx, "transfer"), p, ProtocolID)
+	if err != nil {
+		return fmt.Errorf("opening a stream to %s: %w", p, err)
+	}
+	defer st.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		st.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	defer stop()
+	cr := &countingReader{r: st, st: st, n: &c.received}
+	f := &frames{r: bufio.NewReaderSize(cr, 64<<10), w: bufio.NewWriterSize(st, 4096)}
+	f.w.WriteByte(kind)
+	req(f.w)
+	if err := f.w.Flush(); err != nil {
+		st.Reset()
+		return err
+	}
+	if err := st.CloseWrite(); err != nil {
+		st.Reset()
+		return err
+	}
+	if err := read(f, st); err != nil {
+		st.Reset()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	return nil
+}
+
+// countingReader counts what it reads and pushes the stall deadline on.
+type countingReader struct {
+	r  io.Reader
+	st network.Stream
+	n  *atomic.Uint64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	c.st.SetReadDeadline(time.Now().Add(stallTimeout))
+	n, err := c.r.Read(p)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
+// Record asks p for the record of a store path's hash part. The caller
+// checks its signatures.
+func (c *Client) Record(ctx context.Context, p peer.ID, hash string) (*Record, error) {
+	var rec *Record
+	err := c.exchange(ctx, p, kindRecord, func(w *bufio.Writer) {
+		writeBytes(w, []byte(hash))
+	}, func(f *frames, _ network.Stream) error {
+		b, err := f.read(MaxRecord)
+		if err != nil {
+			return err
+		}
+		if len(b) == 0 {
+			return ErrNotFound
+		}
+		rec = new(Record)
+		if err := json.Unmarshal(b, rec); err != nil {
+			return badData("record: %v", err)
+		}
+		return nil
+	})
+	return rec, err
+}
+
+func writeBytes(w *bufio.Writer, b []byte) {
+	var n [binary.MaxVarintLen64]byte
+	w.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
+	w.Write(b)
+}
+
+// Directories asks p for the tree under root and calls fn with each
+// directory, verified: the first is root itself, every later one is a
+// child named by a directory already received, and the tree is complete
+// when the call returns nil.
+func (c *Client) Directories(ctx context.Context, p peer.ID, root castore.Digest, fn func(d castore.Digest, dir *castore.Directory, raw []byte) error) error {
+	return c.exchange(ctx, p, kindDirs, func(w *bufio.Writer) {
+		w.Write(root[:])
+	}, func(f *frames, _ network.Stream) error {
+		expected := map[castore.Digest]bool{root: true}
+		received := map[castore.Digest]bool{}
+		for {
+			b, err := f.read(MaxDirectory)
+			if err != nil {
+				return err
+			}
+			if len(b) == 0 {
+				break
+			}
+			d := castore.Sum(b)
+			if !expected[d] {
+				return badData("directory %s is not part of the tree asked for", d)
+			}
+			dir, err := castore.UnmarshalDirectory(b)
+			if err != nil {
+				return badData("directory %s: %v", d, err)
+			}
+			delete(expected, d)
+			received[d] = true
+			if len(received) > MaxDirectories {
+				return badData("more than %d directories", MaxDirectories)
+			}
+			for _, e := range dir.Directories {
+				if !received[e.Digest] {
+					expected[e.Digest] = true
+				}
+			}
+			if err := fn(d, dir, b); err != nil {
+				return err
+			}
+		}
+		if len(received) == 0 {
+			return ErrNotFound
+		}
+		if len(expected) > 0 {
+			return badData("tree under %s incomplete: %d directories missing", root, len(expected))
+		}
+		return nil
+	})
+}
+
+// ChunkLists asks p for the chunk lists of blobs. A blob of one chunk gets
+// a nil list. Each list is checked to add up to the blob's size; that its
+// chunks hash, in order, to the blob is for the caller to check once it
+// has them.
+func (c *Client) ChunkLists(ctx context.Context, p peer.ID, blobs []BlobRef) ([][]castore.ChunkRef, error) {
+	out := make([][]castore.ChunkRef, len(blobs))
+	err := c.exchange(ctx, p, kindBlobs, func(w *bufio.Writer) {
+		var n [binary.MaxVarintLen64]byte
+		w.Write(n[:binary.PutUvarint(n[:], uint64(len(blobs)))])
+		for _, b := range blobs {
+			w.Write(b.Digest[:])
+			w.Write(n[:binary.PutUvarint(n[:], b.Size)])
+		}
+	}, func(f *frames, _ network.Stream) error {
+		for i, b := range blobs {
+			msg, err := f.read(MaxChunkList)
+			if err != nil {
+				return err
+			}
+			if len(msg) == 0 {
+				return badData("empty blob answer")
+			}
+			switch msg[0] {
+			case blobMissing:
+				return fmt.Errorf("blob %s: %w", b.Digest, ErrNotFound)
+			case blobSingleChunk:
+				if b.Size > castore.MaxChunkSize {
+					return badData("blob %s of %d bytes in one chunk", b.Digest, b.Size)
+				}
+			case blobList:
+				refs, err := decodeChunkList(msg[1:])
+				if err != nil {
+					return err
+				}
+				var total uint64
+				for _, r := range refs {
+					total += uint64(r.Size)
+				}
+				if total != b.Size {
+					return badData("blob %s: chunks add up to %d bytes, not %d", b.Digest, total, b.Size)
+				}
+				out[i] = refs
+			default:
+				return badData("blob answer %d", msg[0])
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func decodeChunkList(b []byte) ([]castore.ChunkRef, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n == 0 || n > uint64(len(b)) {
+		return nil, badData("chunk list")
+	}
+	b = b[k:]
+	refs := make([]castore.ChunkRef, 0, n)
+	for i := uint64(0); i < n; i++ {
+		if len(b) < castore.DigestSize+1 {
+			return nil, badData("chunk list cut short")
+		}
+		var r castore.ChunkRef
+		copy(r.Digest[:], b)
+		size, k := binary.Uvarint(b[castore.DigestSize:])
+		if k <= 0 || size == 0 || size > castore.MaxChunkSize {
+			return nil, badData("chunk of %d bytes in a list", size)
+		}
+		r.Size = uint32(size)
+		refs = append(refs, r)
+		b = b[castore.DigestSize+k:]
+	}
+	if len(b) != 0 {
+		return nil, badData("chunk list has trailing bytes")
+	}
+	return refs, nil
+}
+
+// Chunks asks p for chunks (zstd frames where it has them, if zstd) and
+// calls fn with each, decompressed and checked against its digest, in the
+// order asked. A chunk p lacks ends the call with ErrNotFound.
+func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest, zstd bool, fn func(d castore.Digest, data []byte) error) error {
+	if len(digests) > MaxChunksPerRequest {
+		return errors.New("transfer: too many chunks in one request")
+	}
+	return c.exchange(ctx, p, kindChunks, func(w *bufio.Writer) {
+		var flags byte
+		if zstd {
+			flags = 1
+		}
+		w.WriteByte(flags)
+		var n [binary.MaxVarintLen64]byte
+		w.Write(n[:binary.PutUvarint(n[:], uint64(len(digests)))])
+		for _, d := range digests {
+			w.Write(d[:])
+		}
+	}, func(f *frames, _ network.Stream) error {
+		var buf []byte
+		for _, d := range digests {
+			kind, err := f.r.ReadByte()
+			if err != nil {
+				return err
+			}
+			if kind == chunkMissing {
+				return fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+			}
+			data, err := f.read(maxFrame)
+			if err != nil {
+				return err
+			}
+			switch kind {
+			case chunkRaw:
+			case chunkZstd:
+				if buf, err = c.dec.DecodeAll(data, buf[:0]); err != nil {
+					return badData("chunk %s: %v", d, err)
+				}
+				data = buf
+			default:
+				return badData("chunk encoding %d", kind)
+			}
+			if len(data) == 0 || len(data) > castore.MaxChunkSize || castore.Sum(data) != d {
+				return badData("chunk %s does not match its digest", d)
+			}
+			if err := fn(d, data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

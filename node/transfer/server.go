@@ -1,0 +1,271 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"golang.org/x/time/rate"
+
+	"github.com/p2pstore/p2pstore/castore"
+)
+
+// Source is what the server needs of the node. It answers only for what
+// the node shares (paths a trusted key or the node itself signed, and the
+// objects of their trees); for anything else, ErrNotFound, the same answer
+// as for what it does not hold, so that a peer cannot tell the two apart.
+type Source interface {
+	Record(ctx context.Context, hash string) (*Record, error)
+	Directory(d castore.Digest) ([]byte, error)
+	ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
+	// Chunk returns a chunk's zstd frame when zstd is asked and one is
+	// stored (compressed true), else its bytes.
+	Chunk(d castore.Digest, zstd bool) (data []byte, compressed bool, err error)
+}
+
+// Server answers transfer requests.
+type Server struct {
+	src     Source
+	limiter *rate.Limiter // nil: no cap on upload
+	log     *slog.Logger
+	sent    atomic.Uint64
+}
+
+// NewServer returns a server for src; maxRate caps the bytes per second
+// sent to all peers together (0: no cap).
+func NewServer(src Source, maxRate int64, log *slog.Logger) *Server {
+	s := &Server{src: src, log: log}
+	if maxRate > 0 {
+		// A burst of one chunk frame: sends are smooth at the cap.
+		s.limiter = rate.NewLimiter(rate.Limit(maxRate), maxFrame+64)
+	}
+	return s
+}
+
+// BytesSent is what the server has sent to peers.
+func (s *Server) BytesSent() uint64 { return s.sent.Load() }
+
+// requestTimeout bounds one request's whole exchange.
+const requestTimeout = 5 * time.Minute
+
+// Handle serves one stream: one request.
+func (s *Server) Handle(st network.Stream) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(requestTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	w := &limitedWriter{ctx: ctx, w: st, limiter: s.limiter, sent: &s.sent}
+	f := &frames{r: bufio.NewReaderSize(st, 4096), w: bufio.NewWriterSize(w, 64<<10)}
+	kind, err := f.r.ReadByte()
+	if err != nil {
+		return
+	}
+	switch kind {
+	case kindRecord:
+		err = s.record(ctx, f)
+	case kindDirs:
+		err = s.dirs(f)
+	case kindBlobs:
+		err = s.blobs(f)
+	case kindChunks:
+		err = s.chunks(f)
+	default:
+		err = badData("unknown request %q", kind)
+	}
+	if err == nil {
+		err = f.w.Flush()
+	}
+	if err != nil {
+		s.log.Debug("transfer request failed", "peer", st.Conn().RemotePeer(), "kind", string(kind), "err", err)
+		st.Reset()
+	}
+}
+
+func (s *Server) record(ctx context.Context, f *frames) error {
+	h, err := f.read(64)
+	if err != nil {
+		return err
+	}
+	if !hashPartOK(string(h)) {
+		return f.write(nil)
+	}
+	rec, err := s.src.Record(ctx, string(h))
+	if errors.Is(err, ErrNotFound) {
+		return f.write(nil)
+	}
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return f.write(b)
+}
+
+// dirs sends the subtree under a root, breadth first, each directory once,
+// then an empty message.
+func (s *Server) dirs(f *frames) error {
+	var root castore.Digest
+	if _, err := io.ReadFull(f.r, root[:]); err != nil {
+		return err
+	}
+	queue := []castore.Digest{root}
+	seen := map[castore.Digest]bool{root: true}
+	for len(queue) > 0 && len(seen) <= MaxDirectories {
+		d := queue[0]
+		queue = queue[1:]
+		b, err := s.src.Directory(d)
+		if errors.Is(err, ErrNotFound) {
+			break // the client sees an incomplete tree and goes elsewhere
+		}
+		if err != nil {
+			return err
+		}
+		dir, err := castore.UnmarshalDirectory(b)
+		if err != nil {
+			return err
+		}
+		if err := f.write(b); err != nil {
+			return err
+		}
+		for _, e := range dir.Directories {
+			if !seen[e.Digest] {
+				seen[e.Digest] = true
+				queue = append(queue, e.Digest)
+			}
+		}
+	}
+	return f.write(nil)
+}
+
+// Blob list answers: a status byte, then the list for status listFollows.
+const (
+	blobMissing     = 0
+	blobSingleChunk = 1
+	blobList        = 2
+)
+
+func (s *Server) blobs(f *frames) error {
+	n, err := binary.ReadUvarint(f.r)
+	if err != nil {
+		return err
+	}
+	if n > MaxBlobsPerRequest {
+		return badData("%d blobs in one request", n)
+	}
+	for i := uint64(0); i < n; i++ {
+		var d castore.Digest
+		if _, err := io.ReadFull(f.r, d[:]); err != nil {
+			return err
+		}
+		size, err := binary.ReadUvarint(f.r)
+		if err != nil {
+			return err
+		}
+		refs, err := s.src.ChunkList(d, size)
+		var msg []byte
+		switch {
+		case errors.Is(err, ErrNotFound):
+			msg = []byte{blobMissing}
+		case err != nil:
+			return err
+		case len(refs) == 1 && refs[0].Digest == d:
+			msg = []byte{blobSingleChunk}
+		default:
+			msg = append([]byte{blobList}, encodeChunkList(refs)...)
+		}
+		if err := f.write(msg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func encodeChunkList(refs []castore.ChunkRef) []byte {
+	b := binary.AppendUvarint(nil, uint64(len(refs)))
+	for _, r := range refs {
+		b = append(b, r.Digest[:]...)
+		b = binary.AppendUvarint(b, uint64(r.Size))
+	}
+	return b
+}
+
+func (s *Server) chunks(f *frames) error {
+	flags, err := f.r.ReadByte()
+	if err != nil {
+		return err
+	}
+	n, err := binary.ReadUvarint(f.r)
+	if err != nil {
+		return err
+	}
+	if n > MaxChunksPerRequest {
+		return badData("%d chunks in one request", n)
+	}
+	digests := make([]castore.Digest, n)
+	for i := range digests {
+		if _, err := io.ReadFull(f.r, digests[i][:]); err != nil {
+			return err
+		}
+	}
+	for _, d := range digests {
+		data, compressed, err := s.src.Chunk(d, flags&1 != 0)
+		if errors.Is(err, ErrNotFound) {
+			if err := f.w.WriteByte(chunkMissing); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		kind := byte(chunkRaw)
+		if compressed {
+			kind = chunkZstd
+		}
+		if err := f.w.WriteByte(kind); err != nil {
+			return err
+		}
+		if err := f.write(data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// limitedWriter holds writes to the upload cap and counts them.
+type limitedWriter struct {
+	ctx     context.Context
+	w       io.Writer
+	limiter *rate.Limiter
+	sent    *atomic.Uint64
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		n := len(p)
+		if l.limiter != nil {
+			n = min(n, l.limiter.Burst())
+			if err := l.limiter.WaitN(l.ctx, n); err != nil {
+				return written, err
+			}
+		}
+		k, err := l.w.Write(p[:n])
+		written += k
+		l.sent.Add(uint64(k))
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
+}

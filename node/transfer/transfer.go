@@ -1,0 +1,165 @@
+// Package transfer is the peer protocol: how one node asks another for a
+// store path's record, the directories of its tree, the chunk lists of its
+// files and the chunks themselves. Like syncthing's protocol package, it
+// holds the messages, the codec and the limits, and no policy: which peer
+// to ask, and what to trust, is the fetcher's business.
+//
+// One request per libp2p stream (streams are cheap on yamux and QUIC):
+// the client writes a request, the server answers and closes. Every
+// message is a uvarint length and its bytes, and every length is checked
+// against its limit before anything is allocated. Everything a client
+// receives is checked here against the digest it was asked for (a
+// directory subtree against the root, as a Merkle walk), so a caller only
+// ever sees verified objects; a record is checked by the caller, against
+// the keys it trusts.
+package transfer
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// ProtocolID is the libp2p protocol of the transfer streams.
+const ProtocolID = "/p2pstore/transfer/1.0.0"
+
+// Request kinds.
+const (
+	kindRecord = 'R'
+	kindDirs   = 'D'
+	kindBlobs  = 'B'
+	kindChunks = 'C'
+)
+
+// Limits on what one message may hold.
+const (
+	MaxRecord           = 1 << 20
+	MaxDirectory        = 8 << 20
+	MaxDirectories      = 1 << 20 // directories in one subtree
+	MaxChunkList        = 8 << 20
+	MaxBlobsPerRequest  = 1024
+	MaxChunksPerRequest = 256
+	// A zstd frame of a chunk is never much larger than the chunk.
+	maxFrame = castore.MaxChunkSize + castore.MaxChunkSize/64 + 1024
+)
+
+// Chunk encodings on the wire.
+const (
+	chunkMissing = 0
+	chunkRaw     = 1
+	chunkZstd    = 2
+)
+
+// ErrNotFound is a peer's answer for something it does not hold (or does
+// not share).
+var ErrNotFound = errors.New("peer does not have it")
+
+// ErrBadData marks an answer that fails its checks: the peer lies, or its
+// store is damaged. The fetcher drops such a peer.
+var ErrBadData = errors.New("peer sent bad data")
+
+func badData(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadData, fmt.Sprintf(format, args...))
+}
+
+// Record is what a peer says of a store path: the path info Nix knows,
+// the root of its tree in castore, and signatures binding that root to the
+// path (RootFingerprint).
+type Record struct {
+	StorePath        string   `json:"path"`
+	NarHash          string   `json:"nar_hash"`
+	NarSize          uint64   `json:"nar_size"`
+	References       []string `json:"references,omitempty"`
+	Deriver          string   `json:"deriver,omitempty"`
+	Sigs             []string `json:"sigs,omitempty"`
+	CA               string   `json:"ca,omitempty"`
+	RegistrationTime int64    `json:"registration_time,omitempty"`
+	Root             []byte   `json:"root"`
+	RootSigs         []string `json:"root_sigs,omitempty"`
+}
+
+// RootFingerprint is what a node signs (with its Nix key) to say that root
+// is the tree of the path with this NarHash and NarSize. A fetcher that
+// trusts the key can then check every directory and chunk as it arrives,
+// instead of learning of a lie only when the whole NAR fails its hash.
+func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64, root castore.Node) string {
+	return "p2pstore-root-1;" + storePath + ";" + narHash.String() + ";" + strconv.FormatUint(narSize, 10) + ";" + fmt.Sprintf("%x", root.Marshal())
+}
+
+// RecordOf makes the record of a path.
+func RecordOf(info *pathinfo.Info, rootSigs []string) *Record {
+	return &Record{
+		StorePath: info.StorePath, NarHash: info.NarHash.String(), NarSize: info.NarSize,
+		References: info.References, Deriver: info.Deriver, Sigs: info.Sigs, CA: info.CA,
+		RegistrationTime: info.RegistrationTime, Root: info.Root.Marshal(), RootSigs: rootSigs,
+	}
+}
+
+// Info converts a record to a path info, checking its fields.
+func (r *Record) Info(storeDir string) (*pathinfo.Info, error) {
+	h, err := storepath.ParseNarHash(r.NarHash)
+	if err != nil {
+		return nil, badData("record: %v", err)
+	}
+	root, err := castore.UnmarshalNode(r.Root)
+	if err != nil {
+		return nil, badData("record: %v", err)
+	}
+	info := &pathinfo.Info{
+		StorePath: r.StorePath, NarHash: h, NarSize: r.NarSize, References: r.References,
+		Deriver: r.Deriver, Sigs: r.Sigs, CA: r.CA, RegistrationTime: r.RegistrationTime, Root: root,
+	}
+	if err := info.Validate(storeDir); err != nil {
+		return nil, badData("record: %v", err)
+	}
+	return info, nil
+}
+
+// BlobRef names a blob whose chunk list is asked for.
+type BlobRef struct {
+	Digest castore.Digest
+	Size   uint64
+}
+
+// frames reads and writes length-prefixed messages.
+type frames struct {
+	r *bufio.Reader
+	w *bufio.Writer
+}
+
+func (f *frames) read(max int) ([]byte, error) {
+	n, err := binary.ReadUvarint(f.r)
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(max) {
+		return nil, badData("message of %d bytes, at most %d allowed", n, max)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(f.r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (f *frames) write(b []byte) error {
+	var n [binary.MaxVarintLen64]byte
+	if _, err := f.w.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))]); err != nil {
+		return err
+	}
+	_, err := f.w.Write(b)
+	return err
+}
+
+// hashPartOK checks a requested hash part before it is used as a key.
+func hashPartOK(h string) bool {
+	return storepath.ValidateHash(h) == nil && !strings.ContainsAny(h, "/\x00")
+}
