@@ -63,6 +63,10 @@ type Status struct {
 	HTTPListen            string   `json:"http_listen"`
 	DaemonSocket          string   `json:"daemon_socket"`
 	PublicKey             string   `json:"public_key,omitempty"`
+	// DHT announcements: whether the provider is in contact with the DHT,
+	// and the keys waiting to be announced.
+	DHTOnline       bool  `json:"dht_online"`
+	AnnouncePending int64 `json:"announce_pending"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -297,6 +301,10 @@ func (n *Node) status() (*Status, error) {
 		s.Peers = len(p.host.Network().Peers())
 		s.P2PBytesReceived = p.client.BytesReceived()
 		s.P2PBytesSent = p.server.BytesSent()
+		if st, err := p.dht.Stats(context.Background()); err == nil {
+			s.DHTOnline = st.Connectivity.Status == "online"
+			s.AnnouncePending = st.Queues.PendingKeyProvides + st.Queues.PendingRegionProvides
+		}
 	}
 	return s, nil
 }

@@ -54,12 +54,21 @@ type nodeProc struct {
 
 // newNode prepares a node in a fresh directory with a signing key.
 func newNode(t *testing.T) *nodeProc {
+	return newNodeAt(t, "127.0.0.1", "e2e-test-1")
+}
+
+// newNodeAt prepares a node listening on ip (HTTP and libp2p), with a
+// signing key of the given name ("" for none), mDNS off.
+func newNodeAt(t *testing.T, ip, keyName string, extra ...string) *nodeProc {
 	t.Helper()
 	dir := t.TempDir()
 	n := &nodeProc{t: t, dir: dir}
-	n.args = []string{"--data-dir", filepath.Join(dir, "data"), "--http-listen", "127.0.0.1:0", "--sign-key-file", filepath.Join(dir, "key.sec"),
-		"--p2p-listen", "/ip4/127.0.0.1/tcp/0", "--mdns=false"}
-	n.run("keygen", "--name", "e2e-test-1", "--out", filepath.Join(dir, "key.sec"))
+	n.args = append([]string{"--data-dir", filepath.Join(dir, "data"), "--http-listen", ip + ":0",
+		"--p2p-listen", "/ip4/" + ip + "/tcp/0", "--mdns=false"}, extra...)
+	if keyName != "" {
+		n.args = append(n.args, "--sign-key-file", filepath.Join(dir, "key.sec"))
+		n.run("keygen", "--name", keyName, "--out", filepath.Join(dir, "key.sec"))
+	}
 	n.client = node.NewClient(filepath.Join(dir, "data", "daemon.sock"))
 	return n
 }

@@ -1,0 +1,374 @@
+package main
+
+// End-to-end tests of the peer-to-peer layer: several node processes on
+// 127.0.0.x, a real Nix client, and in-process peers that misbehave.
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/dht"
+	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/node"
+	"github.com/p2pstore/p2pstore/node/transfer"
+)
+
+func (n *nodeProc) p2pAddr() string {
+	n.t.Helper()
+	s := n.status()
+	if len(s.Addrs) == 0 {
+		n.t.Fatalf("node has no p2p address:\n%s", n.log)
+	}
+	return s.Addrs[0]
+}
+
+// waitAnnounced waits, bounded, until the node is in contact with the DHT
+// and has announced everything it queued.
+func (n *nodeProc) waitAnnounced() {
+	n.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		s := n.status()
+		if s.DHTOnline && s.AnnouncePending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("announcements did not finish (online %v, pending %d):\n%s", s.DHTOnline, s.AnnouncePending, n.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitPeers waits until the node has at least k peers.
+func (n *nodeProc) waitPeers(k int) {
+	n.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for n.status().Peers < k {
+		if time.Now().After(deadline) {
+			n.t.Fatalf("node has %d peers, want %d:\n%s", n.status().Peers, k, n.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestP2PChain: a closure imported on A is substituted by a Nix client
+// pointed at C, which knows only B, which knows A; through C's HTTP cache
+// and through its daemon socket.
+func TestP2PChain(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.2", "node-a-1")
+	a.start()
+	pub := a.status().PublicKey
+	b := newNodeAt(t, "127.0.0.3", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	b.start()
+	c := newNodeAt(t, "127.0.0.4", "", "--bootstrap", b.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	top, all := buildClosure(t)
+	edge := addTree(t, "edge", edgeFiles())
+	a.run("import", "--recursive", top)
+	a.run("import", edge)
+	a.waitPeers(2)
+	a.waitAnnounced()
+
+	src := pathInfo(t, "", append(all, edge)...)
+	client := filepath.Join(t.TempDir(), "client")
+	nixtest.Output(t, "nix", "copy", "--from", c.url, "--to", client, "--option", "trusted-public-keys", pub, top)
+	for _, p := range all {
+		if got := pathInfo(t, client, p)[p]; got.NarHash != src[p].NarHash {
+			t.Errorf("%s through C: %s, want %s", p, got.NarHash, src[p].NarHash)
+		}
+	}
+	// The daemon endpoint looks a missing path up the same way.
+	if got := pathInfo(t, "unix://"+c.socket(), edge)[edge]; got.NarHash != src[edge].NarHash {
+		t.Fatalf("path-info of %s over C's socket: %+v", edge, got)
+	}
+	// And `p2pstore fetch` on B.
+	out := b.run("fetch", edge)
+	if !strings.Contains(out, "fetched 1 paths") {
+		t.Fatalf("fetch on B: %s", out)
+	}
+	code, body := b.get("/" + hashPart(edge) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("B has no narinfo after fetching: %d", code)
+	}
+	if _, narBytes := b.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", edge)) {
+		t.Fatal("B's NAR of the fetched path differs from nix-store --dump")
+	}
+	if s := c.status(); s.P2PBytesReceived == 0 || a.status().P2PBytesSent == 0 {
+		t.Errorf("byte counters: C received %d, A sent %d", s.P2PBytesReceived, a.status().P2PBytesSent)
+	}
+}
+
+// TestP2PTrustAndPrivacy: a node that does not trust the signer gets
+// nothing, and a path nobody trusted signed is neither announced nor
+// served.
+func TestP2PTrustAndPrivacy(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.5", "node-a-1")
+	a.start()
+	pub := a.status().PublicKey
+	// E has no key: what it imports carries no signature anyone trusts.
+	e := newNodeAt(t, "127.0.0.6", "", "--bootstrap", a.p2pAddr())
+	e.start()
+	stranger := newNodeAt(t, "127.0.0.7", "", "--bootstrap", a.p2pAddr())
+	stranger.start()
+	trusting := newNodeAt(t, "127.0.0.8", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	trusting.start()
+
+	signed := addTree(t, "signed", map[string][]byte{"f": []byte(fmt.Sprint("signed ", time.Now().UnixNano()))})
+	private := addTree(t, "private", map[string][]byte{"f": []byte(fmt.Sprint("private ", time.Now().UnixNano()))})
+	a.run("import", signed)
+	e.run("import", private)
+	a.waitPeers(3)
+	a.waitAnnounced()
+	e.waitAnnounced()
+
+	if _, err := stranger.try("fetch", signed); err == nil {
+		t.Fatal("a node that trusts no key fetched a path")
+	}
+	if code, _ := stranger.get("/" + hashPart(signed) + ".narinfo"); code != 404 {
+		t.Fatalf("untrusting node's narinfo: %d", code)
+	}
+	if _, err := trusting.try("fetch", private); err == nil {
+		t.Fatal("a path nobody trusted signed was fetched from the node that holds it")
+	}
+	trusting.run("fetch", signed)
+	if e.status().P2PBytesSent != 0 {
+		t.Errorf("E sent %d bytes of its private path", e.status().P2PBytesSent)
+	}
+}
+
+// bigTree is a path of random files, big enough to take a while to move.
+func bigTree(t *testing.T, mb int) string {
+	t.Helper()
+	files := map[string][]byte{}
+	var seed [32]byte
+	copy(seed[:], fmt.Sprint(time.Now().UnixNano()))
+	r := randReader(seed)
+	for i := 0; i < mb/4; i++ {
+		b := make([]byte, 4<<20)
+		r.Read(b)
+		files[fmt.Sprintf("d%d/blob%d", i%3, i)] = b
+	}
+	return addTree(t, "big", files)
+}
+
+// TestP2PBadPeers: among the providers of a path, one serves corrupted
+// chunks and one has its pack files damaged on disk; the fetch still
+// completes from the honest one, the liar is dropped, and the NAR is
+// right.
+func TestP2PBadPeers(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.9", "node-a-1")
+	a.start()
+	pubA := a.status().PublicKey
+	damaged := newNodeAt(t, "127.0.0.10", "node-d-1", "--bootstrap", a.p2pAddr())
+	damaged.start()
+	pubD := damaged.status().PublicKey
+	p := bigTree(t, 32)
+	a.run("import", p)
+	damaged.run("import", p)
+	// Damage every chunk the damaged node holds.
+	packs, _ := filepath.Glob(filepath.Join(damaged.dir, "data", "castore", "packs", "*.pack"))
+	for _, pack := range packs {
+		f, err := os.OpenFile(pack, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, _ := f.Stat()
+		for off := int64(0); off < info.Size(); off += 4096 {
+			f.WriteAt([]byte{0xff, 0x00, 0xff}, off)
+		}
+		f.Close()
+	}
+	evil := startLiar(t, a, p)
+	a.waitAnnounced()
+	damaged.waitAnnounced()
+
+	c := newNodeAt(t, "127.0.0.11", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pubA, "--trusted-public-key", pubD)
+	c.start()
+	c.waitPeers(3)
+	out := c.run("fetch", p)
+	if !strings.Contains(out, "fetched 1 paths") {
+		t.Fatalf("fetch: %s", out)
+	}
+	code, body := c.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo after fetch: %d", code)
+	}
+	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
+		t.Fatal("fetched NAR differs from nix-store --dump")
+	}
+	if !strings.Contains(c.log.String(), evil.String()) || !strings.Contains(c.log.String(), "dropping a peer that sent bad data") {
+		t.Errorf("the lying peer %s was not dropped:\n%s", evil, c.log)
+	}
+	if strings.Contains(c.log.String(), "dropping a peer that sent bad data\" peer="+peerIDOf(t, damaged)) {
+		t.Errorf("the damaged peer was called a liar: it should refuse its bad chunks, not send them")
+	}
+	c.run("verify")
+}
+
+func peerIDOf(t *testing.T, n *nodeProc) string {
+	return n.status().PeerID
+}
+
+// startLiar runs an in-process peer that announces the path and answers
+// with the honest node's record, directories and chunk lists, but with
+// corrupted chunks.
+func startLiar(t *testing.T, honest *nodeProc, path string) peer.ID {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.12/tcp/0"), libp2p.DisableRelay())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	addr, _ := ma.NewMultiaddr(honest.p2pAddr())
+	pi, _ := peer.AddrInfoFromP2pAddr(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.Connect(ctx, *pi); err != nil {
+		t.Fatal(err)
+	}
+	client := transfer.NewClient(h)
+	rec, err := client.Record(ctx, pi.ID, hashPart(path))
+	if err != nil {
+		t.Fatalf("liar getting the record: %v", err)
+	}
+	liar := &liarSource{rec: rec, client: client, honest: pi.ID}
+	srv := transfer.NewServer(liar, 0, slogDiscard())
+	h.SetStreamHandler(transfer.ProtocolID, srv.Handle)
+	d, err := dht.New(h, dht.Options{Bootstrap: []peer.AddrInfo{*pi}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	d.Bootstrap(ctx)
+	if err := d.ProvideAgain(dht.PathKey("/nix/store", hashPart(path))); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := d.Stats(ctx)
+		if err == nil && st.Connectivity.Status == "online" && st.Queues.PendingKeyProvides == 0 && st.Queues.PendingRegionProvides == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the liar could not announce")
+		}
+		d.ProvideAgain(dht.PathKey("/nix/store", hashPart(path)))
+		time.Sleep(200 * time.Millisecond)
+	}
+	return h.ID()
+}
+
+type liarSource struct {
+	rec    *transfer.Record
+	client *transfer.Client
+	honest peer.ID
+}
+
+func (l *liarSource) Record(ctx context.Context, hash string) (*transfer.Record, error) {
+	return l.rec, nil
+}
+
+func (l *liarSource) Directory(d castore.Digest) ([]byte, error) {
+	var out []byte
+	err := l.client.Directories(context.Background(), l.honest, d, func(got castore.Digest, _ *castore.Directory, raw []byte) error {
+		if got == d {
+			out = raw
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (l *liarSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
+	lists, err := l.client.ChunkLists(context.Background(), l.honest, []transfer.BlobRef{{Digest: d, Size: size}})
+	if err != nil {
+		return nil, err
+	}
+	if lists[0] == nil {
+		return []castore.ChunkRef{{Digest: d, Size: uint32(size)}}, nil
+	}
+	return lists[0], nil
+}
+
+func (l *liarSource) Chunk(d castore.Digest, zstd bool) ([]byte, bool, error) {
+	var data []byte
+	err := l.client.Chunks(context.Background(), l.honest, []castore.Digest{d}, false, func(_ castore.Digest, b []byte) error {
+		data = append([]byte(nil), b...)
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	data[len(data)/2] ^= 0xff
+	return data, false, nil
+}
+
+// TestP2PPeerKilled: of two providers, one is killed mid-transfer; the
+// fetch finishes from the other.
+func TestP2PPeerKilled(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.13", "node-a-1", "--max-upload-rate", "8M")
+	a.start()
+	pub := a.status().PublicKey
+	a2 := newNodeAt(t, "127.0.0.14", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub, "--max-upload-rate", "8M")
+	a2.start()
+	p := bigTree(t, 48)
+	a.run("import", p)
+	a.waitPeers(1)
+	a.waitAnnounced()
+	a2.run("fetch", p) // a2 holds it too, with A's signature
+	a2.waitAnnounced()
+
+	c := newNodeAt(t, "127.0.0.15", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(2)
+	fetch := exec.Command(binary, append([]string{"fetch", p}, c.args...)...)
+	var out strings.Builder
+	fetch.Stdout, fetch.Stderr = &out, &out
+	if err := fetch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for a2.status().P2PBytesSent < 4<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a2 sent nothing; c:\n%s", c.log)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	a2.cmd.Process.Signal(syscall.SIGKILL)
+	a2.cmd.Wait()
+	a2.cmd = nil
+	if err := fetch.Wait(); err != nil {
+		t.Fatalf("fetch after a provider died: %v\n%s\n%s", err, out.String(), c.log)
+	}
+	_, body := c.get("/" + hashPart(p) + ".narinfo")
+	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
+		t.Fatal("fetched NAR differs")
+	}
+}
+
+var _ = node.Status{}
+
+func randReader(seed [32]byte) interface{ Read([]byte) (int, error) } {
+	return rand.NewChaCha8(seed)
+}
+
+func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
