@@ -78,6 +78,12 @@ func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint
 	if err != nil {
 		return err
 	}
+	return r.WriteChunks(ctx, w, refs)
+}
+
+// WriteChunks writes the given stored chunks to w, in order, the way
+// WriteBlob does.
+func (r *Reader) WriteChunks(ctx context.Context, w io.Writer, refs []ChunkRef) error {
 	cw, _ := w.(ChunkWriter)
 	var run chunkLoc // contiguous bytes not written yet
 	for _, ref := range refs {

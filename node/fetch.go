@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"sync"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/dht"
-	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -25,33 +26,30 @@ import (
 // The fetcher gets a path the node lacks from the peers that hold it:
 //
 //  1. find the path's providers on the DHT and ask them for its record;
-//     keep only records a trusted key signed (and note whether the tree
-//     root is bound to the path by a trusted signature as well);
-//  2. get the directory tree (checked as a Merkle walk from the root), the
-//     chunk lists of the files the node lacks, and the chunks it lacks,
-//     from all providers at once, each chunk checked against its digest as
-//     it arrives;
-//  3. check each file against its digest, render the NAR and check the
-//     signed NarHash and NarSize; only then does the path become valid,
-//     and then it is announced.
+//     keep only records a trusted key signed (noting whether the tree's
+//     root is bound to the path by a trusted signature too);
+//  2. in the background (a job): get the directory tree (checked as a
+//     Merkle walk from the root) and the chunk lists of the files the node
+//     lacks, then the chunks it lacks, in NAR order, from all providers at
+//     once, each checked against its digest as it arrives and committed in
+//     batches so that it can be read at once;
+//  3. check each file against its digest, and the whole NAR against the
+//     signed NarHash and NarSize (rendered as the chunks arrive); only then
+//     does the path become valid, and then it is announced.
 //
+// A NAR requested while its job runs is rendered from the job as chunks
+// arrive: the HTTP answer streams, it does not wait for the whole path.
 // A peer that sends bad data is penalised (ignored for a while) and its
 // share of the work goes to the others; the fetch finishes if any honest
-// peer holds the data. Concurrent requests for one path share one fetch.
+// peer holds the data. Concurrent requests for one path share one job.
 type fetcher struct {
 	n *Node
 	p *p2p
 
-	mu       sync.Mutex
-	inflight map[string]*fetchCall
-	bad      map[peer.ID]time.Time // penalised until
-	misses   map[string]time.Time  // hash parts found nowhere, until
-}
-
-type fetchCall struct {
-	done chan struct{}
-	info *pathinfo.Info
-	err  error
+	mu     sync.Mutex
+	jobs   map[string]*job       // running, by hash part
+	bad    map[peer.ID]time.Time // penalised until
+	misses map[string]time.Time  // hash parts found nowhere, until
 }
 
 const (
@@ -61,43 +59,68 @@ const (
 	chunkBatch     = 64               // chunks per request
 	streamsPerPeer = 4                // requests in flight per peer
 	maxSources     = 8                // peers a fetch draws from
+	maxAttempts    = 3                // trees tried per fetch
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
-	return &fetcher{n: n, p: p, inflight: map[string]*fetchCall{}, bad: map[peer.ID]time.Time{}, misses: map[string]time.Time{}}
+	return &fetcher{n: n, p: p, jobs: map[string]*job{}, bad: map[peer.ID]time.Time{}, misses: map[string]time.Time{}}
 }
 
-// Fetch gets the path with this hash part from peers, or reports
-// pathinfo.ErrNotFound.
-func (f *fetcher) Fetch(ctx context.Context, hash string) (*pathinfo.Info, error) {
+// Start returns the job fetching the path with this hash part, starting
+// one if none runs: once its record is found, the job goes on in the
+// background. It reports pathinfo.ErrNotFound when no peer has a trusted
+// record of the path.
+func (f *fetcher) Start(ctx context.Context, hash string) (*job, error) {
 	f.mu.Lock()
+	if j := f.jobs[hash]; j != nil {
+		f.mu.Unlock()
+		select {
+		case <-j.started:
+			return j, j.startErr
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if until, ok := f.misses[hash]; ok && time.Now().Before(until) {
 		f.mu.Unlock()
 		return nil, pathinfo.ErrNotFound
 	}
-	c := f.inflight[hash]
-	if c == nil {
-		c = &fetchCall{done: make(chan struct{})}
-		f.inflight[hash] = c
-		go func() {
-			// The fetch outlives the request that started it: others may
-			// be waiting, and the path is worth having.
-			c.info, c.err = f.fetch(context.WithoutCancel(ctx), hash)
-			f.mu.Lock()
-			delete(f.inflight, hash)
-			if errors.Is(c.err, pathinfo.ErrNotFound) {
-				f.misses[hash] = time.Now().Add(missMemory)
-			}
-			f.mu.Unlock()
-			close(c.done)
-		}()
-	}
+	j := newJob(f, hash)
+	f.jobs[hash] = j
 	f.mu.Unlock()
+	// The job outlives the request that started it: others may wait on
+	// it, and the path is worth having.
+	go j.run(context.WithoutCancel(ctx))
 	select {
-	case <-c.done:
-		return c.info, c.err
+	case <-j.started:
+		return j, j.startErr
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// Fetch gets a path and waits until it is valid here.
+func (f *fetcher) Fetch(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	j, err := f.Start(ctx, hash)
+	if err != nil {
+		return nil, err
+	}
+	return j.Wait(ctx)
+}
+
+// running returns the job for a hash part, if one runs.
+func (f *fetcher) running(hash string) *job {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.jobs[hash]
+}
+
+func (f *fetcher) finished(j *job) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.jobs, j.hash)
+	if errors.Is(j.startErr, pathinfo.ErrNotFound) {
+		f.misses[j.hash] = time.Now().Add(missMemory)
 	}
 }
 
@@ -127,34 +150,13 @@ type candidate struct {
 	rootTrusted bool
 }
 
-func (f *fetcher) fetch(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	cands := f.candidates(ctx, hash)
-	for attempt := 0; len(cands) > 0 && attempt < 3; attempt++ {
-		group := bestGroup(cands)
-		info, err := f.fetchTree(ctx, group)
-		if err == nil {
-			return info, nil
-		}
-		f.n.log.Warn("fetch failed, trying the other peers", "path", group[0].info.StorePath, "err", err)
-		// Drop the peers that were penalised on the way, and the group's
-		// record if its tree was a lie.
-		var left []candidate
-		for _, c := range cands {
-			if !f.penalised(c.peer) {
-				left = append(left, c)
-			}
-		}
-		cands = left
-	}
-	return nil, pathinfo.ErrNotFound
-}
-
 // candidates finds the path's providers and the trusted records they give.
 func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 	ctx, cancel := context.WithTimeout(ctx, findTimeout)
 	defer cancel()
 	var cands []candidate
 	self := f.p.host.ID()
+	keys := f.n.shareKeys()
 	for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(f.n.cfg.StoreDir, hash), 2*maxSources) {
 		if pi.ID == self || f.penalised(pi.ID) {
 			continue
@@ -175,7 +177,6 @@ func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 			f.penalise(pi.ID, err)
 			continue
 		}
-		keys := f.n.shareKeys()
 		if !info.TrustedBy(keys) {
 			f.n.log.Debug("ignoring a record no trusted key signed", "peer", pi.ID, "path", info.StorePath)
 			continue
@@ -228,58 +229,163 @@ func bestGroup(cands []candidate) []candidate {
 	return groups[best]
 }
 
-// fetchTree gets the tree of a path from the peers of a group, checks it,
-// and makes the path valid.
-func (f *fetcher) fetchTree(ctx context.Context, group []candidate) (*pathinfo.Info, error) {
-	info := group[0].info
-	for _, c := range group {
-		if c.rootTrusted {
-			info = c.info // carries the root signatures
+// job fetches one path. Readers (NAR requests, the NarHash check) follow
+// its progress: the tree is known once dirsReady closes, and each chunk is
+// readable from the store once it is in have.
+type job struct {
+	f    *fetcher
+	hash string
+
+	started  chan struct{} // closed once info is set or the job has failed to start
+	startErr error
+	info     *pathinfo.Info // the record being fetched
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	attempt   int  // bumped when a tree is abandoned for another
+	treeReady bool // dirs and lists are known
+	dirs      map[castore.Digest]*castore.Directory
+	lists     map[castore.Digest][]castore.ChunkRef // the files of the tree, stored or not
+	have      map[castore.Digest]bool               // chunks stored during this job
+	failed    error                                 // the job gave up on the current tree
+
+	done chan struct{}
+	err  error
+}
+
+func newJob(f *fetcher, hash string) *job {
+	j := &job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{})}
+	j.cond = sync.NewCond(&j.mu)
+	return j
+}
+
+// Info is the path being fetched.
+func (j *job) Info() *pathinfo.Info { return j.info }
+
+// Wait waits until the path is valid here (or the job failed).
+func (j *job) Wait(ctx context.Context) (*pathinfo.Info, error) {
+	select {
+	case <-j.done:
+		if j.err != nil {
+			return nil, j.err
+		}
+		return j.info, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (j *job) run(ctx context.Context) {
+	f := j.f
+	defer f.finished(j)
+	defer close(j.done)
+	defer func() {
+		if j.err != nil {
+			j.fail(j.err) // wake the readers
+		}
+	}()
+	cands := f.candidates(ctx, j.hash)
+	if len(cands) == 0 {
+		j.startErr, j.err = pathinfo.ErrNotFound, pathinfo.ErrNotFound
+		close(j.started)
+		return
+	}
+	for attempt := 0; ; attempt++ {
+		group := bestGroup(cands)
+		info := group[0].info
+		for _, c := range group {
+			if c.rootTrusted {
+				info = c.info // the one carrying the root signatures
+			}
+		}
+		if attempt == 0 {
+			j.info = info
+			close(j.started)
+		} else if info.NarHash != j.info.NarHash {
+			// Another tree could only be another NAR: the narinfo already
+			// given out would not match it.
+			j.err = fmt.Errorf("%s: no peer has the tree of the NAR first announced", j.info.StorePath)
+			return
+		} else {
+			j.reset(info)
+		}
+		err := j.fetchTree(ctx, group)
+		if err == nil {
+			return
+		}
+		j.fail(err)
+		f.n.log.Warn("fetch failed", "path", info.StorePath, "err", err)
+		var left []candidate
+		for _, c := range cands {
+			if !f.penalised(c.peer) {
+				left = append(left, c)
+			}
+		}
+		cands = left
+		if len(cands) == 0 || attempt+1 >= maxAttempts {
+			j.err = fmt.Errorf("%s: %w", info.StorePath, err)
+			return
 		}
 	}
+}
+
+// reset starts over on another tree of the same NAR.
+func (j *job) reset(info *pathinfo.Info) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.info = info
+	j.attempt++
+	j.treeReady, j.dirs, j.lists, j.have, j.failed = false, nil, nil, nil, nil
+	j.cond.Broadcast()
+}
+
+func (j *job) fail(err error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.failed = err
+	j.cond.Broadcast()
+}
+
+// fetchTree gets the tree of the job's path from the peers of a group,
+// checks it, and makes the path valid.
+func (j *job) fetchTree(ctx context.Context, group []candidate) error {
+	f, st, info := j.f, j.f.n.store, j.info
 	peers := make([]peer.ID, len(group))
 	for i, c := range group {
 		peers[i] = c.peer
 	}
 	start := time.Now()
 	received := f.p.client.BytesReceived()
-	st := f.n.store
 
-	// The tree: directories, and the files the node lacks.
-	var dirs [][]byte
-	need := map[castore.Digest]uint64{}
-	addFile := func(d castore.Digest, size uint64) {
-		if size > 0 && !st.HasBlob(d, size) {
-			need[d] = size
-		}
-	}
-	switch info.Root.Type {
-	case castore.TypeFile:
-		addFile(info.Root.Digest, info.Root.Size)
-	case castore.TypeDirectory:
+	// The tree, and the chunk lists of the files the node lacks.
+	dirs := map[castore.Digest]*castore.Directory{}
+	var raws [][]byte
+	if info.Root.Type == castore.TypeDirectory {
 		err := f.anyPeer(ctx, peers, func(p peer.ID) error {
-			dirs, need = nil, map[castore.Digest]uint64{}
+			dirs, raws = map[castore.Digest]*castore.Directory{}, nil
 			return f.p.client.Directories(ctx, p, info.Root.Digest, func(d castore.Digest, dir *castore.Directory, raw []byte) error {
-				dirs = append(dirs, raw)
-				for _, e := range dir.Files {
-					addFile(e.Digest, e.Size)
-				}
+				dirs[d], raws = dir, append(raws, raw)
 				return nil
 			})
 		})
 		if err != nil {
-			return nil, fmt.Errorf("directories: %w", err)
+			return fmt.Errorf("directories: %w", err)
 		}
 	}
-
-	// Chunk lists of the files that may have several chunks.
+	files := narOrderFiles(info.Root, dirs)
 	lists := map[castore.Digest][]castore.ChunkRef{}
 	var multi []transfer.BlobRef
-	for d, size := range need {
-		if size <= castore.MinChunkSize { // always one chunk
-			lists[d] = []castore.ChunkRef{{Digest: d, Size: uint32(size)}}
+	for _, file := range files {
+		if _, ok := lists[file.Digest]; ok || file.Size == 0 {
+			continue
+		}
+		if refs, err := st.BlobChunks(file.Digest, file.Size); err == nil {
+			lists[file.Digest] = refs // the node has this file already
+		} else if file.Size <= castore.MinChunkSize { // always one chunk
+			lists[file.Digest] = []castore.ChunkRef{{Digest: file.Digest, Size: uint32(file.Size)}}
 		} else {
-			multi = append(multi, transfer.BlobRef{Digest: d, Size: size})
+			lists[file.Digest] = nil
+			multi = append(multi, transfer.BlobRef{Digest: file.Digest, Size: file.Size})
 		}
 	}
 	listSource := map[castore.Digest]peer.ID{}
@@ -290,8 +396,8 @@ func (f *fetcher) fetchTree(ctx context.Context, group []candidate) (*pathinfo.I
 			if err != nil {
 				return err
 			}
-			for j, b := range batch {
-				refs := got[j]
+			for k, b := range batch {
+				refs := got[k]
 				if refs == nil {
 					refs = []castore.ChunkRef{{Digest: b.Digest, Size: uint32(b.Size)}}
 				}
@@ -300,71 +406,121 @@ func (f *fetcher) fetchTree(ctx context.Context, group []candidate) (*pathinfo.I
 			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("chunk lists: %w", err)
+			return fmt.Errorf("chunk lists: %w", err)
 		}
 	}
-
-	// The chunks the node lacks, from every peer of the group at once.
+	// The chunks to get, in NAR order, so that a streaming reader finds
+	// them arriving in the order it needs them.
 	var chunks []castore.Digest
 	seen := map[castore.Digest]bool{}
-	for _, refs := range lists {
-		for _, r := range refs {
-			if !seen[r.Digest] && !st.HasChunk(r.Digest) {
+	for _, file := range files {
+		for _, r := range lists[file.Digest] {
+			if !seen[r.Digest] {
 				seen[r.Digest] = true
-				chunks = append(chunks, r.Digest)
+				if !st.HasChunk(r.Digest) {
+					chunks = append(chunks, r.Digest)
+				}
 			}
 		}
 	}
-	w := st.NewWriter()
-	if err := f.download(ctx, peers, chunks, w); err != nil {
-		w.Abort()
-		return nil, err
-	}
-	// Verified chunks are worth keeping even if the path fails below.
-	if err := w.Commit(); err != nil {
-		return nil, err
-	}
+	j.mu.Lock()
+	j.dirs, j.lists, j.have, j.treeReady = dirs, lists, map[castore.Digest]bool{}, true
+	j.cond.Broadcast()
+	j.mu.Unlock()
 
-	// Each file against its digest (the chunk lists came unchecked).
-	w = st.NewWriter()
-	for d, refs := range lists {
-		if len(refs) == 1 {
+	// The NarHash check follows the download, reading chunks as they come.
+	checked := make(chan error, 1)
+	go func() { checked <- j.checkNAR(ctx) }()
+
+	downloadErr := f.download(ctx, peers, chunks, j)
+	if downloadErr != nil {
+		j.fail(downloadErr)
+		<-checked
+		return downloadErr
+	}
+	// Each file of several chunks against its digest (the lists came
+	// unchecked), then the tree's directories and lists become objects of
+	// the store.
+	w := st.NewWriter()
+	for _, file := range files {
+		refs := lists[file.Digest]
+		if len(refs) < 2 || st.HasBlob(file.Digest, file.Size) {
 			continue
 		}
-		if err := checkBlob(st, d, refs); err != nil {
-			if p, ok := listSource[d]; ok {
+		if err := checkBlob(st, file.Digest, refs); err != nil {
+			if p, ok := listSource[file.Digest]; ok {
 				f.penalise(p, err)
 			}
 			w.Abort()
-			return nil, err
+			j.fail(err)
+			<-checked
+			return err
 		}
-		w.PutBlobRecord(d, refs)
+		w.PutBlobRecord(file.Digest, refs)
 	}
-	for _, raw := range dirs {
+	for _, raw := range raws {
 		if _, err := w.PutDirectoryBytes(castore.Sum(raw), raw); err != nil {
 			w.Abort()
-			return nil, err
+			j.fail(err)
+			<-checked
+			return err
 		}
 	}
 	if err := w.Commit(); err != nil {
-		return nil, err
+		j.fail(err)
+		<-checked
+		return err
 	}
-
-	// The whole NAR against the signed NarHash and NarSize.
-	if err := checkNAR(ctx, st, info); err != nil {
-		for _, p := range peers {
-			f.penalise(p, err)
+	if err := <-checked; err != nil {
+		if errors.Is(err, transfer.ErrBadData) {
+			for _, p := range peers {
+				f.penalise(p, err)
+			}
 		}
-		return nil, err
+		return err
 	}
 	if err := f.n.index.Put(info); err != nil {
-		return nil, err
+		return err
 	}
 	f.n.wakeCompressor()
 	f.p.share(ctx, info)
 	f.n.log.Info("fetched from peers", "path", info.StorePath, "peers", len(peers), "chunks", len(chunks),
 		"bytes_received", f.p.client.BytesReceived()-received, "seconds", time.Since(start).Seconds())
-	return info, nil
+	return nil
+}
+
+// narOrderFiles lists the files of a tree in NAR order.
+func narOrderFiles(root castore.Node, dirs map[castore.Digest]*castore.Directory) []castore.Node {
+	var out []castore.Node
+	var walk func(n castore.Node)
+	walk = func(n castore.Node) {
+		switch n.Type {
+		case castore.TypeFile:
+			out = append(out, n)
+		case castore.TypeDirectory:
+			dir := dirs[n.Digest]
+			if dir == nil {
+				return
+			}
+			type entry struct {
+				name string
+				node castore.Node
+			}
+			var es []entry
+			for _, e := range dir.Directories {
+				es = append(es, entry{string(e.Name), castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}})
+			}
+			for _, e := range dir.Files {
+				es = append(es, entry{string(e.Name), castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}})
+			}
+			sort.Slice(es, func(a, b int) bool { return es[a].name < es[b].name })
+			for _, e := range es {
+				walk(e.node)
+			}
+		}
+	}
+	walk(root)
+	return out
 }
 
 // anyPeer runs try against the peers in turn until one succeeds,
@@ -389,10 +545,12 @@ func (f *fetcher) anyPeer(ctx context.Context, peers []peer.ID, try func(peer.ID
 }
 
 // download gets chunks in batches from all peers at once: each peer runs
-// a few requests at a time, taking the next batch when one is done, so
-// fast peers take more. A batch that fails goes back to the queue; a peer
-// that sends bad data is penalised and stops.
-func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castore.Digest, w *castore.Writer) error {
+// a few requests at a time, taking the next batch (in order) when one is
+// done, so fast peers take more. Each batch is committed on its own, so
+// that its chunks can be read at once. A batch that fails goes back to
+// the front of the queue; a peer that sends bad data is penalised, and a
+// peer that fails stops taking work in this fetch.
+func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castore.Digest, j *job) error {
 	if len(chunks) == 0 {
 		return nil
 	}
@@ -405,9 +563,9 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		cond    = sync.NewCond(&mu)
 		pending = len(queue) // batches not yet stored
 		active  = 0          // workers running
-		wmu     sync.Mutex   // the Writer is not safe for concurrent use
 		lastErr error
 	)
+	st := f.n.store
 	worker := func(p peer.ID) {
 		defer func() {
 			mu.Lock()
@@ -427,25 +585,30 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			batch := queue[0]
 			queue = queue[1:]
 			mu.Unlock()
+			w := st.NewWriter()
 			err := f.p.client.Chunks(ctx, p, batch, true, func(d castore.Digest, data []byte) error {
-				wmu.Lock()
-				defer wmu.Unlock()
 				return w.PutChunk(d, data)
 			})
+			if err == nil {
+				err = w.Commit()
+			} else {
+				w.Abort()
+			}
 			mu.Lock()
 			if err != nil {
-				queue = append(queue, batch) // chunks already stored are skipped as dedup
+				queue = append([][]castore.Digest{batch}, queue...)
 				lastErr = err
 				cond.Broadcast()
 				mu.Unlock()
 				if errors.Is(err, transfer.ErrBadData) {
 					f.penalise(p, err)
 				}
-				return // this peer is out of this fetch
+				return
 			}
 			pending--
 			cond.Broadcast()
 			mu.Unlock()
+			j.stored(batch)
 		}
 	}
 	mu.Lock()
@@ -469,6 +632,124 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	return nil
 }
 
+// stored marks chunks as readable.
+func (j *job) stored(batch []castore.Digest) {
+	j.mu.Lock()
+	for _, d := range batch {
+		j.have[d] = true
+	}
+	j.cond.Broadcast()
+	j.mu.Unlock()
+}
+
+// errRestarted ends a reader whose job abandoned its tree for another.
+var errRestarted = errors.New("the fetch started over from other peers")
+
+// waitTree waits until the tree is known.
+func (j *job) waitTree(ctx context.Context) (attempt int, err error) {
+	stop := context.AfterFunc(ctx, func() { j.mu.Lock(); j.cond.Broadcast(); j.mu.Unlock() })
+	defer stop()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for !j.treeReady && j.failed == nil && ctx.Err() == nil {
+		j.cond.Wait()
+	}
+	if j.failed != nil {
+		return 0, j.failed
+	}
+	return j.attempt, ctx.Err()
+}
+
+// waitChunks waits until the chunks are readable from the store.
+func (j *job) waitChunks(ctx context.Context, attempt int, refs []castore.ChunkRef) error {
+	stop := context.AfterFunc(ctx, func() { j.mu.Lock(); j.cond.Broadcast(); j.mu.Unlock() })
+	defer stop()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for _, r := range refs {
+		for !j.have[r.Digest] {
+			if j.attempt != attempt {
+				return errRestarted
+			}
+			if j.failed != nil {
+				return j.failed
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if j.f.n.store.HasChunk(r.Digest) {
+				j.have[r.Digest] = true // stored before the job, or by another
+				break
+			}
+			j.cond.Wait()
+		}
+	}
+	return nil
+}
+
+// source renders the job's NAR as it arrives: a nar.Source.
+type jobSource struct {
+	j       *job
+	r       *castore.Reader
+	attempt int
+}
+
+func (s *jobSource) Directory(ctx context.Context, d castore.Digest) (*castore.Directory, error) {
+	s.j.mu.Lock()
+	dir := s.j.dirs[d]
+	s.j.mu.Unlock()
+	if dir == nil {
+		return nil, fmt.Errorf("directory %s is not part of the tree", d)
+	}
+	return dir, nil
+}
+
+func (s *jobSource) WriteBlob(ctx context.Context, w io.Writer, d castore.Digest, size uint64) error {
+	if size == 0 {
+		return nil
+	}
+	s.j.mu.Lock()
+	refs, ok := s.j.lists[d]
+	s.j.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("file %s is not part of the tree", d)
+	}
+	if err := s.j.waitChunks(ctx, s.attempt, refs); err != nil {
+		return err
+	}
+	return s.r.WriteChunks(ctx, w, refs)
+}
+
+// render writes the job's NAR to w, compressed as asked, as its chunks
+// arrive.
+func (j *job) render(ctx context.Context, w io.Writer, compression string) error {
+	attempt, err := j.waitTree(ctx)
+	if err != nil {
+		return err
+	}
+	r := j.f.n.store.NewReader()
+	defer r.Close()
+	return renderNAR(ctx, r, &jobSource{j: j, r: r, attempt: attempt}, j.info.Root, compression, w)
+}
+
+// checkNAR renders the NAR as the chunks arrive and checks it against the
+// signed NarHash and NarSize.
+func (j *job) checkNAR(ctx context.Context) error {
+	h := sha256.New()
+	cw := &countingWriter{w: h}
+	err := j.render(ctx, struct{ io.Writer }{cw}, httpcache.CompressionNone)
+	if err != nil {
+		return err
+	}
+	var got storepath.NarHash
+	h.Sum(got[:0])
+	if got != j.info.NarHash || uint64(cw.n) != j.info.NarSize {
+		return fmt.Errorf("%w: the tree of %s renders to a NAR with hash %s and size %d, not the signed %s and %d",
+			transfer.ErrBadData, j.info.StorePath, got, cw.n, j.info.NarHash, j.info.NarSize)
+	}
+	return nil
+}
+
 // checkBlob reads a blob's chunks in order and checks them against its
 // digest.
 func checkBlob(st *castore.Store, d castore.Digest, refs []castore.ChunkRef) error {
@@ -485,25 +766,6 @@ func checkBlob(st *castore.Store, d castore.Digest, refs []castore.ChunkRef) err
 	h.Sum(got[:0])
 	if got != d {
 		return fmt.Errorf("%w: the chunks listed for blob %s hash to %s", transfer.ErrBadData, d, got)
-	}
-	return nil
-}
-
-// checkNAR renders the path's NAR from the store and checks it against the
-// signed NarHash and NarSize.
-func checkNAR(ctx context.Context, st *castore.Store, info *pathinfo.Info) error {
-	r := st.NewReader()
-	defer r.Close()
-	h := sha256.New()
-	cw := &countingWriter{w: h}
-	if err := nar.Render(ctx, struct{ io.Writer }{cw}, info.Root, r); err != nil {
-		return err
-	}
-	var got storepath.NarHash
-	h.Sum(got[:0])
-	if got != info.NarHash || uint64(cw.n) != info.NarSize {
-		return fmt.Errorf("%w: the tree of %s renders to a NAR with hash %s and size %d, not the signed %s and %d",
-			transfer.ErrBadData, info.StorePath, got, cw.n, info.NarHash, info.NarSize)
 	}
 	return nil
 }

@@ -18,9 +18,24 @@ import (
 	"github.com/ulikunitz/xz"
 )
 
-// Info implements httpcache.Paths, and is how the daemon endpoint looks
-// paths up too: the local index, then the peers.
+// Info implements httpcache.Paths: the local index, then the peers. For a
+// path fetched from peers it answers as soon as a trusted record is found;
+// the NAR then streams as the chunks arrive.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
+		j, err := n.p2p.fetch.Start(ctx, hash)
+		if err != nil {
+			return nil, err
+		}
+		return j.Info(), nil
+	}
+	return info, err
+}
+
+// lookup is Info for callers that need the path valid here: the daemon
+// endpoint, whose clients read the path from the store mount.
+func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		return n.p2p.fetch.Fetch(ctx, hash)
@@ -28,32 +43,46 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	return info, err
 }
 
-// NAR implements httpcache.Paths: the NAR rendered from castore. A zstd
-// NAR is spliced from the chunks' stored frames; xz is compressed on the
-// fly (slow, for clients that ask for nothing else).
+// NAR implements httpcache.Paths: the NAR rendered from castore, or from a
+// fetch in progress as its chunks arrive.
 func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error {
+	cw := &countingWriter{w: w}
+	defer func() { n.metrics.narBytes.Add(float64(cw.n)) }()
+	if n.p2p != nil && !n.index.Has(info.HashPart()) {
+		if j := n.p2p.fetch.running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
+			return j.render(ctx, cw, compression)
+		}
+		if !n.index.Has(info.HashPart()) {
+			return fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
+		}
+	}
 	r := n.store.NewReader()
 	defer r.Close()
-	cw := &countingWriter{w: w}
-	var err error
+	return renderNAR(ctx, r, r, info.Root, compression, cw)
+}
+
+// renderNAR renders a tree's NAR to w, compressed as asked. A zstd NAR is
+// spliced from the chunks' stored frames (through r); xz is compressed on
+// the fly (slow, for clients that ask for nothing else).
+func renderNAR(ctx context.Context, r *castore.Reader, src nar.Source, root castore.Node, compression string, w io.Writer) error {
 	switch compression {
 	case httpcache.CompressionZstd:
-		zw := r.NewZstdWriter(cw)
-		if err = nar.Render(ctx, zw, info.Root, r); err == nil {
-			err = zw.Close()
+		zw := r.NewZstdWriter(w)
+		if err := nar.Render(ctx, zw, root, src); err != nil {
+			return err
 		}
+		return zw.Close()
 	case httpcache.CompressionXz:
-		var xw *xz.Writer
-		if xw, err = xz.NewWriter(cw); err == nil {
-			if err = nar.Render(ctx, xw, info.Root, r); err == nil {
-				err = xw.Close()
-			}
+		xw, err := xz.NewWriter(w)
+		if err != nil {
+			return err
 		}
-	default:
-		err = nar.Render(ctx, cw, info.Root, r)
+		if err := nar.Render(ctx, xw, root, src); err != nil {
+			return err
+		}
+		return xw.Close()
 	}
-	n.metrics.narBytes.Add(float64(cw.n))
-	return err
+	return nar.Render(ctx, w, root, src)
 }
 
 // countingWriter counts the bytes sent and keeps the ReaderFrom of what it
@@ -175,7 +204,8 @@ func (n *Node) knownKeys() []narinfo.PublicKey {
 type daemonStore struct{ n *Node }
 
 // PathInfo looks a full store path up; the hash part must name this very
-// path. With lookup it goes the way an HTTP narinfo request goes (Node.Info).
+// path. With lookup it goes to the peers, as an HTTP narinfo request does,
+// but answers once the path is valid here (clients read it from the mount).
 func (d daemonStore) PathInfo(ctx context.Context, path string, lookup bool) (*pathinfo.Info, error) {
 	sp, err := storepath.Parse(d.n.cfg.StoreDir, path)
 	if err != nil {
@@ -183,7 +213,7 @@ func (d daemonStore) PathInfo(ctx context.Context, path string, lookup bool) (*p
 	}
 	var info *pathinfo.Info
 	if lookup {
-		info, err = d.n.Info(ctx, sp.Hash)
+		info, err = d.n.lookup(ctx, sp.Hash)
 	} else {
 		info, err = d.n.index.Get(sp.Hash)
 	}

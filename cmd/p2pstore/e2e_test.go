@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,7 +33,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "p2pstore")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+	args := []string{"build", "-o", binary}
+	if os.Getenv("P2PSTORE_RACE") != "" {
+		args = append(args, "-race") // the node processes under the race detector
+	}
+	if out, err := exec.Command("go", append(args, ".")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building p2pstore: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -47,9 +52,28 @@ type nodeProc struct {
 	dir    string
 	args   []string // settings flags shared by every command for this node
 	cmd    *exec.Cmd
-	log    *bytes.Buffer
+	log    *syncBuffer
 	client *node.Client
 	url    string
+}
+
+// syncBuffer is a bytes.Buffer that a node's output goroutine writes
+// while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // newNode prepares a node in a fresh directory with a signing key.
@@ -77,7 +101,7 @@ func newNodeAt(t *testing.T, ip, keyName string, extra ...string) *nodeProc {
 func (n *nodeProc) start() {
 	t := n.t
 	t.Helper()
-	n.log = new(bytes.Buffer)
+	n.log = new(syncBuffer)
 	n.cmd = exec.Command(binary, append([]string{"serve"}, n.args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
@@ -103,6 +127,9 @@ func (n *nodeProc) kill() {
 		n.cmd.Process.Kill()
 		n.cmd.Wait()
 		n.cmd = nil
+	}
+	if n.log != nil && strings.Contains(n.log.String(), "DATA RACE") {
+		n.t.Errorf("the node hit a data race:\n%s", n.log)
 	}
 }
 
