@@ -19,7 +19,9 @@ type Writer struct {
 	chunks  map[Digest]chunkLoc
 	blobs   map[Digest][]byte
 	dirs    map[Digest][]byte
+	frames  map[Digest][]byte // zstd frame locations, empty for "not worth it"
 	packs   map[uint32]struct{}
+	zpacks  map[uint32]struct{}
 	chunker *Chunker
 	hasher  *blake3.Hasher
 	refs    []ChunkRef
@@ -42,7 +44,9 @@ func (s *Store) NewWriter() *Writer {
 		chunks: map[Digest]chunkLoc{},
 		blobs:  map[Digest][]byte{},
 		dirs:   map[Digest][]byte{},
+		frames: map[Digest][]byte{},
 		packs:  map[uint32]struct{}{},
+		zpacks: map[uint32]struct{}{},
 		hasher: blake3.New(),
 	}
 }
@@ -148,6 +152,28 @@ func (w *Writer) putChunk(d Digest, data []byte) error {
 	return nil
 }
 
+// PutFrame stores a chunk's zstd frame, as it arrived from a peer, so that
+// the chunk need not be compressed again here. The caller has decoded the
+// frame and checked the result against the digest.
+func (w *Writer) PutFrame(d Digest, frame []byte) error {
+	if w.done {
+		return errors.New("castore: writer already finished")
+	}
+	if _, ok := w.frames[d]; ok {
+		return nil
+	}
+	loc, err := w.s.zstd.append(frame)
+	if err != nil {
+		return err
+	}
+	w.frames[d] = loc.marshal()
+	w.zpacks[loc.Pack] = struct{}{}
+	return nil
+}
+
+// putIncompressible records that a chunk's frame is not worth keeping.
+func (w *Writer) putIncompressible(d Digest) { w.frames[d] = nil }
+
 // PutDirectory validates and stores a directory and returns its digest.
 func (w *Writer) PutDirectory(dir *Directory) (Digest, error) {
 	if err := dir.Validate(); err != nil {
@@ -188,6 +214,10 @@ func (w *Writer) Commit() error {
 	if err != nil {
 		return err
 	}
+	zlengths, err := w.s.zstd.syncAll(w.zpacks)
+	if err != nil {
+		return err
+	}
 	return w.s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
 		var newBytes, newCount uint64
@@ -204,7 +234,7 @@ func (w *Writer) Commit() error {
 		for _, m := range []struct {
 			bucket []byte
 			objs   map[Digest][]byte
-		}{{bucketBlobs, w.blobs}, {bucketDirs, w.dirs}} {
+		}{{bucketBlobs, w.blobs}, {bucketDirs, w.dirs}, {bucketFrames, w.frames}} {
 			b := tx.Bucket(m.bucket)
 			for d, v := range m.objs {
 				if err := b.Put(d[:], v); err != nil {
@@ -213,6 +243,9 @@ func (w *Writer) Commit() error {
 			}
 		}
 		if err := w.s.raw.recordLengths(tx, lengths); err != nil {
+			return err
+		}
+		if err := w.s.zstd.recordLengths(tx, zlengths); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)

@@ -45,7 +45,7 @@ func encoders() (stored, fast *zstd.Encoder) {
 }
 
 // CompressPending makes the zstd frames of chunks that have none yet, in
-// batches that each commit like a Writer (frames fsynced, then indexed). It
+// batches that each commit as a Writer (frames fsynced, then indexed). It
 // returns the number of chunks it compressed once none is left, or when ctx
 // is done.
 func (s *Store) CompressPending(ctx context.Context) (int, error) {
@@ -57,41 +57,27 @@ func (s *Store) CompressPending(ctx context.Context) (int, error) {
 		if err != nil || len(pending) == 0 {
 			return done, err
 		}
-		frames := map[Digest][]byte{}
-		packs := map[uint32]struct{}{}
+		w := s.NewWriter()
 		for _, d := range pending {
 			if err := ctx.Err(); err != nil {
+				w.Abort()
 				return done, err
 			}
 			if raw, err = s.ReadChunk(d, raw[:0]); err != nil {
+				w.Abort()
 				return done, err
 			}
 			frame = enc.EncodeAll(raw, frame[:0])
 			if float64(len(frame)) > float64(len(raw))*(1-minSaving) {
-				frames[d] = nil // not worth it: served as raw blocks
+				w.putIncompressible(d) // served as raw blocks
 				continue
 			}
-			loc, err := s.zstd.append(frame)
-			if err != nil {
+			if err := w.PutFrame(d, frame); err != nil {
+				w.Abort()
 				return done, err
 			}
-			frames[d] = loc.marshal()
-			packs[loc.Pack] = struct{}{}
 		}
-		lengths, err := s.zstd.syncAll(packs)
-		if err != nil {
-			return done, err
-		}
-		err = s.db.Update(func(tx *bolt.Tx) error {
-			b := tx.Bucket(bucketFrames)
-			for d, v := range frames {
-				if err := b.Put(d[:], v); err != nil {
-					return err
-				}
-			}
-			return s.zstd.recordLengths(tx, lengths)
-		})
-		if err != nil {
+		if err := w.Commit(); err != nil {
 			return done, err
 		}
 		done += len(pending)

@@ -151,47 +151,85 @@ type candidate struct {
 }
 
 // candidates finds the path's providers and the trusted records they give.
+// Providers come from the DHT; when it knows none (a node that has just
+// joined, or one whose announcements still wait for the DHT to answer it),
+// the peers the node is connected to are asked directly, which on a LAN is
+// the quickest way anyway.
 func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 	ctx, cancel := context.WithTimeout(ctx, findTimeout)
 	defer cancel()
 	var cands []candidate
-	self := f.p.host.ID()
-	keys := f.n.shareKeys()
+	asked := map[peer.ID]bool{f.p.host.ID(): true}
 	for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(f.n.cfg.StoreDir, hash), 2*maxSources) {
-		if pi.ID == self || f.penalised(pi.ID) {
+		if asked[pi.ID] {
 			continue
 		}
+		asked[pi.ID] = true
 		f.p.host.Peerstore().AddAddrs(pi.ID, pi.Addrs, peerstore.TempAddrTTL)
-		rec, err := f.p.client.Record(ctx, pi.ID, hash)
-		if err != nil {
-			if errors.Is(err, transfer.ErrBadData) {
-				f.penalise(pi.ID, err)
+		if c, ok := f.askRecord(ctx, pi.ID, hash); ok {
+			if cands = append(cands, c); len(cands) >= maxSources {
+				return cands
 			}
-			continue
-		}
-		info, err := rec.Info(f.n.cfg.StoreDir)
-		if err == nil && info.HashPart() != hash {
-			err = fmt.Errorf("%w: asked for %s, got %s", transfer.ErrBadData, hash, info.StorePath)
-		}
-		if err != nil {
-			f.penalise(pi.ID, err)
-			continue
-		}
-		if !info.TrustedBy(keys) {
-			f.n.log.Debug("ignoring a record no trusted key signed", "peer", pi.ID, "path", info.StorePath)
-			continue
-		}
-		fp := transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root)
-		c := candidate{peer: pi.ID, info: info, rootTrusted: rootSigned(fp, rec.RootSigs, keys)}
-		if c.rootTrusted {
-			info.RootSigs = rec.RootSigs
-		}
-		cands = append(cands, c)
-		if len(cands) >= maxSources {
-			break
 		}
 	}
+	if len(cands) > 0 {
+		return cands
+	}
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	for _, p := range f.p.host.Network().Peers() {
+		if asked[p] {
+			continue
+		}
+		asked[p] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if c, ok := f.askRecord(ctx, p, hash); ok {
+				mu.Lock()
+				cands = append(cands, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
 	return cands
+}
+
+// askRecord asks one peer for the path's record and keeps it if a trusted
+// key signed it.
+func (f *fetcher) askRecord(ctx context.Context, p peer.ID, hash string) (candidate, bool) {
+	if f.penalised(p) {
+		return candidate{}, false
+	}
+	rec, err := f.p.client.Record(ctx, p, hash)
+	if err != nil {
+		if errors.Is(err, transfer.ErrBadData) {
+			f.penalise(p, err)
+		}
+		return candidate{}, false
+	}
+	info, err := rec.Info(f.n.cfg.StoreDir)
+	if err == nil && info.HashPart() != hash {
+		err = fmt.Errorf("%w: asked for %s, got %s", transfer.ErrBadData, hash, info.StorePath)
+	}
+	if err != nil {
+		f.penalise(p, err)
+		return candidate{}, false
+	}
+	keys := f.n.shareKeys()
+	if !info.TrustedBy(keys) {
+		f.n.log.Debug("ignoring a record no trusted key signed", "peer", p, "path", info.StorePath)
+		return candidate{}, false
+	}
+	fp := transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root)
+	c := candidate{peer: p, info: info, rootTrusted: rootSigned(fp, rec.RootSigs, keys)}
+	if c.rootTrusted {
+		info.RootSigs = rec.RootSigs
+	}
+	return c, true
 }
 
 func rootSigned(fp string, sigs []string, keys []narinfo.PublicKey) bool {
@@ -438,13 +476,23 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		<-checked
 		return downloadErr
 	}
-	// Each file of several chunks against its digest (the lists came
-	// unchecked), then the tree's directories and lists become objects of
-	// the store.
+	// Each file of several chunks against its digest: the chunk lists came
+	// unchecked. With the tree's root signed, the NarHash check settles it
+	// (the signer computed each file's digest from the content the NAR
+	// holds); without, a tree that renders the right NAR could still name
+	// a file by a digest of other content.
+	rootTrusted := false
+	for _, c := range group {
+		rootTrusted = rootTrusted || c.rootTrusted
+	}
 	w := st.NewWriter()
 	for _, file := range files {
 		refs := lists[file.Digest]
 		if len(refs) < 2 || st.HasBlob(file.Digest, file.Size) {
+			continue
+		}
+		if rootTrusted {
+			w.PutBlobRecord(file.Digest, refs)
 			continue
 		}
 		if err := checkBlob(st, file.Digest, refs); err != nil {
@@ -586,8 +634,14 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			queue = queue[1:]
 			mu.Unlock()
 			w := st.NewWriter()
-			err := f.p.client.Chunks(ctx, p, batch, true, func(d castore.Digest, data []byte) error {
-				return w.PutChunk(d, data)
+			err := f.p.client.Chunks(ctx, p, batch, true, func(d castore.Digest, data, frame []byte) error {
+				if err := w.PutChunk(d, data); err != nil {
+					return err
+				}
+				if frame != nil {
+					return w.PutFrame(d, frame) // no need to compress it again
+				}
+				return nil
 			})
 			if err == nil {
 				err = w.Commit()

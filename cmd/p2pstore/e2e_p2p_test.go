@@ -310,7 +310,7 @@ func (l *liarSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRe
 
 func (l *liarSource) Chunk(d castore.Digest, zstd bool) ([]byte, bool, error) {
 	var data []byte
-	err := l.client.Chunks(context.Background(), l.honest, []castore.Digest{d}, false, func(_ castore.Digest, b []byte) error {
+	err := l.client.Chunks(context.Background(), l.honest, []castore.Digest{d}, false, func(_ castore.Digest, b, _ []byte) error {
 		data = append([]byte(nil), b...)
 		return nil
 	})

@@ -249,8 +249,11 @@ func decodeChunkList(b []byte) ([]castore.ChunkRef, error) {
 
 // Chunks asks p for chunks (zstd frames where it has them, if zstd) and
 // calls fn with each, decompressed and checked against its digest, in the
-// order asked. A chunk p lacks ends the call with ErrNotFound.
-func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest, zstd bool, fn func(d castore.Digest, data []byte) error) error {
+// order asked, and with the frame it came in (nil if it came raw), which
+// the caller may keep rather than compress the chunk again. Both slices
+// are valid only during the call. A chunk p lacks ends the call with
+// ErrNotFound.
+func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest, zstd bool, fn func(d castore.Digest, data, frame []byte) error) error {
 	if len(digests) > MaxChunksPerRequest {
 		return errors.New("transfer: too many chunks in one request")
 	}
@@ -266,7 +269,9 @@ func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest
 			w.Write(d[:])
 		}
 	}, func(f *frames, _ network.Stream) error {
-		var buf []byte
+		// Both buffers are reused from chunk to chunk: fn copies what it
+		// keeps.
+		var buf, msg []byte
 		for _, d := range digests {
 			kind, err := f.r.ReadByte()
 			if err != nil {
@@ -275,24 +280,26 @@ func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest
 			if kind == chunkMissing {
 				return fmt.Errorf("chunk %s: %w", d, ErrNotFound)
 			}
-			data, err := f.read(maxFrame)
+			data, err := f.readInto(msg, maxFrame)
+			msg = data
 			if err != nil {
 				return err
 			}
+			var frame []byte
 			switch kind {
 			case chunkRaw:
 			case chunkZstd:
 				if buf, err = c.dec.DecodeAll(data, buf[:0]); err != nil {
 					return badData("chunk %s: %v", d, err)
 				}
-				data = buf
+				frame, data = data, buf
 			default:
 				return badData("chunk encoding %d", kind)
 			}
 			if len(data) == 0 || len(data) > castore.MaxChunkSize || castore.Sum(data) != d {
 				return badData("chunk %s does not match its digest", d)
 			}
-			if err := fn(d, data); err != nil {
+			if err := fn(d, data, frame); err != nil {
 				return err
 			}
 		}

@@ -135,7 +135,11 @@ type frames struct {
 	w *bufio.Writer
 }
 
-func (f *frames) read(max int) ([]byte, error) {
+func (f *frames) read(max int) ([]byte, error) { return f.readInto(nil, max) }
+
+// readInto reads a message into buf's storage when it fits, so that a
+// stream of chunks reuses one buffer.
+func (f *frames) readInto(buf []byte, max int) ([]byte, error) {
 	n, err := binary.ReadUvarint(f.r)
 	if err != nil {
 		return nil, err
@@ -143,7 +147,11 @@ func (f *frames) read(max int) ([]byte, error) {
 	if n > uint64(max) {
 		return nil, badData("message of %d bytes, at most %d allowed", n, max)
 	}
-	b := make([]byte, n)
+	b := buf[:0]
+	if uint64(cap(b)) < n {
+		b = make([]byte, n)
+	}
+	b = b[:n]
 	if _, err := io.ReadFull(f.r, b); err != nil {
 		return nil, err
 	}
