@@ -148,8 +148,11 @@ func TestP2PTrustAndPrivacy(t *testing.T) {
 		t.Fatal("a path nobody trusted signed was fetched from the node that holds it")
 	}
 	trusting.run("fetch", signed)
-	if e.status().P2PBytesSent != 0 {
-		t.Errorf("E sent %d bytes of its private path", e.status().P2PBytesSent)
+	// E was asked (the trusting node asks its neighbours when the DHT
+	// knows no provider) and answered "not found": a byte or two, never
+	// the record (hundreds of bytes) or the data.
+	if sent := e.status().P2PBytesSent; sent > 16 {
+		t.Errorf("E sent %d bytes: more than a refusal", sent)
 	}
 }
 
