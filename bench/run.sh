@@ -11,6 +11,12 @@
 #   narinfo  373 narinfo GETs, sequential keep-alive and 16-way concurrent
 #   dedup    new bytes stored when go1.25.1 is imported after go1.25.0
 #   ingest   the BenchmarkIngest Go benchmark (NAR -> castore, one core)
+#   p2p      a cold node C (knowing only A) serving go1.25.0 to nix copy as
+#            it fetches it from A, against nginx; p2pstore fetch speed
+#            from one peer; bytes moved for go1.25.1 after go1.25.0
+#   swarm    fetch from one and from two seeders in network namespaces,
+#            each uplink capped with tc (SWARM_RATE, default 200mbit)
+#   dht      lookup latency and announcing 100k keys, 10 in-process nodes
 #   daemon   `nix copy --from` go1.25.0 over ssh-ng (the node's `daemon
 #            --stdio` against `nix-daemon --stdio`), and over unix:// (the
 #            node's socket with its FUSE mount as ?real= against a real
@@ -86,10 +92,11 @@ cleanup() {
   done
   # A node killed before it unmounted leaves a dead FUSE mount.
   umount -l "$BENCH_DIR/mnt" 2>/dev/null || true
+  if [ -n "${SWARM_READY:-}" ]; then swarm_teardown; fi
   # The stores and caches are a gigabyte of RAM on tmpfs; keep only the
   # logs and the results unless asked to keep everything.
   if [ -z "${BENCH_KEEP:-}" ] && [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
-    rm -rf "$BENCH_DIR"/{node,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
+    rm -rf "$BENCH_DIR"/{node,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
   fi
   exit "$rc"
 }
@@ -639,17 +646,263 @@ bench_daemon() {
     "$(fmt '%.2f' "$ratio")" "≤ 1.5" "$(met ceiling "$ratio" 1.5)"
 }
 
+# ---------------------------------------------------------------- p2p
+
+# The bench node (A) holds go1.25.0 and go1.25.1, signed by the bench key.
+# A second node (C) starts empty each run, knows only A, trusts the bench
+# key, and gets what it is asked for from A over libp2p.
+C_IP=127.0.0.3
+C_HTTP_PORT=$((NODE_PORT + 10))
+C_DIR=$BENCH_DIR/node-c
+C_SOCK=$BENCH_DIR/node-c.sock
+C_PID=""
+
+# a_addr: A's libp2p address, for bootstrapping.
+a_addr() {
+  p2p status --json | grep -o '"/ip4/127.0.0.1/tcp/[^"]*"' | head -n1 | tr -d '"'
+}
+
+# start_c [--bootstrap ADDR]...: a fresh node C.
+start_c() {
+  stop_c
+  rm -rf "$C_DIR"
+  P2PSTORE_DATA_DIR=$C_DIR "$BIN" serve --http-listen "$C_IP:$C_HTTP_PORT" --daemon-socket "$C_SOCK" \
+    --p2p-listen "/ip4/$C_IP/tcp/0" --mdns=false --trusted-public-key "$PUBKEY" "$@" \
+    >>"$LOGS/node-c.log" 2>&1 &
+  C_PID=$!
+  PIDS+=("$C_PID")
+  wait_for "node C" "$C_PID" "$BIN" status --daemon-socket "$C_SOCK"
+  # Connected to A before the clock starts.
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ "$("$BIN" status --daemon-socket "$C_SOCK" --json | json_num peers)" -ge 1 ] && return 0
+    sleep 0.1
+  done
+  die "node C did not connect to its bootstrap peer; see $LOGS/node-c.log"
+}
+
+stop_c() {
+  [ -n "$C_PID" ] || return 0
+  kill -TERM "$C_PID" 2>/dev/null || true
+  wait "$C_PID" 2>/dev/null || true
+  C_PID=""
+}
+
+P2P_READY=""
+setup_p2p() {
+  [ -z "$P2P_READY" ] || return 0
+  P2P_READY=1
+  start_nginx
+  p2p import "$GO1" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
+  A_ADDR=$(a_addr)
+  [ -n "$A_ADDR" ] || die "node A has no loopback libp2p address"
+}
+
+# cold_once SIDE RUN: seconds for a Nix client to copy go1.25.0 through a
+# cold node C (which fetches it from A over libp2p as the NAR streams), or
+# from nginx's static cache.
+cold_once() {
+  local side=$1 run=$2 url client t0 t1 got
+  url=$NGINX_URL/none
+  if [ "$side" = node ]; then
+    start_c --bootstrap "$A_ADDR"
+    url=http://$C_IP:$C_HTTP_PORT
+  fi
+  client=$BENCH_DIR/client-$run
+  chmod -R u+w "$client" 2>/dev/null || true
+  rm -rf "$client" "$XDG_CACHE_HOME"
+  t0=$(now)
+  nix copy --from "$url" --to "$client" "$GO0" --option trusted-public-keys "$PUBKEY" \
+    --option narinfo-cache-positive-ttl 0 --option narinfo-cache-negative-ttl 0 \
+    >>"$LOGS/cold-$side.log" 2>&1 || die "nix copy from $url failed; see $LOGS/cold-$side.log"
+  t1=$(now)
+  got=$(nar_hash --store "$client" "$GO0")
+  [ "$got" = "$SRC_NARHASH" ] || die "client copy from $url has narHash $got, not $SRC_NARHASH"
+  chmod -R u+w "$client" && rm -rf "$client"
+  [ "$side" != node ] || stop_c
+  elapsed "$t0" "$t1"
+}
+
+# fetch_json PATH: p2pstore fetch on C, as JSON.
+fetch_json() {
+  "$BIN" fetch --daemon-socket "$C_SOCK" --json "$1" 2>>"$LOGS/fetch.log" || die "fetch of $1 failed; see $LOGS/node-c.log"
+}
+
+bench_p2p() {
+  setup_p2p
+  local ratio i out secs best_secs="" rate raw wire nar
+  log "cold: nix copy of go1.25.0 through node C fetching from A, against nginx, $RUNS runs each"
+  pair_best min cold_once
+  ratio=$(calc "$BEST_NODE/$BEST_NGINX")
+  row "cold nix copy go1.25.0 via node C (C fetches from A) vs nginx" "$(fmt '%.2f s' "$BEST_NODE")" "$(fmt '%.2f s' "$BEST_NGINX")" \
+    "$(fmt '%.2f' "$ratio")" "≤ 1.5 (aim 1.1)" "$(met ceiling "$ratio" 1.5)"
+
+  log "p2pstore fetch of go1.25.0 from one peer, $RUNS runs"
+  for ((i = 1; i <= RUNS; i++)); do
+    start_c --bootstrap "$A_ADDR"
+    out=$(fetch_json "$GO0")
+    secs=$(json_num seconds <<<"$out")
+    log "  run $i: $secs s"
+    best_secs=$(best min "$secs" ${best_secs:+"$best_secs"})
+    stop_c
+  done
+  rate=$(calc "$GO0_NARSIZE/$best_secs/1e6")
+  row "p2pstore fetch go1.25.0 from one peer (loopback)" "$(fmt '%.0f MB/s' "$rate")" "—" "—" "≥ 200 MB/s" "$(met floor "$rate" 200)"
+
+  log "dedup over the network: go1.25.1 after go1.25.0"
+  start_c --bootstrap "$A_ADDR"
+  fetch_json "$GO0" >/dev/null
+  out=$(fetch_json "$GO1")
+  stop_c
+  raw=$(json_num chunk_bytes <<<"$out")
+  wire=$(json_num bytes_received <<<"$out")
+  nar=$(json_num nar_bytes <<<"$out")
+  row "dedup over the network: go1.25.1 after go1.25.0, chunks moved (uncompressed)" \
+    "$(fmt '%.1f MB' "$(calc "$raw/1e6")") of $(fmt '%.1f MB' "$(calc "$nar/1e6")")" "Kubo 33–36%" \
+    "$(fmt '%.1f%%' "$(calc "100*$raw/$nar")")" "≤ 32%" "$(met ceiling "$(calc "100*$raw/$nar")" 32)"
+  row "dedup over the network: go1.25.1 after go1.25.0, bytes on the wire (zstd frames)" \
+    "$(fmt '%.1f MB' "$(calc "$wire/1e6")") of $(fmt '%.1f MB' "$(calc "$nar/1e6")")" "Kubo 33–36%" \
+    "$(fmt '%.1f%%' "$(calc "100*$wire/$nar")")" "≤ 32% (aim 15%)" "$(met ceiling "$(calc "100*$wire/$nar")" 32)"
+}
+
+# ---------------------------------------------------------------- swarm
+
+# Seeders in network namespaces on a bridge, each with its upload capped
+# by tc on its side of the veth; the fetching node in a namespace of its
+# own.
+SWARM_NET=10.77.0
+SWARM_RATE=${SWARM_RATE:-200mbit}
+SWARM_READY=""
+
+swarm_ns() { echo "p2pbench-$1"; }
+
+swarm_teardown() {
+  local ns
+  for ns in s1 s2 c; do ip netns del "$(swarm_ns "$ns")" 2>/dev/null || true; done
+  ip link del p2pbench-br 2>/dev/null || true
+}
+
+# swarm_host NAME IP: a namespace wired to the bridge.
+swarm_host() {
+  local ns; ns=$(swarm_ns "$1")
+  ip netns add "$ns"
+  ip link add "pb-$1" type veth peer name eth0 netns "$ns"
+  ip link set "pb-$1" master p2pbench-br up
+  ip -n "$ns" addr add "$2/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+}
+
+setup_swarm() {
+  [ -z "$SWARM_READY" ] || return 0
+  SWARM_READY=1
+  start_node # the key, the binary, the corpus in /nix/store
+  swarm_teardown
+  ip link add p2pbench-br type bridge
+  ip addr add "$SWARM_NET.1/24" dev p2pbench-br
+  ip link set p2pbench-br up
+  swarm_host s1 "$SWARM_NET.11"
+  swarm_host s2 "$SWARM_NET.12"
+  swarm_host c "$SWARM_NET.20"
+  local s
+  for s in s1 s2; do
+    # The seeder's uplink: a token bucket on its egress.
+    ip netns exec "$(swarm_ns "$s")" tc qdisc add dev eth0 root tbf rate "$SWARM_RATE" burst 256kb latency 100ms
+  done
+}
+
+# swarm_node NAME IP [ARGS]: a node inside a namespace; sets SWARM_PID.
+swarm_node() {
+  local name=$1 ip=$2 dir=$BENCH_DIR/swarm-$1; shift 2
+  rm -rf "$dir"
+  ip netns exec "$(swarm_ns "$name")" env P2PSTORE_DATA_DIR="$dir" "$BIN" serve \
+    --http-listen "$ip:17490" --daemon-socket "$dir.sock" --p2p-listen "/ip4/$ip/tcp/4001" --mdns=false \
+    --sign-key-file "$BENCH_DIR/key.sec" --trusted-public-key "$PUBKEY" "$@" >>"$LOGS/swarm-$name.log" 2>&1 &
+  SWARM_PID=$!
+  PIDS+=("$SWARM_PID")
+  wait_for "swarm node $name" "$SWARM_PID" "$BIN" status --daemon-socket "$dir.sock"
+}
+
+swarm_addr() { "$BIN" status --daemon-socket "$BENCH_DIR/swarm-$1.sock" --json | grep -o '"/ip4/[^"]*"' | head -n1 | tr -d '"'; }
+
+# swarm_fetch SEEDERS: seconds and bytes for a fresh client to fetch go1.25.0.
+swarm_fetch() {
+  local boot=() s out
+  for s in "$@"; do boot+=(--bootstrap "$(swarm_addr "$s")"); done
+  swarm_node c "$SWARM_NET.20" "${boot[@]}"
+  local pid=$SWARM_PID i
+  for ((i = 0; i < 100; i++)); do
+    [ "$("$BIN" status --daemon-socket "$BENCH_DIR/swarm-c.sock" --json | json_num peers)" -ge $# ] && break
+    sleep 0.1
+  done
+  out=$("$BIN" fetch --daemon-socket "$BENCH_DIR/swarm-c.sock" --json "$GO0") || die "swarm fetch failed; see $LOGS/swarm-c.log"
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  echo "$(json_num seconds <<<"$out") $(json_num bytes_received <<<"$out")"
+}
+
+bench_swarm() {
+  if ! ip netns add p2pbench-probe 2>/dev/null; then
+    note "swarm: network namespaces cannot be made here; skipped"
+    return 0
+  fi
+  ip netns del p2pbench-probe
+  setup_swarm
+  local s1 s2 i r t b one="" two="" one_bytes="" rate_bps use ratio
+  swarm_node s1 "$SWARM_NET.11"
+  p2p_import_to s1
+  log "swarm: one seeder capped at $SWARM_RATE, $RUNS runs"
+  for ((i = 1; i <= RUNS; i++)); do
+    read -r t b < <(swarm_fetch s1)
+    log "  run $i: $t s, $b bytes"
+    if [ -z "$one" ] || awk -v a="$t" -v b="$one" 'BEGIN { exit !(a < b) }'; then one=$t one_bytes=$b; fi
+  done
+  swarm_node s2 "$SWARM_NET.12" --bootstrap "$(swarm_addr s1)"
+  p2p_import_to s2
+  log "swarm: two seeders, $RUNS runs"
+  for ((i = 1; i <= RUNS; i++)); do
+    read -r t b < <(swarm_fetch s1 s2)
+    log "  run $i: $t s, $b bytes"
+    two=$(best min "$t" ${two:+"$two"})
+  done
+  ratio=$(calc "$two/$one")
+  row "swarm: fetch go1.25.0 from two capped seeders vs one" "$(fmt '%.2f s' "$two")" "$(fmt '%.2f s' "$one")" \
+    "$(fmt '%.2f' "$ratio")" "≤ 0.65" "$(met ceiling "$ratio" 0.65)"
+  rate_bps=$(awk -v r="$SWARM_RATE" 'BEGIN { n = r + 0; if (r ~ /gbit/) n *= 1e9; else if (r ~ /mbit/) n *= 1e6; else if (r ~ /kbit/) n *= 1e3; print n / 8 }')
+  use=$(calc "100*$one_bytes/$one/$rate_bps")
+  row "swarm: one seeder's use of its $SWARM_RATE cap" "$(fmt '%.0f%%' "$use")" "raw TCP ~85%" "—" "≥ 70%" "$(met floor "$use" 70)"
+}
+
+# p2p_import_to NAME: import go1.25.0 into a swarm node from /nix/store.
+p2p_import_to() {
+  "$BIN" import --daemon-socket "$BENCH_DIR/swarm-$1.sock" "$GO0" >>"$LOGS/import.log" 2>&1 || die "import into $1 failed"
+}
+
+# ---------------------------------------------------------------- dht
+
+bench_dht() {
+  log "DHT: lookups and announcing 100k keys in a 10-node network (go test -bench)"
+  local out median p90 secs
+  out=$(go test -run XXX -bench 'BenchmarkLookup|BenchmarkAnnounce' -benchtime 1x ./dht/ 2>&1) \
+    || { echo "$out" >"$LOGS/dht.log"; die "go test failed; see $LOGS/dht.log"; }
+  echo "$out" >"$LOGS/dht.log"
+  median=$(awk '/^BenchmarkLookup/ { for (i = 2; i <= NF; i++) if ($i == "ms-median") print $(i-1) }' <<<"$out")
+  p90=$(awk '/^BenchmarkLookup/ { for (i = 2; i <= NF; i++) if ($i == "ms-p90") print $(i-1) }' <<<"$out")
+  secs=$(awk '/^BenchmarkAnnounce/ { for (i = 2; i <= NF; i++) if ($i == "s-100k-keys") print $(i-1) }' <<<"$out")
+  row "DHT lookup, miss to first provider, 100 keys, 10 nodes (median / p90)" "$median / $p90 ms" "—" "—" "measured" "—"
+  row "DHT announce of 100k keys (sweeping provider), 10 nodes" "$(fmt '%.1f s' "$secs")" "—" "—" "measured" "—"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | dedup | ingest | daemon | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | dedup | ingest | daemon | p2p | swarm | dht | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo daemon dedup ingest); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo daemon dedup ingest p2p swarm dht); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
@@ -660,6 +913,7 @@ main() {
       narinfo) make_narinfo_paths ;;
       dedup) start_node ;;
       daemon) start_daemons ;;
+      p2p) setup_p2p ;;
     esac
   done
   wait_node_idle

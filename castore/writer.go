@@ -205,47 +205,63 @@ func (w *Writer) PutDirectoryBytes(d Digest, b []byte) (*Directory, error) {
 
 // Commit makes everything the Writer added durable and visible: first the
 // pack bytes are synced, then one bbolt transaction adds the index entries.
-func (w *Writer) Commit() error {
-	if w.done {
-		return errors.New("castore: writer already finished")
+func (w *Writer) Commit() error { return w.s.CommitAll(w) }
+
+// CommitAll commits several Writers at once: one sync per pack and one
+// transaction for all, which costs much less than a commit each when many
+// small writers finish together (a fetch's chunk batches).
+func (s *Store) CommitAll(ws ...*Writer) error {
+	packs, zpacks := map[uint32]struct{}{}, map[uint32]struct{}{}
+	for _, w := range ws {
+		if w.done {
+			return errors.New("castore: writer already finished")
+		}
+		w.done = true
+		for id := range w.packs {
+			packs[id] = struct{}{}
+		}
+		for id := range w.zpacks {
+			zpacks[id] = struct{}{}
+		}
 	}
-	w.done = true
-	lengths, err := w.s.raw.syncAll(w.packs)
+	lengths, err := s.raw.syncAll(packs)
 	if err != nil {
 		return err
 	}
-	zlengths, err := w.s.zstd.syncAll(w.zpacks)
+	zlengths, err := s.zstd.syncAll(zpacks)
 	if err != nil {
 		return err
 	}
-	return w.s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
 		var newBytes, newCount uint64
-		for d, loc := range w.chunks {
-			if chunks.Get(d[:]) != nil {
-				continue // another writer committed the same chunk first
-			}
-			if err := chunks.Put(d[:], loc.marshal()); err != nil {
-				return err
-			}
-			newBytes += uint64(loc.Size)
-			newCount++
-		}
-		for _, m := range []struct {
-			bucket []byte
-			objs   map[Digest][]byte
-		}{{bucketBlobs, w.blobs}, {bucketDirs, w.dirs}, {bucketFrames, w.frames}} {
-			b := tx.Bucket(m.bucket)
-			for d, v := range m.objs {
-				if err := b.Put(d[:], v); err != nil {
+		for _, w := range ws {
+			for d, loc := range w.chunks {
+				if chunks.Get(d[:]) != nil {
+					continue // another writer committed the same chunk first
+				}
+				if err := chunks.Put(d[:], loc.marshal()); err != nil {
 					return err
+				}
+				newBytes += uint64(loc.Size)
+				newCount++
+			}
+			for _, m := range []struct {
+				bucket []byte
+				objs   map[Digest][]byte
+			}{{bucketBlobs, w.blobs}, {bucketDirs, w.dirs}, {bucketFrames, w.frames}} {
+				b := tx.Bucket(m.bucket)
+				for d, v := range m.objs {
+					if err := b.Put(d[:], v); err != nil {
+						return err
+					}
 				}
 			}
 		}
-		if err := w.s.raw.recordLengths(tx, lengths); err != nil {
+		if err := s.raw.recordLengths(tx, lengths); err != nil {
 			return err
 		}
-		if err := w.s.zstd.recordLengths(tx, zlengths); err != nil {
+		if err := s.zstd.recordLengths(tx, zlengths); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)

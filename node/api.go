@@ -355,6 +355,7 @@ type FetchResult struct {
 	Fetched       []string `json:"fetched"`        // paths the node got from peers
 	Present       int      `json:"present"`        // paths it had already
 	BytesReceived uint64   `json:"bytes_received"` // from peers, during this fetch
+	ChunkBytes    uint64   `json:"chunk_bytes"`    // raw size of the chunks that moved
 	NarBytes      uint64   `json:"nar_bytes"`      // NAR size of the fetched paths
 	Seconds       float64  `json:"seconds"`
 }
@@ -403,9 +404,11 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 		if err == nil {
 			res.Present++
 		} else if errors.Is(err, pathinfo.ErrNotFound) {
-			if info, err = n.p2p.fetch.Fetch(ctx, sp.Hash); err != nil {
+			var chunkBytes uint64
+			if info, chunkBytes, err = n.p2p.fetch.Fetch(ctx, sp.Hash); err != nil {
 				return nil, fmt.Errorf("%s: %w on any peer", p, err)
 			}
+			res.ChunkBytes += chunkBytes
 			res.Fetched = append(res.Fetched, info.StorePath)
 			res.NarBytes += info.NarSize
 		} else {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -53,13 +54,14 @@ type fetcher struct {
 }
 
 const (
-	findTimeout    = 5 * time.Second  // to find providers and their records
-	missMemory     = 30 * time.Second // a path found nowhere is not looked for again before
-	penalty        = 10 * time.Minute // a peer that lied is ignored this long
-	chunkBatch     = 64               // chunks per request
-	streamsPerPeer = 4                // requests in flight per peer
-	maxSources     = 8                // peers a fetch draws from
-	maxAttempts    = 3                // trees tried per fetch
+	findTimeout    = 5 * time.Second       // to find providers and their records
+	missMemory     = 30 * time.Second      // a path found nowhere is not looked for again before
+	penalty        = 10 * time.Minute      // a peer that lied is ignored this long
+	chunkBatch     = 64                    // chunks per request
+	streamsPerPeer = 4                     // requests in flight per peer
+	maxSources     = 8                     // peers a fetch draws from
+	maxAttempts    = 3                     // trees tried per fetch
+	commitGather   = 10 * time.Millisecond // batches a commit waits to gather
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
@@ -99,13 +101,16 @@ func (f *fetcher) Start(ctx context.Context, hash string) (*job, error) {
 	}
 }
 
-// Fetch gets a path and waits until it is valid here.
-func (f *fetcher) Fetch(ctx context.Context, hash string) (*pathinfo.Info, error) {
+// Fetch gets a path and waits until it is valid here. It also returns the
+// raw size of the chunks the fetch downloaded (what moved, before
+// compression on the wire).
+func (f *fetcher) Fetch(ctx context.Context, hash string) (*pathinfo.Info, uint64, error) {
 	j, err := f.Start(ctx, hash)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return j.Wait(ctx)
+	info, err := j.Wait(ctx)
+	return info, j.chunkBytes.Load(), err
 }
 
 // running returns the job for a hash part, if one runs.
@@ -289,6 +294,8 @@ type job struct {
 
 	done chan struct{}
 	err  error
+
+	chunkBytes atomic.Uint64 // raw bytes of the chunks downloaded
 }
 
 func newJob(f *fetcher, hash string) *job {
@@ -594,10 +601,11 @@ func (f *fetcher) anyPeer(ctx context.Context, peers []peer.ID, try func(peer.ID
 
 // download gets chunks in batches from all peers at once: each peer runs
 // a few requests at a time, taking the next batch (in order) when one is
-// done, so fast peers take more. Each batch is committed on its own, so
-// that its chunks can be read at once. A batch that fails goes back to
-// the front of the queue; a peer that sends bad data is penalised, and a
-// peer that fails stops taking work in this fetch.
+// done, so fast peers take more. Finished batches are committed together
+// by one goroutine (a commit per batch cost more than the rest of the
+// fetch), and become readable at once. A batch that fails goes back to the
+// front of the queue; a peer that sends bad data is penalised, and a peer
+// that fails stops taking work in this fetch.
 func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castore.Digest, j *job) error {
 	if len(chunks) == 0 {
 		return nil
@@ -606,14 +614,65 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	for i := 0; i < len(chunks); i += chunkBatch {
 		queue = append(queue, chunks[i:min(i+chunkBatch, len(chunks))])
 	}
+	type received struct {
+		w     *castore.Writer
+		batch []castore.Digest
+	}
 	var (
-		mu      sync.Mutex
-		cond    = sync.NewCond(&mu)
-		pending = len(queue) // batches not yet stored
-		active  = 0          // workers running
-		lastErr error
+		mu        sync.Mutex
+		cond      = sync.NewCond(&mu)
+		pending   = len(queue) // batches not yet committed
+		active    = 0          // workers running
+		inCommit  = 0          // batches received, not yet committed
+		lastErr   error
+		toCommit  = make(chan received, len(queue))
+		committed = make(chan struct{})
 	)
 	st := f.n.store
+	go func() { // the committer
+		defer close(committed)
+		for r := range toCommit {
+			// Gather what arrives in the next few milliseconds: each
+			// commit rewrites the index pages its random keys touch, so
+			// fewer, larger commits cost much less.
+			group := []received{r}
+			gather := time.After(commitGather)
+		drain:
+			for len(group) < 32 {
+				select {
+				case more, ok := <-toCommit:
+					if !ok {
+						break drain
+					}
+					group = append(group, more)
+				case <-gather:
+					break drain
+				}
+			}
+			ws := make([]*castore.Writer, len(group))
+			for i, g := range group {
+				ws[i] = g.w
+			}
+			err := st.CommitAll(ws...)
+			mu.Lock()
+			inCommit -= len(group)
+			if err != nil {
+				lastErr = err
+				for _, g := range group {
+					queue = append([][]castore.Digest{g.batch}, queue...)
+				}
+			} else {
+				pending -= len(group)
+			}
+			cond.Broadcast()
+			mu.Unlock()
+			if err == nil {
+				for _, g := range group {
+					j.stored(g.batch)
+				}
+			}
+		}
+	}()
 	worker := func(p peer.ID) {
 		defer func() {
 			mu.Lock()
@@ -626,7 +685,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			for len(queue) == 0 && pending > 0 && ctx.Err() == nil {
 				cond.Wait()
 			}
-			if pending == 0 || ctx.Err() != nil || f.penalised(p) {
+			if pending == 0 || len(queue) == 0 || ctx.Err() != nil || f.penalised(p) {
 				mu.Unlock()
 				return
 			}
@@ -638,18 +697,15 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 				if err := w.PutChunk(d, data); err != nil {
 					return err
 				}
+				j.chunkBytes.Add(uint64(len(data)))
 				if frame != nil {
 					return w.PutFrame(d, frame) // no need to compress it again
 				}
 				return nil
 			})
-			if err == nil {
-				err = w.Commit()
-			} else {
-				w.Abort()
-			}
 			mu.Lock()
 			if err != nil {
+				w.Abort()
 				queue = append([][]castore.Digest{batch}, queue...)
 				lastErr = err
 				cond.Broadcast()
@@ -659,10 +715,9 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 				}
 				return
 			}
-			pending--
-			cond.Broadcast()
+			inCommit++
 			mu.Unlock()
-			j.stored(batch)
+			toCommit <- received{w, batch}
 		}
 	}
 	mu.Lock()
@@ -672,11 +727,13 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			go worker(p)
 		}
 	}
-	for pending > 0 && active > 0 {
+	for pending > 0 && (active > 0 || inCommit > 0) {
 		cond.Wait()
 	}
 	left := pending
 	mu.Unlock()
+	close(toCommit)
+	<-committed
 	if left > 0 {
 		if lastErr == nil {
 			lastErr = ctx.Err()

@@ -38,7 +38,7 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
-		return n.p2p.fetch.Fetch(ctx, hash)
+		info, _, err = n.p2p.fetch.Fetch(ctx, hash)
 	}
 	return info, err
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +12,7 @@ import (
 )
 
 func fetchCommand() *cobra.Command {
-	var recursive bool
+	var recursive, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "fetch [--recursive] PATH...",
 		Short: "Make the running node fetch store paths from its peers",
@@ -32,15 +34,19 @@ func fetchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if asJSON {
+				return json.NewEncoder(os.Stdout).Encode(res)
+			}
 			rate := 0.0
 			if res.Seconds > 0 {
 				rate = float64(res.NarBytes) / res.Seconds / 1e6
 			}
-			fmt.Printf("fetched %d paths (%s of NARs, %s received from peers) in %.2fs (%.0f MB/s); %d were already there\n",
-				len(res.Fetched), humanBytes(res.NarBytes), humanBytes(res.BytesReceived), res.Seconds, rate, res.Present)
+			fmt.Printf("fetched %d paths (%s of NARs; %s of chunks moved, %s on the wire) in %.2fs (%.0f MB/s); %d were already there\n",
+				len(res.Fetched), humanBytes(res.NarBytes), humanBytes(res.ChunkBytes), humanBytes(res.BytesReceived), res.Seconds, rate, res.Present)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also fetch every path the given paths reference, directly or not")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }
