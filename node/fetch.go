@@ -156,10 +156,10 @@ type candidate struct {
 }
 
 // candidates finds the path's providers and the trusted records they give.
-// Providers come from the DHT; when it knows none (a node that has just
-// joined, or one whose announcements still wait for the DHT to answer it),
-// the peers the node is connected to are asked directly, which on a LAN is
-// the quickest way anyway.
+// Providers come from the DHT, and from the peers the node is connected to,
+// asked directly: a node that has just joined, or whose announcements still
+// wait for the DHT to take them, is found by its neighbours at once, and on
+// a LAN they are the likeliest sources anyway.
 func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 	ctx, cancel := context.WithTimeout(ctx, findTimeout)
 	defer cancel()
@@ -177,15 +177,12 @@ func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 			}
 		}
 	}
-	if len(cands) > 0 {
-		return cands
-	}
 	var (
 		mu sync.Mutex
 		wg sync.WaitGroup
 	)
 	for _, p := range f.p.host.Network().Peers() {
-		if asked[p] {
+		if asked[p] || len(asked) > 2*maxSources {
 			continue
 		}
 		asked[p] = true
@@ -200,6 +197,9 @@ func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 		}()
 	}
 	wg.Wait()
+	if len(cands) > maxSources {
+		cands = cands[:maxSources]
+	}
 	return cands
 }
 
