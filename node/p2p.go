@@ -34,6 +34,7 @@ type p2p struct {
 	dht    *dht.DHT
 	client *transfer.Client
 	server *transfer.Server
+	mdnsMu sync.Mutex
 	mdns   mdns.Service
 	fetch  *fetcher
 
@@ -136,15 +137,53 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 		go p.connect(ctx, pi)
 	}
 	if cfg.MDNS {
-		p.mdns = mdns.NewMdnsService(h, mdnsService, p)
-		if err := p.mdns.Start(); err != nil {
+		if err := p.startMDNS(); err != nil {
 			n.log.Warn("running without mDNS discovery", "err", err)
-			p.mdns = nil
+		} else {
+			go p.refreshMDNS(ctx)
 		}
 	}
 	go p.dht.Bootstrap(ctx)
 	n.log.Info("p2p up", "peer_id", h.ID(), "addrs", h.Addrs())
 	return p, nil
+}
+
+func (p *p2p) startMDNS() error {
+	s := mdns.NewMdnsService(p.host, mdnsService, p)
+	if err := s.Start(); err != nil {
+		return err
+	}
+	p.mdnsMu.Lock()
+	p.mdns = s
+	p.mdnsMu.Unlock()
+	return nil
+}
+
+// refreshMDNS restarts mDNS discovery from time to time: it binds to the
+// interfaces there are when it starts (a laptop joins a network later),
+// and its queries back off to a minute apart, so a lost answer leaves a
+// lone node alone for long. Alone, it restarts every few seconds.
+func (p *p2p) refreshMDNS(ctx context.Context) {
+	for {
+		wait := 2 * time.Minute
+		if len(p.host.Network().Peers()) == 0 {
+			wait = 5 * time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		p.mdnsMu.Lock()
+		old := p.mdns
+		p.mdnsMu.Unlock()
+		if old != nil {
+			old.Close()
+		}
+		if err := p.startMDNS(); err != nil {
+			p.n.log.Debug("restarting mDNS", "err", err)
+		}
+	}
 }
 
 // HandlePeerFound is mDNS's callback: a node on the LAN.
@@ -167,9 +206,12 @@ func (p *p2p) connect(ctx context.Context, pi peer.AddrInfo) {
 }
 
 func (p *p2p) close() {
+	p.mdnsMu.Lock()
 	if p.mdns != nil {
 		p.mdns.Close()
+		p.mdns = nil
 	}
+	p.mdnsMu.Unlock()
 	p.dht.Close()
 	p.host.Close()
 }

@@ -55,6 +55,7 @@ type nodeProc struct {
 	log    *syncBuffer
 	client *node.Client
 	url    string
+	wrap   []string // runs serve through this (ip netns exec NS)
 }
 
 // syncBuffer is a bytes.Buffer that a node's output goroutine writes
@@ -102,7 +103,8 @@ func (n *nodeProc) start() {
 	t := n.t
 	t.Helper()
 	n.log = new(syncBuffer)
-	n.cmd = exec.Command(binary, append([]string{"serve"}, n.args...)...)
+	argv := append(append(append([]string(nil), n.wrap...), binary, "serve"), n.args...)
+	n.cmd = exec.Command(argv[0], argv[1:]...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
