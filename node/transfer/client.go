@@ -43,7 +43,7 @@ func (c *Client) BytesReceived() uint64 { return c.received.Load() }
 
 // exchange opens a stream to p, writes the request that req builds, and
 // hands the framed stream to read.
-func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*bufio.Writer), read func(*frames, network.Stream) error) error {
+func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*bufio.Writer), read func(*frames) error) error {
 	st, err := c.h.NewStream(network.WithAllowLimitedConn(ctx, "transfer"), p, ProtocolID)
 	if err != nil {
 		return fmt.Errorf("opening a stream to %s: %w", p, err)
@@ -66,7 +66,7 @@ func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*b
 		st.Reset()
 		return err
 	}
-	if err := read(f, st); err != nil {
+	if err := read(f); err != nil {
 		st.Reset()
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -96,21 +96,26 @@ func (c *Client) Record(ctx context.Context, p peer.ID, hash string) (*Record, e
 	var rec *Record
 	err := c.exchange(ctx, p, kindRecord, func(w *bufio.Writer) {
 		writeBytes(w, []byte(hash))
-	}, func(f *frames, _ network.Stream) error {
-		b, err := f.read(MaxRecord)
-		if err != nil {
-			return err
-		}
-		if len(b) == 0 {
-			return ErrNotFound
-		}
-		rec = new(Record)
-		if err := json.Unmarshal(b, rec); err != nil {
-			return badData("record: %v", err)
-		}
-		return nil
+	}, func(f *frames) (err error) {
+		rec, err = readRecord(f)
+		return err
 	})
 	return rec, err
+}
+
+func readRecord(f *frames) (*Record, error) {
+	b, err := f.read(MaxRecord)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == 0 {
+		return nil, ErrNotFound
+	}
+	rec := new(Record)
+	if err := json.Unmarshal(b, rec); err != nil {
+		return nil, badData("record: %v", err)
+	}
+	return rec, nil
 }
 
 func writeBytes(w *bufio.Writer, b []byte) {
@@ -126,47 +131,51 @@ func writeBytes(w *bufio.Writer, b []byte) {
 func (c *Client) Directories(ctx context.Context, p peer.ID, root castore.Digest, fn func(d castore.Digest, dir *castore.Directory, raw []byte) error) error {
 	return c.exchange(ctx, p, kindDirs, func(w *bufio.Writer) {
 		w.Write(root[:])
-	}, func(f *frames, _ network.Stream) error {
-		expected := map[castore.Digest]bool{root: true}
-		received := map[castore.Digest]bool{}
-		for {
-			b, err := f.read(MaxDirectory)
-			if err != nil {
-				return err
-			}
-			if len(b) == 0 {
-				break
-			}
-			d := castore.Sum(b)
-			if !expected[d] {
-				return badData("directory %s is not part of the tree asked for", d)
-			}
-			dir, err := castore.UnmarshalDirectory(b)
-			if err != nil {
-				return badData("directory %s: %v", d, err)
-			}
-			delete(expected, d)
-			received[d] = true
-			if len(received) > MaxDirectories {
-				return badData("more than %d directories", MaxDirectories)
-			}
-			for _, e := range dir.Directories {
-				if !received[e.Digest] {
-					expected[e.Digest] = true
-				}
-			}
-			if err := fn(d, dir, b); err != nil {
-				return err
-			}
-		}
-		if len(received) == 0 {
-			return ErrNotFound
-		}
-		if len(expected) > 0 {
-			return badData("tree under %s incomplete: %d directories missing", root, len(expected))
-		}
-		return nil
+	}, func(f *frames) error {
+		return readDirectories(f, root, fn)
 	})
+}
+
+func readDirectories(f *frames, root castore.Digest, fn func(d castore.Digest, dir *castore.Directory, raw []byte) error) error {
+	expected := map[castore.Digest]bool{root: true}
+	received := map[castore.Digest]bool{}
+	for {
+		b, err := f.read(MaxDirectory)
+		if err != nil {
+			return err
+		}
+		if len(b) == 0 {
+			break
+		}
+		d := castore.Sum(b)
+		if !expected[d] {
+			return badData("directory %s is not part of the tree asked for", d)
+		}
+		dir, err := castore.UnmarshalDirectory(b)
+		if err != nil {
+			return badData("directory %s: %v", d, err)
+		}
+		delete(expected, d)
+		received[d] = true
+		if len(received) > MaxDirectories {
+			return badData("more than %d directories", MaxDirectories)
+		}
+		for _, e := range dir.Directories {
+			if !received[e.Digest] {
+				expected[e.Digest] = true
+			}
+		}
+		if err := fn(d, dir, b); err != nil {
+			return err
+		}
+	}
+	if len(received) == 0 {
+		return ErrNotFound
+	}
+	if len(expected) > 0 {
+		return badData("tree under %s incomplete: %d directories missing", root, len(expected))
+	}
+	return nil
 }
 
 // ChunkLists asks p for the chunk lists of blobs. A blob of one chunk gets
@@ -174,7 +183,7 @@ func (c *Client) Directories(ctx context.Context, p peer.ID, root castore.Digest
 // chunks hash, in order, to the blob is for the caller to check once it
 // has them.
 func (c *Client) ChunkLists(ctx context.Context, p peer.ID, blobs []BlobRef) ([][]castore.ChunkRef, error) {
-	out := make([][]castore.ChunkRef, len(blobs))
+	var out [][]castore.ChunkRef
 	err := c.exchange(ctx, p, kindBlobs, func(w *bufio.Writer) {
 		var n [binary.MaxVarintLen64]byte
 		w.Write(n[:binary.PutUvarint(n[:], uint64(len(blobs)))])
@@ -182,42 +191,48 @@ func (c *Client) ChunkLists(ctx context.Context, p peer.ID, blobs []BlobRef) ([]
 			w.Write(b.Digest[:])
 			w.Write(n[:binary.PutUvarint(n[:], b.Size)])
 		}
-	}, func(f *frames, _ network.Stream) error {
-		for i, b := range blobs {
-			msg, err := f.read(MaxChunkList)
-			if err != nil {
-				return err
-			}
-			if len(msg) == 0 {
-				return badData("empty blob answer")
-			}
-			switch msg[0] {
-			case blobMissing:
-				return fmt.Errorf("blob %s: %w", b.Digest, ErrNotFound)
-			case blobSingleChunk:
-				if b.Size > castore.MaxChunkSize {
-					return badData("blob %s of %d bytes in one chunk", b.Digest, b.Size)
-				}
-			case blobList:
-				refs, err := decodeChunkList(msg[1:])
-				if err != nil {
-					return err
-				}
-				var total uint64
-				for _, r := range refs {
-					total += uint64(r.Size)
-				}
-				if total != b.Size {
-					return badData("blob %s: chunks add up to %d bytes, not %d", b.Digest, total, b.Size)
-				}
-				out[i] = refs
-			default:
-				return badData("blob answer %d", msg[0])
-			}
-		}
-		return nil
+	}, func(f *frames) (err error) {
+		out, err = readChunkLists(f, blobs)
+		return err
 	})
 	return out, err
+}
+
+func readChunkLists(f *frames, blobs []BlobRef) ([][]castore.ChunkRef, error) {
+	out := make([][]castore.ChunkRef, len(blobs))
+	for i, b := range blobs {
+		msg, err := f.read(MaxChunkList)
+		if err != nil {
+			return nil, err
+		}
+		if len(msg) == 0 {
+			return nil, badData("empty blob answer")
+		}
+		switch msg[0] {
+		case blobMissing:
+			return nil, fmt.Errorf("blob %s: %w", b.Digest, ErrNotFound)
+		case blobSingleChunk:
+			if b.Size > castore.MaxChunkSize {
+				return nil, badData("blob %s of %d bytes in one chunk", b.Digest, b.Size)
+			}
+		case blobList:
+			refs, err := decodeChunkList(msg[1:])
+			if err != nil {
+				return nil, err
+			}
+			var total uint64
+			for _, r := range refs {
+				total += uint64(r.Size)
+			}
+			if total != b.Size {
+				return nil, badData("blob %s: chunks add up to %d bytes, not %d", b.Digest, total, b.Size)
+			}
+			out[i] = refs
+		default:
+			return nil, badData("blob answer %d", msg[0])
+		}
+	}
+	return out, nil
 }
 
 func decodeChunkList(b []byte) ([]castore.ChunkRef, error) {
@@ -268,41 +283,44 @@ func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest
 		for _, d := range digests {
 			w.Write(d[:])
 		}
-	}, func(f *frames, _ network.Stream) error {
-		// Both buffers are reused from chunk to chunk: fn copies what it
-		// keeps.
-		var buf, msg []byte
-		for _, d := range digests {
-			kind, err := f.r.ReadByte()
-			if err != nil {
-				return err
-			}
-			if kind == chunkMissing {
-				return fmt.Errorf("chunk %s: %w", d, ErrNotFound)
-			}
-			data, err := f.readInto(msg, maxFrame)
-			msg = data
-			if err != nil {
-				return err
-			}
-			var frame []byte
-			switch kind {
-			case chunkRaw:
-			case chunkZstd:
-				if buf, err = c.dec.DecodeAll(data, buf[:0]); err != nil {
-					return badData("chunk %s: %v", d, err)
-				}
-				frame, data = data, buf
-			default:
-				return badData("chunk encoding %d", kind)
-			}
-			if len(data) == 0 || len(data) > castore.MaxChunkSize || castore.Sum(data) != d {
-				return badData("chunk %s does not match its digest", d)
-			}
-			if err := fn(d, data, frame); err != nil {
-				return err
-			}
-		}
-		return nil
+	}, func(f *frames) error {
+		return readChunks(f, digests, c.dec, fn)
 	})
+}
+
+func readChunks(f *frames, digests []castore.Digest, dec *zstd.Decoder, fn func(d castore.Digest, data, frame []byte) error) error {
+	// Both buffers are reused from chunk to chunk: fn copies what it keeps.
+	var buf, msg []byte
+	for _, d := range digests {
+		kind, err := f.r.ReadByte()
+		if err != nil {
+			return err
+		}
+		if kind == chunkMissing {
+			return fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+		}
+		data, err := f.readInto(msg, maxFrame)
+		msg = data
+		if err != nil {
+			return err
+		}
+		var frame []byte
+		switch kind {
+		case chunkRaw:
+		case chunkZstd:
+			if buf, err = dec.DecodeAll(data, buf[:0]); err != nil {
+				return badData("chunk %s: %v", d, err)
+			}
+			frame, data = data, buf
+		default:
+			return badData("chunk encoding %d", kind)
+		}
+		if len(data) == 0 || len(data) > castore.MaxChunkSize || castore.Sum(data) != d {
+			return badData("chunk %s does not match its digest", d)
+		}
+		if err := fn(d, data, frame); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync/atomic"
@@ -61,11 +62,19 @@ func (s *Server) Handle(st network.Stream) {
 	st.SetDeadline(time.Now().Add(requestTimeout))
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	w := &limitedWriter{ctx: ctx, w: st, limiter: s.limiter, sent: &s.sent}
-	f := &frames{r: bufio.NewReaderSize(st, 4096), w: bufio.NewWriterSize(w, 64<<10)}
+	if err := s.serve(ctx, st, st); err != nil {
+		s.log.Debug("transfer request failed", "peer", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+	}
+}
+
+// serve reads one request from r and writes its answer to w.
+func (s *Server) serve(ctx context.Context, r io.Reader, out io.Writer) error {
+	w := &limitedWriter{ctx: ctx, w: out, limiter: s.limiter, sent: &s.sent}
+	f := &frames{r: bufio.NewReaderSize(r, 4096), w: bufio.NewWriterSize(w, 64<<10)}
 	kind, err := f.r.ReadByte()
 	if err != nil {
-		return
+		return err
 	}
 	switch kind {
 	case kindRecord:
@@ -83,9 +92,9 @@ func (s *Server) Handle(st network.Stream) {
 		err = f.w.Flush()
 	}
 	if err != nil {
-		s.log.Debug("transfer request failed", "peer", st.Conn().RemotePeer(), "kind", string(kind), "err", err)
-		st.Reset()
+		return fmt.Errorf("request %q: %w", kind, err)
 	}
+	return nil
 }
 
 func (s *Server) record(ctx context.Context, f *frames) error {

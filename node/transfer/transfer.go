@@ -16,6 +16,7 @@ package transfer
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -147,15 +148,27 @@ func (f *frames) readInto(buf []byte, max int) ([]byte, error) {
 	if n > uint64(max) {
 		return nil, badData("message of %d bytes, at most %d allowed", n, max)
 	}
-	b := buf[:0]
-	if uint64(cap(b)) < n {
-		b = make([]byte, n)
+	if uint64(cap(buf)) >= n || n <= maxFrame {
+		b := buf[:0]
+		if uint64(cap(b)) < n {
+			b = make([]byte, n)
+		}
+		b = b[:n]
+		if _, err := io.ReadFull(f.r, b); err != nil {
+			return nil, err
+		}
+		return b, nil
 	}
-	b = b[:n]
-	if _, err := io.ReadFull(f.r, b); err != nil {
+	// A large message grows with what arrives, so that a length prefix
+	// alone cannot make us allocate megabytes.
+	var b bytes.Buffer
+	if _, err := io.CopyN(&b, f.r, int64(n)); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return nil, err
 	}
-	return b, nil
+	return b.Bytes(), nil
 }
 
 func (f *frames) write(b []byte) error {

@@ -1,0 +1,415 @@
+package transfer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
+
+	"github.com/p2pstore/p2pstore/castore"
+)
+
+// memSource is a Source held in maps; zstdFrames makes Chunk answer with
+// a zstd frame when one is asked for.
+type memSource struct {
+	records    map[string]*Record
+	dirs       map[castore.Digest][]byte
+	lists      map[castore.Digest][]castore.ChunkRef
+	chunks     map[castore.Digest][]byte
+	zstdFrames bool
+}
+
+func newMemSource() *memSource {
+	return &memSource{records: map[string]*Record{}, dirs: map[castore.Digest][]byte{},
+		lists: map[castore.Digest][]castore.ChunkRef{}, chunks: map[castore.Digest][]byte{}}
+}
+
+func (m *memSource) Record(_ context.Context, hash string) (*Record, error) {
+	if r, ok := m.records[hash]; ok {
+		return r, nil
+	}
+	return nil, ErrNotFound
+}
+
+func (m *memSource) Directory(d castore.Digest) ([]byte, error) {
+	if b, ok := m.dirs[d]; ok {
+		return b, nil
+	}
+	return nil, ErrNotFound
+}
+
+func (m *memSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
+	if refs, ok := m.lists[d]; ok {
+		return refs, nil
+	}
+	return nil, ErrNotFound
+}
+
+var testEncoder, _ = zstd.NewWriter(nil)
+
+func (m *memSource) Chunk(d castore.Digest, z bool) ([]byte, bool, error) {
+	b, ok := m.chunks[d]
+	if !ok {
+		return nil, false, ErrNotFound
+	}
+	if z && m.zstdFrames {
+		return testEncoder.EncodeAll(b, nil), true, nil
+	}
+	return b, false, nil
+}
+
+func (m *memSource) addDir(dir *castore.Directory) castore.Digest {
+	b := dir.Marshal()
+	d := castore.Sum(b)
+	m.dirs[d] = b
+	return d
+}
+
+// addBlob stores data cut into chunks of chunkSize and returns its digest.
+func (m *memSource) addBlob(data []byte, chunkSize int) castore.Digest {
+	d := castore.Sum(data)
+	var refs []castore.ChunkRef
+	for off := 0; off < len(data); off += chunkSize {
+		c := data[off:min(off+chunkSize, len(data))]
+		cd := castore.Sum(c)
+		m.chunks[cd] = c
+		refs = append(refs, castore.ChunkRef{Digest: cd, Size: uint32(len(c))})
+	}
+	m.lists[d] = refs
+	return d
+}
+
+// testTree is a root holding two subdirectories that share one child, so
+// the server must send the shared one once.
+func testTree(m *memSource) (root castore.Digest, all []castore.Digest) {
+	leaf := &castore.Directory{Symlinks: []castore.SymlinkEntry{{Name: []byte("l"), Target: []byte("x")}}}
+	ld := m.addDir(leaf)
+	a := &castore.Directory{Directories: []castore.DirectoryEntry{{Name: []byte("leaf"), Digest: ld, Size: leaf.Size()}}}
+	ad := m.addDir(a)
+	b := &castore.Directory{
+		Directories: []castore.DirectoryEntry{{Name: []byte("leaf"), Digest: ld, Size: leaf.Size()}},
+		Symlinks:    []castore.SymlinkEntry{{Name: []byte("m"), Target: []byte("y")}},
+	}
+	bd := m.addDir(b)
+	top := &castore.Directory{Directories: []castore.DirectoryEntry{
+		{Name: []byte("a"), Digest: ad, Size: a.Size()},
+		{Name: []byte("b"), Digest: bd, Size: b.Size()},
+	}}
+	root = m.addDir(top)
+	return root, []castore.Digest{root, ad, bd, ld}
+}
+
+func randomBytes(seed int64, n int) []byte {
+	b := make([]byte, n)
+	rand.New(rand.NewSource(seed)).Read(b)
+	return b
+}
+
+func TestRoundTrip(t *testing.T) {
+	src := newMemSource()
+	src.zstdFrames = true
+	root, all := testTree(src)
+	big := randomBytes(1, 3*castore.MaxChunkSize/2)
+	bigD := src.addBlob(big, castore.MaxChunkSize)
+	small := randomBytes(2, 1000)
+	smallD := src.addBlob(small, castore.MaxChunkSize)
+	src.records["00000000000000000000000000000000"] = &Record{StorePath: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000", Root: []byte{1}}
+
+	mn, err := mocknet.FullMeshConnected(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mn.Close()
+	hosts := mn.Hosts()
+	srv := NewServer(src, 0, slog.New(slog.DiscardHandler))
+	hosts[1].SetStreamHandler(ProtocolID, srv.Handle)
+	c := NewClient(hosts[0])
+	p := hosts[1].ID()
+	ctx := context.Background()
+
+	rec, err := c.Record(ctx, p, "00000000000000000000000000000000")
+	if err != nil || rec.StorePath != "/nix/store/00000000000000000000000000000000-x" {
+		t.Fatalf("record: %+v, %v", rec, err)
+	}
+	if _, err := c.Record(ctx, p, "11111111111111111111111111111111"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown record: %v, want ErrNotFound", err)
+	}
+	if _, err := c.Record(ctx, p, "../../etc/passwd"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("bad hash part: %v, want ErrNotFound", err)
+	}
+
+	var got []castore.Digest
+	err = c.Directories(ctx, p, root, func(d castore.Digest, dir *castore.Directory, raw []byte) error {
+		if castore.Sum(raw) != d || dir.Digest() != d {
+			t.Errorf("directory %s handed over with other bytes", d)
+		}
+		got = append(got, d)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(all) || got[0] != root {
+		t.Fatalf("got %d directories starting %s, want %d starting with the root", len(got), got[0], len(all))
+	}
+	if err := c.Directories(ctx, p, castore.Sum([]byte("none")), func(castore.Digest, *castore.Directory, []byte) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown tree: %v, want ErrNotFound", err)
+	}
+
+	lists, err := c.ChunkLists(ctx, p, []BlobRef{{bigD, uint64(len(big))}, {smallD, uint64(len(small))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lists[0]) != 2 || lists[1] != nil {
+		t.Fatalf("chunk lists: %d and %v, want 2 refs and a single chunk", len(lists[0]), lists[1])
+	}
+	if _, err := c.ChunkLists(ctx, p, []BlobRef{{castore.Sum([]byte("none")), 4}}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown blob: %v, want ErrNotFound", err)
+	}
+
+	for _, z := range []bool{false, true} {
+		want := []castore.Digest{lists[0][0].Digest, lists[0][1].Digest, smallD}
+		var joined []byte
+		var frames int
+		err = c.Chunks(ctx, p, want, z, func(d castore.Digest, data, frame []byte) error {
+			if d != want[0] {
+				t.Errorf("chunk %s out of order", d)
+			}
+			want = want[1:]
+			joined = append(joined, data...)
+			if frame != nil {
+				frames++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(joined, append(append([]byte{}, big...), small...)) {
+			t.Fatalf("zstd=%v: chunks do not make up the blobs", z)
+		}
+		if z != (frames == 3) || (!z && frames != 0) {
+			t.Fatalf("zstd=%v: %d chunks came with a frame", z, frames)
+		}
+	}
+	if err := c.Chunks(ctx, p, []castore.Digest{castore.Sum([]byte("none"))}, false, func(castore.Digest, []byte, []byte) error { return nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown chunk: %v, want ErrNotFound", err)
+	}
+	if srv.BytesSent() == 0 || c.BytesReceived() != srv.BytesSent() {
+		t.Fatalf("server sent %d bytes, client received %d", srv.BytesSent(), c.BytesReceived())
+	}
+}
+
+// answer runs a request through the server and returns its framed answer.
+func answer(t testing.TB, src Source, req []byte) (*frames, error) {
+	t.Helper()
+	var out bytes.Buffer
+	srv := NewServer(src, 0, slog.New(slog.DiscardHandler))
+	err := srv.serve(context.Background(), bytes.NewReader(req), &out)
+	return &frames{r: bufio.NewReader(&out)}, err
+}
+
+func request(kind byte, body ...[]byte) []byte {
+	return append([]byte{kind}, bytes.Join(body, nil)...)
+}
+
+func uvarint(n uint64) []byte { return binary.AppendUvarint(nil, n) }
+
+func TestServerRefusesBadRequests(t *testing.T) {
+	src := newMemSource()
+	for name, req := range map[string][]byte{
+		"unknown kind":       request('Z'),
+		"empty":              nil,
+		"too many chunks":    request(kindChunks, []byte{0}, uvarint(MaxChunksPerRequest+1)),
+		"too many blobs":     request(kindBlobs, uvarint(MaxBlobsPerRequest+1)),
+		"hash too long":      request(kindRecord, uvarint(1<<30)),
+		"cut-short digest":   request(kindDirs, []byte{1, 2, 3}),
+		"cut-short chunks":   request(kindChunks, []byte{0}, uvarint(2), make([]byte, 40)),
+		"cut-short blob ref": request(kindBlobs, uvarint(1), make([]byte, 32)),
+	} {
+		if _, err := answer(t, src, req); err == nil {
+			t.Errorf("%s: served", name)
+		}
+	}
+}
+
+// lie is a framed answer written by hand, as a lying peer would.
+type lie struct{ bytes.Buffer }
+
+func (l *lie) msg(b []byte) *lie                              { l.Write(uvarint(uint64(len(b)))); l.Write(b); return l }
+func (l *lie) byte(b byte) *lie                               { l.WriteByte(b); return l }
+func (l *lie) frames() *frames                                { return &frames{r: bufio.NewReader(&l.Buffer)} }
+func (l *lie) length(n uint64) *lie                           { l.Write(uvarint(n)); return l }
+func (l *lie) raw(b []byte) *lie                              { l.Write(b); return l }
+func noDirs(castore.Digest, *castore.Directory, []byte) error { return nil }
+func noChunks(castore.Digest, []byte, []byte) error           { return nil }
+
+func TestClientRejectsLies(t *testing.T) {
+	src := newMemSource()
+	root, all := testTree(src)
+	other := src.addDir(&castore.Directory{Symlinks: []castore.SymlinkEntry{{Name: []byte("z"), Target: []byte("q")}}})
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame*2))
+	defer dec.Close()
+	chunk := randomBytes(3, 5000)
+	cd := castore.Sum(chunk)
+	bomb := testEncoder.EncodeAll(make([]byte, 64<<20), nil)
+
+	cases := map[string]func() error{
+		"directory from another tree": func() error {
+			return readDirectories(new(lie).msg(src.dirs[other]).msg(nil).frames(), root, noDirs)
+		},
+		"tree cut short": func() error {
+			return readDirectories(new(lie).msg(src.dirs[root]).msg(src.dirs[all[1]]).msg(nil).frames(), root, noDirs)
+		},
+		"directory that does not decode": func() error {
+			junk := []byte{0xff, 0xff}
+			return readDirectories(new(lie).msg(junk).msg(nil).frames(), castore.Sum(junk), noDirs)
+		},
+		"oversized directory": func() error {
+			return readDirectories(new(lie).length(MaxDirectory+1).frames(), root, noDirs)
+		},
+		"chunk with other bytes": func() error {
+			return readChunks(new(lie).byte(chunkRaw).msg(append([]byte{1}, chunk...)).frames(), []castore.Digest{cd}, dec, noChunks)
+		},
+		"oversized chunk": func() error {
+			return readChunks(new(lie).byte(chunkRaw).length(1<<40).frames(), []castore.Digest{cd}, dec, noChunks)
+		},
+		"zstd frame that does not decode": func() error {
+			return readChunks(new(lie).byte(chunkZstd).msg([]byte("not zstd")).frames(), []castore.Digest{cd}, dec, noChunks)
+		},
+		"zstd bomb": func() error {
+			return readChunks(new(lie).byte(chunkZstd).msg(bomb).frames(), []castore.Digest{cd}, dec, noChunks)
+		},
+		"unknown chunk encoding": func() error {
+			return readChunks(new(lie).byte(9).msg(chunk).frames(), []castore.Digest{cd}, dec, noChunks)
+		},
+		"chunk list adding up wrong": func() error {
+			list := append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}})...)
+			_, err := readChunkLists(new(lie).msg(list).frames(), []BlobRef{{castore.Sum([]byte("b")), 6000}})
+			return err
+		},
+		"chunk list with trailing bytes": func() error {
+			list := append(append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}})...), 0)
+			_, err := readChunkLists(new(lie).msg(list).frames(), []BlobRef{{castore.Sum([]byte("b")), 5000}})
+			return err
+		},
+		"oversized single chunk": func() error {
+			_, err := readChunkLists(new(lie).msg([]byte{blobSingleChunk}).frames(), []BlobRef{{cd, castore.MaxChunkSize + 1}})
+			return err
+		},
+		"record that is not JSON": func() error {
+			_, err := readRecord(new(lie).msg([]byte("{")).frames())
+			return err
+		},
+	}
+	for name, read := range cases {
+		if err := read(); !errors.Is(err, ErrBadData) {
+			t.Errorf("%s: %v, want ErrBadData", name, err)
+		}
+	}
+
+	// A record's fields are checked when it becomes a path info.
+	for _, rec := range []Record{
+		{StorePath: "/nix/store/x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000", Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
+		{StorePath: "/nix/store/00000000000000000000000000000000-x", NarHash: "md5:00", Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
+		{StorePath: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000", Root: []byte{0xff}},
+	} {
+		if _, err := rec.Info("/nix/store"); !errors.Is(err, ErrBadData) {
+			t.Errorf("record %+v: %v, want ErrBadData", rec, err)
+		}
+	}
+}
+
+func TestUploadCapStopsWithContext(t *testing.T) {
+	src := newMemSource()
+	d := src.addBlob(randomBytes(4, 100000), castore.MaxChunkSize)
+	srv := NewServer(src, 1, slog.New(slog.DiscardHandler)) // one byte a second
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := srv.serve(ctx, bytes.NewReader(request(kindChunks, []byte{0}, uvarint(1), d[:])), io.Discard)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("capped upload with a cancelled context: %v", err)
+	}
+}
+
+// FuzzServe feeds arbitrary requests to a server: it must answer or fail
+// with an error, never panic or hang, whatever the bytes.
+func FuzzServe(f *testing.F) {
+	src := newMemSource()
+	src.zstdFrames = true
+	root, _ := testTree(src)
+	d := src.addBlob(randomBytes(5, 70000), 30000)
+	f.Add(request(kindRecord, uvarint(32), []byte("00000000000000000000000000000000")))
+	f.Add(request(kindDirs, root[:]))
+	f.Add(request(kindBlobs, uvarint(1), d[:], uvarint(70000)))
+	f.Add(request(kindChunks, []byte{1}, uvarint(1), src.lists[d][0].Digest[:]))
+	f.Fuzz(func(t *testing.T, req []byte) {
+		srv := NewServer(src, 0, slog.New(slog.DiscardHandler))
+		srv.serve(context.Background(), bytes.NewReader(req), io.Discard)
+	})
+}
+
+// FuzzClient feeds arbitrary answers to the client's readers: whatever
+// they accept must be what was asked for.
+func FuzzClient(f *testing.F) {
+	src := newMemSource()
+	src.zstdFrames = true
+	root, _ := testTree(src)
+	blob := randomBytes(6, 70000)
+	bd := src.addBlob(blob, 30000)
+	chunkDigests := []castore.Digest{src.lists[bd][0].Digest, src.lists[bd][1].Digest}
+	dec, _ := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame*2))
+	for _, req := range [][]byte{
+		request(kindDirs, root[:]),
+		request(kindBlobs, uvarint(1), bd[:], uvarint(uint64(len(blob)))),
+		request(kindChunks, []byte{1}, uvarint(2), chunkDigests[0][:], chunkDigests[1][:]),
+		request(kindRecord, uvarint(1), []byte("x")),
+	} {
+		fr, err := answer(f, src, req)
+		if err != nil {
+			f.Fatal(err)
+		}
+		b, _ := io.ReadAll(fr.r)
+		f.Add(req[0], b)
+	}
+	f.Fuzz(func(t *testing.T, kind byte, ans []byte) {
+		fr := &frames{r: bufio.NewReader(bytes.NewReader(ans))}
+		switch kind % 4 {
+		case 0:
+			readDirectories(fr, root, func(d castore.Digest, dir *castore.Directory, raw []byte) error {
+				if castore.Sum(raw) != d {
+					t.Fatalf("directory %s accepted with other bytes", d)
+				}
+				return nil
+			})
+		case 1:
+			lists, err := readChunkLists(fr, []BlobRef{{bd, uint64(len(blob))}})
+			if err == nil && lists[0] != nil {
+				var total uint64
+				for _, r := range lists[0] {
+					total += uint64(r.Size)
+				}
+				if total != uint64(len(blob)) {
+					t.Fatalf("accepted a chunk list of %d bytes for a blob of %d", total, len(blob))
+				}
+			}
+		case 2:
+			readChunks(fr, chunkDigests, dec, func(d castore.Digest, data, frame []byte) error {
+				if castore.Sum(data) != d {
+					t.Fatalf("chunk %s accepted with other bytes", d)
+				}
+				return nil
+			})
+		case 3:
+			readRecord(fr)
+		}
+	})
+}
