@@ -54,14 +54,17 @@ type fetcher struct {
 }
 
 const (
-	findTimeout    = 5 * time.Second       // to find providers and their records
-	missMemory     = 30 * time.Second      // a path found nowhere is not looked for again before
-	penalty        = 10 * time.Minute      // a peer that lied is ignored this long
-	chunkBatch     = 64                    // chunks per request
-	streamsPerPeer = 4                     // requests in flight per peer
-	maxSources     = 8                     // peers a fetch draws from
-	maxAttempts    = 3                     // trees tried per fetch
-	commitGather   = 10 * time.Millisecond // batches a commit waits to gather
+	findTimeout    = 5 * time.Second        // to find providers and their records
+	missMemory     = 30 * time.Second       // a path found nowhere is not looked for again before
+	penalty        = 10 * time.Minute       // a peer that lied is ignored this long
+	chunkBatch     = 64                     // chunks per request
+	streamsPerPeer = 4                      // requests in flight per peer
+	maxSources     = 8                      // peers a fetch draws from
+	maxAsked       = 64                     // peers asked for a record, at most
+	recordAsks     = 16                     // records asked for at once
+	gatherGrace    = 100 * time.Millisecond // for more records after the first
+	maxAttempts    = 3                      // trees tried per fetch
+	commitGather   = 10 * time.Millisecond  // batches a commit waits to gather
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
@@ -156,47 +159,82 @@ type candidate struct {
 }
 
 // candidates finds the path's providers and the trusted records they give.
-// Providers come from the DHT, and from the peers the node is connected to,
-// asked directly: a node that has just joined, or whose announcements still
-// wait for the DHT to take them, is found by its neighbours at once, and on
-// a LAN they are the likeliest sources anyway.
+// Providers come from the peers the node is connected to, asked directly
+// (a node that has just joined, or whose announcements still wait for the
+// DHT to take them, is found by its neighbours at once, and on a LAN they
+// are the likeliest sources anyway), and from the DHT. Records are asked
+// for in parallel: the DHT keeps listing providers that have since gone
+// (a laptop that left the LAN) until their records expire, and dialing
+// them one after the other would spend the whole search on them. Once one
+// record is in, the others get a short while to join, so that a fetch
+// draws on several peers without waiting for the dead.
 func (f *fetcher) candidates(ctx context.Context, hash string) []candidate {
 	ctx, cancel := context.WithTimeout(ctx, findTimeout)
 	defer cancel()
-	var cands []candidate
-	asked := map[peer.ID]bool{f.p.host.ID(): true}
-	for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(f.n.cfg.StoreDir, hash), 2*maxSources) {
-		if asked[pi.ID] {
-			continue
-		}
-		asked[pi.ID] = true
-		f.p.host.Peerstore().AddAddrs(pi.ID, pi.Addrs, peerstore.TempAddrTTL)
-		if c, ok := f.askRecord(ctx, pi.ID, hash); ok {
-			if cands = append(cands, c); len(cands) >= maxSources {
-				return cands
-			}
-		}
-	}
 	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
+		mu    sync.Mutex
+		cands []candidate
+		asked = map[peer.ID]bool{f.p.host.ID(): true}
+		wg    sync.WaitGroup
+		sem   = make(chan struct{}, recordAsks)
+		first = make(chan struct{}) // closed with the first record
+		all   = make(chan struct{}) // closed when every ask is over
 	)
-	for _, p := range f.p.host.Network().Peers() {
-		if asked[p] || len(asked) > 2*maxSources {
-			continue
+	ask := func(p peer.ID) {
+		mu.Lock()
+		defer mu.Unlock()
+		if asked[p] || len(asked) > maxAsked {
+			return
 		}
 		asked[p] = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if c, ok := f.askRecord(ctx, p, hash); ok {
-				mu.Lock()
-				cands = append(cands, c)
-				mu.Unlock()
+			select {
+			case sem <- struct{}{}:
+				defer func() { <-sem }()
+			case <-ctx.Done():
+				return
+			}
+			c, ok := f.askRecord(ctx, p, hash)
+			if !ok {
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if cands = append(cands, c); len(cands) == 1 {
+				close(first)
+			}
+			if len(cands) >= maxSources {
+				cancel()
 			}
 		}()
 	}
-	wg.Wait()
+	for _, p := range f.p.host.Network().Peers() {
+		ask(p)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(f.n.cfg.StoreDir, hash), maxAsked) {
+			f.p.host.Peerstore().AddAddrs(pi.ID, pi.Addrs, peerstore.TempAddrTTL)
+			ask(pi.ID)
+		}
+	}()
+	go func() { wg.Wait(); close(all) }()
+	select {
+	case <-all:
+	case <-first:
+		select {
+		case <-all:
+		case <-time.After(gatherGrace):
+		}
+	case <-ctx.Done():
+	}
+	cancel()
+	<-all
+	mu.Lock()
+	defer mu.Unlock()
 	if len(cands) > maxSources {
 		cands = cands[:maxSources]
 	}
@@ -211,6 +249,9 @@ func (f *fetcher) askRecord(ctx context.Context, p peer.ID, hash string) (candid
 	}
 	rec, err := f.p.client.Record(ctx, p, hash)
 	if err != nil {
+		if !errors.Is(err, transfer.ErrNotFound) {
+			f.n.log.Debug("asking a peer for a record", "peer", p, "hash", hash, "err", err)
+		}
 		if errors.Is(err, transfer.ErrBadData) {
 			f.penalise(p, err)
 		}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	kaddht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -361,6 +362,60 @@ func TestP2PPeerKilled(t *testing.T) {
 	a2.cmd = nil
 	if err := fetch.Wait(); err != nil {
 		t.Fatalf("fetch after a provider died: %v\n%s\n%s", err, out.String(), c.log)
+	}
+	_, body := c.get("/" + hashPart(p) + ".narinfo")
+	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
+		t.Fatal("fetched NAR differs")
+	}
+}
+
+// TestP2PGhostProviders: the DHT still lists many peers that announced a
+// path and have since gone (records outlive their announcers); a node
+// connected to the one live holder fetches it all the same.
+func TestP2PGhostProviders(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.16", "node-a-1")
+	a.start()
+	pub := a.status().PublicKey
+	p := addTree(t, "haunted", map[string][]byte{"f": []byte(fmt.Sprint("haunted ", time.Now().UnixNano()))})
+	a.run("import", p)
+
+	addr, _ := ma.NewMultiaddr(a.p2pAddr())
+	pi, _ := peer.AddrInfoFromP2pAddr(addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const ghosts = 40 // more than a fetch asks at once, or draws from
+	for i := 0; i < ghosts; i++ {
+		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.17/tcp/0"), libp2p.DisableRelay())
+		if err != nil {
+			t.Fatal(err)
+		}
+		kad, err := kaddht.New(h, kaddht.Mode(kaddht.ModeClient), kaddht.ProtocolPrefix(dht.ProtocolPrefix),
+			kaddht.BootstrapPeers(*pi))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Connect(ctx, *pi); err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; kad.RoutingTable().Size() == 0; k++ {
+			if k == 100 {
+				t.Fatal("a ghost could not add A to its routing table")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := kad.Provide(ctx, dht.CID(dht.PathKey("/nix/store", hashPart(p))), true); err != nil {
+			t.Fatalf("ghost %d announcing: %v", i, err)
+		}
+		kad.Close()
+		h.Close() // gone: its address now refuses connections
+	}
+
+	c := newNodeAt(t, "127.0.0.18", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(1)
+	if out, err := c.try("fetch", p); err != nil {
+		t.Fatalf("fetch with %d ghost providers: %v\n%s\n%s", ghosts, err, out, c.log)
 	}
 	_, body := c.get("/" + hashPart(p) + ".narinfo")
 	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
