@@ -193,16 +193,48 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 	if r.Method == http.MethodHead {
 		return
 	}
-	if err := h.paths.NAR(r.Context(), info, compression, w); err != nil {
-		if clientGone(r, err) {
+	sw := &startWriter{ResponseWriter: w}
+	if err := h.paths.NAR(r.Context(), info, compression, sw); err != nil {
+		gone := clientGone(r, err)
+		if gone {
 			h.opts.Log.Debug("client left during a NAR", "path", info.StorePath, "err", err)
 		} else {
 			h.opts.Log.Error("serving NAR", "path", info.StorePath, "err", err)
+		}
+		if !sw.started && !gone {
+			w.Header().Del("Content-Length")
+			if errors.Is(err, pathinfo.ErrNotFound) {
+				http.Error(w, "no such path", http.StatusNotFound)
+			} else {
+				http.Error(w, "internal error", http.StatusInternalServerError)
+			}
+			return
 		}
 		// The status line is gone; cut the connection so that the client
 		// sees a broken transfer, not a short NAR that looks complete.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// startWriter notes whether a response has begun, so that a NAR that
+// fails before its first byte still gets a status line. It keeps the
+// ResponseWriter's ReadFrom (sendfile underneath).
+type startWriter struct {
+	http.ResponseWriter
+	started bool
+}
+
+func (s *startWriter) Write(p []byte) (int, error) {
+	s.started = true
+	return s.ResponseWriter.Write(p)
+}
+
+func (s *startWriter) ReadFrom(r io.Reader) (int64, error) {
+	s.started = true
+	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
 }
 
 // clientGone reports whether err only says that the client hung up.
