@@ -34,8 +34,9 @@ import (
 //     lacks, then the chunks it lacks, in NAR order, from all providers at
 //     once, each checked against its digest as it arrives and committed in
 //     batches so that it can be read at once;
-//  3. check each file against its digest, and the whole NAR against the
-//     signed NarHash and NarSize (rendered as the chunks arrive); only then
+//  3. as the chunks arrive, check each file of several chunks against its
+//     digest, and, unless a trusted key signed the tree's root, the whole
+//     NAR (rendered) against the signed NarHash and NarSize; only then
 //     does the path become valid, and then it is announced.
 //
 // A NAR requested while its job runs is rendered from the job as chunks
@@ -514,65 +515,64 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	j.cond.Broadcast()
 	j.mu.Unlock()
 
-	// The NarHash check follows the download, reading chunks as they come.
-	checked := make(chan error, 1)
-	go func() { checked <- j.checkNAR(ctx) }()
-
-	downloadErr := f.download(ctx, peers, chunks, j)
-	if downloadErr != nil {
-		j.fail(downloadErr)
-		<-checked
-		return downloadErr
-	}
-	// Each file of several chunks against its digest: the chunk lists came
-	// unchecked. With the tree's root signed, the NarHash check settles it
-	// (the signer computed each file's digest from the content the NAR
-	// holds); without, a tree that renders the right NAR could still name
-	// a file by a digest of other content.
+	// The content check follows the download, reading chunks as they
+	// come. Every chunk and directory is checked against its digest as it
+	// arrives; what is left unchecked is the chunk lists, which came bare.
+	// With the tree's root bound to the path by a trusted signature, each
+	// file of several chunks is checked against its digest, and the tree
+	// then is the one the signer rendered to the signed NarHash. Without,
+	// the NAR is rendered and checked against the NarHash, and each file
+	// as well: a tree that renders the right NAR could still name a file
+	// by a digest of other content.
 	rootTrusted := false
 	for _, c := range group {
 		rootTrusted = rootTrusted || c.rootTrusted
 	}
-	w := st.NewWriter()
-	for _, file := range files {
-		refs := lists[file.Digest]
-		if len(refs) < 2 || st.HasBlob(file.Digest, file.Size) {
-			continue
+	checked := make(chan error, 1)
+	go func() {
+		err := j.checkBlobs(ctx, files)
+		if err == nil && !rootTrusted {
+			err = j.checkNAR(ctx)
 		}
-		if rootTrusted {
-			w.PutBlobRecord(file.Digest, refs)
-			continue
-		}
-		if err := checkBlob(st, file.Digest, refs); err != nil {
-			if p, ok := listSource[file.Digest]; ok {
-				f.penalise(p, err)
-			}
-			w.Abort()
-			j.fail(err)
-			<-checked
-			return err
-		}
-		w.PutBlobRecord(file.Digest, refs)
-	}
-	for _, raw := range raws {
-		if _, err := w.PutDirectoryBytes(castore.Sum(raw), raw); err != nil {
-			w.Abort()
-			j.fail(err)
-			<-checked
-			return err
-		}
-	}
-	if err := w.Commit(); err != nil {
+		checked <- err
+	}()
+	fail := func(err error) error {
 		j.fail(err)
 		<-checked
 		return err
 	}
+	if err := f.download(ctx, peers, chunks, j); err != nil {
+		return fail(err)
+	}
+	w := st.NewWriter()
+	for _, file := range files {
+		if refs := lists[file.Digest]; len(refs) >= 2 && !st.HasBlob(file.Digest, file.Size) {
+			w.PutBlobRecord(file.Digest, refs)
+		}
+	}
+	for _, raw := range raws {
+		if _, err := w.PutDirectoryBytes(castore.Sum(raw), raw); err != nil {
+			w.Abort()
+			return fail(err)
+		}
+	}
 	if err := <-checked; err != nil {
-		if errors.Is(err, transfer.ErrBadData) {
+		w.Abort()
+		var bad *badBlob
+		switch {
+		case errors.As(err, &bad):
+			if p, ok := listSource[bad.digest]; ok {
+				f.penalise(p, err)
+			}
+		case errors.Is(err, transfer.ErrBadData):
 			for _, p := range peers {
 				f.penalise(p, err)
 			}
 		}
+		return err
+	}
+	if err := w.Commit(); err != nil {
+		j.fail(err)
 		return err
 	}
 	if err := f.n.index.Put(info); err != nil {
@@ -902,22 +902,46 @@ func (j *job) checkNAR(ctx context.Context) error {
 	return nil
 }
 
-// checkBlob reads a blob's chunks in order and checks them against its
-// digest.
-func checkBlob(st *castore.Store, d castore.Digest, refs []castore.ChunkRef) error {
-	h := blake3.New()
+// checkBlobs checks each file of several chunks the node did not hold
+// against its digest, in NAR order, as its chunks arrive.
+func (j *job) checkBlobs(ctx context.Context, files []castore.Node) error {
+	st := j.f.n.store
+	j.mu.Lock()
+	attempt, lists := j.attempt, j.lists
+	j.mu.Unlock()
+	checked := map[castore.Digest]bool{}
 	var buf []byte
-	for _, r := range refs {
-		var err error
-		if buf, err = st.ReadChunk(r.Digest, buf[:0]); err != nil {
+	for _, file := range files {
+		refs := lists[file.Digest]
+		if len(refs) < 2 || checked[file.Digest] || st.HasBlob(file.Digest, file.Size) {
+			continue
+		}
+		checked[file.Digest] = true
+		if err := j.waitChunks(ctx, attempt, refs); err != nil {
 			return err
 		}
-		h.Write(buf)
-	}
-	var got castore.Digest
-	h.Sum(got[:0])
-	if got != d {
-		return fmt.Errorf("%w: the chunks listed for blob %s hash to %s", transfer.ErrBadData, d, got)
+		h := blake3.New()
+		for _, r := range refs {
+			var err error
+			if buf, err = st.ReadChunk(r.Digest, buf[:0]); err != nil {
+				return err
+			}
+			h.Write(buf)
+		}
+		var got castore.Digest
+		h.Sum(got[:0])
+		if got != file.Digest {
+			return &badBlob{digest: file.Digest, got: got}
+		}
 	}
 	return nil
 }
+
+// badBlob is a chunk list that does not add up to its blob.
+type badBlob struct{ digest, got castore.Digest }
+
+func (b *badBlob) Error() string {
+	return fmt.Sprintf("the chunks listed for blob %s hash to %s", b.digest, b.got)
+}
+
+func (b *badBlob) Unwrap() error { return transfer.ErrBadData }

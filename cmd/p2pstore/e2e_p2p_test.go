@@ -200,7 +200,7 @@ func TestP2PBadPeers(t *testing.T) {
 		}
 		f.Close()
 	}
-	evil := startLiar(t, a, p)
+	evil, _ := startLiar(t, a, p, corruptChunks)
 	a.waitAnnounced()
 	damaged.waitAnnounced()
 
@@ -231,10 +231,18 @@ func peerIDOf(t *testing.T, n *nodeProc) string {
 	return n.status().PeerID
 }
 
-// startLiar runs an in-process peer that announces the path and answers
-// with the honest node's record, directories and chunk lists, but with
-// corrupted chunks.
-func startLiar(t *testing.T, honest *nodeProc, path string) peer.ID {
+// lie is what a lying peer gets wrong.
+type lie int
+
+const (
+	corruptChunks  lie = iota // flips a byte in every chunk it sends
+	swapChunkLists            // lists a file's chunks out of order
+)
+
+// startLiar runs an in-process peer that holds a copy of the path, taken
+// from the honest node, announces it, and serves it with a lie. It returns
+// the liar's peer id and its address.
+func startLiar(t *testing.T, honest *nodeProc, path string, how lie) (peer.ID, string) {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.12/tcp/0"), libp2p.DisableRelay())
 	if err != nil {
@@ -243,17 +251,16 @@ func startLiar(t *testing.T, honest *nodeProc, path string) peer.ID {
 	t.Cleanup(func() { h.Close() })
 	addr, _ := ma.NewMultiaddr(honest.p2pAddr())
 	pi, _ := peer.AddrInfoFromP2pAddr(addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := h.Connect(ctx, *pi); err != nil {
 		t.Fatal(err)
 	}
-	client := transfer.NewClient(h)
-	rec, err := client.Record(ctx, pi.ID, hashPart(path))
+	liar, err := copyPath(ctx, transfer.NewClient(h), pi.ID, hashPart(path))
 	if err != nil {
-		t.Fatalf("liar getting the record: %v", err)
+		t.Fatalf("liar copying the path: %v", err)
 	}
-	liar := &liarSource{rec: rec, client: client, honest: pi.ID}
+	liar.how = how
 	srv := transfer.NewServer(liar, 0, slogDiscard())
 	h.SetStreamHandler(transfer.ProtocolID, srv.Handle)
 	d, err := dht.New(h, dht.Options{Bootstrap: []peer.AddrInfo{*pi}})
@@ -277,13 +284,71 @@ func startLiar(t *testing.T, honest *nodeProc, path string) peer.ID {
 		d.ProvideAgain(dht.PathKey("/nix/store", hashPart(path)))
 		time.Sleep(200 * time.Millisecond)
 	}
-	return h.ID()
+	return h.ID(), fmt.Sprintf("%s/p2p/%s", h.Addrs()[0], h.ID())
 }
 
+// liarSource is a transfer.Source holding one path, in memory, that lies.
 type liarSource struct {
+	how    lie
 	rec    *transfer.Record
-	client *transfer.Client
-	honest peer.ID
+	dirs   map[castore.Digest][]byte
+	lists  map[castore.Digest][]castore.ChunkRef
+	chunks map[castore.Digest][]byte
+}
+
+// copyPath gets a path's record, tree, chunk lists and chunks from p.
+func copyPath(ctx context.Context, c *transfer.Client, p peer.ID, hash string) (*liarSource, error) {
+	l := &liarSource{dirs: map[castore.Digest][]byte{}, lists: map[castore.Digest][]castore.ChunkRef{}, chunks: map[castore.Digest][]byte{}}
+	var err error
+	if l.rec, err = c.Record(ctx, p, hash); err != nil {
+		return nil, err
+	}
+	root, err := castore.UnmarshalNode(l.rec.Root)
+	if err != nil {
+		return nil, err
+	}
+	blobs := []transfer.BlobRef{{Digest: root.Digest, Size: root.Size}}
+	if root.Type == castore.TypeDirectory {
+		blobs = nil
+		err = c.Directories(ctx, p, root.Digest, func(d castore.Digest, dir *castore.Directory, raw []byte) error {
+			l.dirs[d] = append([]byte(nil), raw...)
+			for _, f := range dir.Files {
+				blobs = append(blobs, transfer.BlobRef{Digest: f.Digest, Size: f.Size})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	var chunks []castore.Digest
+	for i := 0; i < len(blobs); i += transfer.MaxBlobsPerRequest {
+		batch := blobs[i:min(i+transfer.MaxBlobsPerRequest, len(blobs))]
+		lists, err := c.ChunkLists(ctx, p, batch)
+		if err != nil {
+			return nil, err
+		}
+		for k, b := range batch {
+			refs := lists[k]
+			if refs == nil {
+				refs = []castore.ChunkRef{{Digest: b.Digest, Size: uint32(b.Size)}}
+			}
+			l.lists[b.Digest] = refs
+			for _, r := range refs {
+				chunks = append(chunks, r.Digest)
+			}
+		}
+	}
+	for i := 0; i < len(chunks); i += transfer.MaxChunksPerRequest {
+		err := c.Chunks(ctx, p, chunks[i:min(i+transfer.MaxChunksPerRequest, len(chunks))], false, func(d castore.Digest, data, _ []byte) error {
+			l.chunks[d] = append([]byte(nil), data...)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 func (l *liarSource) Record(ctx context.Context, hash string) (*transfer.Record, error) {
@@ -291,38 +356,62 @@ func (l *liarSource) Record(ctx context.Context, hash string) (*transfer.Record,
 }
 
 func (l *liarSource) Directory(d castore.Digest) ([]byte, error) {
-	var out []byte
-	err := l.client.Directories(context.Background(), l.honest, d, func(got castore.Digest, _ *castore.Directory, raw []byte) error {
-		if got == d {
-			out = raw
-		}
-		return nil
-	})
-	return out, err
+	if b, ok := l.dirs[d]; ok {
+		return b, nil
+	}
+	return nil, transfer.ErrNotFound
 }
 
 func (l *liarSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
-	lists, err := l.client.ChunkLists(context.Background(), l.honest, []transfer.BlobRef{{Digest: d, Size: size}})
-	if err != nil {
-		return nil, err
+	refs, ok := l.lists[d]
+	if !ok {
+		return nil, transfer.ErrNotFound
 	}
-	if lists[0] == nil {
-		return []castore.ChunkRef{{Digest: d, Size: uint32(size)}}, nil
+	if l.how == swapChunkLists && len(refs) >= 2 {
+		refs = append([]castore.ChunkRef{refs[1], refs[0]}, refs[2:]...)
 	}
-	return lists[0], nil
+	return refs, nil
 }
 
 func (l *liarSource) Chunk(d castore.Digest, zstd bool) ([]byte, bool, error) {
-	var data []byte
-	err := l.client.Chunks(context.Background(), l.honest, []castore.Digest{d}, false, func(_ castore.Digest, b, _ []byte) error {
-		data = append([]byte(nil), b...)
-		return nil
-	})
-	if err != nil {
-		return nil, false, err
+	data, ok := l.chunks[d]
+	if !ok {
+		return nil, false, transfer.ErrNotFound
 	}
-	data[len(data)/2] ^= 0xff
+	if l.how == corruptChunks {
+		data = append([]byte(nil), data...)
+		data[len(data)/2] ^= 0xff
+	}
 	return data, false, nil
+}
+
+// TestP2PLyingChunkList: the only peer left with a path lists a file's
+// chunks out of order (each chunk genuine, the sizes adding up). The fetch
+// fails on that file's digest, the peer is dropped, and nothing of the
+// path becomes valid.
+func TestP2PLyingChunkList(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.19", "node-a-1")
+	a.start()
+	pub := a.status().PublicKey
+	p := bigTree(t, 8)
+	a.run("import", p)
+	liar, liarAddr := startLiar(t, a, p, swapChunkLists)
+	a.kill() // the liar is the only holder left
+
+	c := newNodeAt(t, "127.0.0.20", "", "--bootstrap", liarAddr, "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(1)
+	if out, err := c.try("fetch", p); err == nil {
+		t.Fatalf("fetched a path whose only source lies about its chunk lists:\n%s", out)
+	}
+	if !strings.Contains(c.log.String(), "dropping a peer that sent bad data\" peer="+liar.String()) {
+		t.Errorf("the liar %s was not dropped:\n%s", liar, c.log)
+	}
+	if code, _ := c.get("/" + hashPart(p) + ".narinfo"); code != 404 {
+		t.Fatalf("narinfo after the failed fetch: %d", code)
+	}
+	c.run("verify")
 }
 
 // TestP2PPeerKilled: of two providers, one is killed mid-transfer; the
