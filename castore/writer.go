@@ -1,9 +1,11 @@
 package castore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/zeebo/blake3"
 	bolt "go.etcd.io/bbolt"
@@ -232,29 +234,65 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 	if err != nil {
 		return err
 	}
+	// Keys go in in order: bbolt keeps a leaf's keys in a sorted slice and
+	// splits leaves only at commit, so random inserts into a large
+	// transaction shift ever longer slices, while ordered ones append.
+	type entry struct {
+		d    Digest
+		v    []byte
+		size uint32 // of a chunk
+	}
+	sorted := func(add func(w *Writer, put func(Digest, []byte, uint32))) []entry {
+		var es []entry
+		for _, w := range ws {
+			add(w, func(d Digest, v []byte, size uint32) { es = append(es, entry{d, v, size}) })
+		}
+		slices.SortFunc(es, func(a, b entry) int { return bytes.Compare(a.d[:], b.d[:]) })
+		return es
+	}
+	chunkEntries := sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+		for d, loc := range w.chunks {
+			put(d, loc.marshal(), loc.Size)
+		}
+	})
+	others := []struct {
+		bucket  []byte
+		entries []entry
+	}{
+		{bucketBlobs, sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+			for d, v := range w.blobs {
+				put(d, v, 0)
+			}
+		})},
+		{bucketDirs, sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+			for d, v := range w.dirs {
+				put(d, v, 0)
+			}
+		})},
+		{bucketFrames, sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+			for d, v := range w.frames {
+				put(d, v, 0)
+			}
+		})},
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
 		var newBytes, newCount uint64
-		for _, w := range ws {
-			for d, loc := range w.chunks {
-				if chunks.Get(d[:]) != nil {
-					continue // another writer committed the same chunk first
-				}
-				if err := chunks.Put(d[:], loc.marshal()); err != nil {
-					return err
-				}
-				newBytes += uint64(loc.Size)
-				newCount++
+		for _, e := range chunkEntries {
+			if chunks.Get(e.d[:]) != nil {
+				continue // committed before, by another writer
 			}
-			for _, m := range []struct {
-				bucket []byte
-				objs   map[Digest][]byte
-			}{{bucketBlobs, w.blobs}, {bucketDirs, w.dirs}, {bucketFrames, w.frames}} {
-				b := tx.Bucket(m.bucket)
-				for d, v := range m.objs {
-					if err := b.Put(d[:], v); err != nil {
-						return err
-					}
+			if err := chunks.Put(e.d[:], e.v); err != nil {
+				return err
+			}
+			newBytes += uint64(e.size)
+			newCount++
+		}
+		for _, o := range others {
+			b := tx.Bucket(o.bucket)
+			for _, e := range o.entries {
+				if err := b.Put(e.d[:], e.v); err != nil {
+					return err
 				}
 			}
 		}
