@@ -55,6 +55,20 @@ func (n *nodeProc) waitAnnounced() {
 	}
 }
 
+// checkServedNAR checks that the node serves path's narinfo, and a NAR
+// that is byte for byte what nix-store --dump makes of it.
+func (n *nodeProc) checkServedNAR(path string) {
+	n.t.Helper()
+	code, body := n.get("/" + hashPart(path) + ".narinfo")
+	if code != 200 {
+		n.t.Fatalf("narinfo of %s: %d", path, code)
+	}
+	_, narBytes := n.get("/" + narinfoField(string(body), "URL"))
+	if sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(n.t, "nix-store", "--dump", path)) {
+		n.t.Fatalf("the NAR served for %s differs from nix-store --dump", path)
+	}
+}
+
 // waitPeers waits until the node has at least k peers.
 func (n *nodeProc) waitPeers(k int) {
 	n.t.Helper()
@@ -103,13 +117,7 @@ func TestP2PChain(t *testing.T) {
 	if !strings.Contains(out, "fetched 1 paths") {
 		t.Fatalf("fetch on B: %s", out)
 	}
-	code, body := b.get("/" + hashPart(edge) + ".narinfo")
-	if code != 200 {
-		t.Fatalf("B has no narinfo after fetching: %d", code)
-	}
-	if _, narBytes := b.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", edge)) {
-		t.Fatal("B's NAR of the fetched path differs from nix-store --dump")
-	}
+	b.checkServedNAR(edge)
 	if s := c.status(); s.P2PBytesReceived == 0 || a.status().P2PBytesSent == 0 {
 		t.Errorf("byte counters: C received %d, A sent %d", s.P2PBytesReceived, a.status().P2PBytesSent)
 	}
@@ -211,13 +219,7 @@ func TestP2PBadPeers(t *testing.T) {
 	if !strings.Contains(out, "fetched 1 paths") {
 		t.Fatalf("fetch: %s", out)
 	}
-	code, body := c.get("/" + hashPart(p) + ".narinfo")
-	if code != 200 {
-		t.Fatalf("narinfo after fetch: %d", code)
-	}
-	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
-		t.Fatal("fetched NAR differs from nix-store --dump")
-	}
+	c.checkServedNAR(p)
 	if !strings.Contains(c.log.String(), evil.String()) || !strings.Contains(c.log.String(), "dropping a peer that sent bad data") {
 		t.Errorf("the lying peer %s was not dropped:\n%s", evil, c.log)
 	}
@@ -452,10 +454,7 @@ func TestP2PPeerKilled(t *testing.T) {
 	if err := fetch.Wait(); err != nil {
 		t.Fatalf("fetch after a provider died: %v\n%s\n%s", err, out.String(), c.log)
 	}
-	_, body := c.get("/" + hashPart(p) + ".narinfo")
-	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
-		t.Fatal("fetched NAR differs")
-	}
+	c.checkServedNAR(p)
 }
 
 // TestP2PGhostProviders: the DHT still lists many peers that announced a
@@ -506,10 +505,7 @@ func TestP2PGhostProviders(t *testing.T) {
 	if out, err := c.try("fetch", p); err != nil {
 		t.Fatalf("fetch with %d ghost providers: %v\n%s\n%s", ghosts, err, out, c.log)
 	}
-	_, body := c.get("/" + hashPart(p) + ".narinfo")
-	if _, narBytes := c.get("/" + narinfoField(string(body), "URL")); sha256.Sum256(narBytes) != sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p)) {
-		t.Fatal("fetched NAR differs")
-	}
+	c.checkServedNAR(p)
 }
 
 var _ = node.Status{}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
-	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
 // Client is a connection to a Nix daemon (or to a node). Its methods run
@@ -331,49 +330,11 @@ func (c *Client) QueryPathInfo(path string) (*pathinfo.Info, error) {
 			return nil, pathinfo.ErrNotFound
 		}
 	}
-	info, err := readClientPathInfo(c.r, c.minor() >= 16)
+	info, err := readPathInfo(c.r, false, c.minor() >= 16)
 	if err != nil {
 		return nil, err
 	}
 	info.StorePath = path
-	return info, nil
-}
-
-func readClientPathInfo(r *wireReader, v16 bool) (*pathinfo.Info, error) {
-	info := &pathinfo.Info{}
-	var err error
-	if info.Deriver, err = r.String(); err != nil {
-		return nil, err
-	}
-	h, err := r.String()
-	if err != nil {
-		return nil, err
-	}
-	if info.NarHash, err = storepath.ParseNarHash(h); err != nil {
-		return nil, err
-	}
-	if info.References, err = r.Strings(); err != nil {
-		return nil, err
-	}
-	t, err := r.Uint64()
-	if err != nil {
-		return nil, err
-	}
-	info.RegistrationTime = int64(t)
-	if info.NarSize, err = r.Uint64(); err != nil {
-		return nil, err
-	}
-	if v16 {
-		if _, err := r.Uint64(); err != nil { // ultimate
-			return nil, err
-		}
-		if info.Sigs, err = r.Strings(); err != nil {
-			return nil, err
-		}
-		if info.CA, err = r.String(); err != nil {
-			return nil, err
-		}
-	}
 	return info, nil
 }
 

@@ -11,6 +11,11 @@
 // and later) and advertise no features.
 package daemon
 
+import (
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
 const (
 	workerMagic1 = 0x6e697863 // "cxin"
 	workerMagic2 = 0x6478696f // "oixd"
@@ -87,3 +92,69 @@ const (
 )
 
 func minor(v uint64) uint64 { return v & 0xff }
+
+// writePathInfo writes a ValidPathInfo: with the path first (withPath),
+// and the fields of format 16 and later when v16.
+func writePathInfo(w *wireWriter, info *pathinfo.Info, withPath, v16 bool) {
+	if withPath {
+		w.String(info.StorePath)
+	}
+	w.String(info.Deriver)
+	w.String(info.NarHash.Hex())
+	w.Strings(info.References)
+	w.Uint64(uint64(info.RegistrationTime))
+	w.Uint64(info.NarSize)
+	if v16 {
+		w.Bool(false) // ultimate: built here, which nothing is
+		w.Strings(info.Sigs)
+		w.String(info.CA)
+	}
+}
+
+// readPathInfo reads a ValidPathInfo as writePathInfo writes it: what a
+// server answers to QueryPathInfo, and what a client sends with a NAR. A
+// bad value (the NarHash) is an error that comes with the info, the
+// stream past its end, so a server can answer it and go on; a read error
+// comes alone.
+func readPathInfo(r *wireReader, withPath, v16 bool) (*pathinfo.Info, error) {
+	info := &pathinfo.Info{}
+	var err error
+	if withPath {
+		if info.StorePath, err = r.String(); err != nil {
+			return nil, err
+		}
+	}
+	if info.Deriver, err = r.String(); err != nil {
+		return nil, err
+	}
+	h, err := r.String()
+	if err != nil {
+		return nil, err
+	}
+	if info.References, err = r.Strings(); err != nil {
+		return nil, err
+	}
+	regTime, err := r.Uint64()
+	if err != nil {
+		return nil, err
+	}
+	info.RegistrationTime = int64(regTime)
+	if info.NarSize, err = r.Uint64(); err != nil {
+		return nil, err
+	}
+	if v16 {
+		if _, err = r.Uint64(); err != nil { // ultimate: the sender cannot make us trust it
+			return nil, err
+		}
+		if info.Sigs, err = r.Strings(); err != nil {
+			return nil, err
+		}
+		if info.CA, err = r.String(); err != nil {
+			return nil, err
+		}
+	}
+	if info.NarHash, err = storepath.ParseNarHash(h); err != nil {
+		return info, clientErr("path '%s': %v", info.StorePath, err)
+	}
+	return info, nil
+}

@@ -801,70 +801,9 @@ func (c *conn) writeBuildResult(status uint64, msg string) {
 	}
 }
 
-// writePathInfo writes a ValidPathInfo: with the path first (withPath),
-// and the fields of format 16 and later when the connection has them.
+// writePathInfo writes a ValidPathInfo for this connection's version.
 func (c *conn) writePathInfo(info *pathinfo.Info, withPath bool) {
 	writePathInfo(c.w, info, withPath, c.minor() >= 16)
-}
-
-func writePathInfo(w *wireWriter, info *pathinfo.Info, withPath, v16 bool) {
-	if withPath {
-		w.String(info.StorePath)
-	}
-	w.String(info.Deriver)
-	w.String(info.NarHash.Hex())
-	w.Strings(info.References)
-	w.Uint64(uint64(info.RegistrationTime))
-	w.Uint64(info.NarSize)
-	if v16 {
-		w.Bool(false) // ultimate: built here, which nothing is
-		w.Strings(info.Sigs)
-		w.String(info.CA)
-	}
-}
-
-// readPathInfo reads a ValidPathInfo (format 16 fields when v16).
-func (c *conn) readPathInfo(r *wireReader, withPath, v16 bool) (*pathinfo.Info, error) {
-	info := &pathinfo.Info{}
-	var err error
-	if withPath {
-		if info.StorePath, err = r.String(); err != nil {
-			return nil, err
-		}
-	}
-	if info.Deriver, err = r.String(); err != nil {
-		return nil, err
-	}
-	h, err := r.String()
-	if err != nil {
-		return nil, err
-	}
-	if info.References, err = r.Strings(); err != nil {
-		return nil, err
-	}
-	regTime, err := r.Uint64()
-	if err != nil {
-		return nil, err
-	}
-	info.RegistrationTime = int64(regTime)
-	if info.NarSize, err = r.Uint64(); err != nil {
-		return nil, err
-	}
-	if v16 {
-		if _, err = r.Uint64(); err != nil { // ultimate: the client cannot make us trust it
-			return nil, err
-		}
-		if info.Sigs, err = r.Strings(); err != nil {
-			return nil, err
-		}
-		if info.CA, err = r.String(); err != nil {
-			return nil, err
-		}
-	}
-	if info.NarHash, err = storepath.ParseNarHash(h); err != nil {
-		return info, clientErr("path '%s': %v", info.StorePath, err)
-	}
-	return info, nil
 }
 
 // addToStoreNar: the path's info, repair and dontCheckSigs, then the NAR,
@@ -874,7 +813,7 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info, infoErr := c.readPathInfo(c.r, false, true)
+	info, infoErr := readPathInfo(c.r, false, true)
 	if info == nil {
 		return infoErr
 	}
@@ -979,7 +918,7 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 			return fmt.Errorf("%w: %d paths", ErrTooLarge, count)
 		}
 		for i := uint64(0); i < count; i++ {
-			info, err := c.readPathInfo(inner, true, true)
+			info, err := readPathInfo(inner, true, true)
 			if err != nil {
 				return err
 			}
