@@ -22,13 +22,9 @@ func fetchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var paths []string
-			for _, a := range args {
-				p, err := localstore.ResolveArg(cfg.StoreDir, a)
-				if err != nil {
-					return err
-				}
-				paths = append(paths, p)
+			paths, err := storePathArgs(cfg.StoreDir, args)
+			if err != nil {
+				return err
 			}
 			res, err := node.NewClient(cfg.DaemonSocket).Fetch(cmd.Context(), &node.FetchRequest{Paths: paths, Recursive: recursive})
 			if err != nil {
@@ -49,4 +45,18 @@ func fetchCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also fetch every path the given paths reference, directly or not")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// storePathArgs turns command-line arguments (store paths, or links to
+// them such as ./result) into store paths.
+func storePathArgs(storeDir string, args []string) ([]string, error) {
+	var paths []string
+	for _, a := range args {
+		p, err := localstore.ResolveArg(storeDir, a)
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+	}
+	return paths, nil
 }

@@ -28,13 +28,9 @@ func importCommand() *cobra.Command {
 				return err
 			}
 			ctx := cmd.Context()
-			var paths []string
-			for _, a := range args {
-				p, err := localstore.ResolveArg(cfg.StoreDir, a)
-				if err != nil {
-					return err
-				}
-				paths = append(paths, p)
+			paths, err := storePathArgs(cfg.StoreDir, args)
+			if err != nil {
+				return err
 			}
 			src := localstore.Open()
 			defer src.Close()
