@@ -128,3 +128,42 @@ func TestCutVector(t *testing.T) {
 		}
 	}
 }
+
+// TestCutMatchesByteAtATime checks the two-bytes-per-step scan against the
+// plain FastCDC loop, on lengths of both parities around every bound.
+func TestCutMatchesByteAtATime(t *testing.T) {
+	plain := func(data []byte) int {
+		n := min(len(data), MaxChunkSize)
+		if n <= MinChunkSize {
+			return n
+		}
+		var fp uint64
+		for i := MinChunkSize; i < n; i++ {
+			fp = fp<<1 + gear[data[i]]
+			mask := maskEasy
+			if i < AvgChunkSize {
+				mask = maskHard
+			}
+			if fp&mask == 0 {
+				return i + 1
+			}
+		}
+		return n
+	}
+	data := pseudoRandom(4, 4<<20)
+	for _, n := range []int{0, 1, MinChunkSize, MinChunkSize + 1, MinChunkSize + 2, AvgChunkSize - 1, AvgChunkSize, AvgChunkSize + 1, MaxChunkSize - 1, MaxChunkSize + 1} {
+		for off := 0; off < 64; off++ {
+			d := data[off*4099 : off*4099+n]
+			if got, want := Cut(d), plain(d); got != want {
+				t.Fatalf("Cut of %d bytes at %d: %d, want %d", n, off, got, want)
+			}
+		}
+	}
+	for d := data; len(d) > 0; {
+		got, want := Cut(d), plain(d)
+		if got != want {
+			t.Fatalf("Cut %d, want %d", got, want)
+		}
+		d = d[got:]
+	}
+}
