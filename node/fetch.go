@@ -65,7 +65,7 @@ const (
 	recordAsks     = 16                     // records asked for at once
 	gatherGrace    = 100 * time.Millisecond // for more records after the first
 	maxAttempts    = 3                      // trees tried per fetch
-	commitGather   = 10 * time.Millisecond  // batches a commit waits to gather
+	commitGather   = 40 * time.Millisecond  // batches a commit waits to gather
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
@@ -910,7 +910,11 @@ func (j *job) checkBlobs(ctx context.Context, files []castore.Node) error {
 	attempt, lists := j.attempt, j.lists
 	j.mu.Unlock()
 	checked := map[castore.Digest]bool{}
-	var buf []byte
+	// The chunks were checked as they arrived; the blob's digest covers
+	// their bytes again, so they are read without a second check.
+	r := st.NewReader()
+	defer r.Close()
+	h := blake3.New()
 	for _, file := range files {
 		refs := lists[file.Digest]
 		if len(refs) < 2 || checked[file.Digest] || st.HasBlob(file.Digest, file.Size) {
@@ -920,13 +924,9 @@ func (j *job) checkBlobs(ctx context.Context, files []castore.Node) error {
 		if err := j.waitChunks(ctx, attempt, refs); err != nil {
 			return err
 		}
-		h := blake3.New()
-		for _, r := range refs {
-			var err error
-			if buf, err = st.ReadChunk(r.Digest, buf[:0]); err != nil {
-				return err
-			}
-			h.Write(buf)
+		h.Reset()
+		if err := r.WriteChunks(ctx, h, refs); err != nil {
+			return err
 		}
 		var got castore.Digest
 		h.Sum(got[:0])
