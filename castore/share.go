@@ -2,6 +2,7 @@ package castore
 
 import (
 	"context"
+	"slices"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -125,20 +126,21 @@ func (s *Store) DirectoryBytes(d Digest) ([]byte, error) {
 	return s.get(bucketDirs, d)
 }
 
-// ChunkFrame returns a chunk's stored zstd frame, or ok false when it has
-// none (not made yet, or not worth making).
-func (s *Store) ChunkFrame(d Digest) (frame []byte, ok bool, err error) {
+// ChunkFrame appends a chunk's stored zstd frame to buf, or reports ok
+// false when it has none (not made yet, or not worth making).
+func (s *Store) ChunkFrame(d Digest, buf []byte) (frame []byte, ok bool, err error) {
 	loc, have, err := s.frameLoc(d)
 	if err != nil || !have || loc.Size == 0 {
-		return nil, false, err
+		return buf, false, err
 	}
 	f, err := s.zstd.reader(loc.Pack)
 	if err != nil {
-		return nil, false, err
+		return buf, false, err
 	}
-	frame = make([]byte, loc.Size)
-	if _, err := f.ReadAt(frame, loc.Offset); err != nil {
-		return nil, false, err
+	n := len(buf)
+	buf = slices.Grow(buf, int(loc.Size))[:n+int(loc.Size)]
+	if _, err := f.ReadAt(buf[n:], loc.Offset); err != nil {
+		return buf[:n], false, err
 	}
-	return frame, true, nil
+	return buf, true, nil
 }

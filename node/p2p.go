@@ -329,18 +329,18 @@ func (t transferSource) ChunkList(d castore.Digest, size uint64) ([]castore.Chun
 
 // Chunk reads a shared chunk; ReadChunk checks it against its digest, so
 // a chunk damaged on disk is refused here rather than sent.
-func (t transferSource) Chunk(d castore.Digest, zstd bool) ([]byte, bool, error) {
+func (t transferSource) Chunk(d castore.Digest, zstd bool, buf []byte) ([]byte, bool, error) {
 	if !t.n.store.IsShared(d) {
-		return nil, false, transfer.ErrNotFound
+		return buf, false, transfer.ErrNotFound
 	}
 	if zstd {
-		if frame, ok, err := t.n.store.ChunkFrame(d); err == nil && ok {
+		if frame, ok, err := t.n.store.ChunkFrame(d, buf); err == nil && ok {
 			return frame, true, nil
 		}
 	}
-	data, err := t.n.store.ReadChunk(d, nil)
+	data, err := t.n.store.ReadChunk(d, buf)
 	if errors.Is(err, castore.ErrNotFound) {
-		return nil, false, transfer.ErrNotFound
+		return buf, false, transfer.ErrNotFound
 	}
 	return data, false, err
 }

@@ -375,16 +375,17 @@ func (l *liarSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRe
 	return refs, nil
 }
 
-func (l *liarSource) Chunk(d castore.Digest, zstd bool) ([]byte, bool, error) {
+func (l *liarSource) Chunk(d castore.Digest, zstd bool, buf []byte) ([]byte, bool, error) {
 	data, ok := l.chunks[d]
 	if !ok {
-		return nil, false, transfer.ErrNotFound
+		return buf, false, transfer.ErrNotFound
 	}
+	n := len(buf)
+	buf = append(buf, data...)
 	if l.how == corruptChunks {
-		data = append([]byte(nil), data...)
-		data[len(data)/2] ^= 0xff
+		buf[n+len(data)/2] ^= 0xff
 	}
-	return data, false, nil
+	return buf, false, nil
 }
 
 // TestP2PLyingChunkList: the only peer left with a path lists a file's

@@ -26,9 +26,10 @@ type Source interface {
 	Record(ctx context.Context, hash string) (*Record, error)
 	Directory(d castore.Digest) ([]byte, error)
 	ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
-	// Chunk returns a chunk's zstd frame when zstd is asked and one is
-	// stored (compressed true), else its bytes.
-	Chunk(d castore.Digest, zstd bool) (data []byte, compressed bool, err error)
+	// Chunk appends to buf a chunk's zstd frame when zstd is asked and
+	// one is stored (compressed true), else its bytes. The server reuses
+	// buf from chunk to chunk: a batch allocates nothing per chunk.
+	Chunk(d castore.Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error)
 }
 
 // Server answers transfer requests.
@@ -225,8 +226,10 @@ func (s *Server) chunks(f *frames) error {
 			return err
 		}
 	}
+	var buf []byte
 	for _, d := range digests {
-		data, compressed, err := s.src.Chunk(d, flags&1 != 0)
+		data, compressed, err := s.src.Chunk(d, flags&1 != 0, buf[:0])
+		buf = data
 		if errors.Is(err, ErrNotFound) {
 			if err := f.w.WriteByte(chunkMissing); err != nil {
 				return err

@@ -55,15 +55,15 @@ func (m *memSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef
 
 var testEncoder, _ = zstd.NewWriter(nil)
 
-func (m *memSource) Chunk(d castore.Digest, z bool) ([]byte, bool, error) {
+func (m *memSource) Chunk(d castore.Digest, z bool, buf []byte) ([]byte, bool, error) {
 	b, ok := m.chunks[d]
 	if !ok {
-		return nil, false, ErrNotFound
+		return buf, false, ErrNotFound
 	}
 	if z && m.zstdFrames {
-		return testEncoder.EncodeAll(b, nil), true, nil
+		return testEncoder.EncodeAll(b, buf), true, nil
 	}
-	return b, false, nil
+	return append(buf, b...), false, nil
 }
 
 func (m *memSource) addDir(dir *castore.Directory) castore.Digest {
