@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -134,7 +135,11 @@ func (f *fetcher) finished(j *job) {
 }
 
 func (f *fetcher) penalise(p peer.ID, why error) {
-	f.n.log.Warn("dropping a peer that sent bad data", "peer", p, "err", why)
+	msg := "dropping a peer that sent bad data"
+	if errors.Is(why, transfer.ErrStalled) {
+		msg = "dropping a peer that stalled"
+	}
+	f.n.log.Warn(msg, "peer", p, "err", why)
 	f.mu.Lock()
 	f.bad[p] = time.Now().Add(penalty)
 	f.mu.Unlock()
@@ -645,19 +650,42 @@ func (f *fetcher) anyPeer(ctx context.Context, peers []peer.ID, try func(peer.ID
 // done, so fast peers take more. Finished batches are committed together
 // by one goroutine (a commit per batch cost more than the rest of the
 // fetch), and become readable at once. A batch that fails goes back to the
-// front of the queue; a peer that sends bad data is penalised, and a peer
-// that fails stops taking work in this fetch.
+// front of the queue; a peer that sends bad data or stalls is penalised,
+// and a peer that fails stops taking work in this fetch.
+//
+// A peer with a free slot also asks for a batch another peer holds, and
+// whichever answer comes first is kept (two askers at most): before the
+// queue, a batch held four times as long as batches take on average (at
+// least a second), since a reader of the NAR may be waiting for it; once
+// the queue is empty, a batch held twice as long (the BitTorrent endgame,
+// less eager: asking twice for batches about to arrive costs uplinks more
+// than it saves). A stalled or slow peer then delays the fetch by about
+// the time the others take to do its share, not by the stall timeout.
 func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castore.Digest, j *job) error {
 	if len(chunks) == 0 {
 		return nil
 	}
-	var queue [][]castore.Digest
-	for i := 0; i < len(chunks); i += chunkBatch {
-		queue = append(queue, chunks[i:min(i+chunkBatch, len(chunks))])
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx) // ends the requests made redundant
+	defer cancel()
+	type batch struct {
+		digests []castore.Digest
+		askers  []peer.ID // peers asked for it now
+		started time.Time // when the first of them was asked
+		done    bool      // received, committed or on its way to be
 	}
+	var queue []*batch
+	for i := 0; i < len(chunks); i += chunkBatch {
+		queue = append(queue, &batch{digests: chunks[i:min(i+chunkBatch, len(chunks))]})
+	}
+	held := map[*batch]bool{} // batches with askers
+	var (
+		finished int           // batches received
+		typical  time.Duration // moving average of their times
+	)
 	type received struct {
-		w     *castore.Writer
-		batch []castore.Digest
+		w *castore.Writer
+		b *batch
 	}
 	var (
 		mu        sync.Mutex
@@ -669,6 +697,43 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		toCommit  = make(chan received, len(queue))
 		committed = make(chan struct{})
 	)
+	requeue := func(b *batch) { // mu held
+		b.done = false
+		if len(b.askers) == 0 {
+			queue = append([]*batch{b}, queue...)
+		}
+	}
+	// oldestHeld is the oldest batch held by one other peer for at least
+	// age, or nil; mu held.
+	oldestHeld := func(p peer.ID, age time.Duration) *batch {
+		var oldest *batch
+		for b := range held {
+			if b.done || len(b.askers) != 1 || b.askers[0] == p || time.Since(b.started) < age {
+				continue
+			}
+			if oldest == nil || b.started.Before(oldest.started) {
+				oldest = b
+			}
+		}
+		return oldest
+	}
+	// next is the batch p should ask for, or nil; mu held.
+	next := func(p peer.ID) *batch {
+		if finished >= 4 {
+			if b := oldestHeld(p, max(time.Second, 4*typical)); b != nil {
+				return b
+			}
+		}
+		if len(queue) > 0 {
+			b := queue[0]
+			queue = queue[1:]
+			return b
+		}
+		if finished == 0 {
+			return oldestHeld(p, time.Second)
+		}
+		return oldestHeld(p, 2*typical)
+	}
 	st := f.n.store
 	go func() { // the committer
 		defer close(committed)
@@ -700,7 +765,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			if err != nil {
 				lastErr = err
 				for _, g := range group {
-					queue = append([][]castore.Digest{g.batch}, queue...)
+					requeue(g.b)
 				}
 			} else {
 				pending -= len(group)
@@ -709,7 +774,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			mu.Unlock()
 			if err == nil {
 				for _, g := range group {
-					j.stored(g.batch)
+					j.stored(g.b.digests)
 				}
 			}
 		}
@@ -723,18 +788,26 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		}()
 		for {
 			mu.Lock()
-			for len(queue) == 0 && pending > 0 && ctx.Err() == nil {
+			var b *batch
+			for pending > 0 && ctx.Err() == nil && !f.penalised(p) {
+				if b = next(p); b != nil {
+					break
+				}
 				cond.Wait()
 			}
-			if pending == 0 || len(queue) == 0 || ctx.Err() != nil || f.penalised(p) {
+			if b == nil {
 				mu.Unlock()
 				return
 			}
-			batch := queue[0]
-			queue = queue[1:]
+			asked := time.Now()
+			if len(b.askers) == 0 {
+				b.started = asked
+				held[b] = true
+			}
+			b.askers = append(b.askers, p)
 			mu.Unlock()
 			w := st.NewWriter()
-			err := f.p.client.Chunks(ctx, p, batch, true, func(d castore.Digest, data, frame []byte) error {
+			err := f.p.client.Chunks(ctx, p, b.digests, true, func(d castore.Digest, data, frame []byte) error {
 				if err := w.PutChunk(d, data); err != nil {
 					return err
 				}
@@ -745,22 +818,61 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 				return nil
 			})
 			mu.Lock()
-			if err != nil {
+			b.askers = slices.DeleteFunc(b.askers, func(q peer.ID) bool { return q == p })
+			if len(b.askers) == 0 {
+				delete(held, b)
+			}
+			if err != nil || b.done {
 				w.Abort()
-				queue = append([][]castore.Digest{batch}, queue...)
-				lastErr = err
+			}
+			if err != nil {
+				if !b.done {
+					requeue(b)
+				}
+				if ctx.Err() == nil { // not a request made redundant
+					lastErr = err
+				}
 				cond.Broadcast()
 				mu.Unlock()
-				if errors.Is(err, transfer.ErrBadData) {
+				if errors.Is(err, transfer.ErrBadData) || errors.Is(err, transfer.ErrStalled) {
 					f.penalise(p, err)
 				}
 				return
 			}
+			if b.done { // another peer was first
+				mu.Unlock()
+				continue
+			}
+			b.done = true
+			took := time.Since(asked)
+			if finished++; finished == 1 {
+				typical = took
+			} else {
+				typical = (4*typical + took) / 5
+			}
 			inCommit++
+			cond.Broadcast()
 			mu.Unlock()
-			toCommit <- received{w, batch}
+			toCommit <- received{w, b}
 		}
 	}
+	// Workers waiting for work look again when ctx ends, and every tenth
+	// of a second, as held batches grow old enough to ask for again.
+	wake := func() { mu.Lock(); cond.Broadcast(); mu.Unlock() }
+	stop := context.AfterFunc(ctx, wake)
+	defer stop()
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				wake()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	mu.Lock()
 	for _, p := range peers {
 		for i := 0; i < streamsPerPeer; i++ {
@@ -773,11 +885,20 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	}
 	left := pending
 	mu.Unlock()
+	cancel() // requests still out are for batches already here
+	mu.Lock()
+	for active > 0 {
+		cond.Wait()
+	}
+	mu.Unlock()
 	close(toCommit)
 	<-committed
 	if left > 0 {
 		if lastErr == nil {
-			lastErr = ctx.Err()
+			lastErr = parent.Err()
+		}
+		if lastErr == nil {
+			lastErr = errors.New("every peer was dropped")
 		}
 		return fmt.Errorf("%d chunk batches got from no peer: %w", left, lastErr)
 	}

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -208,7 +210,7 @@ func TestP2PBadPeers(t *testing.T) {
 		}
 		f.Close()
 	}
-	evil, _ := startLiar(t, a, p, corruptChunks)
+	evil, _, _ := startLiar(t, a, p, corruptChunks)
 	a.waitAnnounced()
 	damaged.waitAnnounced()
 
@@ -239,12 +241,13 @@ type lie int
 const (
 	corruptChunks  lie = iota // flips a byte in every chunk it sends
 	swapChunkLists            // lists a file's chunks out of order
+	stallChunks               // takes chunk requests and never answers
 )
 
 // startLiar runs an in-process peer that holds a copy of the path, taken
 // from the honest node, announces it, and serves it with a lie. It returns
-// the liar's peer id and its address.
-func startLiar(t *testing.T, honest *nodeProc, path string, how lie) (peer.ID, string) {
+// the liar's peer id, its address and what it serves.
+func startLiar(t *testing.T, honest *nodeProc, path string, how lie) (peer.ID, string, *liarSource) {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.12/tcp/0"), libp2p.DisableRelay())
 	if err != nil {
@@ -263,6 +266,8 @@ func startLiar(t *testing.T, honest *nodeProc, path string, how lie) (peer.ID, s
 		t.Fatalf("liar copying the path: %v", err)
 	}
 	liar.how = how
+	liar.stop = make(chan struct{})
+	t.Cleanup(func() { close(liar.stop) }) // before the host closes
 	srv := transfer.NewServer(liar, 0, slogDiscard())
 	h.SetStreamHandler(transfer.ProtocolID, srv.Handle)
 	d, err := dht.New(h, dht.Options{Bootstrap: []peer.AddrInfo{*pi}})
@@ -286,7 +291,7 @@ func startLiar(t *testing.T, honest *nodeProc, path string, how lie) (peer.ID, s
 		d.ProvideAgain(dht.PathKey("/nix/store", hashPart(path)))
 		time.Sleep(200 * time.Millisecond)
 	}
-	return h.ID(), fmt.Sprintf("%s/p2p/%s", h.Addrs()[0], h.ID())
+	return h.ID(), fmt.Sprintf("%s/p2p/%s", h.Addrs()[0], h.ID()), liar
 }
 
 // liarSource is a transfer.Source holding one path, in memory, that lies.
@@ -296,6 +301,8 @@ type liarSource struct {
 	dirs   map[castore.Digest][]byte
 	lists  map[castore.Digest][]castore.ChunkRef
 	chunks map[castore.Digest][]byte
+	stop   chan struct{} // closed at the end of the test
+	stalls atomic.Int32  // chunk requests left unanswered
 }
 
 // copyPath gets a path's record, tree, chunk lists and chunks from p.
@@ -380,6 +387,11 @@ func (l *liarSource) Chunk(d castore.Digest, zstd bool, buf []byte) ([]byte, boo
 	if !ok {
 		return buf, false, transfer.ErrNotFound
 	}
+	if l.how == stallChunks {
+		l.stalls.Add(1)
+		<-l.stop
+		return buf, false, errors.New("test over")
+	}
 	n := len(buf)
 	buf = append(buf, data...)
 	if l.how == corruptChunks {
@@ -399,7 +411,7 @@ func TestP2PLyingChunkList(t *testing.T) {
 	pub := a.status().PublicKey
 	p := bigTree(t, 8)
 	a.run("import", p)
-	liar, liarAddr := startLiar(t, a, p, swapChunkLists)
+	liar, liarAddr, _ := startLiar(t, a, p, swapChunkLists)
 	a.kill() // the liar is the only holder left
 
 	c := newNodeAt(t, "127.0.0.20", "", "--bootstrap", liarAddr, "--trusted-public-key", pub)
@@ -456,6 +468,39 @@ func TestP2PPeerKilled(t *testing.T) {
 		t.Fatalf("fetch after a provider died: %v\n%s\n%s", err, out.String(), c.log)
 	}
 	c.checkServedNAR(p)
+}
+
+// TestP2PStalledPeer: of two providers, one takes chunk requests and
+// never answers. The other takes over the stalled peer's share: the fetch
+// ends long before the stall timeout (20 s) would have given up on it, and
+// the NAR is right.
+func TestP2PStalledPeer(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.21", "node-a-1")
+	a.start()
+	pub := a.status().PublicKey
+	p := bigTree(t, 64) // 16 batches of chunks: some for each peer
+	a.run("import", p)
+	_, _, staller := startLiar(t, a, p, stallChunks)
+	a.waitAnnounced() // online once the liar is its peer
+
+	c := newNodeAt(t, "127.0.0.22", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(2)
+	start := time.Now()
+	out := c.run("fetch", p)
+	took := time.Since(start)
+	if !strings.Contains(out, "fetched 1 paths") {
+		t.Fatalf("fetch: %s", out)
+	}
+	if staller.stalls.Load() == 0 {
+		t.Fatalf("the fetch never asked the stalling peer for chunks; c:\n%s", c.log)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the fetch took %s: it waited for the stalled peer", took)
+	}
+	c.checkServedNAR(p)
+	c.run("verify")
 }
 
 // TestP2PGhostProviders: the DHT still lists many peers that announced a

@@ -90,6 +90,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	c.st.SetReadDeadline(time.Now().Add(stallTimeout))
 	n, err := c.r.Read(p)
 	c.n.Add(uint64(n))
+	var te interface{ Timeout() bool }
+	if errors.As(err, &te) && te.Timeout() {
+		err = fmt.Errorf("%w: nothing for %s", ErrStalled, stallTimeout)
+	}
 	return n, err
 }
 

@@ -67,6 +67,10 @@ var ErrNotFound = errors.New("peer does not have it")
 // store is damaged. The fetcher drops such a peer.
 var ErrBadData = errors.New("peer sent bad data")
 
+// ErrStalled is returned when a peer sends nothing for the stall timeout
+// in the middle of an answer.
+var ErrStalled = errors.New("peer stalled")
+
 func badData(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadData, fmt.Sprintf(format, args...))
 }
