@@ -42,9 +42,12 @@ import (
 //
 // A NAR requested while its job runs is rendered from the job as chunks
 // arrive: the HTTP answer streams, it does not wait for the whole path.
-// A peer that sends bad data is penalised (ignored for a while) and its
-// share of the work goes to the others; the fetch finishes if any honest
-// peer holds the data. Concurrent requests for one path share one job.
+// A peer that sends bad data, or nothing for the stall timeout, is
+// penalised (ignored for a while) and its share of the work goes to the
+// others; a batch a peer holds much longer than batches take is asked of
+// another peer too, so a slow or stalled peer does not hold up the rest.
+// The fetch finishes if any honest peer holds the data. Concurrent
+// requests for one path share one job.
 type fetcher struct {
 	n *Node
 	p *p2p
