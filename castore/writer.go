@@ -104,15 +104,26 @@ func (w *Writer) PutBlob(r io.Reader) (Digest, uint64, error) {
 	return digest, size, nil
 }
 
+var errFinished = errors.New("castore: writer already finished")
+
 // PutChunk stores a chunk that arrived whole (from a peer). The caller has
 // checked data against d, as it has a frame for PutFrame: the transfer
 // client checks every chunk as it arrives, and hashing it again here would
-// add a tenth to a fetch's CPU time.
+// add a tenth to a fetch's CPU time. The caller also asked only for chunks
+// the store lacked, so the store is not looked up again: a chunk that
+// another writer stored meanwhile costs its pack bytes, and the index
+// keeps the first copy.
 func (w *Writer) PutChunk(d Digest, data []byte) error {
+	if w.done {
+		return errFinished
+	}
 	if len(data) == 0 || len(data) > MaxChunkSize {
 		return fmt.Errorf("castore: chunk of %d bytes", len(data))
 	}
-	return w.putChunk(d, data)
+	if _, ok := w.chunks[d]; ok {
+		return nil
+	}
+	return w.appendChunk(d, data)
 }
 
 // PutBlobRecord records the chunk list of a blob assembled from chunks
@@ -135,13 +146,18 @@ func (w *Writer) putBlobRecord(d Digest, refs []ChunkRef) error {
 
 func (w *Writer) putChunk(d Digest, data []byte) error {
 	if w.done {
-		return errors.New("castore: writer already finished")
+		return errFinished
 	}
 	if _, ok := w.chunks[d]; ok || w.s.HasChunk(d) {
 		w.stats.DedupChunks++
 		w.stats.DedupBytes += int64(len(data))
 		return nil
 	}
+	return w.appendChunk(d, data)
+}
+
+// appendChunk writes a new chunk to the pack being appended to.
+func (w *Writer) appendChunk(d Digest, data []byte) error {
 	loc, err := w.s.raw.append(data)
 	if err != nil {
 		return err
@@ -158,7 +174,7 @@ func (w *Writer) putChunk(d Digest, data []byte) error {
 // frame and checked the result against the digest.
 func (w *Writer) PutFrame(d Digest, frame []byte) error {
 	if w.done {
-		return errors.New("castore: writer already finished")
+		return errFinished
 	}
 	if _, ok := w.frames[d]; ok {
 		return nil
@@ -215,7 +231,7 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 	packs, zpacks := map[uint32]struct{}{}, map[uint32]struct{}{}
 	for _, w := range ws {
 		if w.done {
-			return errors.New("castore: writer already finished")
+			return errFinished
 		}
 		w.done = true
 		for id := range w.packs {
