@@ -107,9 +107,9 @@ func (w *Writer) PutBlob(r io.Reader) (Digest, uint64, error) {
 var errFinished = errors.New("castore: writer already finished")
 
 // PutChunk stores a chunk that arrived whole (from a peer). The caller has
-// checked data against d, as it has a frame for PutFrame: the transfer
-// client checks every chunk as it arrives, and hashing it again here would
-// add a tenth to a fetch's CPU time. The caller also asked only for chunks
+// checked data against d, as PutFrame's caller has checked its frame: the
+// transfer client checks every chunk as it arrives, and hashing it again
+// here would add a tenth to a fetch's CPU time. The caller also asked only for chunks
 // the store lacked, so the store is not looked up again: a chunk that
 // another writer stored meanwhile costs its pack bytes, and the index
 // keeps the first copy.
