@@ -253,46 +253,47 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 	// splits leaves only at commit, so random inserts into a large
 	// transaction shift ever longer slices, while ordered ones append.
 	type entry struct {
-		d    Digest
-		v    []byte
-		size uint32 // of a chunk
+		d   Digest
+		v   []byte
+		loc chunkLoc // of a chunk
 	}
-	sorted := func(add func(w *Writer, put func(Digest, []byte, uint32))) []entry {
+	sorted := func(add func(w *Writer, put func(Digest, []byte, chunkLoc))) []entry {
 		var es []entry
 		for _, w := range ws {
-			add(w, func(d Digest, v []byte, size uint32) { es = append(es, entry{d, v, size}) })
+			add(w, func(d Digest, v []byte, loc chunkLoc) { es = append(es, entry{d, v, loc}) })
 		}
 		slices.SortFunc(es, func(a, b entry) int { return bytes.Compare(a.d[:], b.d[:]) })
 		return es
 	}
-	chunkEntries := sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+	chunkEntries := sorted(func(w *Writer, put func(Digest, []byte, chunkLoc)) {
 		for d, loc := range w.chunks {
-			put(d, loc.marshal(), loc.Size)
+			put(d, loc.marshal(), loc)
 		}
 	})
 	others := []struct {
 		bucket  []byte
 		entries []entry
 	}{
-		{bucketBlobs, sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+		{bucketBlobs, sorted(func(w *Writer, put func(Digest, []byte, chunkLoc)) {
 			for d, v := range w.blobs {
-				put(d, v, 0)
+				put(d, v, chunkLoc{})
 			}
 		})},
-		{bucketDirs, sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+		{bucketDirs, sorted(func(w *Writer, put func(Digest, []byte, chunkLoc)) {
 			for d, v := range w.dirs {
-				put(d, v, 0)
+				put(d, v, chunkLoc{})
 			}
 		})},
-		{bucketFrames, sorted(func(w *Writer, put func(Digest, []byte, uint32)) {
+		{bucketFrames, sorted(func(w *Writer, put func(Digest, []byte, chunkLoc)) {
 			for d, v := range w.frames {
-				put(d, v, 0)
+				put(d, v, chunkLoc{})
 			}
 		})},
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	var added []entry // chunks new to the index
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks)
-		var newBytes, newCount uint64
+		var newBytes uint64
 		for _, e := range chunkEntries {
 			if chunks.Get(e.d[:]) != nil {
 				continue // committed before, by another writer
@@ -300,8 +301,8 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 			if err := chunks.Put(e.d[:], e.v); err != nil {
 				return err
 			}
-			newBytes += uint64(e.size)
-			newCount++
+			newBytes += uint64(e.loc.Size)
+			added = append(added, e)
 		}
 		for _, o := range others {
 			b := tx.Bucket(o.bucket)
@@ -321,8 +322,18 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 		if err := addCounter(meta, metaChunkBytes, newBytes); err != nil {
 			return err
 		}
-		return addCounter(meta, metaChunkCount, newCount)
+		return addCounter(meta, metaChunkCount, uint64(len(added)))
 	})
+	if err != nil {
+		return err
+	}
+	// New chunks are about to be read (a fetch's NAR renders as they
+	// arrive): their locations go into the cache rather than each costing
+	// an index lookup.
+	for _, e := range added {
+		s.chunkCache.Put(e.d, e.loc)
+	}
+	return nil
 }
 
 // Abort drops what the Writer added. Its pack bytes stay as garbage until
