@@ -1,6 +1,7 @@
 package castore
 
 import (
+	"bytes"
 	"context"
 	"slices"
 
@@ -25,8 +26,8 @@ const (
 
 // Share marks every object of the tree under root as shared and returns
 // the directories and chunks that were not shared before (what is new to
-// announce). The root is marked last, so a marked root means a complete
-// tree.
+// announce). All marks go in in one transaction, so a marked root means a
+// complete tree; they go in in key order, which bbolt inserts fastest.
 func (s *Store) Share(ctx context.Context, root Node) (newDigests []Digest, err error) {
 	if root.Type == TypeSymlink {
 		return nil, nil
@@ -82,9 +83,10 @@ func (s *Store) Share(ctx context.Context, root Node) (newDigests []Digest, err 
 	if err := walk(root); err != nil {
 		return nil, err
 	}
+	slices.SortFunc(order, func(a, b Digest) int { return bytes.Compare(a[:], b[:]) })
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketShared)
-		for _, d := range order { // children before parents, the root last
+		for _, d := range order {
 			if old := b.Get(d[:]); old != nil {
 				continue
 			}
