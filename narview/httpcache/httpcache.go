@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -115,45 +116,63 @@ func (h *Handler) info(w http.ResponseWriter, r *http.Request, hash string) *pat
 	return nil
 }
 
-// NarURL is the URL (relative to the cache root) of a path's NAR.
-func NarURL(info *pathinfo.Info, compression string) string {
-	return "nar/" + info.HashPart() + "-" + info.NarHash.String()[len("sha256:"):] + suffixes[compression]
+// appendNarURL appends the URL (relative to the cache root) of a path's
+// NAR; narHash is info.NarHash in text.
+func appendNarURL(b []byte, info *pathinfo.Info, narHash, compression string) []byte {
+	b = append(b, "nar/"...)
+	b = append(b, info.HashPart()...)
+	b = append(b, '-')
+	b = append(b, narHash[len("sha256:"):]...)
+	return append(b, suffixes[compression]...)
 }
+
+// narinfoBufs holds buffers for narinfo texts: a narinfo request is
+// mostly Go's per-request cost, and its garbage showed in profiles.
+var narinfoBufs = sync.Pool{New: func() any { return new([]byte) }}
 
 func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash, compression string) {
 	info := h.info(w, r, hash)
 	if info == nil {
 		return
 	}
-	text := Narinfo(info, compression)
+	buf := narinfoBufs.Get().(*[]byte)
+	defer narinfoBufs.Put(buf)
+	*buf = appendNarinfo((*buf)[:0], info, compression)
 	w.Header().Set("Content-Type", "text/x-nix-narinfo")
-	w.Header().Set("Content-Length", strconv.Itoa(len(text)))
+	w.Header().Set("Content-Length", strconv.Itoa(len(*buf)))
 	if r.Method == http.MethodHead {
 		return
 	}
-	io.WriteString(w, text)
+	w.Write(*buf)
 }
 
-// Narinfo formats a path's narinfo pointing at its NAR in the given
-// compression.
-func Narinfo(info *pathinfo.Info, compression string) string {
-	var b strings.Builder
-	b.Grow(400 + 70*len(info.References) + 110*len(info.Sigs))
-	line := func(k, v string) {
-		b.WriteString(k)
-		b.WriteString(": ")
-		b.WriteString(v)
-		b.WriteByte('\n')
+// appendNarinfo appends a path's narinfo, pointing at its NAR in the given
+// compression, to b.
+func appendNarinfo(b []byte, info *pathinfo.Info, compression string) []byte {
+	line := func(k string, v ...string) {
+		b = append(b, k...)
+		b = append(b, ": "...)
+		for i, s := range v {
+			if i > 0 {
+				b = append(b, ' ')
+			}
+			b = append(b, s...)
+		}
+		b = append(b, '\n')
 	}
+	narHash := info.NarHash.String()
 	line("StorePath", info.StorePath)
-	line("URL", NarURL(info, compression))
+	b = append(b, "URL: "...)
+	b = append(appendNarURL(b, info, narHash, compression), '\n')
 	line("Compression", compression)
 	if compression == CompressionNone {
-		line("FileSize", strconv.FormatUint(info.NarSize, 10))
+		b = strconv.AppendUint(append(b, "FileSize: "...), info.NarSize, 10)
+		b = append(b, '\n')
 	}
-	line("NarHash", info.NarHash.String())
-	line("NarSize", strconv.FormatUint(info.NarSize, 10))
-	line("References", strings.Join(pathinfo.BaseNames(info.References), " "))
+	line("NarHash", narHash)
+	b = strconv.AppendUint(append(b, "NarSize: "...), info.NarSize, 10)
+	b = append(b, '\n')
+	line("References", pathinfo.BaseNames(info.References)...)
 	if info.Deriver != "" {
 		line("Deriver", info.Deriver[strings.LastIndexByte(info.Deriver, '/')+1:])
 	}
@@ -163,7 +182,7 @@ func Narinfo(info *pathinfo.Info, compression string) string {
 	if info.CA != "" {
 		line("CA", info.CA)
 	}
-	return b.String()
+	return b
 }
 
 func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) {
