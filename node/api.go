@@ -22,19 +22,6 @@ import (
 // status, verify, gc). It lives on the unix socket, not on http.listen, so
 // that only users who may open the socket can change the store.
 
-// PathMeta is what an import says about a path; the node checks the NAR
-// against it.
-type PathMeta struct {
-	Path             string   `json:"path"`
-	NarHash          string   `json:"nar_hash"`
-	NarSize          uint64   `json:"nar_size"`
-	References       []string `json:"references,omitempty"`
-	Deriver          string   `json:"deriver,omitempty"`
-	Sigs             []string `json:"sigs,omitempty"`
-	CA               string   `json:"ca,omitempty"`
-	RegistrationTime int64    `json:"registration_time,omitempty"`
-}
-
 // ImportResult reports one imported path.
 type ImportResult struct {
 	Path       string `json:"path"`
@@ -114,7 +101,7 @@ func (n *Node) controlHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
 			return
 		}
-		var meta PathMeta
+		var meta pathinfo.Meta
 		if err := json.Unmarshal(line, &meta); err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
 			return
@@ -230,7 +217,7 @@ func (c *Client) HasPath(ctx context.Context, hash string) (bool, error) {
 }
 
 // Import sends one path's metadata and NAR to the node.
-func (c *Client) Import(ctx context.Context, meta *PathMeta, nar io.Reader) (*ImportResult, error) {
+func (c *Client) Import(ctx context.Context, meta *pathinfo.Meta, nar io.Reader) (*ImportResult, error) {
 	head, err := json.Marshal(meta)
 	if err != nil {
 		return nil, err

@@ -117,21 +117,12 @@ func badInput(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadInput, fmt.Sprintf(format, args...))
 }
 
-// Import adds one path from a NAR stream for `p2pstore import`.
-func (n *Node) Import(ctx context.Context, meta *PathMeta, r io.Reader) (*ImportResult, error) {
-	h, err := storepath.ParseNarHash(meta.NarHash)
+// Import adds one path from a NAR stream for `p2pstore import`; the NAR
+// is checked against meta.
+func (n *Node) Import(ctx context.Context, meta *pathinfo.Meta, r io.Reader) (*ImportResult, error) {
+	info, err := meta.Info()
 	if err != nil {
 		return nil, badInput("%s: %v", meta.Path, err)
-	}
-	info := &pathinfo.Info{
-		StorePath:        meta.Path,
-		NarHash:          h,
-		NarSize:          meta.NarSize,
-		References:       meta.References,
-		Deriver:          meta.Deriver,
-		Sigs:             meta.Sigs,
-		CA:               meta.CA,
-		RegistrationTime: meta.RegistrationTime,
 	}
 	st, err := n.addPath(ctx, info, r)
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/node"
 )
 
@@ -486,7 +487,7 @@ func TestBadInput(t *testing.T) {
 
 	// Imports over the API that lie are refused and leave nothing behind.
 	before := n.status()
-	meta := &node.PathMeta{Path: "/nix/store/" + strings.Repeat("1", 32) + "-fake", NarHash: "sha256:" + strings.Repeat("0", 52), NarSize: 120}
+	meta := &pathinfo.Meta{Path: "/nix/store/" + strings.Repeat("1", 32) + "-fake", NarHash: "sha256:" + strings.Repeat("0", 52), NarSize: 120}
 	for name, body := range map[string][]byte{
 		"truncated":  nixtest.Output(t, "nix-store", "--dump", p)[:50],
 		"garbage":    bytes.Repeat([]byte("x"), 200),
@@ -501,7 +502,7 @@ func TestBadInput(t *testing.T) {
 	// A signature that claims the node's own key but does not verify.
 	forged := addTree(t, "forged", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
 	src := pathInfo(t, "", forged)[forged]
-	fm := &node.PathMeta{Path: forged, NarHash: src.NarHash, NarSize: src.NarSize,
+	fm := &pathinfo.Meta{Path: forged, NarHash: src.NarHash, NarSize: src.NarSize,
 		Sigs: []string{"e2e-test-1:" + strings.Repeat("A", 86) + "=="}}
 	_, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)))
 	if se, ok := err.(*node.StatusError); !ok || se.Code != 400 || !strings.Contains(se.Msg, "does not verify") {

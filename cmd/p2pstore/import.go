@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/p2pstore/p2pstore/narview/localstore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node"
 )
@@ -113,7 +114,7 @@ func importOne(ctx context.Context, client *node.Client, src localstore.Source, 
 	if bar != nil {
 		body = io.TeeReader(pr, bar)
 	}
-	meta := &node.PathMeta{
+	meta := &pathinfo.Meta{
 		Path: in.Path, NarHash: in.NarHash, NarSize: in.NarSize, References: in.References,
 		Deriver: in.Deriver, Sigs: in.Signatures, CA: in.CA, RegistrationTime: in.RegistrationTime,
 	}

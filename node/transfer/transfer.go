@@ -79,16 +79,9 @@ func badData(format string, args ...any) error {
 // the root of its tree in castore, and signatures binding that root to the
 // path (RootFingerprint).
 type Record struct {
-	StorePath        string   `json:"path"`
-	NarHash          string   `json:"nar_hash"`
-	NarSize          uint64   `json:"nar_size"`
-	References       []string `json:"references,omitempty"`
-	Deriver          string   `json:"deriver,omitempty"`
-	Sigs             []string `json:"sigs,omitempty"`
-	CA               string   `json:"ca,omitempty"`
-	RegistrationTime int64    `json:"registration_time,omitempty"`
-	Root             []byte   `json:"root"`
-	RootSigs         []string `json:"root_sigs,omitempty"`
+	pathinfo.Meta
+	Root     []byte   `json:"root"`
+	RootSigs []string `json:"root_sigs,omitempty"`
 }
 
 // RootFingerprint is what a node signs (with its Nix key) to say that root
@@ -101,26 +94,17 @@ func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64
 
 // RecordOf makes the record of a path.
 func RecordOf(info *pathinfo.Info, rootSigs []string) *Record {
-	return &Record{
-		StorePath: info.StorePath, NarHash: info.NarHash.String(), NarSize: info.NarSize,
-		References: info.References, Deriver: info.Deriver, Sigs: info.Sigs, CA: info.CA,
-		RegistrationTime: info.RegistrationTime, Root: info.Root.Marshal(), RootSigs: rootSigs,
-	}
+	return &Record{Meta: pathinfo.MetaOf(info), Root: info.Root.Marshal(), RootSigs: rootSigs}
 }
 
 // Info converts a record to a path info, checking its fields.
 func (r *Record) Info(storeDir string) (*pathinfo.Info, error) {
-	h, err := storepath.ParseNarHash(r.NarHash)
+	info, err := r.Meta.Info()
 	if err != nil {
 		return nil, badData("record: %v", err)
 	}
-	root, err := castore.UnmarshalNode(r.Root)
-	if err != nil {
+	if info.Root, err = castore.UnmarshalNode(r.Root); err != nil {
 		return nil, badData("record: %v", err)
-	}
-	info := &pathinfo.Info{
-		StorePath: r.StorePath, NarHash: h, NarSize: r.NarSize, References: r.References,
-		Deriver: r.Deriver, Sigs: r.Sigs, CA: r.CA, RegistrationTime: r.RegistrationTime, Root: root,
 	}
 	if err := info.Validate(storeDir); err != nil {
 		return nil, badData("record: %v", err)

@@ -15,6 +15,7 @@ import (
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // memSource is a Source held in maps; zstdFrames makes Chunk answer with
@@ -121,7 +122,7 @@ func TestRoundTrip(t *testing.T) {
 	bigD := src.addBlob(big, castore.MaxChunkSize)
 	small := randomBytes(2, 1000)
 	smallD := src.addBlob(small, castore.MaxChunkSize)
-	src.records["00000000000000000000000000000000"] = &Record{StorePath: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000", Root: []byte{1}}
+	src.records["00000000000000000000000000000000"] = &Record{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: []byte{1}}
 
 	mn, err := mocknet.FullMeshConnected(2)
 	if err != nil {
@@ -136,7 +137,7 @@ func TestRoundTrip(t *testing.T) {
 	ctx := context.Background()
 
 	rec, err := c.Record(ctx, p, "00000000000000000000000000000000")
-	if err != nil || rec.StorePath != "/nix/store/00000000000000000000000000000000-x" {
+	if err != nil || rec.Path != "/nix/store/00000000000000000000000000000000-x" {
 		t.Fatalf("record: %+v, %v", rec, err)
 	}
 	if _, err := c.Record(ctx, p, "11111111111111111111111111111111"); !errors.Is(err, ErrNotFound) {
@@ -318,9 +319,9 @@ func TestClientRejectsLies(t *testing.T) {
 
 	// A record's fields are checked when it becomes a path info.
 	for _, rec := range []Record{
-		{StorePath: "/nix/store/x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000", Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
-		{StorePath: "/nix/store/00000000000000000000000000000000-x", NarHash: "md5:00", Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
-		{StorePath: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000", Root: []byte{0xff}},
+		{Meta: pathinfo.Meta{Path: "/nix/store/x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
+		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "md5:00"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
+		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: []byte{0xff}},
 	} {
 		if _, err := rec.Info("/nix/store"); !errors.Is(err, ErrBadData) {
 			t.Errorf("record %+v: %v, want ErrBadData", rec, err)
