@@ -49,6 +49,17 @@ func DigestFromBytes(b []byte) (Digest, error) {
 // ErrNotFound is returned when the store lacks an object.
 var ErrNotFound = errors.New("castore: not found")
 
+// missing is ErrNotFound naming the object: planning a fetch checks
+// thousands of objects the store lacks, so the message is made only if
+// someone reads it.
+type missing struct {
+	what string
+	d    Digest
+}
+
+func (m *missing) Error() string { return m.what + " " + m.d.String() + ": " + ErrNotFound.Error() }
+func (m *missing) Unwrap() error { return ErrNotFound }
+
 // ErrDigestMismatch is returned when bytes do not hash to the digest that
 // names them: corruption on disk or a lying peer.
 var ErrDigestMismatch = errors.New("castore: digest mismatch")

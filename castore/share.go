@@ -3,6 +3,7 @@ package castore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -135,6 +136,10 @@ func (s *Store) ChunkFrame(d Digest, buf []byte) (frame []byte, ok bool, err err
 	if err != nil || !have || loc.Size == 0 {
 		return buf, false, err
 	}
+	return s.readFrame(loc, buf)
+}
+
+func (s *Store) readFrame(loc chunkLoc, buf []byte) ([]byte, bool, error) {
 	f, err := s.zstd.reader(loc.Pack)
 	if err != nil {
 		return buf, false, err
@@ -145,4 +150,34 @@ func (s *Store) ChunkFrame(d Digest, buf []byte) (frame []byte, ok bool, err err
 		return buf[:n], false, err
 	}
 	return buf, true, nil
+}
+
+// SharedChunk appends a chunk of a shared tree to buf, for a peer: its
+// zstd frame when zstd is asked and one is stored (compressed true), else
+// its bytes, checked against the digest so that a chunk damaged on disk is
+// refused rather than sent. A chunk of no shared tree is ErrNotFound. Both
+// lookups share one index transaction: a seed answers thousands of these
+// per path.
+func (s *Store) SharedChunk(d Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error) {
+	var shared, haveFrame bool
+	var frame chunkLoc
+	err = s.View(func(v *View) (err error) {
+		shared = v.tx.Bucket(bucketShared).Get(d[:]) != nil
+		if shared && zstd {
+			frame, haveFrame, err = v.frameLoc(d)
+		}
+		return err
+	})
+	switch {
+	case err != nil:
+		return buf, false, err
+	case !shared:
+		return buf, false, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+	case haveFrame && frame.Size > 0:
+		if data, ok, _ := s.readFrame(frame, buf); ok {
+			return data, true, nil
+		} // else the raw bytes, if they can be read
+	}
+	data, err = s.ReadChunk(d, buf)
+	return data, false, err
 }

@@ -150,6 +150,122 @@ func (s *Store) get(bucket []byte, key Digest) (v []byte, err error) {
 	return v, err
 }
 
+// View answers many lookups from one read transaction of the index: a
+// caller that asks about thousands of objects at once (the fetcher
+// planning a download) pays for one transaction, not one per lookup. A
+// View is valid only inside the function given to Store.View; keep that
+// function short, since a long read transaction holds up index growth.
+type View struct {
+	s  *Store
+	tx *bolt.Tx
+}
+
+// View calls fn with a View of the index as it is now.
+func (s *Store) View(fn func(v *View) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(&View{s: s, tx: tx}) })
+}
+
+// HasChunk reports whether the chunk is stored.
+func (v *View) HasChunk(d Digest) bool {
+	if _, ok := v.s.chunkCache.Get(d); ok {
+		return true
+	}
+	return v.tx.Bucket(bucketChunks).Get(d[:]) != nil
+}
+
+func (v *View) chunkLoc(d Digest) (chunkLoc, error) {
+	if loc, ok := v.s.chunkCache.Get(d); ok {
+		return loc, nil
+	}
+	b := v.tx.Bucket(bucketChunks).Get(d[:])
+	if b == nil {
+		return chunkLoc{}, ErrNotFound
+	}
+	loc, err := unmarshalChunkLoc(b)
+	if err == nil {
+		v.s.chunkCache.Put(d, loc)
+	}
+	return loc, err
+}
+
+// BlobChunks returns the chunks that make up a blob of the given size, in
+// order. A blob of one chunk is that chunk, under the blob's digest.
+func (v *View) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
+	if refs, ok := v.s.cachedBlobChunks(d, size); ok {
+		return refs, nil
+	}
+	if size <= MaxChunkSize {
+		if loc, err := v.chunkLoc(d); err == nil && uint64(loc.Size) == size {
+			return []ChunkRef{{Digest: d, Size: uint32(size)}}, nil
+		}
+	}
+	b := v.tx.Bucket(bucketBlobs).Get(d[:])
+	if b == nil {
+		return nil, &missing{what: "blob", d: d}
+	}
+	refs, err := unmarshalChunkRefs(b)
+	if err != nil {
+		return nil, err
+	}
+	var total uint64
+	for _, r := range refs {
+		total += uint64(r.Size)
+	}
+	if total != size {
+		return nil, fmt.Errorf("castore: blob %s has %d bytes of chunks, want %d", d, total, size)
+	}
+	v.s.blobCache.Put(d, refs)
+	return refs, nil
+}
+
+// cachedBlobChunks answers BlobChunks from the caches alone, if it can: on
+// the hot path of serving a NAR, that is without a transaction. A chunk
+// named by the blob's digest, of the blob's size, is the whole blob.
+func (s *Store) cachedBlobChunks(d Digest, size uint64) ([]ChunkRef, bool) {
+	if size == 0 {
+		return nil, true
+	}
+	if size <= MaxChunkSize {
+		if loc, ok := s.chunkCache.Get(d); ok && uint64(loc.Size) == size {
+			return []ChunkRef{{Digest: d, Size: uint32(size)}}, true
+		}
+	}
+	refs, ok := s.blobCache.Get(d)
+	return refs, ok
+}
+
+// HasBlob reports whether every chunk of the blob is stored.
+func (v *View) HasBlob(d Digest, size uint64) bool {
+	refs, err := v.BlobChunks(d, size)
+	if err != nil {
+		return false
+	}
+	for _, r := range refs {
+		if !v.HasChunk(r.Digest) {
+			return false
+		}
+	}
+	return true
+}
+
+// view runs one lookup in a View of its own.
+func view[T any](s *Store, lookup func(v *View) T) T {
+	var out T
+	_ = s.View(func(v *View) error { out = lookup(v); return nil })
+	return out
+}
+
+// HasChunk reports whether the chunk is stored.
+func (s *Store) HasChunk(d Digest) bool {
+	if _, ok := s.chunkCache.Get(d); ok {
+		return true
+	}
+	return view(s, func(v *View) bool { return v.HasChunk(d) })
+}
+
+// HasDirectory reports whether the directory is stored.
+func (s *Store) HasDirectory(d Digest) bool { return s.has(bucketDirs, d) }
+
 func (s *Store) has(bucket []byte, key Digest) bool {
 	var ok bool
 	_ = s.db.View(func(tx *bolt.Tx) error {
@@ -159,25 +275,16 @@ func (s *Store) has(bucket []byte, key Digest) bool {
 	return ok
 }
 
-// HasChunk reports whether the chunk is stored.
-func (s *Store) HasChunk(d Digest) bool { return s.has(bucketChunks, d) }
-
-// HasDirectory reports whether the directory is stored.
-func (s *Store) HasDirectory(d Digest) bool { return s.has(bucketDirs, d) }
-
 func (s *Store) chunkLoc(d Digest) (chunkLoc, error) {
 	if loc, ok := s.chunkCache.Get(d); ok {
 		return loc, nil
 	}
-	v, err := s.get(bucketChunks, d)
-	if err != nil {
-		return chunkLoc{}, err
+	type result struct {
+		loc chunkLoc
+		err error
 	}
-	loc, err := unmarshalChunkLoc(v)
-	if err == nil {
-		s.chunkCache.Put(d, loc)
-	}
-	return loc, err
+	r := view(s, func(v *View) result { loc, err := v.chunkLoc(d); return result{loc, err} })
+	return r.loc, r.err
 }
 
 // Directory returns a stored directory. Callers must not modify it: it may
@@ -198,53 +305,22 @@ func (s *Store) Directory(d Digest) (*Directory, error) {
 }
 
 // BlobChunks returns the chunks that make up a blob of the given size, in
-// order. A blob of one chunk has no record of its own: its only chunk is
-// addressed by the blob digest.
+// order. A blob of one chunk is that chunk, under the blob's digest.
 func (s *Store) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
-	if size == 0 {
-		return nil, nil
-	}
-	if size <= MaxChunkSize {
-		// A chunk named by the blob's digest, of the blob's size, is the
-		// whole blob.
-		if loc, err := s.chunkLoc(d); err == nil && uint64(loc.Size) == size {
-			return []ChunkRef{{Digest: d, Size: uint32(size)}}, nil
-		}
-	}
-	if refs, ok := s.blobCache.Get(d); ok {
+	if refs, ok := s.cachedBlobChunks(d, size); ok {
 		return refs, nil
 	}
-	v, err := s.get(bucketBlobs, d)
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", d, err)
+	type result struct {
+		refs []ChunkRef
+		err  error
 	}
-	refs, err := unmarshalChunkRefs(v)
-	if err != nil {
-		return nil, err
-	}
-	var total uint64
-	for _, r := range refs {
-		total += uint64(r.Size)
-	}
-	if total != size {
-		return nil, fmt.Errorf("castore: blob %s has %d bytes of chunks, want %d", d, total, size)
-	}
-	s.blobCache.Put(d, refs)
-	return refs, nil
+	r := view(s, func(v *View) result { refs, err := v.BlobChunks(d, size); return result{refs, err} })
+	return r.refs, r.err
 }
 
 // HasBlob reports whether every chunk of the blob is stored.
 func (s *Store) HasBlob(d Digest, size uint64) bool {
-	refs, err := s.BlobChunks(d, size)
-	if err != nil {
-		return false
-	}
-	for _, r := range refs {
-		if !s.HasChunk(r.Digest) {
-			return false
-		}
-	}
-	return true
+	return view(s, func(v *View) bool { return v.HasBlob(d, size) })
 }
 
 // ReadChunk appends the chunk's bytes to buf after checking them against

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 func openTemp(t *testing.T) (*Store, string) {
@@ -233,5 +235,85 @@ func TestShare(t *testing.T) {
 	s.ForEachShared(func(Digest) error { n++; return nil })
 	if n != len(fresh) {
 		t.Fatalf("ForEachShared gave %d, want %d (blobs are not announced)", n, len(fresh))
+	}
+}
+
+// A View answers as the single lookups do, for stored and missing objects.
+func TestView(t *testing.T) {
+	s, _ := openTemp(t)
+	w := s.NewWriter()
+	small, smallSize, _ := w.PutBlob(bytes.NewReader([]byte("small")))
+	big, bigSize, _ := w.PutBlob(bytes.NewReader(pseudoRandom(7, 1<<20)))
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	absent := Sum([]byte("absent"))
+	refs, err := s.BlobChunks(big, bigSize)
+	if err != nil || len(refs) < 2 {
+		t.Fatalf("big blob: %d chunks, %v", len(refs), err)
+	}
+	err = s.View(func(v *View) error {
+		for _, c := range []struct {
+			d    Digest
+			size uint64
+			want int // chunks, or -1 for not found
+		}{{small, smallSize, 1}, {big, bigSize, len(refs)}, {absent, 100, -1}, {absent, 1 << 20, -1}} {
+			got, err := v.BlobChunks(c.d, c.size)
+			switch {
+			case c.want < 0 && !errors.Is(err, ErrNotFound):
+				t.Errorf("%s: err %v, want ErrNotFound", c.d, err)
+			case c.want >= 0 && (err != nil || len(got) != c.want):
+				t.Errorf("%s: %d chunks, %v; want %d", c.d, len(got), err, c.want)
+			}
+			if has := v.HasBlob(c.d, c.size); has != (c.want >= 0) || has != s.HasBlob(c.d, c.size) {
+				t.Errorf("%s: HasBlob %v", c.d, has)
+			}
+		}
+		if !v.HasChunk(refs[1].Digest) || v.HasChunk(absent) {
+			t.Error("HasChunk wrong")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SharedChunk gives peers only chunks of shared trees: the zstd frame when
+// asked and stored, else the checked bytes.
+func TestSharedChunk(t *testing.T) {
+	s, _ := openTemp(t)
+	w := s.NewWriter()
+	text := bytes.Repeat([]byte("compressible "), 1000)
+	shared, _, _ := w.PutBlob(bytes.NewReader(text))
+	private, _, _ := w.PutBlob(bytes.NewReader([]byte("private")))
+	root, _ := w.PutDirectory(&Directory{Files: []FileEntry{{Name: []byte("f"), Digest: shared, Size: uint64(len(text))}}})
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Share(context.Background(), Node{Type: TypeDirectory, Digest: root, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.SharedChunk(private, true, nil); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("private chunk: err %v, want ErrNotFound", err)
+	}
+	data, compressed, err := s.SharedChunk(shared, true, nil)
+	if err != nil || compressed || !bytes.Equal(data, text) {
+		t.Fatalf("before compression: compressed %v, err %v, bytes equal %v", compressed, err, bytes.Equal(data, text))
+	}
+	if _, err := s.CompressPending(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	frame, compressed, err := s.SharedChunk(shared, true, []byte("prefix"))
+	if err != nil || !compressed || !bytes.HasPrefix(frame, []byte("prefix")) {
+		t.Fatalf("after compression: compressed %v, err %v", compressed, err)
+	}
+	dec, _ := zstd.NewReader(nil)
+	defer dec.Close()
+	if got, err := dec.DecodeAll(frame[len("prefix"):], nil); err != nil || !bytes.Equal(got, text) {
+		t.Fatalf("frame decodes to %d bytes, %v", len(got), err)
+	}
+	if data, compressed, err := s.SharedChunk(shared, false, nil); err != nil || compressed || !bytes.Equal(data, text) {
+		t.Fatalf("raw asked: compressed %v, err %v", compressed, err)
 	}
 }

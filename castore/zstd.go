@@ -112,18 +112,24 @@ func (s *Store) chunksWithoutFrames(n int) ([]Digest, error) {
 // frameLoc returns where a chunk's stored frame is; ok is false when the
 // chunk has none yet, and loc.Size is 0 when it is not worth compressing.
 func (s *Store) frameLoc(d Digest) (loc chunkLoc, ok bool, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketFrames).Get(d[:])
-		if v == nil {
-			return nil
-		}
-		ok = true
-		if len(v) > 0 {
-			loc, err = unmarshalChunkLoc(v)
-		}
+	err = s.View(func(v *View) error {
+		loc, ok, err = v.frameLoc(d)
 		return err
 	})
 	return loc, ok, err
+}
+
+// frameLoc is where the chunk's zstd frame is: ok false if it has none
+// yet, a zero Size if it is not worth one.
+func (v *View) frameLoc(d Digest) (loc chunkLoc, ok bool, err error) {
+	b := v.tx.Bucket(bucketFrames).Get(d[:])
+	if b == nil {
+		return chunkLoc{}, false, nil
+	}
+	if len(b) > 0 {
+		loc, err = unmarshalChunkLoc(b)
+	}
+	return loc, true, err
 }
 
 // ChunkWriter is a destination that takes file contents chunk by chunk, by

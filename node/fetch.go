@@ -63,6 +63,7 @@ const (
 	missMemory     = 30 * time.Second       // a path found nowhere is not looked for again before
 	penalty        = 10 * time.Minute       // a peer that lied is ignored this long
 	chunkBatch     = 64                     // chunks per request
+	firstBatch     = 4                      // chunks in the first request
 	streamsPerPeer = 4                      // requests in flight per peer
 	maxSources     = 8                      // peers a fetch draws from
 	maxAsked       = 64                     // peers asked for a record, at most
@@ -70,6 +71,7 @@ const (
 	gatherGrace    = 100 * time.Millisecond // for more records after the first
 	maxAttempts    = 3                      // trees tried per fetch
 	commitGather   = 40 * time.Millisecond  // batches a commit waits to gather
+	wantedGather   = 5 * time.Millisecond   // the same, when a client's NAR waits for one
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
@@ -340,6 +342,8 @@ type job struct {
 	dirs      map[castore.Digest]*castore.Directory
 	lists     map[castore.Digest][]castore.ChunkRef // the files of the tree, stored or not
 	have      map[castore.Digest]bool               // chunks stored during this job
+	wanted    map[castore.Digest]int                // chunks clients' NARs wait for, and how many
+	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
 	failed    error                                 // the job gave up on the current tree
 
 	done chan struct{}
@@ -349,7 +353,8 @@ type job struct {
 }
 
 func newJob(f *fetcher, hash string) *job {
-	j := &job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{})}
+	j := &job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{}),
+		wanted: map[castore.Digest]int{}, waiting: make(chan struct{}, 1)}
 	j.cond = sync.NewCond(&j.mu)
 	return j
 }
@@ -470,19 +475,22 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	files := narOrderFiles(info.Root, dirs)
 	lists := map[castore.Digest][]castore.ChunkRef{}
 	var multi []transfer.BlobRef
-	for _, file := range files {
-		if _, ok := lists[file.Digest]; ok || file.Size == 0 {
-			continue
+	_ = st.View(func(v *castore.View) error {
+		for _, file := range files {
+			if _, ok := lists[file.Digest]; ok || file.Size == 0 {
+				continue
+			}
+			if refs, err := v.BlobChunks(file.Digest, file.Size); err == nil {
+				lists[file.Digest] = refs // the node has this file already
+			} else if file.Size <= castore.MinChunkSize { // always one chunk
+				lists[file.Digest] = []castore.ChunkRef{{Digest: file.Digest, Size: uint32(file.Size)}}
+			} else {
+				lists[file.Digest] = nil
+				multi = append(multi, transfer.BlobRef{Digest: file.Digest, Size: file.Size})
+			}
 		}
-		if refs, err := st.BlobChunks(file.Digest, file.Size); err == nil {
-			lists[file.Digest] = refs // the node has this file already
-		} else if file.Size <= castore.MinChunkSize { // always one chunk
-			lists[file.Digest] = []castore.ChunkRef{{Digest: file.Digest, Size: uint32(file.Size)}}
-		} else {
-			lists[file.Digest] = nil
-			multi = append(multi, transfer.BlobRef{Digest: file.Digest, Size: file.Size})
-		}
-	}
+		return nil
+	})
 	listSource := map[castore.Digest]peer.ID{}
 	for i := 0; i < len(multi); i += transfer.MaxBlobsPerRequest {
 		batch := multi[i:min(i+transfer.MaxBlobsPerRequest, len(multi))]
@@ -508,16 +516,19 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	// them arriving in the order it needs them.
 	var chunks []castore.Digest
 	seen := map[castore.Digest]bool{}
-	for _, file := range files {
-		for _, r := range lists[file.Digest] {
-			if !seen[r.Digest] {
-				seen[r.Digest] = true
-				if !st.HasChunk(r.Digest) {
-					chunks = append(chunks, r.Digest)
+	_ = st.View(func(v *castore.View) error {
+		for _, file := range files {
+			for _, r := range lists[file.Digest] {
+				if !seen[r.Digest] {
+					seen[r.Digest] = true
+					if !v.HasChunk(r.Digest) {
+						chunks = append(chunks, r.Digest)
+					}
 				}
 			}
 		}
-	}
+		return nil
+	})
 	j.mu.Lock()
 	j.dirs, j.lists, j.have, j.treeReady = dirs, lists, map[castore.Digest]bool{}, true
 	j.cond.Broadcast()
@@ -677,9 +688,12 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		started time.Time // when the first of them was asked
 		done    bool      // received, committed or on its way to be
 	}
+	// The first batches are small, so that the first chunks of the NAR,
+	// which a reader may be waiting for, arrive without waiting behind
+	// whole batches; then they double up to chunkBatch.
 	var queue []*batch
-	for i := 0; i < len(chunks); i += chunkBatch {
-		queue = append(queue, &batch{digests: chunks[i:min(i+chunkBatch, len(chunks))]})
+	for i, size := 0, firstBatch; i < len(chunks); i, size = i+size, min(2*size, chunkBatch) {
+		queue = append(queue, &batch{digests: chunks[i:min(i+size, len(chunks))]})
 	}
 	held := map[*batch]bool{} // batches with askers
 	var (
@@ -687,8 +701,9 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		typical  time.Duration // moving average of their times
 	)
 	type received struct {
-		w *castore.Writer
-		b *batch
+		w  *castore.Writer
+		b  *batch
+		at time.Time
 	}
 	var (
 		mu        sync.Mutex
@@ -743,9 +758,18 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		for r := range toCommit {
 			// Gather what arrives in the next few milliseconds: each
 			// commit rewrites the index pages its random keys touch, so
-			// fewer, larger commits cost much less.
+			// fewer, larger commits cost much less. A batch that a client's
+			// NAR waits for is committed sooner.
 			group := []received{r}
-			gather := time.After(commitGather)
+			gather := time.NewTimer(commitGather)
+			hurried := false
+			hurry := func(g received) {
+				if !hurried && j.wants(g.b.digests) {
+					hurried = true
+					gather.Reset(time.Until(r.at.Add(wantedGather)))
+				}
+			}
+			hurry(r)
 		drain:
 			for len(group) < 32 {
 				select {
@@ -754,10 +778,16 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 						break drain
 					}
 					group = append(group, more)
-				case <-gather:
+					hurry(more)
+				case <-j.waiting: // a reader began to wait: for one of these?
+					for _, g := range group {
+						hurry(g)
+					}
+				case <-gather.C:
 					break drain
 				}
 			}
+			gather.Stop()
 			ws := make([]*castore.Writer, len(group))
 			for i, g := range group {
 				ws[i] = g.w
@@ -856,7 +886,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			inCommit++
 			cond.Broadcast()
 			mu.Unlock()
-			toCommit <- received{w, b}
+			toCommit <- received{w, b, time.Now()}
 		}
 	}
 	// Workers waiting for work look again when ctx ends, and every tenth
@@ -908,6 +938,21 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	return nil
 }
 
+// wants reports whether a client's NAR waits for one of the chunks.
+func (j *job) wants(chunks []castore.Digest) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if len(j.wanted) == 0 {
+		return false
+	}
+	for _, d := range chunks {
+		if j.wanted[d] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // stored marks chunks as readable.
 func (j *job) stored(batch []castore.Digest) {
 	j.mu.Lock()
@@ -936,8 +981,9 @@ func (j *job) waitTree(ctx context.Context) (attempt int, err error) {
 	return j.attempt, ctx.Err()
 }
 
-// waitChunks waits until the chunks are readable from the store.
-func (j *job) waitChunks(ctx context.Context, attempt int, refs []castore.ChunkRef) error {
+// waitChunks waits until the chunks are readable from the store. A client
+// waiting (urgent) has the commit of its chunks hurried.
+func (j *job) waitChunks(ctx context.Context, attempt int, refs []castore.ChunkRef, urgent bool) error {
 	stop := context.AfterFunc(ctx, func() { j.mu.Lock(); j.cond.Broadcast(); j.mu.Unlock() })
 	defer stop()
 	j.mu.Lock()
@@ -957,7 +1003,19 @@ func (j *job) waitChunks(ctx context.Context, attempt int, refs []castore.ChunkR
 				j.have[r.Digest] = true // stored before the job, or by another
 				break
 			}
+			if !urgent {
+				j.cond.Wait()
+				continue
+			}
+			j.wanted[r.Digest]++
+			select {
+			case j.waiting <- struct{}{}:
+			default:
+			}
 			j.cond.Wait()
+			if j.wanted[r.Digest]--; j.wanted[r.Digest] == 0 {
+				delete(j.wanted, r.Digest)
+			}
 		}
 	}
 	return nil
@@ -968,6 +1026,7 @@ type jobSource struct {
 	j       *job
 	r       *castore.Reader
 	attempt int
+	urgent  bool // a client waits for this NAR
 }
 
 func (s *jobSource) Directory(ctx context.Context, d castore.Digest) (*castore.Directory, error) {
@@ -990,22 +1049,26 @@ func (s *jobSource) WriteBlob(ctx context.Context, w io.Writer, d castore.Digest
 	if !ok {
 		return fmt.Errorf("file %s is not part of the tree", d)
 	}
-	if err := s.j.waitChunks(ctx, s.attempt, refs); err != nil {
+	if err := s.j.waitChunks(ctx, s.attempt, refs, s.urgent); err != nil {
 		return err
 	}
 	return s.r.WriteChunks(ctx, w, refs)
 }
 
-// render writes the job's NAR to w, compressed as asked, as its chunks
-// arrive.
+// render writes the job's NAR to a client, compressed as asked, as its
+// chunks arrive.
 func (j *job) render(ctx context.Context, w io.Writer, compression string) error {
+	return j.renderNAR(ctx, w, compression, true)
+}
+
+func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, urgent bool) error {
 	attempt, err := j.waitTree(ctx)
 	if err != nil {
 		return err
 	}
 	r := j.f.n.store.NewReader()
 	defer r.Close()
-	return renderNAR(ctx, r, &jobSource{j: j, r: r, attempt: attempt}, j.info.Root, compression, w)
+	return renderNAR(ctx, r, &jobSource{j: j, r: r, attempt: attempt, urgent: urgent}, j.info.Root, compression, w)
 }
 
 // checkNAR renders the NAR as the chunks arrive and checks it against the
@@ -1013,7 +1076,7 @@ func (j *job) render(ctx context.Context, w io.Writer, compression string) error
 func (j *job) checkNAR(ctx context.Context) error {
 	h := sha256.New()
 	cw := &countingWriter{w: h}
-	err := j.render(ctx, struct{ io.Writer }{cw}, httpcache.CompressionNone)
+	err := j.renderNAR(ctx, struct{ io.Writer }{cw}, httpcache.CompressionNone, false)
 	if err != nil {
 		return err
 	}
@@ -1045,7 +1108,7 @@ func (j *job) checkBlobs(ctx context.Context, files []castore.Node) error {
 			continue
 		}
 		checked[file.Digest] = true
-		if err := j.waitChunks(ctx, attempt, refs); err != nil {
+		if err := j.waitChunks(ctx, attempt, refs, false); err != nil {
 			return err
 		}
 		h.Reset()

@@ -327,20 +327,12 @@ func (t transferSource) ChunkList(d castore.Digest, size uint64) ([]castore.Chun
 	return refs, err
 }
 
-// Chunk reads a shared chunk; ReadChunk checks it against its digest, so
-// a chunk damaged on disk is refused here rather than sent.
+// Chunk reads a shared chunk (checked against its digest when it is sent
+// raw; a frame is checked by the peer that decodes it).
 func (t transferSource) Chunk(d castore.Digest, zstd bool, buf []byte) ([]byte, bool, error) {
-	if !t.n.store.IsShared(d) {
-		return buf, false, transfer.ErrNotFound
-	}
-	if zstd {
-		if frame, ok, err := t.n.store.ChunkFrame(d, buf); err == nil && ok {
-			return frame, true, nil
-		}
-	}
-	data, err := t.n.store.ReadChunk(d, buf)
+	data, compressed, err := t.n.store.SharedChunk(d, zstd, buf)
 	if errors.Is(err, castore.ErrNotFound) {
 		return buf, false, transfer.ErrNotFound
 	}
-	return data, false, err
+	return data, compressed, err
 }
