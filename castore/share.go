@@ -44,16 +44,12 @@ func (s *Store) Share(ctx context.Context, root Node) (newDigests []Digest, err 
 			order = append(order, d)
 		}
 	}
-	var walk func(n Node) error
-	walk = func(n Node) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
+	err = s.walkTree(ctx, root, func(n Node) (bool, error) {
 		switch n.Type {
 		case TypeFile:
 			refs, err := s.BlobChunks(n.Digest, n.Size)
 			if err != nil {
-				return err
+				return false, err
 			}
 			for _, r := range refs {
 				add(r.Digest, SharedChunk)
@@ -61,27 +57,13 @@ func (s *Store) Share(ctx context.Context, root Node) (newDigests []Digest, err 
 			add(n.Digest, SharedBlob)
 		case TypeDirectory:
 			if s.IsShared(n.Digest) {
-				return nil // marked after its children: all of it is shared
-			}
-			dir, err := s.Directory(n.Digest)
-			if err != nil {
-				return err
-			}
-			for _, e := range dir.Directories {
-				if err := walk(Node{Type: TypeDirectory, Digest: e.Digest, Size: e.Size}); err != nil {
-					return err
-				}
-			}
-			for _, e := range dir.Files {
-				if err := walk(Node{Type: TypeFile, Digest: e.Digest, Size: e.Size}); err != nil {
-					return err
-				}
+				return true, nil // marked with all of its tree
 			}
 			add(n.Digest, SharedDirectory)
 		}
-		return nil
-	}
-	if err := walk(root); err != nil {
+		return false, nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	slices.SortFunc(order, func(a, b Digest) int { return bytes.Compare(a[:], b[:]) })

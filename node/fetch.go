@@ -29,16 +29,19 @@ import (
 //
 //  1. find the path's providers on the DHT and ask them for its record;
 //     keep only records a trusted key signed (noting whether the tree's
-//     root is bound to the path by a trusted signature too);
+//     root and chunk lists are bound to the path by a trusted signature
+//     too, transfer.RootFingerprint);
 //  2. in the background (a job): get the directory tree (checked as a
 //     Merkle walk from the root) and the chunk lists of the files the node
 //     lacks, then the chunks it lacks, in NAR order, from all providers at
 //     once, each checked against its digest as it arrives and committed in
 //     batches so that it can be read at once;
-//  3. as the chunks arrive, check each file of several chunks against its
-//     digest, and, unless a trusted key signed the tree's root, the whole
-//     NAR (rendered) against the signed NarHash and NarSize; only then
-//     does the path become valid, and then it is announced.
+//  3. unless the chunk lists match their signed digest (then every byte
+//     has been checked on arrival), check each file of several chunks
+//     against its digest as its chunks arrive, and, unless a trusted key
+//     signed the tree's root, the whole NAR (rendered) against the signed
+//     NarHash and NarSize; only then does the path become valid, and then
+//     it is announced.
 //
 // A NAR requested while its job runs is rendered from the job as chunks
 // arrive: the HTTP answer streams, it does not wait for the whole path.
@@ -281,7 +284,7 @@ func (f *fetcher) askRecord(ctx context.Context, p peer.ID, hash string) (candid
 		f.n.log.Debug("ignoring a record no trusted key signed", "peer", p, "path", info.StorePath)
 		return candidate{}, false
 	}
-	fp := transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root)
+	fp := transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root, info.Lists)
 	c := candidate{peer: p, info: info, rootTrusted: rootSigned(fp, rec.RootSigs, keys)}
 	if c.rootTrusted {
 		info.RootSigs = rec.RootSigs
@@ -534,22 +537,27 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	j.cond.Broadcast()
 	j.mu.Unlock()
 
-	// The content check follows the download, reading chunks as they
-	// come. Every chunk and directory is checked against its digest as it
-	// arrives; what is left unchecked is the chunk lists, which came bare.
-	// With the tree's root bound to the path by a trusted signature, each
-	// file of several chunks is checked against its digest, and the tree
-	// then is the one the signer rendered to the signed NarHash. Without,
-	// the NAR is rendered and checked against the NarHash, and each file
-	// as well: a tree that renders the right NAR could still name a file
-	// by a digest of other content.
+	// Every chunk and directory is checked against its digest as it
+	// arrives. With the tree's root bound to the path by a trusted
+	// signature, the tree is the one the signer rendered to the signed
+	// NarHash, and if the chunk lists match the signed digest of the
+	// lists, every byte is checked already. Otherwise the content check
+	// follows the download, reading chunks as they come: each file of
+	// several chunks is hashed, to check the lists, which came bare; and
+	// without a trusted root, the NAR is rendered and checked against the
+	// NarHash too (a tree that renders the right NAR could still name a
+	// file by a digest of other content).
 	rootTrusted := false
 	for _, c := range group {
 		rootTrusted = rootTrusted || c.rootTrusted
 	}
+	listsTrusted := rootTrusted && castore.ListsDigest(lists) == info.Lists
 	checked := make(chan error, 1)
 	go func() {
-		err := j.checkBlobs(ctx, files)
+		var err error
+		if !listsTrusted {
+			err = j.checkBlobs(ctx, files)
+		}
 		if err == nil && !rootTrusted {
 			err = j.checkNAR(ctx)
 		}
@@ -599,7 +607,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	}
 	f.n.wakeCompressor()
 	f.p.share(ctx, info)
-	f.n.log.Info("fetched from peers", "path", info.StorePath, "peers", len(peers), "chunks", len(chunks),
+	f.n.log.Info("fetched from peers", "path", info.StorePath, "peers", len(peers), "chunks", len(chunks), "lists_signed", listsTrusted,
 		"bytes_received", f.p.client.BytesReceived()-received, "seconds", time.Since(start).Seconds())
 	return nil
 }

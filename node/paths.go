@@ -163,10 +163,15 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader) (c
 	}
 	info.Root = root
 	if n.signKey != nil {
-		// The node signs the path and binds its tree to it, so that peers
-		// can check every object of the tree as it arrives.
+		// The node signs the path and binds its tree and chunk lists to
+		// it, so that peers can check every object as it arrives.
+		lists, err := n.store.TreeLists(ctx, root)
+		if err != nil {
+			return castore.WriteStats{}, err
+		}
+		info.Lists = castore.ListsDigest(lists)
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))
-		info.RootSigs = []string{n.signKey.Sign(transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root))}
+		info.RootSigs = []string{n.signKey.Sign(transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root, info.Lists))}
 	}
 	if err := n.index.Put(info); err != nil {
 		return castore.WriteStats{}, err

@@ -120,6 +120,13 @@ func TestP2PChain(t *testing.T) {
 		t.Fatalf("fetch on B: %s", out)
 	}
 	b.checkServedNAR(edge)
+	// A signed the tree and chunk lists of its paths, and B passed the
+	// signatures on: every fetch checked each chunk list on arrival.
+	for _, n := range []*nodeProc{b, c} {
+		if log := n.log.String(); !strings.Contains(log, "lists_signed=true") || strings.Contains(log, "lists_signed=false") {
+			t.Errorf("a fetch did not find its chunk lists signed:\n%s", log)
+		}
+	}
 	if s := c.status(); s.P2PBytesReceived == 0 || a.status().P2PBytesSent == 0 {
 		t.Errorf("byte counters: C received %d, A sent %d", s.P2PBytesReceived, a.status().P2PBytesSent)
 	}

@@ -37,9 +37,11 @@ type Info struct {
 	Sigs             []string          `json:"sigs,omitempty"`
 	CA               string            `json:"ca,omitempty"`
 	RegistrationTime int64             `json:"registration_time,omitempty"` // unix seconds
-	// RootSigs are p2pstore signatures binding Root to this path, so that
-	// a peer fetching the tree can check every object as it arrives.
-	RootSigs []string `json:"root_sigs,omitempty"`
+	// RootSigs are p2pstore signatures binding Root, and the chunk lists
+	// of its files (Lists, castore.ListsDigest), to this path, so that a
+	// peer fetching the tree can check every object as it arrives.
+	RootSigs []string       `json:"root_sigs,omitempty"`
+	Lists    castore.Digest `json:"-"`
 }
 
 // HashPart returns the 32-character hash part of the store path.
@@ -90,11 +92,16 @@ func (i *Info) TrustedBy(keys []narinfo.PublicKey) bool {
 // MarshalJSON encodes an Info with its root node and hash.
 func (i *Info) MarshalJSON() ([]byte, error) {
 	type plain Info
+	var lists []byte
+	if i.Lists != (castore.Digest{}) {
+		lists = i.Lists[:]
+	}
 	return json.Marshal(struct {
 		*plain
 		Root    []byte `json:"root"`
 		NarHash string `json:"nar_hash"`
-	}{(*plain)(i), i.Root.Marshal(), i.NarHash.String()})
+		Lists   []byte `json:"lists,omitempty"`
+	}{(*plain)(i), i.Root.Marshal(), i.NarHash.String(), lists})
 }
 
 // UnmarshalJSON decodes what MarshalJSON wrote.
@@ -104,6 +111,7 @@ func (i *Info) UnmarshalJSON(b []byte) error {
 		*plain
 		Root    []byte `json:"root"`
 		NarHash string `json:"nar_hash"`
+		Lists   []byte `json:"lists"`
 	}
 	r.plain = (*plain)(i)
 	if err := json.Unmarshal(b, &r); err != nil {
@@ -117,7 +125,11 @@ func (i *Info) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return err
 	}
+	if len(r.Lists) != 0 && len(r.Lists) != castore.DigestSize {
+		return fmt.Errorf("pathinfo: lists digest of %d bytes", len(r.Lists))
+	}
 	i.Root, i.NarHash = root, h
+	copy(i.Lists[:], r.Lists)
 	return nil
 }
 

@@ -28,7 +28,8 @@ func TestIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50)
-	for _, in := range []*Info{a, b, a} { // a twice: replaced, not added
+	a.Lists = castore.Sum([]byte("lists")) // b has none: both must read back
+	for _, in := range []*Info{a, b, a} {  // a twice: replaced, not added
 		if err := in.Validate("/nix/store"); err != nil {
 			t.Fatal(err)
 		}
@@ -49,8 +50,11 @@ func TestIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Root.Marshal() == nil || string(got.Root.Marshal()) != string(a.Root.Marshal()) || got.NarHash != a.NarHash || got.StorePath != a.StorePath {
+	if got.Root.Marshal() == nil || string(got.Root.Marshal()) != string(a.Root.Marshal()) || got.NarHash != a.NarHash || got.StorePath != a.StorePath || got.Lists != a.Lists {
 		t.Fatalf("read back %+v", got)
+	}
+	if got, err := x.Get(b.HashPart()); err != nil || got.Lists != (castore.Digest{}) {
+		t.Fatalf("read back without lists: %+v, %v", got, err)
 	}
 	if _, err := x.Get("00000000000000000000000000000000"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("missing path: %v", err)

@@ -82,19 +82,27 @@ type Record struct {
 	pathinfo.Meta
 	Root     []byte   `json:"root"`
 	RootSigs []string `json:"root_sigs,omitempty"`
+	Lists    []byte   `json:"lists,omitempty"` // castore.ListsDigest of the tree, if known
 }
 
 // RootFingerprint is what a node signs (with its Nix key) to say that root
-// is the tree of the path with this NarHash and NarSize. A fetcher that
-// trusts the key can then check every directory and chunk as it arrives,
-// instead of learning of a lie only when the whole NAR fails its hash.
-func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64, root castore.Node) string {
-	return "p2pstore-root-1;" + storePath + ";" + narHash.String() + ";" + strconv.FormatUint(narSize, 10) + ";" + fmt.Sprintf("%x", root.Marshal())
+// is the tree of the path with this NarHash and NarSize, and lists the
+// digest of its chunk lists (castore.ListsDigest). A fetcher that trusts
+// the key can then check every directory, chunk list and chunk as it
+// arrives, instead of learning of a lie only when a whole file or the
+// whole NAR fails its hash.
+func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64, root castore.Node, lists castore.Digest) string {
+	return "p2pstore-root-2;" + storePath + ";" + narHash.String() + ";" + strconv.FormatUint(narSize, 10) + ";" +
+		fmt.Sprintf("%x", root.Marshal()) + ";" + lists.String()
 }
 
 // RecordOf makes the record of a path.
 func RecordOf(info *pathinfo.Info, rootSigs []string) *Record {
-	return &Record{Meta: pathinfo.MetaOf(info), Root: info.Root.Marshal(), RootSigs: rootSigs}
+	r := &Record{Meta: pathinfo.MetaOf(info), Root: info.Root.Marshal(), RootSigs: rootSigs}
+	if info.Lists != (castore.Digest{}) {
+		r.Lists = info.Lists[:]
+	}
+	return r
 }
 
 // Info converts a record to a path info, checking its fields.
@@ -106,6 +114,10 @@ func (r *Record) Info(storeDir string) (*pathinfo.Info, error) {
 	if info.Root, err = castore.UnmarshalNode(r.Root); err != nil {
 		return nil, badData("record: %v", err)
 	}
+	if len(r.Lists) != 0 && len(r.Lists) != castore.DigestSize {
+		return nil, badData("record: lists digest of %d bytes", len(r.Lists))
+	}
+	copy(info.Lists[:], r.Lists)
 	if err := info.Validate(storeDir); err != nil {
 		return nil, badData("record: %v", err)
 	}
