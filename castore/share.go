@@ -143,19 +143,20 @@ func (s *Store) readFrame(loc chunkLoc, buf []byte) ([]byte, bool, error) {
 func (s *Store) SharedChunk(d Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error) {
 	var shared, haveFrame bool
 	var frame chunkLoc
-	err = s.View(func(v *View) (err error) {
+	_ = s.View(func(v *View) error {
 		shared = v.tx.Bucket(bucketShared).Get(d[:]) != nil
 		if shared && zstd {
-			frame, haveFrame, err = v.frameLoc(d)
+			var err error
+			if frame, haveFrame, err = v.frameLoc(d); err != nil {
+				haveFrame = false // the raw bytes, then
+			}
 		}
-		return err
+		return nil
 	})
-	switch {
-	case err != nil:
-		return buf, false, err
-	case !shared:
+	if !shared {
 		return buf, false, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
-	case haveFrame && frame.Size > 0:
+	}
+	if haveFrame && frame.Size > 0 {
 		if data, ok, _ := s.readFrame(frame, buf); ok {
 			return data, true, nil
 		} // else the raw bytes, if they can be read

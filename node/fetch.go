@@ -677,12 +677,13 @@ func (f *fetcher) anyPeer(ctx context.Context, peers []peer.ID, try func(peer.ID
 //
 // A peer with a free slot also asks for a batch another peer holds, and
 // whichever answer comes first is kept (two askers at most): before the
-// queue, a batch held four times as long as batches take on average (at
-// least a second), since a reader of the NAR may be waiting for it; once
-// the queue is empty, a batch held twice as long (the BitTorrent endgame,
-// less eager: asking twice for batches about to arrive costs uplinks more
-// than it saves). A stalled or slow peer then delays the fetch by about
-// the time the others take to do its share, not by the stall timeout.
+// queue, a batch held four times as long as batches of its size take on
+// average (at least a second), since a reader of the NAR may be waiting
+// for it; once the queue is empty, a batch held twice as long (the
+// BitTorrent endgame, less eager: asking twice for batches about to arrive
+// costs uplinks more than it saves). A stalled or slow peer then delays
+// the fetch by about the time the others take to do its share, not by the
+// stall timeout.
 func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castore.Digest, j *job) error {
 	if len(chunks) == 0 {
 		return nil
@@ -706,7 +707,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	held := map[*batch]bool{} // batches with askers
 	var (
 		finished int           // batches received
-		typical  time.Duration // moving average of their times
+		perChunk time.Duration // moving average of their times, per chunk (batch sizes vary)
 	)
 	type received struct {
 		w  *castore.Writer
@@ -729,11 +730,13 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			queue = append([]*batch{b}, queue...)
 		}
 	}
-	// oldestHeld is the oldest batch held by one other peer for at least
-	// age, or nil; mu held.
-	oldestHeld := func(p peer.ID, age time.Duration) *batch {
+	// oldestHeld is the oldest batch held by one other peer for times as
+	// long as a batch of its size takes on average, and at least floor;
+	// nil if there is none; mu held.
+	oldestHeld := func(p peer.ID, times int, floor time.Duration) *batch {
 		var oldest *batch
 		for b := range held {
+			age := max(floor, time.Duration(times*len(b.digests))*perChunk)
 			if b.done || len(b.askers) != 1 || b.askers[0] == p || time.Since(b.started) < age {
 				continue
 			}
@@ -746,7 +749,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	// next is the batch p should ask for, or nil; mu held.
 	next := func(p peer.ID) *batch {
 		if finished >= 4 {
-			if b := oldestHeld(p, max(time.Second, 4*typical)); b != nil {
+			if b := oldestHeld(p, 4, time.Second); b != nil {
 				return b
 			}
 		}
@@ -756,9 +759,9 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			return b
 		}
 		if finished == 0 {
-			return oldestHeld(p, time.Second)
+			return oldestHeld(p, 0, time.Second)
 		}
-		return oldestHeld(p, 2*typical)
+		return oldestHeld(p, 2, 0)
 	}
 	st := f.n.store
 	go func() { // the committer
@@ -885,11 +888,11 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 				continue
 			}
 			b.done = true
-			took := time.Since(asked)
+			took := time.Since(asked) / time.Duration(len(b.digests))
 			if finished++; finished == 1 {
-				typical = took
+				perChunk = took
 			} else {
-				typical = (4*typical + took) / 5
+				perChunk = (4*perChunk + took) / 5
 			}
 			inCommit++
 			cond.Broadcast()
@@ -997,34 +1000,46 @@ func (j *job) waitChunks(ctx context.Context, attempt int, refs []castore.ChunkR
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	for _, r := range refs {
-		for !j.have[r.Digest] {
-			if j.attempt != attempt {
-				return errRestarted
-			}
-			if j.failed != nil {
-				return j.failed
-			}
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if j.f.n.store.HasChunk(r.Digest) {
-				j.have[r.Digest] = true // stored before the job, or by another
-				break
-			}
-			if !urgent {
-				j.cond.Wait()
-				continue
-			}
-			j.wanted[r.Digest]++
-			select {
-			case j.waiting <- struct{}{}:
-			default:
-			}
-			j.cond.Wait()
-			if j.wanted[r.Digest]--; j.wanted[r.Digest] == 0 {
-				delete(j.wanted, r.Digest)
+		if err := j.waitChunk(ctx, attempt, r.Digest, urgent); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitChunk waits for one chunk; j.mu held.
+func (j *job) waitChunk(ctx context.Context, attempt int, d castore.Digest, urgent bool) error {
+	wanted := false
+	defer func() {
+		if wanted {
+			if j.wanted[d]--; j.wanted[d] == 0 {
+				delete(j.wanted, d)
 			}
 		}
+	}()
+	for !j.have[d] {
+		if j.attempt != attempt {
+			return errRestarted
+		}
+		if j.failed != nil {
+			return j.failed
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if j.f.n.store.HasChunk(d) {
+			j.have[d] = true // stored before the job, or by another
+			break
+		}
+		if urgent && !wanted {
+			wanted = true
+			j.wanted[d]++
+			select {
+			case j.waiting <- struct{}{}: // tell the committer
+			default:
+			}
+		}
+		j.cond.Wait()
 	}
 	return nil
 }

@@ -227,6 +227,12 @@ func readChunkLists(f *frames, blobs []BlobRef) ([][]castore.ChunkRef, error) {
 			if err != nil {
 				return nil, err
 			}
+			if len(refs) < 2 {
+				// A blob of one chunk is that chunk, under the blob's own
+				// digest: a list naming another would slip a chunk of
+				// other content past every check.
+				return nil, badData("blob %s: a list of one chunk", b.Digest)
+			}
 			var total uint64
 			for _, r := range refs {
 				total += uint64(r.Size)

@@ -293,12 +293,20 @@ func TestClientRejectsLies(t *testing.T) {
 			return readChunks(new(lie).byte(9).msg(chunk).frames(), []castore.Digest{cd}, dec, noChunks)
 		},
 		"chunk list adding up wrong": func() error {
-			list := append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}})...)
-			_, err := readChunkLists(new(lie).msg(list).frames(), []BlobRef{{castore.Sum([]byte("b")), 6000}})
+			list := append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}, {Digest: cd, Size: 5000}})...)
+			_, err := readChunkLists(new(lie).msg(list).frames(), []BlobRef{{castore.Sum([]byte("b")), 11000}})
 			return err
 		},
 		"chunk list with trailing bytes": func() error {
-			list := append(append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}})...), 0)
+			list := append(append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}, {Digest: cd, Size: 5000}})...), 0)
+			_, err := readChunkLists(new(lie).msg(list).frames(), []BlobRef{{castore.Sum([]byte("b")), 10000}})
+			return err
+		},
+		// A blob of one chunk is fetched under its own digest; a list of
+		// one chunk under another digest (the size right) would put other
+		// content in the file.
+		"list of one chunk": func() error {
+			list := append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}})...)
 			_, err := readChunkLists(new(lie).msg(list).frames(), []BlobRef{{castore.Sum([]byte("b")), 5000}})
 			return err
 		},
@@ -322,6 +330,7 @@ func TestClientRejectsLies(t *testing.T) {
 		{Meta: pathinfo.Meta{Path: "/nix/store/x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
 		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "md5:00"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
 		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: []byte{0xff}},
+		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal(), Lists: []byte{1, 2, 3}},
 	} {
 		if _, err := rec.Info("/nix/store"); !errors.Is(err, ErrBadData) {
 			t.Errorf("record %+v: %v, want ErrBadData", rec, err)
