@@ -14,7 +14,7 @@ import (
 
 type connKey struct{}
 
-// withConn stores the connection in the request context (http.Server's
+// withConn stores the connection in the request context (the server's
 // ConnContext).
 func withConn(ctx context.Context, c net.Conn) context.Context {
 	return context.WithValue(ctx, connKey{}, c)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/config"
+	"github.com/p2pstore/p2pstore/internal/httpserve"
 	"github.com/p2pstore/p2pstore/narview/daemon"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/mount"
@@ -43,7 +44,7 @@ type Node struct {
 
 	httpLn    net.Listener
 	controlLn net.Listener
-	servers   []*http.Server
+	servers   []server
 	wg        sync.WaitGroup
 }
 
@@ -126,6 +127,12 @@ func listenUnix(path string) (net.Listener, error) {
 	return ln, nil
 }
 
+// server is an HTTP server the node runs: net/http's or httpserve's.
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
 // HTTPAddr returns the address the binary cache listens on.
 func (n *Node) HTTPAddr() string {
 	if n.httpLn == nil {
@@ -148,9 +155,7 @@ func (n *Node) Handler() http.Handler {
 // Run serves until ctx is done, then shuts down gracefully.
 func (n *Node) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
-	serve := func(ln net.Listener, h http.Handler) {
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-			ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug), ConnContext: withConn}
+	serve := func(ln net.Listener, srv server) {
 		n.servers = append(n.servers, srv)
 		n.wg.Add(1)
 		go func() {
@@ -169,10 +174,15 @@ func (n *Node) Run(ctx context.Context) error {
 		defer p.close()
 	}
 	if n.httpLn != nil {
-		serve(n.httpLn, n.Handler())
+		// The binary cache: httpserve, for the latency of sequential
+		// narinfo requests (see its package doc).
+		serve(n.httpLn, &httpserve.Server{Handler: n.Handler(), ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout: 2 * time.Minute, ConnContext: withConn, Log: n.log})
 	}
+	// The control API takes request bodies (imports): net/http.
 	controlLn := newConnListener(n.controlLn.Addr())
-	serve(controlLn, n.controlHandler())
+	serve(controlLn, &http.Server{Handler: n.controlHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)})
 	daemonSrv := daemon.NewServer(daemonStore{n}, n.cfg.StoreDir, n.log)
 	n.wg.Add(1)
 	go func() {

@@ -1,0 +1,538 @@
+// Package httpserve serves HTTP/1.1 from an http.Handler with one goroutine
+// per connection and no other per request: the binary cache's server.
+//
+// Why not net/http's server: a substituter's first question is hundreds of
+// sequential narinfo GETs on one keep-alive connection, and net/http pays
+// for every request with a background read that watches for the client
+// going away, and the goroutine hand-offs that go with it. On the bench
+// machine a bare net/http handler takes 0.057-0.061 s for 373 narinfos
+// from one curl, a loop on http.ReadRequest 0.039-0.056 s, nginx
+// 0.038-0.051 s (BENCHMARKS.md). Requests are parsed by net/http
+// (http.ReadRequest), handlers are ordinary http.Handlers, and the
+// control socket keeps net/http's server; what is here is the response
+// side and the connection loop, for GET and HEAD (a request body is read
+// only by the handler, and a connection whose body is left unread is
+// closed).
+//
+// What a handler sees: a ResponseWriter that is also an http.Flusher and
+// an io.ReaderFrom (a body of known length goes out by the connection's
+// ReadFrom: sendfile for files), the connection in the request's context
+// through ConnContext, and a context cancelled when the handler returns.
+// A client that goes away is noticed when a write fails, not before.
+// Responses are HTTP/1.1; an HTTP/1.0 request gets its answer and the
+// connection is closed. A body without a Content-Length is buffered up to
+// 4 KiB, so small answers get one, and larger ones go chunked.
+package httpserve
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Server serves HTTP/1.1 on listeners.
+type Server struct {
+	Handler           http.Handler
+	ReadHeaderTimeout time.Duration // to read a request's header once it starts (0: none)
+	IdleTimeout       time.Duration // to wait for the next request on a connection (0: none)
+	MaxHeaderBytes    int           // 0: 64 KiB
+	// ConnContext, if set, derives each connection's context.
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
+	Log         *slog.Logger // nil: discard
+
+	mu        sync.Mutex
+	listeners map[net.Listener]bool
+	conns     map[*conn]bool
+	closing   bool
+	done      chan struct{} // closed when the last connection is gone, after Shutdown
+}
+
+// ErrServerClosed is what Serve returns after Shutdown.
+var ErrServerClosed = http.ErrServerClosed
+
+// Serve accepts connections on l and serves each in a goroutine, until l
+// fails or Shutdown is called.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners, s.conns = map[net.Listener]bool{}, map[*conn]bool{}
+	}
+	s.listeners[l] = true
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		rw, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of file descriptors and the like: wait, and try again.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log().Warn("http: accept", "err", err, "retry_in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		c := &conn{s: s, rw: rw}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			rw.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = true
+		s.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Shutdown stops accepting, closes idle connections, and waits for the
+// others to finish the request they are on; when ctx ends first, it
+// closes them too and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	s.done = make(chan struct{})
+	s.closeIdleLocked()
+	if len(s.conns) == 0 {
+		close(s.done)
+	}
+	done := s.done
+	s.mu.Unlock()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.rw.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+func (s *Server) closeIdleLocked() {
+	for c := range s.conns {
+		if c.idle {
+			c.rw.Close()
+		}
+	}
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
+}
+
+// conn is one client connection.
+type conn struct {
+	s      *Server
+	rw     net.Conn
+	idle   bool // waiting for a request (s.mu)
+	lr     limitedReader
+	linger bool // the server ends the connection: close gently
+}
+
+// limitedReader caps the bytes a request header may take: bufio reads
+// through it, and it is lifted once the header is in.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+var errHeaderTooLarge = errors.New("request header too large")
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+const noLimit = 1<<63 - 1
+
+// setIdle marks the connection idle or busy; it reports false when the
+// server is shutting down and the connection should go.
+func (c *conn) setIdle(idle bool) bool {
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	c.idle = idle
+	return !c.s.closing
+}
+
+func (c *conn) close() {
+	if c.linger {
+		// The server ends the connection while the client may still be
+		// sending (a request it refused, a body it did not read): closing
+		// with unread bytes would reset the connection and could destroy
+		// the answer before the client reads it. Send FIN, and drain for
+		// a moment.
+		if cw, ok := c.rw.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+			c.rw.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			io.CopyN(io.Discard, c.rw, 1<<20)
+		}
+	}
+	c.rw.Close()
+	c.s.mu.Lock()
+	delete(c.s.conns, c)
+	if c.s.closing && len(c.s.conns) == 0 && c.s.done != nil {
+		close(c.s.done)
+	}
+	c.s.mu.Unlock()
+}
+
+func (c *conn) serve() {
+	defer c.close()
+	ctx := context.Background()
+	if c.s.ConnContext != nil {
+		ctx = c.s.ConnContext(ctx, c.rw)
+	}
+	maxHeader := int64(c.s.MaxHeaderBytes)
+	if maxHeader <= 0 {
+		maxHeader = 64 << 10
+	}
+	c.lr = limitedReader{r: c.rw, n: noLimit}
+	br := bufio.NewReaderSize(&c.lr, 4<<10)
+	bw := bufio.NewWriterSize(c.rw, 4<<10)
+	for {
+		if !c.setIdle(true) {
+			return
+		}
+		if c.s.IdleTimeout > 0 {
+			c.rw.SetReadDeadline(time.Now().Add(c.s.IdleTimeout))
+		}
+		if _, err := br.Peek(1); err != nil {
+			return // the client is done, or idle too long
+		}
+		if !c.setIdle(false) {
+			return
+		}
+		if c.s.ReadHeaderTimeout > 0 {
+			c.rw.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
+		}
+		c.lr.n = maxHeader
+		req, err := http.ReadRequest(br)
+		tooLarge := c.lr.n <= 0
+		c.lr.n = noLimit
+		if err != nil {
+			c.linger = c.badRequest(bw, err, tooLarge)
+			return
+		}
+		c.rw.SetReadDeadline(time.Time{})
+		if !c.serveOne(ctx, req, bw) {
+			c.linger = true
+			return
+		}
+	}
+}
+
+// badRequest answers a request that could not be read, unless the
+// connection simply ended; it reports whether it answered.
+func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool) bool {
+	var ne net.Error
+	if !tooLarge && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout())) {
+		return false
+	}
+	code, msg := http.StatusBadRequest, "400 Bad Request"
+	if tooLarge || errors.Is(err, errHeaderTooLarge) {
+		code, msg = http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large"
+	}
+	c.rw.SetWriteDeadline(time.Now().Add(time.Second))
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), msg)
+	bw.Flush()
+	return true
+}
+
+// serveOne runs the handler for one request and finishes its response; it
+// reports whether the connection can take another request.
+func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer) (keep bool) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req = req.WithContext(ctx)
+	req.RemoteAddr = c.rw.RemoteAddr().String()
+	w := &response{c: c, bw: bw, req: req, header: http.Header{}, declared: -1,
+		closeAfter: req.Close || !req.ProtoAtLeast(1, 1)}
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				keep = false
+				return
+			}
+			c.s.log().Error("http: handler panic", "url", req.URL.String(), "panic", p)
+			keep = false
+		}
+	}()
+	c.s.Handler.ServeHTTP(w, req)
+	if err := w.finish(); err != nil {
+		return false
+	}
+	if req.Body != nil && req.Body != http.NoBody {
+		// Whatever the handler left unread of the body must go before the
+		// next request can be read; a little is read, more closes.
+		if _, err := io.CopyN(io.Discard, req.Body, 256<<10+1); err != io.EOF {
+			return false
+		}
+	}
+	return !w.closeAfter
+}
+
+// response is the http.ResponseWriter of one request.
+type response struct {
+	c      *conn
+	bw     *bufio.Writer
+	req    *http.Request
+	header http.Header
+
+	status     int   // 0 until WriteHeader or the first write
+	sent       bool  // status line and header written (into bw)
+	chunked    bool  // body in chunked encoding
+	declared   int64 // Content-Length the handler set, or -1
+	written    int64 // body bytes the handler wrote
+	buf        []byte
+	closeAfter bool
+	err        error // the first write error: the connection is done
+}
+
+const bufferBody = 4 << 10 // body bytes held back to find a Content-Length
+
+func (w *response) Header() http.Header { return w.header }
+
+func (w *response) WriteHeader(code int) {
+	if w.status != 0 || code < 200 { // informational answers are not sent
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	w.status = code
+	if cl := w.header.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.declared = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+}
+
+// bodyAllowed reports whether the response may have a body on the wire.
+func (w *response) bodyAllowed() bool {
+	return w.req.Method != http.MethodHead && w.status != http.StatusNoContent && w.status != http.StatusNotModified
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.declared >= 0 && w.written+int64(len(p)) > w.declared {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if !w.bodyAllowed() {
+		return len(p), nil
+	}
+	if !w.sent {
+		if w.declared < 0 && len(w.buf)+len(p) <= bufferBody {
+			w.buf = append(w.buf, p...)
+			return len(p), nil
+		}
+		if err := w.sendHeader(false); err != nil {
+			return 0, err
+		}
+	}
+	return w.writeBody(p)
+}
+
+func (w *response) writeBody(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if w.chunked {
+		fmt.Fprintf(w.bw, "%x\r\n", len(p))
+	}
+	n, err := w.bw.Write(p)
+	if err == nil && w.chunked {
+		_, err = w.bw.WriteString("\r\n")
+	}
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+// ReadFrom sends a body of known length by the connection's ReadFrom
+// (sendfile for a file), after the header.
+func (w *response) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if !w.bodyAllowed() || w.declared < 0 {
+		return io.Copy(struct{ io.Writer }{w}, r) // through Write: discarded, buffered or chunked
+	}
+	if !w.sent {
+		if err := w.sendHeader(false); err != nil {
+			return 0, err
+		}
+	}
+	// The connection's ReadFrom copies to the end of r: it must not run
+	// past the declared length. A file, or a LimitedReader of one, within
+	// the length still goes by sendfile.
+	left := w.declared - w.written
+	rf, ok := w.c.rw.(io.ReaderFrom)
+	switch lr, isLR := r.(*io.LimitedReader); {
+	case !ok:
+		return io.Copy(struct{ io.Writer }{w}, r)
+	case isLR && lr.N <= left:
+	case isFile(r):
+		r = &io.LimitedReader{R: r, N: left}
+	default:
+		return io.Copy(struct{ io.Writer }{w}, r)
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+		return 0, err
+	}
+	n, err := rf.ReadFrom(r)
+	w.written += n
+	if err != nil {
+		w.err = err
+	} else if w.written > w.declared {
+		w.err = http.ErrContentLength
+		return n, w.err
+	}
+	return n, err
+}
+
+func isFile(r io.Reader) bool {
+	_, ok := r.(*os.File)
+	return ok
+}
+
+// Flush sends the header and what is buffered.
+func (w *response) Flush() {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return
+	}
+	if !w.sent {
+		if w.sendHeader(false) != nil {
+			return
+		}
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+	}
+}
+
+// sendHeader writes the status line and header into bw, and the body held
+// back; final says the handler is done, so that body is all of it.
+func (w *response) sendHeader(final bool) error {
+	w.sent = true
+	h := w.header
+	switch {
+	case w.req.Method == http.MethodHead:
+		if w.declared < 0 && final && w.written > 0 { // the length a GET would get
+			h.Set("Content-Length", strconv.FormatInt(w.written, 10))
+		}
+	case !w.bodyAllowed():
+	default:
+		switch {
+		case w.declared >= 0:
+		case final:
+			h.Set("Content-Length", strconv.Itoa(len(w.buf)))
+		case w.req.ProtoAtLeast(1, 1):
+			w.chunked = true
+			h.Set("Transfer-Encoding", "chunked")
+		default:
+			w.closeAfter = true // the end of the body is the end of the connection
+		}
+		if _, ok := h["Content-Type"]; !ok && len(w.buf) > 0 {
+			h.Set("Content-Type", http.DetectContentType(w.buf))
+		}
+	}
+	if h.Get("Connection") == "close" {
+		w.closeAfter = true
+	}
+	if w.closeAfter {
+		h.Set("Connection", "close")
+	}
+	if _, ok := h["Date"]; !ok {
+		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	fmt.Fprintf(w.bw, "HTTP/1.1 %d %s\r\n", w.status, http.StatusText(w.status))
+	h.Write(w.bw)
+	w.bw.WriteString("\r\n")
+	buf := w.buf
+	w.buf = nil
+	if _, err := w.writeBody(buf); err != nil {
+		return err
+	}
+	return nil
+}
+
+// finish completes the response once the handler has returned.
+func (w *response) finish() error {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if !w.sent {
+		if err := w.sendHeader(true); err != nil {
+			return err
+		}
+	}
+	if w.chunked {
+		w.bw.WriteString("0\r\n\r\n")
+	}
+	if w.bodyAllowed() && w.declared >= 0 && w.written != w.declared {
+		// A body shorter than its Content-Length: the client must not
+		// take the next response for the rest of it.
+		w.bw.Flush()
+		return http.ErrContentLength
+	}
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	return nil
+}

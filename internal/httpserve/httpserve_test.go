@@ -1,0 +1,371 @@
+package httpserve
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// start serves h on a loopback port; it returns the base URL and a client
+// that counts the connections it opens.
+func start(t *testing.T, h http.Handler) (*Server, string, *http.Client, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 10 * time.Second, MaxHeaderBytes: 8 << 10}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		s.Shutdown(context.Background())
+		if err := <-served; !errors.Is(err, ErrServerClosed) {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	var dials atomic.Int32
+	tr := &http.Transport{DisableCompression: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return s, "http://" + ln.Addr().String(), &http.Client{Transport: tr}, &dials
+}
+
+func get(t *testing.T, c *http.Client, method, url string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the body: %v", method, url, err)
+	}
+	return resp, body
+}
+
+// The ways a handler writes a body, each read back by net/http's client on
+// one kept-alive connection.
+func TestBodies(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 10000) // past the held-back 4 KiB
+	file := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(file, big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/small", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "small answer") })
+	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { w.Write(big[:5000]); w.Write(big[5000:]) })
+	mux.HandleFunc("/declared", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(big)))
+		w.Write(big)
+	})
+	mux.HandleFunc("/sendfile", func(w http.ResponseWriter, r *http.Request) {
+		f, _ := os.Open(file)
+		defer f.Close()
+		w.Header().Set("Content-Length", strconv.Itoa(len(big)+3))
+		io.WriteString(w, "hdr")
+		if _, err := w.(io.ReaderFrom).ReadFrom(f); err != nil {
+			t.Errorf("ReadFrom a file: %v", err)
+		}
+	})
+	mux.HandleFunc("/limited", func(w http.ResponseWriter, r *http.Request) {
+		f, _ := os.Open(file)
+		defer f.Close()
+		w.Header().Set("Content-Length", "1000")
+		w.(io.ReaderFrom).ReadFrom(&io.LimitedReader{R: f, N: 1000})
+	})
+	mux.HandleFunc("/flushed", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "part one, ")
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "part two")
+	})
+	mux.HandleFunc("/nocontent", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	mux.HandleFunc("/missing", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no such thing", http.StatusNotFound) })
+	_, url, c, dials := start(t, mux)
+
+	for _, tc := range []struct {
+		path     string
+		code     int
+		body     []byte
+		length   int64 // -1: chunked
+		chunked  bool
+		typ      string
+		headOnly bool
+	}{
+		{path: "/small", code: 200, body: []byte("small answer"), length: 12, typ: "text/plain; charset=utf-8"},
+		{path: "/big", code: 200, body: big, length: -1, chunked: true},
+		{path: "/declared", code: 200, body: big, length: int64(len(big))},
+		{path: "/sendfile", code: 200, body: append([]byte("hdr"), big...), length: int64(len(big) + 3)},
+		{path: "/limited", code: 200, body: big[:1000], length: 1000},
+		{path: "/flushed", code: 200, body: []byte("part one, part two"), length: -1, chunked: true},
+		{path: "/nocontent", code: 204, body: nil, length: 0},
+		{path: "/missing", code: 404, body: []byte("no such thing\n"), length: 14},
+	} {
+		resp, body := get(t, c, "GET", url+tc.path)
+		if resp.StatusCode != tc.code || !bytes.Equal(body, tc.body) || resp.ContentLength != tc.length {
+			t.Errorf("GET %s: %d, %d bytes (length %d); want %d, %d bytes (length %d)",
+				tc.path, resp.StatusCode, len(body), resp.ContentLength, tc.code, len(tc.body), tc.length)
+		}
+		if got := len(resp.TransferEncoding) > 0; got != tc.chunked {
+			t.Errorf("GET %s: chunked %v", tc.path, got)
+		}
+		if tc.typ != "" && resp.Header.Get("Content-Type") != tc.typ {
+			t.Errorf("GET %s: Content-Type %q", tc.path, resp.Header.Get("Content-Type"))
+		}
+		if resp.Header.Get("Date") == "" {
+			t.Errorf("GET %s: no Date", tc.path)
+		}
+	}
+	// HEAD: the header a GET gets, no body.
+	for path, length := range map[string]int64{"/declared": int64(len(big)), "/small": 12} {
+		resp, body := get(t, c, "HEAD", url+path)
+		if resp.StatusCode != 200 || len(body) != 0 || resp.ContentLength != length {
+			t.Errorf("HEAD %s: %d, %d bytes, length %d", path, resp.StatusCode, len(body), resp.ContentLength)
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d connections for all the requests, want 1 kept alive", n)
+	}
+}
+
+// A body shorter than its Content-Length ends the connection, so that the
+// client sees the short body and does not read a next answer as its rest.
+func TestShortBodyClosesConnection(t *testing.T) {
+	_, url, c, dials := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/short" {
+			w.Header().Set("Content-Length", "100")
+			io.WriteString(w, "only this")
+			return
+		}
+		io.WriteString(w, "fine")
+	}))
+	resp, err := c.Get(url + "/short")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(resp.Body); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("reading a short body: %v, want unexpected EOF", err)
+	}
+	resp.Body.Close()
+	if _, body := get(t, c, "GET", url+"/ok"); string(body) != "fine" {
+		t.Fatalf("next request: %q", body)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the first closed after the short body)", n)
+	}
+}
+
+// rawExchange sends raw bytes on a new connection and returns everything
+// the server sends back until it closes the connection.
+func rawExchange(t *testing.T, url, request string) string {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	go io.WriteString(conn, request)
+	out, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("the server did not close the connection: %v (got %q)", err, out)
+	}
+	return string(out)
+}
+
+// Bad requests get one clear answer and the connection closed; an HTTP/1.0
+// request gets its answer and the connection closed.
+func TestBadRequestsAndOldClients(t *testing.T) {
+	_, url, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	for name, tc := range map[string]struct{ req, status string }{
+		"garbage":        {"GARBAGE\r\n\r\n", "HTTP/1.1 400 "},
+		"bad header":     {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "HTTP/1.1 400 "},
+		"huge header":    {"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "HTTP/1.1 431 "},
+		"HTTP/1.0":       {"GET / HTTP/1.0\r\n\r\n", "HTTP/1.1 200 "},
+		"close":          {"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
+		"two, then shut": {"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
+	} {
+		out := rawExchange(t, url, tc.req)
+		if !strings.HasPrefix(out, tc.status) {
+			t.Errorf("%s: answer %q, want %q...", name, out, tc.status)
+		}
+		if tc.status == "HTTP/1.1 200 " {
+			want := 1 + strings.Count(tc.req, "\r\n\r\nGET")
+			if got := strings.Count(out, "hello"); got != want {
+				t.Errorf("%s: %d answers in %q, want %d", name, got, out, want)
+			}
+		}
+	}
+}
+
+// A handler that panics loses its connection, not the server.
+func TestHandlerPanic(t *testing.T) {
+	_, url, c, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/panic" {
+			panic("handler bug")
+		}
+		io.WriteString(w, "still here")
+	}))
+	if resp, err := c.Get(url + "/panic"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a panicking handler answered %d", resp.StatusCode)
+	}
+	if _, body := get(t, c, "GET", url+"/after"); string(body) != "still here" {
+		t.Fatalf("after the panic: %q", body)
+	}
+}
+
+// A request body the handler leaves unread is skipped when small (the
+// connection stays), and closes the connection when large.
+func TestUnreadRequestBody(t *testing.T) {
+	_, url, c, dials := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "GET or HEAD only", http.StatusMethodNotAllowed)
+	}))
+	for i, size := range []int{100, 100, 1 << 20, 100} {
+		resp, err := c.Post(url+"/", "application/octet-stream", bytes.NewReader(make([]byte, size)))
+		if err != nil {
+			t.Fatalf("POST %d: %v", i, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Fatalf("POST %d: %d", i, resp.StatusCode)
+		}
+	}
+	if n := dials.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (one closed after the large body)", n)
+	}
+}
+
+// Shutdown closes idle connections at once and lets a running request
+// finish.
+func TestShutdown(t *testing.T) {
+	release, entered := make(chan struct{}), make(chan struct{})
+	s, url, c, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		io.WriteString(w, "done")
+	}))
+	get(t, c, "GET", url+"/warm") // leaves an idle kept-alive connection
+	idle, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	answered := make(chan string, 1)
+	go func() {
+		resp, err := http.Get(url + "/slow")
+		if err != nil {
+			answered <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		answered <- string(b)
+	}()
+	<-entered
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := bufio.NewReader(idle).ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("idle connection during shutdown: %v, want EOF", err)
+	}
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) while a request was running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if got := <-answered; got != "done" {
+		t.Errorf("the running request got %q", got)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// FuzzServe: whatever bytes a client sends, the server answers with
+// well-formed HTTP/1.1 responses (or nothing) and closes or keeps the
+// connection; it never panics or hangs.
+func FuzzServe(f *testing.F) {
+	for _, seed := range []string{
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"HEAD /x.narinfo HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.0\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+		"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET / HTTP/9.9\r\n\r\n",
+		"\r\n\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			io.Copy(io.Discard, io.LimitReader(r.Body, 10))
+		}
+		io.WriteString(w, r.URL.Path)
+	}), ReadHeaderTimeout: time.Second, IdleTimeout: time.Second}
+	go s.Serve(ln)
+	f.Cleanup(func() { s.Shutdown(context.Background()) })
+	f.Fuzz(func(t *testing.T, in []byte) {
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		conn.Write(in)
+		conn.(*net.TCPConn).CloseWrite()
+		// The requests as the server reads them, so that each answer is
+		// parsed as the answer to its request (HEAD has no body).
+		var reqs []*http.Request
+		for rr := bufio.NewReader(bytes.NewReader(in)); len(reqs) < 100; {
+			req, err := http.ReadRequest(rr)
+			if err != nil {
+				break
+			}
+			io.Copy(io.Discard, req.Body)
+			reqs = append(reqs, req)
+		}
+		br := bufio.NewReader(conn)
+		for i := 0; i < 100; i++ { // every answer parses as a response
+			if _, err := br.Peek(1); err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatalf("the server neither answered nor closed: %v", err)
+				}
+				return // closed
+			}
+			var req *http.Request
+			if i < len(reqs) {
+				req = reqs[i]
+			}
+			resp, err := http.ReadResponse(br, req)
+			if err != nil {
+				t.Fatalf("an answer that does not parse: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}
