@@ -766,14 +766,18 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	st := f.n.store
 	go func() { // the committer
 		defer close(committed)
+		first := true
 		for r := range toCommit {
 			// Gather what arrives in the next few milliseconds: each
 			// commit rewrites the index pages its random keys touch, so
-			// fewer, larger commits cost much less. A batch that a client's
-			// NAR waits for is committed sooner.
+			// fewer, larger commits cost much less. The first commit is
+			// made sooner if a client's NAR waits for one of its chunks:
+			// after that the reader trails the download by at most the
+			// gathering time, which delays its stream once, not per batch.
 			group := []received{r}
 			gather := time.NewTimer(commitGather)
-			hurried := false
+			hurried := !first
+			first = false
 			hurry := func(g received) {
 				if !hurried && j.wants(g.b.digests) {
 					hurried = true
