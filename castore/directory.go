@@ -328,3 +328,41 @@ func forEachField(b []byte, fn func(field, wire int, v uint64, msg []byte) error
 	}
 	return nil
 }
+
+// EachEntry calls fn with the directory's entries in byte order of their
+// names, the order of a NAR: the three sorted lists, merged.
+func (d *Directory) EachEntry(fn func(name []byte, n Node) error) error {
+	i, j, k := 0, 0, 0
+	for i < len(d.Directories) || j < len(d.Files) || k < len(d.Symlinks) {
+		var best []byte
+		which := -1
+		if i < len(d.Directories) {
+			best, which = d.Directories[i].Name, 0
+		}
+		if j < len(d.Files) && (which < 0 || bytes.Compare(d.Files[j].Name, best) < 0) {
+			best, which = d.Files[j].Name, 1
+		}
+		if k < len(d.Symlinks) && (which < 0 || bytes.Compare(d.Symlinks[k].Name, best) < 0) {
+			best, which = d.Symlinks[k].Name, 2
+		}
+		var n Node
+		switch which {
+		case 0:
+			e := d.Directories[i]
+			n = Node{Type: TypeDirectory, Digest: e.Digest, Size: e.Size}
+			i++
+		case 1:
+			e := d.Files[j]
+			n = Node{Type: TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}
+			j++
+		case 2:
+			e := d.Symlinks[k]
+			n = Node{Type: TypeSymlink, Target: e.Target}
+			k++
+		}
+		if err := fn(best, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package castore
 
 import (
 	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -142,5 +143,26 @@ func TestNodeRoundTrip(t *testing.T) {
 	}
 	if _, err := UnmarshalNode(nil); err == nil {
 		t.Error("empty node accepted")
+	}
+}
+
+// EachEntry merges the three lists in byte order of name, the order of a
+// NAR.
+func TestEachEntry(t *testing.T) {
+	d := &Directory{
+		Directories: []DirectoryEntry{{Name: []byte("B")}, {Name: []byte("b")}},
+		Files:       []FileEntry{{Name: []byte("A")}, {Name: []byte("a.txt")}, {Name: []byte("\xc3\xa9")}},
+		Symlinks:    []SymlinkEntry{{Name: []byte("a"), Target: []byte("x")}, {Name: []byte("z")}},
+	}
+	var got []string
+	var types []NodeType
+	d.EachEntry(func(name []byte, n Node) error {
+		got, types = append(got, string(name)), append(types, n.Type)
+		return nil
+	})
+	want := []string{"A", "B", "a", "a.txt", "b", "z", "\xc3\xa9"}
+	wantTypes := []NodeType{TypeFile, TypeDirectory, TypeSymlink, TypeFile, TypeDirectory, TypeSymlink, TypeFile}
+	if !slices.Equal(got, want) || !slices.Equal(types, wantTypes) {
+		t.Fatalf("order %q %v, want %q %v", got, types, want, wantTypes)
 	}
 }

@@ -106,9 +106,20 @@ func (s *Store) ForEachShared(fn func(d Digest) error) error {
 	})
 }
 
-// DirectoryBytes returns a directory's canonical encoding, as stored.
-func (s *Store) DirectoryBytes(d Digest) ([]byte, error) {
-	return s.get(bucketDirs, d)
+// SharedDirectory returns the canonical encoding of a directory of a
+// shared tree, as stored, for a peer; a directory of no shared tree is
+// ErrNotFound. One index transaction for both lookups.
+func (s *Store) SharedDirectory(d Digest) (b []byte, err error) {
+	err = s.View(func(v *View) error {
+		if v.tx.Bucket(bucketShared).Get(d[:]) != nil {
+			b = bytes.Clone(v.tx.Bucket(bucketDirs).Get(d[:]))
+		}
+		return nil
+	})
+	if err == nil && b == nil {
+		err = fmt.Errorf("directory %s: %w", d, ErrNotFound)
+	}
+	return b, err
 }
 
 // ChunkFrame appends a chunk's stored zstd frame to buf, or reports ok

@@ -279,8 +279,8 @@ func TestView(t *testing.T) {
 	}
 }
 
-// SharedChunk gives peers only chunks of shared trees: the zstd frame when
-// asked and stored, else the checked bytes.
+// SharedChunk and SharedDirectory give peers only objects of shared trees;
+// a chunk as its zstd frame when asked and stored, else its checked bytes.
 func TestSharedChunk(t *testing.T) {
 	s, _ := openTemp(t)
 	w := s.NewWriter()
@@ -296,6 +296,17 @@ func TestSharedChunk(t *testing.T) {
 	}
 	if _, _, err := s.SharedChunk(private, true, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("private chunk: err %v, want ErrNotFound", err)
+	}
+	if b, err := s.SharedDirectory(root); err != nil || Sum(b) != root {
+		t.Fatalf("shared directory: %d bytes, %v", len(b), err)
+	}
+	w = s.NewWriter()
+	privateDir, _ := w.PutDirectory(&Directory{Files: []FileEntry{{Name: []byte("p"), Digest: private, Size: 7}}})
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.SharedDirectory(privateDir); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("private directory: err %v, want ErrNotFound", err)
 	}
 	data, compressed, err := s.SharedChunk(shared, true, nil)
 	if err != nil || compressed || !bytes.Equal(data, text) {

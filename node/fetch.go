@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -476,7 +475,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		}
 	}
 	files := narOrderFiles(info.Root, dirs)
-	lists := map[castore.Digest][]castore.ChunkRef{}
+	lists := make(map[castore.Digest][]castore.ChunkRef, len(files))
 	var multi []transfer.BlobRef
 	_ = st.View(func(v *castore.View) error {
 		for _, file := range files {
@@ -518,7 +517,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	// The chunks to get, in NAR order, so that a streaming reader finds
 	// them arriving in the order it needs them.
 	var chunks []castore.Digest
-	seen := map[castore.Digest]bool{}
+	seen := make(map[castore.Digest]bool, len(lists))
 	_ = st.View(func(v *castore.View) error {
 		for _, file := range files {
 			for _, r := range lists[file.Digest] {
@@ -621,24 +620,8 @@ func narOrderFiles(root castore.Node, dirs map[castore.Digest]*castore.Directory
 		case castore.TypeFile:
 			out = append(out, n)
 		case castore.TypeDirectory:
-			dir := dirs[n.Digest]
-			if dir == nil {
-				return
-			}
-			type entry struct {
-				name string
-				node castore.Node
-			}
-			var es []entry
-			for _, e := range dir.Directories {
-				es = append(es, entry{string(e.Name), castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}})
-			}
-			for _, e := range dir.Files {
-				es = append(es, entry{string(e.Name), castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}})
-			}
-			sort.Slice(es, func(a, b int) bool { return es[a].name < es[b].name })
-			for _, e := range es {
-				walk(e.node)
+			if dir := dirs[n.Digest]; dir != nil {
+				dir.EachEntry(func(_ []byte, e castore.Node) error { walk(e); return nil })
 			}
 		}
 	}

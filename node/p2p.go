@@ -306,10 +306,7 @@ func (t transferSource) Record(ctx context.Context, hash string) (*transfer.Reco
 }
 
 func (t transferSource) Directory(d castore.Digest) ([]byte, error) {
-	if !t.n.store.IsShared(d) {
-		return nil, transfer.ErrNotFound
-	}
-	b, err := t.n.store.DirectoryBytes(d)
+	b, err := t.n.store.SharedDirectory(d)
 	if errors.Is(err, castore.ErrNotFound) {
 		return nil, transfer.ErrNotFound
 	}

@@ -1,7 +1,6 @@
 package nar
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -141,7 +140,7 @@ func renderNode(ctx context.Context, w *Writer, src Source, p string, n castore.
 		if err := w.WriteHeader(&Header{Path: p, Type: TypeDirectory}); err != nil {
 			return err
 		}
-		return eachEntry(dir, func(name []byte, child castore.Node) error {
+		return dir.EachEntry(func(name []byte, child castore.Node) error {
 			cp := string(name)
 			if p != "" {
 				cp = p + "/" + cp
@@ -150,42 +149,4 @@ func renderNode(ctx context.Context, w *Writer, src Source, p string, n castore.
 		})
 	}
 	return fmt.Errorf("nar: cannot render node type %v", n.Type)
-}
-
-// eachEntry calls fn for the directory's entries in NAR order: the three
-// sorted lists merged by name.
-func eachEntry(d *castore.Directory, fn func(name []byte, n castore.Node) error) error {
-	i, j, k := 0, 0, 0
-	for i < len(d.Directories) || j < len(d.Files) || k < len(d.Symlinks) {
-		var best []byte
-		which := -1
-		if i < len(d.Directories) {
-			best, which = d.Directories[i].Name, 0
-		}
-		if j < len(d.Files) && (which < 0 || bytes.Compare(d.Files[j].Name, best) < 0) {
-			best, which = d.Files[j].Name, 1
-		}
-		if k < len(d.Symlinks) && (which < 0 || bytes.Compare(d.Symlinks[k].Name, best) < 0) {
-			best, which = d.Symlinks[k].Name, 2
-		}
-		var n castore.Node
-		switch which {
-		case 0:
-			e := d.Directories[i]
-			n = castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}
-			i++
-		case 1:
-			e := d.Files[j]
-			n = castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}
-			j++
-		case 2:
-			e := d.Symlinks[k]
-			n = castore.Node{Type: castore.TypeSymlink, Target: e.Target}
-			k++
-		}
-		if err := fn(best, n); err != nil {
-			return err
-		}
-	}
-	return nil
 }
