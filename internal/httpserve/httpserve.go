@@ -246,7 +246,12 @@ func (c *conn) serve() {
 		tooLarge := c.lr.n <= 0
 		c.lr.n = noLimit
 		if err != nil {
-			c.linger = c.badRequest(bw, err, tooLarge)
+			c.linger = c.badRequest(bw, err, tooLarge, "")
+			return
+		}
+		if req.Host == "" && req.ProtoAtLeast(1, 1) {
+			// HTTP/1.1 requires a Host (ReadRequest moves it there).
+			c.linger = c.badRequest(bw, errors.New("missing Host header"), false, req.Method)
 			return
 		}
 		c.rw.SetReadDeadline(time.Time{})
@@ -257,9 +262,10 @@ func (c *conn) serve() {
 	}
 }
 
-// badRequest answers a request that could not be read, unless the
-// connection simply ended; it reports whether it answered.
-func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool) bool {
+// badRequest answers a request that could not be read (its method, if
+// known: a HEAD gets no body), unless the connection simply ended; it
+// reports whether it answered.
+func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool, method string) bool {
 	var ne net.Error
 	if !tooLarge && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout())) {
 		return false
@@ -268,9 +274,13 @@ func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool) bool {
 	if tooLarge || errors.Is(err, errHeaderTooLarge) {
 		code, msg = http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large"
 	}
+	body := msg
+	if method == http.MethodHead {
+		body = ""
+	}
 	c.rw.SetWriteDeadline(time.Now().Add(time.Second))
 	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
-		code, http.StatusText(code), len(msg), msg)
+		code, http.StatusText(code), len(msg), body)
 	bw.Flush()
 	return true
 }
@@ -468,6 +478,9 @@ func (w *response) Flush() {
 func (w *response) sendHeader(final bool) error {
 	w.sent = true
 	h := w.header
+	if w.declared < 0 {
+		h.Del("Content-Length") // set after WriteHeader: not the length sent
+	}
 	switch {
 	case w.req.Method == http.MethodHead:
 		if w.declared < 0 && final && w.written > 0 { // the length a GET would get

@@ -93,6 +93,11 @@ func TestBodies(t *testing.T) {
 		w.(http.Flusher).Flush()
 		io.WriteString(w, "part two")
 	})
+	mux.HandleFunc("/late-length", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.Header().Set("Content-Length", "3") // too late: ignored
+		w.Write(big)
+	})
 	mux.HandleFunc("/nocontent", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("/missing", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no such thing", http.StatusNotFound) })
 	_, url, c, dials := start(t, mux)
@@ -112,6 +117,7 @@ func TestBodies(t *testing.T) {
 		{path: "/sendfile", code: 200, body: append([]byte("hdr"), big...), length: int64(len(big) + 3)},
 		{path: "/limited", code: 200, body: big[:1000], length: 1000},
 		{path: "/flushed", code: 200, body: []byte("part one, part two"), length: -1, chunked: true},
+		{path: "/late-length", code: 200, body: big, length: -1, chunked: true},
 		{path: "/nocontent", code: 204, body: nil, length: 0},
 		{path: "/missing", code: 404, body: []byte("no such thing\n"), length: 14},
 	} {
@@ -195,6 +201,7 @@ func TestBadRequestsAndOldClients(t *testing.T) {
 		"garbage":        {"GARBAGE\r\n\r\n", "HTTP/1.1 400 "},
 		"bad header":     {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "HTTP/1.1 400 "},
 		"huge header":    {"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "HTTP/1.1 431 "},
+		"no Host":        {"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 "},
 		"HTTP/1.0":       {"GET / HTTP/1.0\r\n\r\n", "HTTP/1.1 200 "},
 		"close":          {"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
 		"two, then shut": {"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
@@ -279,7 +286,13 @@ func TestShutdown(t *testing.T) {
 		resp.Body.Close()
 		answered <- string(b)
 	}()
-	<-entered
+	select {
+	case <-entered:
+	case got := <-answered:
+		t.Fatalf("the slow request was answered before its handler ran: %q", got)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request never reached its handler")
+	}
 	shut := make(chan error, 1)
 	go func() { shut <- s.Shutdown(context.Background()) }()
 	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
