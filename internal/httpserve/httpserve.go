@@ -34,7 +34,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -42,7 +44,7 @@ import (
 // Server serves HTTP/1.1 on listeners.
 type Server struct {
 	Handler           http.Handler
-	ReadHeaderTimeout time.Duration // to read a request's header once it starts (0: none)
+	ReadHeaderTimeout time.Duration // to read a request's header, and the first one's start (0: none)
 	IdleTimeout       time.Duration // to wait for the next request on a connection (0: none)
 	MaxHeaderBytes    int           // 0: 64 KiB
 	// ConnContext, if set, derives each connection's context.
@@ -65,6 +67,7 @@ func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
+		l.Close()
 		return ErrServerClosed
 	}
 	if s.listeners == nil {
@@ -114,11 +117,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for l := range s.listeners {
 		l.Close()
 	}
-	s.done = make(chan struct{})
-	s.closeIdleLocked()
-	if len(s.conns) == 0 {
-		close(s.done)
+	if s.done == nil { // a second Shutdown waits on the same
+		s.done = make(chan struct{})
+		if len(s.conns) == 0 {
+			close(s.done)
+		}
 	}
+	s.closeIdleLocked()
 	done := s.done
 	s.mu.Unlock()
 	select {
@@ -132,6 +137,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Unlock()
 		return ctx.Err()
 	}
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
 }
 
 func (s *Server) closeIdleLocked() {
@@ -207,7 +218,11 @@ func (c *conn) close() {
 	c.s.mu.Lock()
 	delete(c.s.conns, c)
 	if c.s.closing && len(c.s.conns) == 0 && c.s.done != nil {
-		close(c.s.done)
+		select {
+		case <-c.s.done:
+		default:
+			close(c.s.done)
+		}
 	}
 	c.s.mu.Unlock()
 }
@@ -225,12 +240,15 @@ func (c *conn) serve() {
 	c.lr = limitedReader{r: c.rw, n: noLimit}
 	br := bufio.NewReaderSize(&c.lr, 4<<10)
 	bw := bufio.NewWriterSize(c.rw, 4<<10)
-	for {
+	for first := true; ; first = false {
 		if !c.setIdle(true) {
+			c.linger = !first // it may have sent another request already
 			return
 		}
-		if c.s.IdleTimeout > 0 {
-			c.rw.SetReadDeadline(time.Now().Add(c.s.IdleTimeout))
+		if wait := c.s.IdleTimeout; first && c.s.ReadHeaderTimeout > 0 {
+			c.rw.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
+		} else if wait > 0 {
+			c.rw.SetReadDeadline(time.Now().Add(wait))
 		}
 		if _, err := br.Peek(1); err != nil {
 			return // the client is done, or idle too long
@@ -246,12 +264,20 @@ func (c *conn) serve() {
 		tooLarge := c.lr.n <= 0
 		c.lr.n = noLimit
 		if err != nil {
-			c.linger = c.badRequest(bw, err, tooLarge, "")
+			c.linger = c.badRequest(bw, err, tooLarge)
 			return
 		}
 		if req.Host == "" && req.ProtoAtLeast(1, 1) {
 			// HTTP/1.1 requires a Host (ReadRequest moves it there).
-			c.linger = c.badRequest(bw, errors.New("missing Host header"), false, req.Method)
+			c.linger = c.answerAndClose(bw, http.StatusBadRequest, req.Method)
+			return
+		}
+		if req.ProtoMajor != 1 {
+			c.linger = c.answerAndClose(bw, http.StatusHTTPVersionNotSupported, req.Method)
+			return
+		}
+		if exp := req.Header.Get("Expect"); exp != "" && !strings.EqualFold(exp, "100-continue") {
+			c.linger = c.answerAndClose(bw, http.StatusExpectationFailed, req.Method)
 			return
 		}
 		c.rw.SetReadDeadline(time.Time{})
@@ -262,25 +288,31 @@ func (c *conn) serve() {
 	}
 }
 
-// badRequest answers a request that could not be read (its method, if
-// known: a HEAD gets no body), unless the connection simply ended; it
-// reports whether it answered.
-func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool, method string) bool {
+// badRequest answers a request that could not be read, unless the
+// connection simply ended; it reports whether it answered.
+func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool) bool {
 	var ne net.Error
 	if !tooLarge && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout())) {
 		return false
 	}
-	code, msg := http.StatusBadRequest, "400 Bad Request"
+	code := http.StatusBadRequest
 	if tooLarge || errors.Is(err, errHeaderTooLarge) {
-		code, msg = http.StatusRequestHeaderFieldsTooLarge, "431 Request Header Fields Too Large"
+		code = http.StatusRequestHeaderFieldsTooLarge
 	}
+	return c.answerAndClose(bw, code, "")
+}
+
+// answerAndClose sends a short error answer that closes the connection (a
+// HEAD gets no body); it reports true.
+func (c *conn) answerAndClose(bw *bufio.Writer, code int, method string) bool {
+	msg := strconv.Itoa(code) + " " + http.StatusText(code)
 	body := msg
 	if method == http.MethodHead {
 		body = ""
 	}
 	c.rw.SetWriteDeadline(time.Now().Add(time.Second))
-	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
-		code, http.StatusText(code), len(msg), body)
+	fmt.Fprintf(bw, "HTTP/1.1 %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		msg, len(msg), body)
 	bw.Flush()
 	return true
 }
@@ -292,15 +324,20 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer
 	defer cancel()
 	req = req.WithContext(ctx)
 	req.RemoteAddr = c.rw.RemoteAddr().String()
+	// A client that asked to be told to send its body (Expect:
+	// 100-continue) is never told, and the connection ends after the
+	// answer: neither side then mistakes a body for a request. The binary
+	// cache takes no bodies.
+	expects := req.Header.Get("Expect") != "" && req.ContentLength != 0
 	w := &response{c: c, bw: bw, req: req, header: http.Header{}, declared: -1,
-		closeAfter: req.Close || !req.ProtoAtLeast(1, 1)}
+		closeAfter: req.Close || !req.ProtoAtLeast(1, 1) || expects}
 	defer func() {
 		if p := recover(); p != nil {
 			if p == http.ErrAbortHandler {
 				keep = false
 				return
 			}
-			c.s.log().Error("http: handler panic", "url", req.URL.String(), "panic", p)
+			c.s.log().Error("http: handler panic", "url", req.URL.String(), "panic", p, "stack", string(debug.Stack()))
 			keep = false
 		}
 	}()
@@ -308,22 +345,29 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer
 	if err := w.finish(); err != nil {
 		return false
 	}
+	if w.closeAfter {
+		return false
+	}
 	if req.Body != nil && req.Body != http.NoBody {
 		// Whatever the handler left unread of the body must go before the
 		// next request can be read; a little is read, more closes.
+		if c.s.ReadHeaderTimeout > 0 {
+			c.rw.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
+		}
 		if _, err := io.CopyN(io.Discard, req.Body, 256<<10+1); err != io.EOF {
 			return false
 		}
 	}
-	return !w.closeAfter
+	return true
 }
 
 // response is the http.ResponseWriter of one request.
 type response struct {
-	c      *conn
-	bw     *bufio.Writer
-	req    *http.Request
-	header http.Header
+	c          *conn
+	bw         *bufio.Writer
+	req        *http.Request
+	header     http.Header // what the handler sets
+	sentHeader http.Header // the header as WriteHeader found it
 
 	status     int   // 0 until WriteHeader or the first write
 	sent       bool  // status line and header written (into bw)
@@ -347,11 +391,15 @@ func (w *response) WriteHeader(code int) {
 		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
 	}
 	w.status = code
-	if cl := w.header.Get("Content-Length"); cl != "" {
+	// What goes out is the header as it is now, as with net/http: later
+	// changes to the map are not sent. The framing is the server's.
+	w.sentHeader = w.header.Clone()
+	w.sentHeader.Del("Transfer-Encoding")
+	if cl := w.sentHeader.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.declared = n
 		} else {
-			w.header.Del("Content-Length")
+			w.sentHeader.Del("Content-Length")
 		}
 	}
 }
@@ -380,7 +428,11 @@ func (w *response) Write(p []byte) (int, error) {
 			w.buf = append(w.buf, p...)
 			return len(p), nil
 		}
-		if err := w.sendHeader(false); err != nil {
+		sniff := w.buf
+		if len(sniff) == 0 {
+			sniff = p[:min(len(p), 512)]
+		}
+		if err := w.sendHeader(false, sniff); err != nil {
 			return 0, err
 		}
 	}
@@ -417,7 +469,7 @@ func (w *response) ReadFrom(r io.Reader) (int64, error) {
 		return io.Copy(struct{ io.Writer }{w}, r) // through Write: discarded, buffered or chunked
 	}
 	if !w.sent {
-		if err := w.sendHeader(false); err != nil {
+		if err := w.sendHeader(false, w.buf); err != nil {
 			return 0, err
 		}
 	}
@@ -464,7 +516,7 @@ func (w *response) Flush() {
 		return
 	}
 	if !w.sent {
-		if w.sendHeader(false) != nil {
+		if w.sendHeader(false, w.buf) != nil {
 			return
 		}
 	}
@@ -474,12 +526,13 @@ func (w *response) Flush() {
 }
 
 // sendHeader writes the status line and header into bw, and the body held
-// back; final says the handler is done, so that body is all of it.
-func (w *response) sendHeader(final bool) error {
+// back; final says the handler is done, so that body is all of it. first
+// is the body's start, if known, for a Content-Type to be guessed from.
+func (w *response) sendHeader(final bool, first []byte) error {
 	w.sent = true
-	h := w.header
-	if w.declared < 0 {
-		h.Del("Content-Length") // set after WriteHeader: not the length sent
+	h := w.sentHeader
+	if w.c.s.isClosing() {
+		w.closeAfter = true // shutting down: no next request
 	}
 	switch {
 	case w.req.Method == http.MethodHead:
@@ -498,8 +551,8 @@ func (w *response) sendHeader(final bool) error {
 		default:
 			w.closeAfter = true // the end of the body is the end of the connection
 		}
-		if _, ok := h["Content-Type"]; !ok && len(w.buf) > 0 {
-			h.Set("Content-Type", http.DetectContentType(w.buf))
+		if _, ok := h["Content-Type"]; !ok && len(first) > 0 {
+			h.Set("Content-Type", http.DetectContentType(first))
 		}
 	}
 	if h.Get("Connection") == "close" {
@@ -531,7 +584,7 @@ func (w *response) finish() error {
 		return w.err
 	}
 	if !w.sent {
-		if err := w.sendHeader(true); err != nil {
+		if err := w.sendHeader(true, w.buf); err != nil {
 			return err
 		}
 	}

@@ -98,6 +98,23 @@ func TestBodies(t *testing.T) {
 		w.Header().Set("Content-Length", "3") // too late: ignored
 		w.Write(big)
 	})
+	mux.HandleFunc("/longer-file", func(w http.ResponseWriter, r *http.Request) {
+		f, _ := os.Open(file)
+		defer f.Close()
+		w.Header().Set("Content-Length", "1000") // the file is longer: 1000 go out
+		w.(io.ReaderFrom).ReadFrom(f)
+	})
+	mux.HandleFunc("/snapshot", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		w.Header().Set("Transfer-Encoding", "chunked") // the framing is the server's
+		w.WriteHeader(http.StatusOK)
+		w.Header().Set("Content-Length", "2") // after WriteHeader: not sent
+		w.Header().Set("X-Late", "1")
+		io.WriteString(w, "0123456789")
+	})
+	mux.HandleFunc("/big-html", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("<html>" + strings.Repeat(" ", 8000) + "</html>"))
+	})
 	mux.HandleFunc("/nocontent", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("/missing", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no such thing", http.StatusNotFound) })
 	_, url, c, dials := start(t, mux)
@@ -118,6 +135,9 @@ func TestBodies(t *testing.T) {
 		{path: "/limited", code: 200, body: big[:1000], length: 1000},
 		{path: "/flushed", code: 200, body: []byte("part one, part two"), length: -1, chunked: true},
 		{path: "/late-length", code: 200, body: big, length: -1, chunked: true},
+		{path: "/longer-file", code: 200, body: big[:1000], length: 1000},
+		{path: "/snapshot", code: 200, body: []byte("0123456789"), length: 10},
+		{path: "/big-html", code: 200, body: []byte("<html>" + strings.Repeat(" ", 8000) + "</html>"), length: -1, chunked: true, typ: "text/html; charset=utf-8"},
 		{path: "/nocontent", code: 204, body: nil, length: 0},
 		{path: "/missing", code: 404, body: []byte("no such thing\n"), length: 14},
 	} {
@@ -134,6 +154,9 @@ func TestBodies(t *testing.T) {
 		}
 		if resp.Header.Get("Date") == "" {
 			t.Errorf("GET %s: no Date", tc.path)
+		}
+		if resp.Header.Get("X-Late") != "" {
+			t.Errorf("GET %s: a header set after WriteHeader was sent", tc.path)
 		}
 	}
 	// HEAD: the header a GET gets, no body.
@@ -198,10 +221,16 @@ func rawExchange(t *testing.T, url, request string) string {
 func TestBadRequestsAndOldClients(t *testing.T) {
 	_, url, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
 	for name, tc := range map[string]struct{ req, status string }{
-		"garbage":        {"GARBAGE\r\n\r\n", "HTTP/1.1 400 "},
-		"bad header":     {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "HTTP/1.1 400 "},
-		"huge header":    {"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "HTTP/1.1 431 "},
-		"no Host":        {"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 "},
+		"garbage":     {"GARBAGE\r\n\r\n", "HTTP/1.1 400 "},
+		"bad header":  {"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", "HTTP/1.1 400 "},
+		"huge header": {"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 20<<10) + "\r\n\r\n", "HTTP/1.1 431 "},
+		"no Host":     {"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 "},
+		"HTTP/2.0":    {"GET / HTTP/2.0\r\nHost: x\r\n\r\n", "HTTP/1.1 505 "},
+		"odd Expect":  {"GET / HTTP/1.1\r\nHost: x\r\nExpect: x-magic\r\n\r\n", "HTTP/1.1 417 "},
+		// The body of an Expect: 100-continue request is never asked for:
+		// the answer closes the connection, so neither the body nor the
+		// request after it is read as a request.
+		"100-continue":   {"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 17\r\n\r\nGET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 "},
 		"HTTP/1.0":       {"GET / HTTP/1.0\r\n\r\n", "HTTP/1.1 200 "},
 		"close":          {"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
 		"two, then shut": {"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "HTTP/1.1 200 "},
@@ -212,6 +241,9 @@ func TestBadRequestsAndOldClients(t *testing.T) {
 		}
 		if tc.status == "HTTP/1.1 200 " {
 			want := 1 + strings.Count(tc.req, "\r\n\r\nGET")
+			if name == "100-continue" {
+				want = 1
+			}
 			if got := strings.Count(out, "hello"); got != want {
 				t.Errorf("%s: %d answers in %q, want %d", name, got, out, want)
 			}
@@ -310,6 +342,51 @@ func TestShutdown(t *testing.T) {
 	}
 	if err := <-shut; err != nil {
 		t.Errorf("Shutdown: %v", err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Errorf("a second Shutdown: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(ln); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Serve after Shutdown: %v", err)
+	}
+	if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+		c.Close()
+		t.Error("Serve after Shutdown left its listener open")
+	}
+}
+
+// Two Shutdowns at once both return once the last request is done.
+func TestShutdownTwice(t *testing.T) {
+	release, entered := make(chan struct{}), make(chan struct{})
+	s, url, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+	}))
+	go http.Get(url + "/")
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request never reached its handler")
+	}
+	shut := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() { shut <- s.Shutdown(context.Background()) }()
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-shut:
+			if err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a Shutdown never returned")
+		}
 	}
 }
 
