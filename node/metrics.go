@@ -80,8 +80,8 @@ func requestKind(p string) string {
 	return "other"
 }
 
-// statusRecorder remembers the status code and passes ReadFrom through, so
-// that sendfile keeps working under instrumentation.
+// statusRecorder remembers the status code and passes ReadFrom (so that
+// sendfile keeps working under instrumentation) and Flush through.
 type statusRecorder struct {
 	http.ResponseWriter
 	code int
@@ -97,6 +97,12 @@ func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
+}
+
+func (s *statusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

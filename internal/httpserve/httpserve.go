@@ -18,7 +18,9 @@
 // an io.ReaderFrom (a body of known length goes out by the connection's
 // ReadFrom: sendfile for files), the connection in the request's context
 // through ConnContext, and a context cancelled when the handler returns.
-// A client that goes away is noticed when a write fails, not before.
+// A client that goes away is noticed when a write fails, not before; one
+// that stops reading holds its connection, as with net/http's server and
+// no WriteTimeout, which is how the node ran it.
 // Responses are HTTP/1.1; an HTTP/1.0 request gets its answer and the
 // connection is closed. A body without a Content-Length is buffered up to
 // 4 KiB, so small answers get one, and larger ones go chunked.
