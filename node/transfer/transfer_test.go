@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
@@ -203,6 +204,11 @@ func TestRoundTrip(t *testing.T) {
 	}
 	if err := c.Chunks(ctx, p, []castore.Digest{castore.Sum([]byte("none"))}, false, func(castore.Digest, []byte, []byte) error { return nil }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown chunk: %v, want ErrNotFound", err)
+	}
+	// The server counts a write once it returns, which can be after the
+	// client has read it: wait a little for the counts to meet.
+	for i := 0; srv.BytesSent() != c.BytesReceived() && i < 100; i++ {
+		time.Sleep(10 * time.Millisecond)
 	}
 	if srv.BytesSent() == 0 || c.BytesReceived() != srv.BytesSent() {
 		t.Fatalf("server sent %d bytes, client received %d", srv.BytesSent(), c.BytesReceived())
