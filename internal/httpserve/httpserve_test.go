@@ -459,3 +459,42 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+// A connection that sends nothing, half a header, or nothing after an
+// answer is closed once its timeout passes.
+func TestTimeouts(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hi") }),
+		ReadHeaderTimeout: 200 * time.Millisecond, IdleTimeout: 300 * time.Millisecond}
+	go s.Serve(ln)
+	defer s.Shutdown(context.Background())
+	for name, send := range map[string]string{
+		"silent":      "",
+		"half header": "GET / HTTP/1.1\r\nHo",
+		"idle after":  "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+	} {
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		io.WriteString(conn, send)
+		out, err := io.ReadAll(conn) // until the server closes
+		took := time.Since(start)
+		conn.Close()
+		if err != nil {
+			t.Errorf("%s: the server did not close the connection: %v", name, err)
+			continue
+		}
+		if took < 150*time.Millisecond {
+			t.Errorf("%s: closed after %v, before its timeout", name, took)
+		}
+		if answered := strings.Contains(string(out), "hi"); answered != (name == "idle after") {
+			t.Errorf("%s: answer %q", name, out)
+		}
+	}
+}
