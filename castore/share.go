@@ -122,16 +122,7 @@ func (s *Store) SharedDirectory(d Digest) (b []byte, err error) {
 	return b, err
 }
 
-// ChunkFrame appends a chunk's stored zstd frame to buf, or reports ok
-// false when it has none (not made yet, or not worth making).
-func (s *Store) ChunkFrame(d Digest, buf []byte) (frame []byte, ok bool, err error) {
-	loc, have, err := s.frameLoc(d)
-	if err != nil || !have || loc.Size == 0 {
-		return buf, false, err
-	}
-	return s.readFrame(loc, buf)
-}
-
+// readFrame appends the zstd frame stored at loc to buf.
 func (s *Store) readFrame(loc chunkLoc, buf []byte) ([]byte, bool, error) {
 	f, err := s.zstd.reader(loc.Pack)
 	if err != nil {

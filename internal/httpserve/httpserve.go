@@ -247,9 +247,11 @@ func (c *conn) serve() {
 			c.linger = !first // it may have sent another request already
 			return
 		}
-		if wait := c.s.IdleTimeout; first && c.s.ReadHeaderTimeout > 0 {
-			c.rw.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
-		} else if wait > 0 {
+		wait := c.s.IdleTimeout // for a next request
+		if first && c.s.ReadHeaderTimeout > 0 {
+			wait = c.s.ReadHeaderTimeout
+		}
+		if wait > 0 {
 			c.rw.SetReadDeadline(time.Now().Add(wait))
 		}
 		if _, err := br.Peek(1); err != nil {
@@ -298,7 +300,7 @@ func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool) bool {
 		return false
 	}
 	code := http.StatusBadRequest
-	if tooLarge || errors.Is(err, errHeaderTooLarge) {
+	if tooLarge {
 		code = http.StatusRequestHeaderFieldsTooLarge
 	}
 	return c.answerAndClose(bw, code, "")
@@ -571,10 +573,8 @@ func (w *response) sendHeader(final bool, first []byte) error {
 	w.bw.WriteString("\r\n")
 	buf := w.buf
 	w.buf = nil
-	if _, err := w.writeBody(buf); err != nil {
-		return err
-	}
-	return nil
+	_, err := w.writeBody(buf)
+	return err
 }
 
 // finish completes the response once the handler has returned.
@@ -599,8 +599,5 @@ func (w *response) finish() error {
 		w.bw.Flush()
 		return http.ErrContentLength
 	}
-	if err := w.bw.Flush(); err != nil {
-		return err
-	}
-	return nil
+	return w.bw.Flush()
 }
