@@ -24,7 +24,13 @@
 // back, 1 GiB per pack. Raw, not compressed: a NAR is then a splice of pack
 // ranges that sendfile puts on a socket, as nginx serves a file, and ingest
 // does not pay for compression (zstd at its fastest runs at a third of the
-// speed of chunking and hashing here).
+// speed of chunking and hashing here). A chunk that came from a peer as a
+// zstd frame is kept as that frame only, in the zstd packs (zstd.go), and
+// its index entry says so: writing it raw as well would cost a fetch more
+// CPU than anything but decoding, and the disk about three times the
+// frame's size again;
+// reads decode it (about 1 GB/s), and a NAR rendered while the fetch runs
+// takes the chunks the fetch has just decoded.
 //
 // Crash safety. A Writer appends chunk bytes to the current pack as they
 // come and keeps their index entries in memory. Commit fsyncs the packs,

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -233,27 +234,44 @@ func (p *packSet) close() error {
 	return err
 }
 
-// chunkLoc is where an object's bytes are: a range of one pack file.
+// chunkLoc is where an object's bytes are: a range of one pack file. In
+// the chunk index, a chunk with Frame > 0 is stored only as its zstd frame
+// (as it came from a peer): Pack and Offset are then in the zstd packs,
+// Frame is the frame's length and Size still the chunk's.
 type chunkLoc struct {
 	Pack   uint32
 	Offset int64
 	Size   uint32
+	Frame  uint32
 }
+
+// frame is the range of a frame-only chunk's frame.
+func (l chunkLoc) frame() chunkLoc { return chunkLoc{Pack: l.Pack, Offset: l.Offset, Size: l.Frame} }
 
 func (l chunkLoc) marshal() []byte {
 	b := binary.AppendUvarint(nil, uint64(l.Pack))
 	b = binary.AppendUvarint(b, uint64(l.Offset))
-	return binary.AppendUvarint(b, uint64(l.Size))
+	b = binary.AppendUvarint(b, uint64(l.Size))
+	if l.Frame > 0 {
+		b = binary.AppendUvarint(b, uint64(l.Frame))
+	}
+	return b
 }
 
 func unmarshalChunkLoc(b []byte) (chunkLoc, error) {
-	var v [3]uint64
+	var v [4]uint64
 	for i := range v {
+		if i == 3 && len(b) == 0 {
+			break // no frame: raw bytes
+		}
 		x, n := binary.Uvarint(b)
-		if n <= 0 {
+		if n <= 0 || x > math.MaxUint32 && i != 1 {
 			return chunkLoc{}, errors.New("castore: corrupt location")
 		}
 		v[i], b = x, b[n:]
 	}
-	return chunkLoc{Pack: uint32(v[0]), Offset: int64(v[1]), Size: uint32(v[2])}, nil
+	if len(b) > 0 {
+		return chunkLoc{}, errors.New("castore: corrupt location")
+	}
+	return chunkLoc{Pack: uint32(v[0]), Offset: int64(v[1]), Size: uint32(v[2]), Frame: uint32(v[3])}, nil
 }

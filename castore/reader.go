@@ -24,6 +24,10 @@ type Reader struct {
 	win     []byte
 	winPack uint32
 	winOff  int64
+
+	chunk, frame []byte // a frame-only chunk, decoded, and its frame
+
+	decoded func(Digest) []byte // see UseDecoded
 }
 
 // readAhead is the size of the read-ahead window.
@@ -33,6 +37,11 @@ const readAhead = 32 << 10
 func (s *Store) NewReader() *Reader {
 	return &Reader{s: s, files: map[*packSet]map[uint32]*os.File{}}
 }
+
+// UseDecoded makes WriteChunks take a chunk's bytes from take, when it has
+// them (nil when not), rather than read them from the store: a fetch hands
+// over the chunks it has just decoded and checked.
+func (r *Reader) UseDecoded(take func(Digest) []byte) { r.decoded = take }
 
 // Close closes the Reader's pack files.
 func (r *Reader) Close() error {
@@ -98,21 +107,44 @@ func (r *Reader) WriteChunks(ctx context.Context, w io.Writer, refs []ChunkRef) 
 				continue
 			}
 		}
-		loc, err := r.s.chunkLoc(ref.Digest)
-		if err != nil {
-			return fmt.Errorf("chunk %s: %w", ref.Digest, err)
+		var data []byte // the chunk's bytes, if not in a raw pack
+		if r.decoded != nil {
+			if data = r.decoded(ref.Digest); data != nil && len(data) != int(ref.Size) {
+				return fmt.Errorf("castore: chunk %s: %d bytes handed over, blob says %d", ref.Digest, len(data), ref.Size)
+			}
 		}
-		if loc.Size != ref.Size {
-			return fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
-		}
-		if run.Size > 0 && loc.Pack == run.Pack && loc.Offset == run.Offset+int64(run.Size) && int64(run.Size)+int64(loc.Size) < 1<<30 {
-			run.Size += loc.Size
-			continue
+		if data == nil {
+			loc, err := r.s.chunkLoc(ref.Digest)
+			if err != nil {
+				return fmt.Errorf("chunk %s: %w", ref.Digest, err)
+			}
+			if loc.Size != ref.Size {
+				return fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
+			}
+			if loc.Frame == 0 { // raw: joins the run if it follows on
+				if run.Size > 0 && loc.Pack == run.Pack && loc.Offset == run.Offset+int64(run.Size) && int64(run.Size)+int64(loc.Size) < 1<<30 {
+					run.Size += loc.Size
+					continue
+				}
+				if err := r.writeRange(w, run); err != nil {
+					return err
+				}
+				run = loc
+				continue
+			}
+			// Stored as its frame only: decoded here.
+			if r.chunk, err = r.s.readChunkAt(loc, r.chunk[:0], &r.frame); err != nil {
+				return fmt.Errorf("chunk %s: %w", ref.Digest, err)
+			}
+			data = r.chunk
 		}
 		if err := r.writeRange(w, run); err != nil {
 			return err
 		}
-		run = loc
+		run = chunkLoc{}
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
 	}
 	return r.writeRange(w, run)
 }
@@ -191,14 +223,25 @@ func (s *Store) ReadBlobAt(refs []ChunkRef, p []byte, off int64) (int, error) {
 		if err != nil {
 			return n, fmt.Errorf("chunk %s: %w", ref.Digest, err)
 		}
-		f, err := s.raw.reader(loc.Pack)
-		if err != nil {
-			return n, err
+		if loc.Size != ref.Size {
+			return n, fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
 		}
 		within := max(off+int64(n)-start, 0)
 		k := min(int64(len(p)-n), int64(ref.Size)-within)
-		if _, err := f.ReadAt(p[n:n+int(k)], loc.Offset+within); err != nil {
-			return n, fmt.Errorf("castore: reading chunk %s: %w", ref.Digest, err)
+		if loc.Frame > 0 {
+			chunk, err := s.readChunkAt(loc, nil, nil)
+			if err != nil {
+				return n, fmt.Errorf("chunk %s: %w", ref.Digest, err)
+			}
+			copy(p[n:n+int(k)], chunk[within:])
+		} else {
+			f, err := s.raw.reader(loc.Pack)
+			if err != nil {
+				return n, err
+			}
+			if _, err := f.ReadAt(p[n:n+int(k)], loc.Offset+within); err != nil {
+				return n, fmt.Errorf("castore: reading chunk %s: %w", ref.Digest, err)
+			}
 		}
 		n += int(k)
 		start = end

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/p2pstore/p2pstore/internal/cache"
 	bolt "go.etcd.io/bbolt"
@@ -330,19 +331,48 @@ func (s *Store) ReadChunk(d Digest, buf []byte) ([]byte, error) {
 	if err != nil {
 		return buf, fmt.Errorf("chunk %s: %w", d, err)
 	}
-	f, err := s.raw.reader(loc.Pack)
-	if err != nil {
-		return buf, err
-	}
 	n := len(buf)
-	buf = append(buf, make([]byte, loc.Size)...)
-	if _, err := f.ReadAt(buf[n:], loc.Offset); err != nil {
-		return buf[:n], fmt.Errorf("castore: reading chunk %s: %w", d, err)
+	if buf, err = s.readChunkAt(loc, buf, nil); err != nil {
+		return buf, fmt.Errorf("chunk %s: %w", d, err)
 	}
 	if Sum(buf[n:]) != d {
 		return buf[:n], fmt.Errorf("chunk %s: %w", d, ErrDigestMismatch)
 	}
 	return buf, nil
+}
+
+// readChunkAt appends the bytes of the chunk at loc to buf, unchecked:
+// read from the raw packs, or decoded from its frame. A non-nil scratch
+// holds the frame, reused from call to call.
+func (s *Store) readChunkAt(loc chunkLoc, buf []byte, scratch *[]byte) ([]byte, error) {
+	n := len(buf)
+	if loc.Frame == 0 {
+		f, err := s.raw.reader(loc.Pack)
+		if err != nil {
+			return buf, err
+		}
+		buf = slices.Grow(buf, int(loc.Size))[:n+int(loc.Size)]
+		if _, err := f.ReadAt(buf[n:], loc.Offset); err != nil {
+			return buf[:n], fmt.Errorf("castore: reading pack %d: %w", loc.Pack, err)
+		}
+		return buf, nil
+	}
+	if scratch == nil {
+		scratch = new([]byte)
+	}
+	frame, _, err := s.readFrame(loc.frame(), (*scratch)[:0])
+	*scratch = frame
+	if err != nil {
+		return buf, fmt.Errorf("castore: reading zstd pack %d: %w", loc.Pack, err)
+	}
+	out, err := decodeFrame(frame, buf)
+	if err == nil && len(out)-n != int(loc.Size) {
+		err = fmt.Errorf("castore: a frame of %d bytes where the index says %d", len(out)-n, loc.Size)
+	}
+	if err != nil {
+		return buf[:n], err
+	}
+	return out, nil
 }
 
 // Stats are the store's totals.

@@ -34,7 +34,7 @@ type Writer struct {
 // WriteStats count what a Writer added and what it found already stored.
 type WriteStats struct {
 	NewChunks   int
-	NewBytes    int64 // chunk bytes written to packs
+	NewBytes    int64 // bytes of the chunks added (decoded, for a frame-only chunk)
 	DedupChunks int
 	DedupBytes  int64 // chunk bytes that were already stored
 }
@@ -185,6 +185,33 @@ func (w *Writer) PutFrame(d Digest, frame []byte) error {
 	}
 	w.frames[d] = loc.marshal()
 	w.zpacks[loc.Pack] = struct{}{}
+	return nil
+}
+
+// PutFramedChunk stores a chunk that arrived from a peer as a zstd frame,
+// as that frame alone: the node keeps what it received, a third of the raw
+// bytes on disk, and does not write the chunk a second time, raw. Reads
+// decode it. The caller has decoded the frame to size bytes and checked
+// them against d.
+func (w *Writer) PutFramedChunk(d Digest, size int, frame []byte) error {
+	if w.done {
+		return errFinished
+	}
+	if size <= 0 || size > MaxChunkSize || len(frame) == 0 || len(frame) > 2*MaxChunkSize {
+		return fmt.Errorf("castore: chunk of %d bytes in a frame of %d", size, len(frame))
+	}
+	if _, ok := w.chunks[d]; ok {
+		return nil
+	}
+	loc, err := w.s.zstd.append(frame)
+	if err != nil {
+		return err
+	}
+	w.chunks[d] = chunkLoc{Pack: loc.Pack, Offset: loc.Offset, Size: uint32(size), Frame: loc.Size}
+	w.frames[d] = loc.marshal()
+	w.zpacks[loc.Pack] = struct{}{}
+	w.stats.NewChunks++
+	w.stats.NewBytes += int64(size)
 	return nil
 }
 

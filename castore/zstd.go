@@ -20,7 +20,8 @@ import (
 // disk, not compressed per request: raw frames around the NAR framing bytes,
 // and each chunk's stored frame (zstd decoders read concatenated frames as
 // one stream). The same frames can travel to peers compressed for free.
-// They cost about a third of the raw bytes on disk.
+// They cost about a third of the raw bytes on disk. A chunk fetched from a
+// peer arrives as such a frame and is stored as the frame alone.
 
 // frameLevel is the zstd level of stored frames: compressed once, served
 // many times, so the default level rather than the fastest.
@@ -34,6 +35,9 @@ var (
 	encoderOnce sync.Once
 	encoder     *zstd.Encoder
 	fastEncoder *zstd.Encoder
+
+	decoderOnce sync.Once
+	decoder     *zstd.Decoder
 )
 
 func encoders() (stored, fast *zstd.Encoder) {
@@ -42,6 +46,25 @@ func encoders() (stored, fast *zstd.Encoder) {
 		fastEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
 	})
 	return encoder, fastEncoder
+}
+
+// decodeFrame appends the chunk a stored frame holds to dst. The frame's
+// own checksum is not checked: callers that check content check the chunk
+// digest, which covers more.
+func decodeFrame(frame, dst []byte) ([]byte, error) {
+	decoderOnce.Do(func() {
+		// Safe for concurrent DecodeAll calls, GOMAXPROCS at a time.
+		decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*MaxChunkSize), zstd.IgnoreChecksum(true))
+	})
+	n := len(dst)
+	out, err := decoder.DecodeAll(frame, dst)
+	if err == nil && (len(out) == n || len(out)-n > MaxChunkSize) {
+		err = fmt.Errorf("a frame of %d bytes", len(out)-n)
+	}
+	if err != nil {
+		return dst[:n], fmt.Errorf("castore: zstd frame: %w", err)
+	}
+	return out, nil
 }
 
 // CompressPending makes the zstd frames of chunks that have none yet, in
@@ -272,12 +295,7 @@ func rawBlockHeader(b []byte, n int, last bool) []byte {
 // verifyFrame decompresses a stored frame and checks it against the chunk
 // digest.
 func verifyFrame(d Digest, frame []byte) error {
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1))
-	if err != nil {
-		return err
-	}
-	defer dec.Close()
-	raw, err := dec.DecodeAll(frame, nil)
+	raw, err := decodeFrame(frame, nil)
 	if err != nil {
 		return fmt.Errorf("zstd frame of chunk %s: %w", d, err)
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -348,6 +349,16 @@ type job struct {
 	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
 	failed    error                                 // the job gave up on the current tree
 
+	// Chunks the download has just decoded, kept for the NARs being
+	// rendered, which would otherwise decode them again from their frames
+	// (the store keeps a fetched chunk as the frame it came in). Only
+	// while a render runs, at most handoffLimit bytes; the first render
+	// to write a chunk takes it, and a chunk not here is read from the
+	// store.
+	handoff      map[castore.Digest][]byte
+	handoffBytes int
+	renders      int // renders running
+
 	done chan struct{}
 	err  error
 
@@ -356,7 +367,7 @@ type job struct {
 
 func newJob(f *fetcher, hash string) *job {
 	j := &job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{}),
-		wanted: map[castore.Digest]int{}, waiting: make(chan struct{}, 1)}
+		wanted: map[castore.Digest]int{}, waiting: make(chan struct{}, 1), handoff: map[castore.Digest][]byte{}}
 	j.cond = sync.NewCond(&j.mu)
 	return j
 }
@@ -605,7 +616,27 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		return err
 	}
 	f.n.wakeCompressor()
-	f.p.share(ctx, info)
+	j.mu.Lock()
+	rendering := j.renders > 0
+	j.mu.Unlock()
+	if rendering {
+		// Announcing costs CPU, a key per chunk on this node and on the
+		// peers that store the records, which the clients of this NAR
+		// need on a small machine while they receive it and for as long
+		// again while they unpack and hash it (a Nix client spends about
+		// half a second on that for 190 MB). Announcing a second or two
+		// later costs nothing.
+		go func() {
+			j.waitRenders(ctx, maxAnnounceWait)
+			select { // the clients are unpacking and hashing it
+			case <-time.After(announceSettle):
+			case <-ctx.Done():
+			}
+			f.p.share(ctx, info)
+		}()
+	} else {
+		f.p.share(ctx, info)
+	}
 	f.n.log.Info("fetched from peers", "path", info.StorePath, "peers", len(peers), "chunks", len(chunks), "lists_signed", listsTrusted,
 		"bytes_received", f.p.client.BytesReceived()-received, "seconds", time.Since(start).Seconds())
 	return nil
@@ -839,14 +870,12 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			mu.Unlock()
 			w := st.NewWriter()
 			err := f.p.client.Chunks(ctx, p, b.digests, true, func(d castore.Digest, data, frame []byte) error {
-				if err := w.PutChunk(d, data); err != nil {
-					return err
-				}
 				j.chunkBytes.Add(uint64(len(data)))
+				j.keep(d, data)
 				if frame != nil {
-					return w.PutFrame(d, frame) // no need to compress it again
+					return w.PutFramedChunk(d, len(data), frame)
 				}
-				return nil
+				return w.PutChunk(d, data)
 			})
 			mu.Lock()
 			b.askers = slices.DeleteFunc(b.askers, func(q peer.ID) bool { return q == p })
@@ -949,6 +978,60 @@ func (j *job) wants(chunks []castore.Digest) bool {
 		}
 	}
 	return false
+}
+
+// handoffLimit bounds the bytes of the handoff. A render trails the
+// download by about one commit, a few megabytes; one that falls further
+// behind reads the rest from the store.
+const handoffLimit = 32 << 20
+
+// keep puts a chunk just decoded into the handoff, if a render runs and
+// there is room.
+func (j *job) keep(d castore.Digest, data []byte) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.renders == 0 || j.handoffBytes+len(data) > handoffLimit || j.handoff[d] != nil {
+		return
+	}
+	j.handoff[d] = bytes.Clone(data)
+	j.handoffBytes += len(data)
+}
+
+// take removes a chunk from the handoff and returns it, or nil.
+func (j *job) take(d castore.Digest) []byte {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	data := j.handoff[d]
+	if data != nil {
+		delete(j.handoff, d)
+		j.handoffBytes -= len(data)
+	}
+	return data
+}
+
+// A fetched path's announcement waits for the NARs being rendered from it,
+// for at most maxAnnounceWait, then for announceSettle more.
+const (
+	maxAnnounceWait = 30 * time.Second
+	announceSettle  = time.Second
+)
+
+// waitRenders waits until no NAR of the job is being rendered, for at
+// most max.
+func (j *job) waitRenders(ctx context.Context, max time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, max)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		j.mu.Lock()
+		j.cond.Broadcast()
+		j.mu.Unlock()
+	})
+	defer stop()
+	j.mu.Lock()
+	for j.renders > 0 && ctx.Err() == nil {
+		j.cond.Wait()
+	}
+	j.mu.Unlock()
 }
 
 // stored marks chunks as readable.
@@ -1072,12 +1155,25 @@ func (j *job) render(ctx context.Context, w io.Writer, compression string) error
 }
 
 func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, urgent bool) error {
+	j.mu.Lock()
+	j.renders++
+	j.mu.Unlock()
+	defer func() {
+		j.mu.Lock()
+		if j.renders--; j.renders == 0 {
+			clear(j.handoff)
+			j.handoffBytes = 0
+			j.cond.Broadcast() // for waitRenders
+		}
+		j.mu.Unlock()
+	}()
 	attempt, err := j.waitTree(ctx)
 	if err != nil {
 		return err
 	}
 	r := j.f.n.store.NewReader()
 	defer r.Close()
+	r.UseDecoded(j.take)
 	return renderNAR(ctx, r, &jobSource{j: j, r: r, attempt: attempt, urgent: urgent}, j.info.Root, compression, w)
 }
 
