@@ -28,9 +28,8 @@
 // zstd frame is kept as that frame only, in the zstd packs (zstd.go), and
 // its index entry says so: writing it raw as well would cost a fetch more
 // CPU than anything but decoding, and the disk about three times the
-// frame's size again;
-// reads decode it (about 1 GB/s), and a NAR rendered while the fetch runs
-// takes the chunks the fetch has just decoded.
+// frame's size again; reads decode it (about 1 GB/s), and a NAR rendered
+// while the fetch runs takes the chunks the fetch has just decoded.
 //
 // Crash safety. A Writer appends chunk bytes to the current pack as they
 // come and keeps their index entries in memory. Commit fsyncs the packs,
