@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -349,13 +348,7 @@ type job struct {
 	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
 	failed    error                                 // the job gave up on the current tree
 
-	// Chunks the download has just decoded, kept for the NARs being
-	// rendered, which would otherwise decode them again from their frames
-	// (the store keeps a fetched chunk as the frame it came in). Only
-	// while a render runs, at most handoffLimit bytes; the first render
-	// to write a chunk takes it, and a chunk not here is read from the
-	// store.
-	handoff      map[castore.Digest][]byte
+	handoff      map[castore.Digest][]byte // see handoff.go
 	handoffBytes int
 	renders      int // renders running
 
@@ -980,35 +973,6 @@ func (j *job) wants(chunks []castore.Digest) bool {
 	return false
 }
 
-// handoffLimit bounds the bytes of the handoff. A render trails the
-// download by about one commit, a few megabytes; one that falls further
-// behind reads the rest from the store.
-const handoffLimit = 32 << 20
-
-// keep puts a chunk just decoded into the handoff, if a render runs and
-// there is room.
-func (j *job) keep(d castore.Digest, data []byte) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.renders == 0 || j.handoffBytes+len(data) > handoffLimit || j.handoff[d] != nil {
-		return
-	}
-	j.handoff[d] = bytes.Clone(data)
-	j.handoffBytes += len(data)
-}
-
-// take removes a chunk from the handoff and returns it, or nil.
-func (j *job) take(d castore.Digest) []byte {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	data := j.handoff[d]
-	if data != nil {
-		delete(j.handoff, d)
-		j.handoffBytes -= len(data)
-	}
-	return data
-}
-
 // A fetched path's announcement waits for the NARs being rendered from it,
 // for at most maxAnnounceWait, then for announceSettle more.
 const (
@@ -1161,8 +1125,7 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 	defer func() {
 		j.mu.Lock()
 		if j.renders--; j.renders == 0 {
-			clear(j.handoff)
-			j.handoffBytes = 0
+			j.dropHandoff()
 			j.cond.Broadcast() // for waitRenders
 		}
 		j.mu.Unlock()
@@ -1173,7 +1136,13 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 	}
 	r := j.f.n.store.NewReader()
 	defer r.Close()
-	r.UseDecoded(j.take)
+	var taken []byte // the Reader is done with it at its next take
+	r.UseDecoded(func(d castore.Digest) []byte {
+		putChunkBuf(taken)
+		taken = j.take(d)
+		return taken
+	})
+	defer func() { putChunkBuf(taken) }()
 	return renderNAR(ctx, r, &jobSource{j: j, r: r, attempt: attempt, urgent: urgent}, j.info.Root, compression, w)
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -58,7 +59,10 @@ func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*b
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	cr := &countingReader{r: st, st: st, n: &c.received}
-	f := &frames{r: bufio.NewReaderSize(cr, 64<<10), w: bufio.NewWriterSize(st, 4096)}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(cr)
+	defer func() { br.Reset(nil); readers.Put(br) }()
+	f := &frames{r: br, w: bufio.NewWriterSize(st, 4096)}
 	f.w.WriteByte(kind)
 	req(f.w)
 	if err := f.w.Flush(); err != nil {
@@ -301,9 +305,20 @@ func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest
 	})
 }
 
+// readers and chunkBufs recycle the buffers of exchanges: a fetch makes
+// hundreds of them.
+var (
+	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+	chunkBufs = sync.Pool{New: func() any { return new([]byte) }}
+)
+
 func readChunks(f *frames, digests []castore.Digest, dec *zstd.Decoder, fn func(d castore.Digest, data, frame []byte) error) error {
 	// Both buffers are reused from chunk to chunk: fn copies what it keeps.
-	var buf, msg []byte
+	bufs := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bufs)
+	buf := *bufs
+	defer func() { *bufs = buf }()
+	var msg []byte
 	for _, d := range digests {
 		kind, err := f.r.ReadByte()
 		if err != nil {
