@@ -139,30 +139,65 @@ func (s *Store) readFrame(loc chunkLoc, buf []byte) ([]byte, bool, error) {
 // SharedChunk appends a chunk of a shared tree to buf, for a peer: its
 // zstd frame when zstd is asked and one is stored (compressed true), else
 // its bytes, checked against the digest so that a chunk damaged on disk is
-// refused rather than sent. A chunk of no shared tree is ErrNotFound. Both
-// lookups share one index transaction: a seed answers thousands of these
-// per path.
+// refused rather than sent. A chunk of no shared tree is ErrNotFound.
 func (s *Store) SharedChunk(d Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error) {
-	var shared, haveFrame bool
-	var frame chunkLoc
+	data = buf
+	s.SharedChunks([]Digest{d}, zstd, buf, func(b []byte, c bool, e error) error {
+		data, compressed, err = b, c, e
+		return nil
+	})
+	return data, compressed, err
+}
+
+// SharedChunks calls fn with each chunk of ds in turn, as SharedChunk
+// gives it (a chunk of no shared tree as an ErrNotFound error), until fn
+// returns an error. fn gets buf with the chunk appended, valid only
+// during the call: each chunk reuses the storage. All the lookups share one index transaction: a
+// seed answers thousands of chunks per path, a batch at a time.
+func (s *Store) SharedChunks(ds []Digest, zstd bool, buf []byte, fn func(data []byte, compressed bool, err error) error) error {
+	type lookup struct {
+		shared    bool
+		haveFrame bool
+		frame     chunkLoc
+	}
+	found := make([]lookup, len(ds))
 	_ = s.View(func(v *View) error {
-		shared = v.tx.Bucket(bucketShared).Get(d[:]) != nil
-		if shared && zstd {
-			var err error
-			if frame, haveFrame, err = v.frameLoc(d); err != nil {
-				haveFrame = false // the raw bytes, then
+		shared := v.tx.Bucket(bucketShared)
+		for i, d := range ds {
+			l := &found[i]
+			l.shared = shared.Get(d[:]) != nil
+			if l.shared && zstd {
+				var err error
+				if l.frame, l.haveFrame, err = v.frameLoc(d); err != nil {
+					l.haveFrame = false // the raw bytes, then
+				}
 			}
 		}
 		return nil
 	})
-	if !shared {
-		return buf, false, fmt.Errorf("chunk %s: %w", d, ErrNotFound)
+	base := len(buf)
+	for i, d := range ds {
+		l := found[i]
+		if !l.shared {
+			if err := fn(buf[:base], false, fmt.Errorf("chunk %s: %w", d, ErrNotFound)); err != nil {
+				return err
+			}
+			continue
+		}
+		if l.haveFrame && l.frame.Size > 0 {
+			if data, ok, _ := s.readFrame(l.frame, buf[:base]); ok {
+				buf = data
+				if err := fn(data, true, nil); err != nil {
+					return err
+				}
+				continue
+			} // else the raw bytes, if they can be read
+		}
+		data, err := s.ReadChunk(d, buf[:base])
+		buf = data
+		if err := fn(data, false, err); err != nil {
+			return err
+		}
 	}
-	if haveFrame && frame.Size > 0 {
-		if data, ok, _ := s.readFrame(frame, buf); ok {
-			return data, true, nil
-		} // else the raw bytes, if they can be read
-	}
-	data, err = s.ReadChunk(d, buf)
-	return data, false, err
+	return nil
 }

@@ -324,12 +324,13 @@ func (t transferSource) ChunkList(d castore.Digest, size uint64) ([]castore.Chun
 	return refs, err
 }
 
-// Chunk reads a shared chunk (checked against its digest when it is sent
+// Chunks reads shared chunks (checked against their digests when sent
 // raw; a frame is checked by the peer that decodes it).
-func (t transferSource) Chunk(d castore.Digest, zstd bool, buf []byte) ([]byte, bool, error) {
-	data, compressed, err := t.n.store.SharedChunk(d, zstd, buf)
-	if errors.Is(err, castore.ErrNotFound) {
-		return buf, false, transfer.ErrNotFound
-	}
-	return data, compressed, err
+func (t transferSource) Chunks(ds []castore.Digest, zstd bool, buf []byte, fn func([]byte, bool, error) error) error {
+	return t.n.store.SharedChunks(ds, zstd, buf, func(data []byte, compressed bool, err error) error {
+		if errors.Is(err, castore.ErrNotFound) {
+			err = transfer.ErrNotFound
+		}
+		return fn(data, compressed, err)
+	})
 }

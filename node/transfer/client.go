@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -304,13 +303,6 @@ func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest
 		return readChunks(f, digests, c.dec, fn)
 	})
 }
-
-// readers and chunkBufs recycle the buffers of exchanges: a fetch makes
-// hundreds of them.
-var (
-	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
-	chunkBufs = sync.Pool{New: func() any { return new([]byte) }}
-)
 
 func readChunks(f *frames, digests []castore.Digest, dec *zstd.Decoder, fn func(d castore.Digest, data, frame []byte) error) error {
 	// Both buffers are reused from chunk to chunk: fn copies what it keeps.

@@ -26,10 +26,11 @@ type Source interface {
 	Record(ctx context.Context, hash string) (*Record, error)
 	Directory(d castore.Digest) ([]byte, error)
 	ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
-	// Chunk appends to buf a chunk's zstd frame when zstd is asked and
-	// one is stored (compressed true), else its bytes. The server reuses
-	// buf from chunk to chunk: a batch allocates nothing per chunk.
-	Chunk(d castore.Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error)
+	// Chunks calls fn with each chunk of ds in turn: its zstd frame when
+	// zstd is asked and one is stored (compressed true), else its bytes;
+	// ErrNotFound for one it does not have. fn gets buf with the chunk
+	// appended, valid during the call: a batch reuses one buffer.
+	Chunks(ds []castore.Digest, zstd bool, buf []byte, fn func(data []byte, compressed bool, err error) error) error
 }
 
 // Server answers transfer requests.
@@ -226,15 +227,14 @@ func (s *Server) chunks(f *frames) error {
 			return err
 		}
 	}
-	var buf []byte
-	for _, d := range digests {
-		data, compressed, err := s.src.Chunk(d, flags&1 != 0, buf[:0])
-		buf = data
+	buf := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(buf)
+	return s.src.Chunks(digests, flags&1 != 0, (*buf)[:0], func(data []byte, compressed bool, err error) error {
+		if cap(data) > cap(*buf) {
+			*buf = data[:0] // keep the grown buffer
+		}
 		if errors.Is(err, ErrNotFound) {
-			if err := f.w.WriteByte(chunkMissing); err != nil {
-				return err
-			}
-			continue
+			return f.w.WriteByte(chunkMissing)
 		}
 		if err != nil {
 			return err
@@ -246,11 +246,8 @@ func (s *Server) chunks(f *frames) error {
 		if err := f.w.WriteByte(kind); err != nil {
 			return err
 		}
-		if err := f.write(data); err != nil {
-			return err
-		}
-	}
-	return nil
+		return f.write(data)
+	})
 }
 
 // limitedWriter holds writes to the upload cap and counts them.

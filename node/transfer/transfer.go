@@ -23,6 +23,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -184,3 +185,10 @@ func (f *frames) write(b []byte) error {
 func hashPartOK(h string) bool {
 	return storepath.ValidateHash(h) == nil && !strings.ContainsAny(h, "/\x00")
 }
+
+// readers and chunkBufs recycle the buffers of exchanges, on both sides: a
+// fetch makes hundreds of them.
+var (
+	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+	chunkBufs = sync.Pool{New: func() any { return new([]byte) }}
+)

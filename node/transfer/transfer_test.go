@@ -57,15 +57,23 @@ func (m *memSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef
 
 var testEncoder, _ = zstd.NewWriter(nil)
 
-func (m *memSource) Chunk(d castore.Digest, z bool, buf []byte) ([]byte, bool, error) {
-	b, ok := m.chunks[d]
-	if !ok {
-		return buf, false, ErrNotFound
+func (m *memSource) Chunks(ds []castore.Digest, z bool, buf []byte, fn func([]byte, bool, error) error) error {
+	for _, d := range ds {
+		b, ok := m.chunks[d]
+		var err error
+		switch {
+		case !ok:
+			err = fn(buf, false, ErrNotFound)
+		case z && m.zstdFrames:
+			err = fn(testEncoder.EncodeAll(b, buf), true, nil)
+		default:
+			err = fn(append(buf, b...), false, nil)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if z && m.zstdFrames {
-		return testEncoder.EncodeAll(b, buf), true, nil
-	}
-	return append(buf, b...), false, nil
+	return nil
 }
 
 func (m *memSource) addDir(dir *castore.Directory) castore.Digest {
