@@ -112,8 +112,11 @@ func (e *SymlinkEntry) appendTo(b []byte) []byte {
 }
 
 // Marshal returns the canonical encoding of d.
-func (d *Directory) Marshal() []byte {
-	var b, msg []byte
+func (d *Directory) Marshal() []byte { return d.appendMarshal(nil) }
+
+// appendMarshal appends the canonical encoding of d to b.
+func (d *Directory) appendMarshal(b []byte) []byte {
+	var msg []byte
 	for i := range d.Directories {
 		msg = d.Directories[i].appendTo(msg[:0])
 		b = appendMessage(b, 1, msg)
@@ -136,7 +139,6 @@ func (d *Directory) Digest() Digest { return Sum(d.Marshal()) }
 // names, each list sorted byte-wise with no name repeated across the lists,
 // and non-empty symlink targets.
 func (d *Directory) Validate() error {
-	seen := make(map[string]struct{}, len(d.Directories)+len(d.Files)+len(d.Symlinks))
 	check := func(kind string, i int, name, prev []byte) error {
 		if err := ValidateName(name); err != nil {
 			return err
@@ -144,10 +146,6 @@ func (d *Directory) Validate() error {
 		if i > 0 && bytes.Compare(prev, name) >= 0 {
 			return fmt.Errorf("castore: %s %q is not sorted after %q", kind, name, prev)
 		}
-		if _, dup := seen[string(name)]; dup {
-			return fmt.Errorf("castore: duplicate name %q", name)
-		}
-		seen[string(name)] = struct{}{}
 		return nil
 	}
 	for i, e := range d.Directories {
@@ -180,7 +178,16 @@ func (d *Directory) Validate() error {
 			return err
 		}
 	}
-	return nil
+	// Each list is sorted: a name in two of them is next to itself in
+	// the merged order.
+	var prev []byte
+	return d.EachEntry(func(name []byte, _ Node) error {
+		if prev != nil && bytes.Equal(prev, name) {
+			return fmt.Errorf("castore: duplicate name %q", name)
+		}
+		prev = name
+		return nil
+	})
 }
 
 // MaxNameLen is the longest entry name accepted (Linux NAME_MAX).
@@ -258,7 +265,7 @@ func UnmarshalDirectory(b []byte) (*Directory, error) {
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
-	if !bytes.Equal(d.Marshal(), b) {
+	if !bytes.Equal(d.appendMarshal(make([]byte, 0, len(b))), b) {
 		return nil, errors.New("castore: directory is not canonically encoded")
 	}
 	return d, nil

@@ -486,10 +486,10 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 			if _, ok := lists[file.Digest]; ok || file.Size == 0 {
 				continue
 			}
-			if refs, err := v.BlobChunks(file.Digest, file.Size); err == nil {
-				lists[file.Digest] = refs // the node has this file already
-			} else if file.Size <= castore.MinChunkSize { // always one chunk
+			if file.Size <= castore.MinChunkSize { // always one chunk, the file
 				lists[file.Digest] = []castore.ChunkRef{{Digest: file.Digest, Size: uint32(file.Size)}}
+			} else if refs, err := v.BlobChunks(file.Digest, file.Size); err == nil {
+				lists[file.Digest] = refs // the node has this file already
 			} else {
 				lists[file.Digest] = nil
 				multi = append(multi, transfer.BlobRef{Digest: file.Digest, Size: file.Size})
