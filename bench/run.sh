@@ -695,6 +695,9 @@ setup_p2p() {
   start_nginx
   A_ADDR=$(a_addr)
   [ -n "$A_ADDR" ] || die "node A has no loopback libp2p address"
+  # Run alone (bench/run.sh p2p), A would still be making the frames of
+  # what it just imported.
+  wait_node_idle
 }
 
 # cold_once SIDE RUN: seconds for a Nix client to copy go1.25.0 through a
