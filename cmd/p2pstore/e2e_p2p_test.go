@@ -389,22 +389,29 @@ func (l *liarSource) ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRe
 	return refs, nil
 }
 
-func (l *liarSource) Chunk(d castore.Digest, zstd bool, buf []byte) ([]byte, bool, error) {
-	data, ok := l.chunks[d]
-	if !ok {
-		return buf, false, transfer.ErrNotFound
+func (l *liarSource) Chunks(ds []castore.Digest, zstd bool, buf []byte, fn func([]byte, bool, error) error) error {
+	for _, d := range ds {
+		data, ok := l.chunks[d]
+		if !ok {
+			if err := fn(buf, false, transfer.ErrNotFound); err != nil {
+				return err
+			}
+			continue
+		}
+		if l.how == stallChunks {
+			l.stalls.Add(1)
+			<-l.stop
+			return errors.New("test over")
+		}
+		out := append(buf, data...)
+		if l.how == corruptChunks {
+			out[len(buf)+len(data)/2] ^= 0xff
+		}
+		if err := fn(out, false, nil); err != nil {
+			return err
+		}
 	}
-	if l.how == stallChunks {
-		l.stalls.Add(1)
-		<-l.stop
-		return buf, false, errors.New("test over")
-	}
-	n := len(buf)
-	buf = append(buf, data...)
-	if l.how == corruptChunks {
-		buf[n+len(data)/2] ^= 0xff
-	}
-	return buf, false, nil
+	return nil
 }
 
 // TestP2PLyingChunkList: the only peer left with a path lists a file's
