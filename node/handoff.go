@@ -32,6 +32,7 @@ func (j *job) keep(d castore.Digest, data []byte) {
 	copy(buf, data)
 	j.handoff[d] = buf
 	j.handoffBytes += len(buf)
+	j.cond.Broadcast() // a render may wait for it
 }
 
 // take removes a chunk from the handoff and returns it, or nil. The caller

@@ -8,8 +8,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -668,4 +670,62 @@ func TestMDNSNamespaces(t *testing.T) {
 	if out := b.run("fetch", p); !strings.Contains(out, "fetched 1 paths") {
 		t.Fatalf("fetch over the LAN: %s", out)
 	}
+}
+
+// TestP2PConcurrentNARs: clients ask a cold node for the same NAR at once.
+// One fetch serves them all; each render takes the chunks the fetch has
+// just decoded, or, when another render took them first, waits for them
+// in the store. Every client gets the NAR nix-store --dump gives, and the
+// store the node keeps (chunks as the frames they came in) checks out.
+func TestP2PConcurrentNARs(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.23", "node-a-1", "--max-upload-rate", "16M")
+	a.start()
+	pub := a.status().PublicKey
+	files := map[string][]byte{}
+	for i := range 12 {
+		var b strings.Builder
+		for k := 0; b.Len() < 1<<20; k++ {
+			fmt.Fprintf(&b, "file %d line %d: %x\n", i, k, sha256.Sum256([]byte{byte(i), byte(k), byte(k >> 8)}))
+		}
+		files[fmt.Sprintf("d%d/text%d", i%3, i)] = []byte(b.String())
+	}
+	p := addTree(t, "text", files)
+	a.run("import", p)
+	c := newNodeAt(t, "127.0.0.24", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(1)
+	code, body := c.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo from C: %d\n%s", code, c.log)
+	}
+	url := c.url + "/" + narinfoField(string(body), "URL")
+	want := sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
+	errs := make(chan error, 4)
+	for range cap(errs) {
+		go func() {
+			resp, err := http.Get(url)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			h := sha256.New()
+			n, err := io.Copy(h, resp.Body)
+			if err == nil && (resp.StatusCode != 200 || [32]byte(h.Sum(nil)) != want) {
+				err = fmt.Errorf("status %d, %d bytes, not the NAR of nix-store --dump", resp.StatusCode, n)
+			}
+			errs <- err
+		}()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Errorf("a client of C: %v", err)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("C:\n%s", c.log)
+	}
+	c.run("verify")
+	c.checkServedNAR(p) // from the store, once valid
 }
