@@ -59,20 +59,20 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 	}()
 	buf := make([]byte, MaxChunkSize)
 	var frameBuf []byte
-	framed := map[Digest]bool{} // chunks checked through their frames here
+	framed := map[Digest]chunkLoc{} // chunks checked through their frames here
 	for _, c := range chunks {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
 		st.Chunks++
 		loc, err := unmarshalChunkLoc(c.v)
-		if err != nil || loc.Size == 0 || loc.Size > MaxChunkSize {
+		if err != nil || loc.Size == 0 || loc.Size > MaxChunkSize || loc.Frame > 2*MaxChunkSize {
 			report(fmt.Sprintf("chunk %s: bad location", c.d))
 			continue
 		}
 		var data []byte
 		if loc.Frame > 0 {
-			framed[c.d] = true
+			framed[c.d] = loc.frame()
 			if data, err = s.readChunkAt(loc, buf[:0], &frameBuf); err != nil {
 				report(fmt.Sprintf("chunk %s: %v", c.d, err))
 				continue
@@ -126,13 +126,13 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 		if len(f.v) == 0 {
 			continue // incompressible: served from the raw chunk
 		}
-		if framed[f.d] {
-			st.Frames++ // the chunk's only copy, checked above
-			continue
-		}
 		loc, err := unmarshalChunkLoc(f.v)
 		if err != nil || loc.Size > 2*MaxChunkSize {
 			report(fmt.Sprintf("zstd frame of chunk %s: bad location", f.d))
+			continue
+		}
+		if at, ok := framed[f.d]; ok && at == loc {
+			st.Frames++ // the chunk's only copy, checked above
 			continue
 		}
 		pf, err := s.zstd.reader(loc.Pack)

@@ -333,7 +333,13 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 		}
 		for _, o := range others {
 			b := tx.Bucket(o.bucket)
+			frames := bytes.Equal(o.bucket, bucketFrames)
 			for _, e := range o.entries {
+				if frames && b.Get(e.d[:]) != nil {
+					// The first frame stays, as the first copy of a chunk
+					// does: a frame-only chunk's entry names it.
+					continue
+				}
 				if err := b.Put(e.d[:], e.v); err != nil {
 					return err
 				}

@@ -42,19 +42,22 @@ var (
 
 func encoders() (stored, fast *zstd.Encoder) {
 	encoderOnce.Do(func() {
-		encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(frameLevel), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
-		fastEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true))
+		// No frame checksum: the chunk's digest covers its content, and
+		// a reader need not hash it twice.
+		encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(frameLevel), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false))
+		fastEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false))
 	})
 	return encoder, fastEncoder
 }
 
-// decodeFrame appends the chunk a stored frame holds to dst. The frame's
-// own checksum is not checked: callers that check content check the chunk
-// digest, which covers more.
+// decodeFrame appends the chunk a stored frame holds to dst. A frame that
+// carries a checksum (frames made before this version did) has it checked:
+// frames go out as they are in a .nar.zst, and a client's decoder checks
+// it.
 func decodeFrame(frame, dst []byte) ([]byte, error) {
 	decoderOnce.Do(func() {
 		// Safe for concurrent DecodeAll calls, GOMAXPROCS at a time.
-		decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*MaxChunkSize), zstd.IgnoreChecksum(true))
+		decoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(2*MaxChunkSize))
 	})
 	n := len(dst)
 	out, err := decoder.DecodeAll(frame, dst)

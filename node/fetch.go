@@ -348,9 +348,10 @@ type job struct {
 	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
 	failed    error                                 // the job gave up on the current tree
 
-	handoff      map[castore.Digest][]byte // see handoff.go
-	handoffBytes int
-	renders      int // renders running
+	handoff        map[castore.Digest][]byte // see handoff.go
+	handoffBytes   int                       // capacity of its buffers
+	handoffRenders int                       // renders that take from it
+	renders        int                       // renders running
 
 	done chan struct{}
 	err  error
@@ -605,6 +606,9 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		j.fail(err)
 		return err
 	}
+	// Shared before it is valid: peers that get its record from the
+	// index can then get its objects at once.
+	keys := f.p.shareObjects(ctx, info)
 	if err := f.n.index.Put(info); err != nil {
 		return err
 	}
@@ -625,10 +629,10 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 			case <-time.After(announceSettle):
 			case <-ctx.Done():
 			}
-			f.p.share(ctx, info)
+			f.p.announce(info, keys)
 		}()
 	} else {
-		f.p.share(ctx, info)
+		f.p.announce(info, keys)
 	}
 	f.n.log.Info("fetched from peers", "path", info.StorePath, "peers", len(peers), "chunks", len(chunks), "lists_signed", listsTrusted,
 		"bytes_received", f.p.client.BytesReceived()-received, "seconds", time.Since(start).Seconds())
@@ -1068,6 +1072,9 @@ func (j *job) waitReady(ctx context.Context, attempt int, refs []castore.ChunkRe
 
 // committed reports whether a chunk is readable from the store; j.mu held.
 func (j *job) committed(d castore.Digest) bool {
+	if j.have == nil { // the job is starting over
+		return false
+	}
 	if !j.have[d] && j.f.n.store.HasChunk(d) {
 		j.have[d] = true // stored before the job, or by another
 	}
@@ -1090,19 +1097,22 @@ func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent
 			}
 		}
 	}()
-	for !j.have[d] && (!handoff || j.handoff[d] == nil) {
+	for {
 		if j.attempt != attempt {
 			return errRestarted
 		}
 		if j.failed != nil {
 			return j.failed
 		}
+		if j.have[d] || handoff && j.handoff[d] != nil {
+			return nil
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		if j.f.n.store.HasChunk(d) {
 			j.have[d] = true // stored before the job, or by another
-			break
+			return nil
 		}
 		if urgent && !wanted {
 			wanted = true
@@ -1114,7 +1124,6 @@ func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent
 		}
 		j.cond.Wait()
 	}
-	return nil
 }
 
 // source renders the job's NAR as it arrives: a nar.Source.
@@ -1189,13 +1198,21 @@ func (j *job) render(ctx context.Context, w io.Writer, compression string) error
 }
 
 func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, urgent bool) error {
+	usesHandoff := compression != httpcache.CompressionZstd // a zstd NAR splices stored frames
 	j.mu.Lock()
 	j.renders++
+	if usesHandoff {
+		j.handoffRenders++
+	}
 	j.mu.Unlock()
 	defer func() {
 		j.mu.Lock()
+		if usesHandoff {
+			if j.handoffRenders--; j.handoffRenders == 0 {
+				j.dropHandoff()
+			}
+		}
 		if j.renders--; j.renders == 0 {
-			j.dropHandoff()
 			j.cond.Broadcast() // for waitRenders
 		}
 		j.mu.Unlock()
@@ -1213,7 +1230,7 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 		return taken
 	})
 	defer func() { putChunkBuf(taken) }()
-	src := &jobSource{j: j, r: r, attempt: attempt, urgent: urgent, handoff: compression != httpcache.CompressionZstd}
+	src := &jobSource{j: j, r: r, attempt: attempt, urgent: urgent, handoff: usesHandoff}
 	return renderNAR(ctx, r, src, j.info.Root, compression, w)
 }
 

@@ -15,23 +15,23 @@ import (
 // class, so that the 190 MB of a large path do not pass through the
 // garbage collector.
 
-// handoffLimit bounds the bytes held. A render trails the download by
+// handoffLimit bounds the bytes held (the buffers' capacity). A render trails the download by
 // about one commit, a few megabytes; one that falls further behind reads
 // the rest from the store.
 const handoffLimit = 32 << 20
 
 // keep puts a copy of a chunk just decoded into the handoff, if a render
-// runs and there is room.
+// that takes from it runs and there is room.
 func (j *job) keep(d castore.Digest, data []byte) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.renders == 0 || j.handoffBytes+len(data) > handoffLimit || j.handoff[d] != nil {
+	if j.handoffRenders == 0 || j.handoffBytes+len(data) > handoffLimit || j.handoff[d] != nil {
 		return
 	}
 	buf := getChunkBuf(len(data))
 	copy(buf, data)
 	j.handoff[d] = buf
-	j.handoffBytes += len(buf)
+	j.handoffBytes += cap(buf)
 	j.cond.Broadcast() // a render may wait for it
 }
 
@@ -43,7 +43,7 @@ func (j *job) take(d castore.Digest) []byte {
 	data := j.handoff[d]
 	if data != nil {
 		delete(j.handoff, d)
-		j.handoffBytes -= len(data)
+		j.handoffBytes -= cap(data)
 	}
 	return data
 }

@@ -219,18 +219,33 @@ func (p *p2p) close() {
 // share marks a path's tree as shared and announces the new keys, when
 // the path is one the node shares: signed by a trusted key or its own.
 func (p *p2p) share(ctx context.Context, info *pathinfo.Info) {
+	p.announce(info, p.shareObjects(ctx, info))
+}
+
+// shareObjects marks the objects of a path's tree as shared, so that peers
+// may get them, and returns the DHT keys to announce for it (none for a
+// path the node does not share).
+func (p *p2p) shareObjects(ctx context.Context, info *pathinfo.Info) []mh.Multihash {
 	if !p.n.shares(info) {
-		return
+		return nil
 	}
 	fresh, err := p.n.store.Share(ctx, info.Root)
 	if err != nil {
 		p.n.log.Error("sharing a path", "path", info.StorePath, "err", err)
-		return
+		return nil
 	}
 	keys := make([]mh.Multihash, 0, len(fresh)+1)
 	keys = append(keys, dht.PathKey(p.n.cfg.StoreDir, info.HashPart()))
 	for _, d := range fresh {
 		keys = append(keys, dht.DigestKey(d))
+	}
+	return keys
+}
+
+// announce provides a path's keys on the DHT.
+func (p *p2p) announce(info *pathinfo.Info, keys []mh.Multihash) {
+	if len(keys) == 0 {
+		return
 	}
 	if err := p.dht.Provide(keys...); err != nil {
 		p.n.log.Warn("announcing", "path", info.StorePath, "err", err)

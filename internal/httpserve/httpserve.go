@@ -346,23 +346,24 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer
 		}
 	}()
 	c.s.Handler.ServeHTTP(w, req)
-	if err := w.finish(); err != nil {
-		return false
-	}
-	if w.closeAfter {
-		return false
-	}
-	if req.Body != nil && req.Body != http.NoBody {
+	if !w.closeAfter && req.Body != nil && req.Body != http.NoBody {
 		// Whatever the handler left unread of the body must go before the
-		// next request can be read; a little is read, more closes.
+		// next request can be read; a little is read, more closes. Read
+		// before the answer goes out when it has not yet, so that the
+		// answer says whether the connection stays: a client that finds
+		// it closed after an answer without "Connection: close" may have
+		// sent its next request on it.
 		if c.s.ReadHeaderTimeout > 0 {
 			c.rw.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
 		}
 		if _, err := io.CopyN(io.Discard, req.Body, 256<<10+1); err != io.EOF {
-			return false
+			w.closeAfter = true
 		}
 	}
-	return true
+	if err := w.finish(); err != nil {
+		return false
+	}
+	return !w.closeAfter
 }
 
 // response is the http.ResponseWriter of one request.

@@ -31,14 +31,19 @@ type Client struct {
 
 // NewClient returns a client using h's connections.
 func NewClient(h host.Host) *Client {
-	// A frame's own checksum is not checked: every chunk is checked
-	// against its BLAKE3 digest once decoded, which a checksum adds
-	// nothing to.
-	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxFrame*2), zstd.IgnoreChecksum(true))
+	return &Client{h: h, dec: newDecoder()}
+}
+
+// newDecoder returns the decoder of chunk frames. A frame's own checksum,
+// if it has one, is checked too: the frame is stored and served as it
+// came, in .nar.zst files whose readers check it. (Frames made by this
+// version carry none; the chunk's digest covers the content.)
+func newDecoder() *zstd.Decoder {
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxFrame*2))
 	if err != nil {
 		panic(err) // only for invalid options
 	}
-	return &Client{h: h, dec: dec}
+	return dec
 }
 
 // BytesReceived is what the client has received from peers.

@@ -271,11 +271,15 @@ func TestClientRejectsLies(t *testing.T) {
 	src := newMemSource()
 	root, all := testTree(src)
 	other := src.addDir(&castore.Directory{Symlinks: []castore.SymlinkEntry{{Name: []byte("z"), Target: []byte("q")}}})
-	dec, _ := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxFrame*2))
+	dec := newDecoder()
 	defer dec.Close()
 	chunk := randomBytes(3, 5000)
 	cd := castore.Sum(chunk)
 	bomb := testEncoder.EncodeAll(make([]byte, 64<<20), nil)
+	// A frame of the right content whose checksum is wrong: stored and
+	// served as it came, it would break a client's .nar.zst.
+	badSum := testEncoder.EncodeAll(chunk, nil)
+	badSum[len(badSum)-1] ^= 0xff
 
 	cases := map[string]func() error{
 		"directory from another tree": func() error {
@@ -299,6 +303,9 @@ func TestClientRejectsLies(t *testing.T) {
 		},
 		"zstd frame that does not decode": func() error {
 			return readChunks(new(lie).byte(chunkZstd).msg([]byte("not zstd")).frames(), []castore.Digest{cd}, dec, noChunks)
+		},
+		"zstd frame with a wrong checksum": func() error {
+			return readChunks(new(lie).byte(chunkZstd).msg(badSum).frames(), []castore.Digest{cd}, dec, noChunks)
 		},
 		"zstd bomb": func() error {
 			return readChunks(new(lie).byte(chunkZstd).msg(bomb).frames(), []castore.Digest{cd}, dec, noChunks)
