@@ -1,7 +1,15 @@
 // Package node wires a p2pstore node together: it opens the stores, builds
-// the HTTP binary cache and the control API on them, and implements the
-// seams those consumers declare (httpcache.Paths) with the local store
-// first and, later, peers and upstream caches behind it.
+// the HTTP binary cache, the daemon endpoint and the control API on them,
+// and implements the seams those consumers declare (httpcache.Paths) with
+// the local store first and peers behind it (p2p.go).
+//
+// A path the node lacks is fetched (fetch.go): the signed record, the
+// tree, the chunk lists, then the chunks it lacks, in NAR order, from all
+// the peers that have them, each checked as it arrives. A client's NAR
+// streams meanwhile, taking the chunks the download has just decoded
+// (handoff.go) rather than waiting for them to be committed, and the
+// commits run at the lowest CPU priority (priority.go): on a machine that
+// also runs the client, the client's CPU comes first.
 package node
 
 import (
