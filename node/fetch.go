@@ -13,6 +13,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	mh "github.com/multiformats/go-multihash"
 	"github.com/zeebo/blake3"
 
 	"github.com/p2pstore/p2pstore/castore"
@@ -602,13 +603,21 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		}
 		return err
 	}
-	if err := w.Commit(); err != nil {
+	// The last commit and the marking of the tree as shared (before the
+	// path is valid: peers that get its record can then get its objects)
+	// are index writes, at the lowest CPU priority like the committer's:
+	// nothing a client reads waits for them.
+	var keys []mh.Multihash
+	var err error
+	atLowPriority(func() {
+		if err = w.Commit(); err == nil {
+			keys = f.p.shareObjects(ctx, info)
+		}
+	})
+	if err != nil {
 		j.fail(err)
 		return err
 	}
-	// Shared before it is valid: peers that get its record from the
-	// index can then get its objects at once.
-	keys := f.p.shareObjects(ctx, info)
 	if err := f.n.index.Put(info); err != nil {
 		return err
 	}

@@ -16,3 +16,15 @@ func lowerPriority() {
 	runtime.LockOSThread()
 	syscall.Setpriority(syscall.PRIO_PROCESS, syscall.Gettid(), 19)
 }
+
+// atLowPriority runs fn on a thread of its own at the lowest CPU priority
+// and waits for it.
+func atLowPriority(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lowerPriority()
+		fn()
+	}()
+	<-done
+}
