@@ -107,36 +107,20 @@ func (r *Reader) WriteChunks(ctx context.Context, w io.Writer, refs []ChunkRef) 
 				continue
 			}
 		}
-		var data []byte // the chunk's bytes, if not in a raw pack
-		if r.decoded != nil {
-			if data = r.decoded(ref.Digest); data != nil && len(data) != int(ref.Size) {
-				return fmt.Errorf("castore: chunk %s: %d bytes handed over, blob says %d", ref.Digest, len(data), ref.Size)
-			}
+		data, loc, err := r.chunkBytes(ref)
+		if err != nil {
+			return err
 		}
-		if data == nil {
-			loc, err := r.s.chunkLoc(ref.Digest)
-			if err != nil {
-				return fmt.Errorf("chunk %s: %w", ref.Digest, err)
-			}
-			if loc.Size != ref.Size {
-				return fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
-			}
-			if loc.Frame == 0 { // raw: joins the run if it follows on
-				if run.Size > 0 && loc.Pack == run.Pack && loc.Offset == run.Offset+int64(run.Size) && int64(run.Size)+int64(loc.Size) < 1<<30 {
-					run.Size += loc.Size
-					continue
-				}
-				if err := r.writeRange(w, run); err != nil {
-					return err
-				}
-				run = loc
+		if data == nil { // in a raw pack: joins the run if it follows on
+			if run.Size > 0 && loc.Pack == run.Pack && loc.Offset == run.Offset+int64(run.Size) && int64(run.Size)+int64(loc.Size) < 1<<30 {
+				run.Size += loc.Size
 				continue
 			}
-			// Stored as its frame only: decoded here.
-			if r.chunk, err = r.s.readChunkAt(loc, r.chunk[:0], &r.frame); err != nil {
-				return fmt.Errorf("chunk %s: %w", ref.Digest, err)
+			if err := r.writeRange(w, run); err != nil {
+				return err
 			}
-			data = r.chunk
+			run = loc
+			continue
 		}
 		if err := r.writeRange(w, run); err != nil {
 			return err
@@ -147,6 +131,41 @@ func (r *Reader) WriteChunks(ctx context.Context, w io.Writer, refs []ChunkRef) 
 		}
 	}
 	return r.writeRange(w, run)
+}
+
+// chunkBytes returns a chunk's bytes when it has them in memory: handed
+// over, or decoded from its frame (valid until the next call); otherwise
+// its location in a raw pack.
+func (r *Reader) chunkBytes(ref ChunkRef) ([]byte, chunkLoc, error) {
+	if r.decoded != nil {
+		if data := r.decoded(ref.Digest); data != nil {
+			if len(data) != int(ref.Size) {
+				return nil, chunkLoc{}, fmt.Errorf("castore: chunk %s: %d bytes handed over, blob says %d", ref.Digest, len(data), ref.Size)
+			}
+			return data, chunkLoc{}, nil
+		}
+	}
+	loc, err := r.s.refLoc(ref)
+	if err != nil || loc.Frame == 0 {
+		return nil, loc, err
+	}
+	if r.chunk, err = r.s.readChunkAt(loc, r.chunk[:0], &r.frame); err != nil {
+		return nil, chunkLoc{}, fmt.Errorf("chunk %s: %w", ref.Digest, err)
+	}
+	return r.chunk, loc, nil
+}
+
+// refLoc is where the chunk of a blob's chunk list is, checked against
+// the size the list gives it.
+func (s *Store) refLoc(ref ChunkRef) (chunkLoc, error) {
+	loc, err := s.chunkLoc(ref.Digest)
+	if err != nil {
+		return loc, fmt.Errorf("chunk %s: %w", ref.Digest, err)
+	}
+	if loc.Size != ref.Size {
+		return loc, fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
+	}
+	return loc, nil
 }
 
 // writeRange writes a range of a raw pack to w.
@@ -219,12 +238,9 @@ func (s *Store) ReadBlobAt(refs []ChunkRef, p []byte, off int64) (int, error) {
 		if len(p) == n {
 			return n, nil
 		}
-		loc, err := s.chunkLoc(ref.Digest)
+		loc, err := s.refLoc(ref)
 		if err != nil {
-			return n, fmt.Errorf("chunk %s: %w", ref.Digest, err)
-		}
-		if loc.Size != ref.Size {
-			return n, fmt.Errorf("castore: chunk %s: index says %d bytes, blob %d", ref.Digest, loc.Size, ref.Size)
+			return n, err
 		}
 		within := max(off+int64(n)-start, 0)
 		k := min(int64(len(p)-n), int64(ref.Size)-within)

@@ -136,24 +136,14 @@ func (s *Store) readFrame(loc chunkLoc, buf []byte) ([]byte, bool, error) {
 	return buf, true, nil
 }
 
-// SharedChunk appends a chunk of a shared tree to buf, for a peer: its
-// zstd frame when zstd is asked and one is stored (compressed true), else
-// its bytes, checked against the digest so that a chunk damaged on disk is
-// refused rather than sent. A chunk of no shared tree is ErrNotFound.
-func (s *Store) SharedChunk(d Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error) {
-	data = buf
-	s.SharedChunks([]Digest{d}, zstd, buf, func(b []byte, c bool, e error) error {
-		data, compressed, err = b, c, e
-		return nil
-	})
-	return data, compressed, err
-}
-
-// SharedChunks calls fn with each chunk of ds in turn, as SharedChunk
-// gives it (a chunk of no shared tree as an ErrNotFound error), until fn
-// returns an error. fn gets buf with the chunk appended, valid only
-// during the call: each chunk reuses the storage. All the lookups share one index transaction: a
-// seed answers thousands of chunks per path, a batch at a time.
+// SharedChunks calls fn with each chunk of ds in turn, for a peer, until
+// fn returns an error: the chunk's zstd frame when zstd is asked and one
+// is stored (compressed true), else its bytes, checked against the digest
+// so that a chunk damaged on disk is refused rather than sent; a chunk of
+// no shared tree is an ErrNotFound error. fn gets buf with the chunk
+// appended, valid only during the call: each chunk reuses the storage.
+// All the lookups share one index transaction: a seed answers thousands
+// of chunks per path, a batch at a time.
 func (s *Store) SharedChunks(ds []Digest, zstd bool, buf []byte, fn func(data []byte, compressed bool, err error) error) error {
 	type lookup struct {
 		shared    bool

@@ -279,7 +279,17 @@ func TestView(t *testing.T) {
 	}
 }
 
-// SharedChunk and SharedDirectory give peers only objects of shared trees;
+// sharedChunk is SharedChunks for one chunk, as the tests ask for them.
+func sharedChunk(s *Store, d Digest, zstd bool, buf []byte) (data []byte, compressed bool, err error) {
+	data = buf
+	s.SharedChunks([]Digest{d}, zstd, buf, func(b []byte, c bool, e error) error {
+		data, compressed, err = b, c, e
+		return nil
+	})
+	return data, compressed, err
+}
+
+// SharedChunks and SharedDirectory give peers only objects of shared trees;
 // a chunk as its zstd frame when asked and stored, else its checked bytes.
 func TestSharedChunk(t *testing.T) {
 	s, _ := openTemp(t)
@@ -294,7 +304,7 @@ func TestSharedChunk(t *testing.T) {
 	if _, err := s.Share(context.Background(), Node{Type: TypeDirectory, Digest: root, Size: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.SharedChunk(private, true, nil); !errors.Is(err, ErrNotFound) {
+	if _, _, err := sharedChunk(s, private, true, nil); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("private chunk: err %v, want ErrNotFound", err)
 	}
 	if b, err := s.SharedDirectory(root); err != nil || Sum(b) != root {
@@ -308,14 +318,14 @@ func TestSharedChunk(t *testing.T) {
 	if _, err := s.SharedDirectory(privateDir); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("private directory: err %v, want ErrNotFound", err)
 	}
-	data, compressed, err := s.SharedChunk(shared, true, nil)
+	data, compressed, err := sharedChunk(s, shared, true, nil)
 	if err != nil || compressed || !bytes.Equal(data, text) {
 		t.Fatalf("before compression: compressed %v, err %v, bytes equal %v", compressed, err, bytes.Equal(data, text))
 	}
 	if _, err := s.CompressPending(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	frame, compressed, err := s.SharedChunk(shared, true, []byte("prefix"))
+	frame, compressed, err := sharedChunk(s, shared, true, []byte("prefix"))
 	if err != nil || !compressed || !bytes.HasPrefix(frame, []byte("prefix")) {
 		t.Fatalf("after compression: compressed %v, err %v", compressed, err)
 	}
@@ -324,7 +334,7 @@ func TestSharedChunk(t *testing.T) {
 	if got, err := dec.DecodeAll(frame[len("prefix"):], nil); err != nil || !bytes.Equal(got, text) {
 		t.Fatalf("frame decodes to %d bytes, %v", len(got), err)
 	}
-	if data, compressed, err := s.SharedChunk(shared, false, nil); err != nil || compressed || !bytes.Equal(data, text) {
+	if data, compressed, err := sharedChunk(s, shared, false, nil); err != nil || compressed || !bytes.Equal(data, text) {
 		t.Fatalf("raw asked: compressed %v, err %v", compressed, err)
 	}
 }
@@ -387,12 +397,12 @@ func TestFramedChunks(t *testing.T) {
 	if _, err := s.Share(context.Background(), Node{Type: TypeDirectory, Digest: root, Size: 1}); err != nil {
 		t.Fatal(err)
 	}
-	if frame, compressed, err := s.SharedChunk(refs[1].Digest, true, nil); err != nil || !compressed {
+	if frame, compressed, err := sharedChunk(s, refs[1].Digest, true, nil); err != nil || !compressed {
 		t.Fatalf("SharedChunk zstd: compressed %v, %v", compressed, err)
 	} else if got, _ := decodeFrame(frame, nil); !bytes.Equal(got, file[refs[0].Size:refs[0].Size+refs[1].Size]) {
 		t.Fatal("SharedChunk frame decodes to other bytes")
 	}
-	if data, compressed, err := s.SharedChunk(refs[1].Digest, false, nil); err != nil || compressed || Sum(data) != refs[1].Digest {
+	if data, compressed, err := sharedChunk(s, refs[1].Digest, false, nil); err != nil || compressed || Sum(data) != refs[1].Digest {
 		t.Fatalf("SharedChunk raw: compressed %v, %v", compressed, err)
 	}
 	if n, err := s.CompressPending(context.Background()); err != nil {

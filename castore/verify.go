@@ -3,7 +3,6 @@ package castore
 import (
 	"context"
 	"fmt"
-	"os"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -51,12 +50,6 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 	if err != nil {
 		return st, err
 	}
-	files := map[uint32]*os.File{}
-	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
-	}()
 	buf := make([]byte, MaxChunkSize)
 	var frameBuf []byte
 	framed := map[Digest]chunkLoc{} // chunks checked through their frames here
@@ -70,27 +63,13 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 			report(fmt.Sprintf("chunk %s: bad location", c.d))
 			continue
 		}
-		var data []byte
 		if loc.Frame > 0 {
 			framed[c.d] = loc.frame()
-			if data, err = s.readChunkAt(loc, buf[:0], &frameBuf); err != nil {
-				report(fmt.Sprintf("chunk %s: %v", c.d, err))
-				continue
-			}
-		} else {
-			f := files[loc.Pack]
-			if f == nil {
-				if f, err = os.Open(s.raw.path(loc.Pack)); err != nil {
-					report(fmt.Sprintf("chunk %s: %v", c.d, err))
-					continue
-				}
-				files[loc.Pack] = f
-			}
-			data = buf[:loc.Size]
-			if _, err := f.ReadAt(data, loc.Offset); err != nil {
-				report(fmt.Sprintf("chunk %s: reading pack %d: %v", c.d, loc.Pack, err))
-				continue
-			}
+		}
+		data, err := s.readChunkAt(loc, buf[:0], &frameBuf)
+		if err != nil {
+			report(fmt.Sprintf("chunk %s: %v", c.d, err))
+			continue
 		}
 		st.Bytes += uint64(loc.Size)
 		if Sum(data) != c.d {
