@@ -1119,8 +1119,7 @@ func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if j.f.n.store.HasChunk(d) {
-			j.have[d] = true // stored before the job, or by another
+		if j.committed(d) { // stored before the job, or by another
 			return nil
 		}
 		if urgent && !wanted {
