@@ -353,6 +353,7 @@ type job struct {
 	handoffBytes   int                       // capacity of its buffers
 	handoffRenders int                       // renders that take from it
 	renders        int                       // renders running
+	rendersEnded   time.Time                 // when a client's NAR last ended
 
 	done chan struct{}
 	err  error
@@ -623,19 +624,20 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	}
 	f.n.wakeCompressor()
 	j.mu.Lock()
-	rendering := j.renders > 0
+	rendered := j.renders > 0 || !j.rendersEnded.IsZero()
 	j.mu.Unlock()
-	if rendering {
+	if rendered {
 		// Announcing costs CPU, a key per chunk on this node and on the
 		// peers that store the records, which the clients of this NAR
 		// need on a small machine while they receive it and for as long
 		// again while they unpack and hash it (a Nix client spends about
 		// half a second on that for 190 MB). Announcing a second or two
-		// later costs nothing.
+		// later costs nothing. A render may well have ended before this
+		// last commit: the wait counts from its end.
 		go func() {
-			j.waitRenders(ctx, maxAnnounceWait)
+			settled := j.waitRenders(ctx, maxAnnounceWait).Add(announceSettle)
 			select { // the clients are unpacking and hashing it
-			case <-time.After(announceSettle):
+			case <-time.After(time.Until(settled)):
 			case <-ctx.Done():
 			}
 			f.p.announce(info, keys)
@@ -1001,8 +1003,8 @@ const (
 )
 
 // waitRenders waits until no NAR of the job is being rendered, for at
-// most max.
-func (j *job) waitRenders(ctx context.Context, max time.Duration) {
+// most max, and returns when a client's NAR last ended.
+func (j *job) waitRenders(ctx context.Context, max time.Duration) time.Time {
 	ctx, cancel := context.WithTimeout(ctx, max)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() {
@@ -1012,10 +1014,14 @@ func (j *job) waitRenders(ctx context.Context, max time.Duration) {
 	})
 	defer stop()
 	j.mu.Lock()
+	defer j.mu.Unlock()
 	for j.renders > 0 && ctx.Err() == nil {
 		j.cond.Wait()
 	}
-	j.mu.Unlock()
+	if j.renders > 0 {
+		return time.Now()
+	}
+	return j.rendersEnded
 }
 
 // stored marks chunks as readable.
@@ -1219,6 +1225,9 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 			if j.handoffRenders--; j.handoffRenders == 0 {
 				j.dropHandoff()
 			}
+		}
+		if urgent {
+			j.rendersEnded = time.Now()
 		}
 		if j.renders--; j.renders == 0 {
 			j.cond.Broadcast() // for waitRenders
