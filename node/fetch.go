@@ -75,6 +75,7 @@ const (
 	maxAttempts    = 3                      // trees tried per fetch
 	commitGather   = 40 * time.Millisecond  // batches a commit waits to gather
 	wantedGather   = 5 * time.Millisecond   // the same, when a client's NAR waits for one
+	maxCommitGroup = 32                     // batches a commit gathers, unless commits can wait
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
@@ -349,11 +350,13 @@ type job struct {
 	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
 	failed    error                                 // the job gave up on the current tree
 
-	handoff        map[castore.Digest][]byte // see handoff.go
-	handoffBytes   int                       // capacity of its buffers
-	handoffRenders int                       // renders that take from it
-	renders        int                       // renders running
-	rendersEnded   time.Time                 // when a client's NAR last ended
+	handoff        map[castore.Digest]*handed // see handoff.go
+	uses           map[castore.Digest]int     // how often the NAR uses each chunk
+	handoffBytes   int                        // capacity of its buffers
+	handoffRenders int                        // renders that take from it
+	renders        int                        // renders running
+	checkReads     bool                       // the content check reads chunks as they are committed
+	rendersEnded   time.Time                  // when a client's NAR last ended
 
 	done chan struct{}
 	err  error
@@ -363,7 +366,7 @@ type job struct {
 
 func newJob(f *fetcher, hash string) *job {
 	j := &job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{}),
-		wanted: map[castore.Digest]int{}, waiting: make(chan struct{}, 1), handoff: map[castore.Digest][]byte{}}
+		wanted: map[castore.Digest]int{}, waiting: make(chan struct{}, 1), handoff: map[castore.Digest]*handed{}}
 	j.cond = sync.NewCond(&j.mu)
 	return j
 }
@@ -444,7 +447,8 @@ func (j *job) reset(info *pathinfo.Info) {
 	defer j.mu.Unlock()
 	j.info = info
 	j.attempt++
-	j.treeReady, j.dirs, j.lists, j.have, j.failed = false, nil, nil, nil, nil
+	j.treeReady, j.dirs, j.lists, j.uses, j.have, j.failed = false, nil, nil, nil, nil, nil
+	j.dropHandoff()
 	j.cond.Broadcast()
 }
 
@@ -524,12 +528,11 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	// The chunks to get, in NAR order, so that a streaming reader finds
 	// them arriving in the order it needs them.
 	var chunks []castore.Digest
-	seen := make(map[castore.Digest]bool, len(lists))
+	uses := make(map[castore.Digest]int, len(lists))
 	_ = st.View(func(v *castore.View) error {
 		for _, file := range files {
 			for _, r := range lists[file.Digest] {
-				if !seen[r.Digest] {
-					seen[r.Digest] = true
+				if uses[r.Digest]++; uses[r.Digest] == 1 {
 					if !v.HasChunk(r.Digest) {
 						chunks = append(chunks, r.Digest)
 					}
@@ -539,7 +542,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		return nil
 	})
 	j.mu.Lock()
-	j.dirs, j.lists, j.have, j.treeReady = dirs, lists, map[castore.Digest]bool{}, true
+	j.dirs, j.lists, j.uses, j.have, j.treeReady = dirs, lists, uses, map[castore.Digest]bool{}, true
 	j.cond.Broadcast()
 	j.mu.Unlock()
 
@@ -558,6 +561,9 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		rootTrusted = rootTrusted || c.rootTrusted
 	}
 	listsTrusted := rootTrusted && castore.ListsDigest(lists) == info.Lists
+	j.mu.Lock()
+	j.checkReads = !listsTrusted || !rootTrusted
+	j.mu.Unlock()
 	checked := make(chan error, 1)
 	go func() {
 		var err error
@@ -786,51 +792,76 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 		return oldestHeld(p, 2, 0)
 	}
 	st := f.n.store
+	// canWait reports whether commits can wait for the end of the
+	// download: while every NAR rendered from the job takes its chunks
+	// from the handoff and no content check reads them from the store,
+	// nothing reads what a commit makes visible before the fetch's end.
+	canWait := func() bool {
+		mu.Lock()
+		allHere := inCommit == pending
+		mu.Unlock()
+		if allHere {
+			return false
+		}
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		return j.handoffRenders > 0 && !j.checkReads
+	}
 	go func() { // the committer
 		defer close(committed)
-		// At the lowest CPU priority: a NAR rendered from this fetch
-		// takes the chunks from the handoff, not from the index, and
-		// its client needs the CPU more. On a small machine that runs
-		// the client too, the commits then fall in the time the client
-		// spends unpacking and hashing the NAR, when a core is idle
-		// (about 60 ms of a cold copy of go1.25.0, 3% of the time).
+		// At the lowest CPU priority, and while a client's NAR streams
+		// from the handoff, not until the download ends: on a small
+		// machine that runs the client too, the commits then fall in
+		// the time the client spends unpacking and hashing the NAR,
+		// when a core is idle (about 0.1 CPU-seconds of a cold copy of
+		// go1.25.0, in pages bbolt rewrites), rather than in the
+		// transfer, when the client needs both.
 		lowerPriority()
 		first := true
 		for r := range toCommit {
 			// Gather what arrives in the next few milliseconds: each
 			// commit rewrites the index pages its random keys touch, so
-			// fewer, larger commits cost much less. The first commit is
-			// made sooner if a client's NAR waits for one of its chunks:
-			// after that the reader trails the download by at most the
-			// gathering time, which delays its stream once, not per batch.
+			// fewer, larger commits cost much less. A commit is made
+			// sooner if a client's NAR waits for one of its chunks (the
+			// first, or one that did not fit in the handoff): the reader
+			// then trails the download by at most the gathering time.
 			group := []received{r}
+			chunks := map[castore.Digest]bool{}
+			add := func(g received) {
+				for _, d := range g.b.digests {
+					chunks[d] = true
+				}
+			}
+			add(r)
 			gather := time.NewTimer(commitGather)
-			hurried := !first
-			first = false
-			hurry := func(g received) {
-				if !hurried && j.wants(g.b.digests) {
-					hurried = true
+			waited := false
+			wait := func() {
+				if !waited && j.waitsFor(chunks, first) {
+					waited = true
 					gather.Reset(time.Until(r.at.Add(wantedGather)))
 				}
 			}
-			hurry(r)
+			wait()
 		drain:
-			for len(group) < 32 {
+			for len(group) < maxCommitGroup || canWait() {
 				select {
 				case more, ok := <-toCommit:
 					if !ok {
 						break drain
 					}
 					group = append(group, more)
-					hurry(more)
+					add(more)
+					wait()
 				case <-j.waiting: // a reader began to wait: for one of these?
-					for _, g := range group {
-						hurry(g)
-					}
+					wait()
 				case <-gather.C:
-					break drain
+					if waited || !canWait() {
+						break drain
+					}
+					gather.Reset(commitGather)
 				}
 			}
+			first = false
 			gather.Stop()
 			ws := make([]*castore.Writer, len(group))
 			for i, g := range group {
@@ -980,15 +1011,20 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	return nil
 }
 
-// wants reports whether a client's NAR waits for one of the chunks.
-func (j *job) wants(chunks []castore.Digest) bool {
+// waitsFor reports whether a client's NAR waits for one of the chunks
+// that it cannot take from the handoff (the first of the NAR, or one that
+// did not fit), and so for their commit. With first false, only when
+// renders take from the handoff: a reader of the store alone then trails
+// the download by a commit once its first is made, and hurrying each
+// commit for it would only make them smaller.
+func (j *job) waitsFor(chunks map[castore.Digest]bool, first bool) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if len(j.wanted) == 0 {
+	if !first && j.handoffRenders == 0 {
 		return false
 	}
-	for _, d := range chunks {
-		if j.wanted[d] > 0 {
+	for d := range j.wanted {
+		if chunks[d] && j.handoff[d] == nil {
 			return true
 		}
 	}
@@ -1240,13 +1276,15 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 	}
 	r := j.f.n.store.NewReader()
 	defer r.Close()
-	var taken []byte // the Reader is done with it at its next take
+	var taken *handed // the Reader is done with it at its next take
 	r.UseDecoded(func(d castore.Digest) []byte {
-		putChunkBuf(taken)
-		taken = j.take(d)
-		return taken
+		j.release(taken)
+		if taken = j.take(d); taken == nil {
+			return nil
+		}
+		return taken.buf
 	})
-	defer func() { putChunkBuf(taken) }()
+	defer func() { j.release(taken) }()
 	src := &jobSource{j: j, r: r, attempt: attempt, urgent: urgent, handoff: usesHandoff}
 	return renderNAR(ctx, r, src, j.info.Root, compression, w)
 }

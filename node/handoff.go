@@ -10,15 +10,23 @@ import (
 // The handoff: chunks the download has just decoded, kept for the NARs
 // being rendered from the job, which would otherwise decode them again
 // from the frames the store keeps. Only while a render runs, and at most
-// handoffLimit bytes: the first render to write a chunk takes it, and a
-// chunk not here is read from the store. The buffers are recycled by size
-// class, so that the 190 MB of a large path do not pass through the
-// garbage collector.
+// handoffLimit bytes. A chunk stays until the renders have taken it as
+// often as the NAR uses it (a file or a chunk can appear several times in
+// a tree), and a chunk not here is read from the store once committed.
+// The buffers are recycled by size class, so that the 190 MB of a large
+// path do not pass through the garbage collector.
 
 // handoffLimit bounds the bytes held (the buffers' capacity). A render trails the download by
 // about one commit, a few megabytes; one that falls further behind reads
 // the rest from the store.
 const handoffLimit = 32 << 20
+
+// handed is a chunk in the handoff.
+type handed struct {
+	buf   []byte
+	left  int // uses in the NAR not taken yet; out of the handoff at 0
+	users int // renders writing it now
+}
 
 // keep puts a copy of a chunk just decoded into the handoff, if a render
 // that takes from it runs and there is room.
@@ -30,28 +38,46 @@ func (j *job) keep(d castore.Digest, data []byte) {
 	}
 	buf := getChunkBuf(len(data))
 	copy(buf, data)
-	j.handoff[d] = buf
+	j.handoff[d] = &handed{buf: buf, left: max(1, j.uses[d])}
 	j.handoffBytes += cap(buf)
 	j.cond.Broadcast() // a render may wait for it
 }
 
-// take removes a chunk from the handoff and returns it, or nil. The caller
-// gives the buffer back with putChunkBuf.
-func (j *job) take(d castore.Digest) []byte {
+// take takes one use of a chunk from the handoff, or returns nil. The
+// caller gives it back with release once written.
+func (j *job) take(d castore.Digest) *handed {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	data := j.handoff[d]
-	if data != nil {
-		delete(j.handoff, d)
-		j.handoffBytes -= cap(data)
+	h := j.handoff[d]
+	if h == nil {
+		return nil
 	}
-	return data
+	h.users++
+	if h.left--; h.left == 0 {
+		delete(j.handoff, d)
+		j.handoffBytes -= cap(h.buf)
+	}
+	return h
+}
+
+// release ends a use of a chunk from take; nil is ignored.
+func (j *job) release(h *handed) {
+	if h == nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if h.users--; h.users == 0 && h.left == 0 {
+		putChunkBuf(h.buf)
+	}
 }
 
 // dropHandoff empties the handoff; j.mu held.
 func (j *job) dropHandoff() {
-	for d, buf := range j.handoff {
-		putChunkBuf(buf)
+	for d, h := range j.handoff {
+		if h.left = 0; h.users == 0 {
+			putChunkBuf(h.buf)
+		}
 		delete(j.handoff, d)
 	}
 	j.handoffBytes = 0

@@ -8,8 +8,9 @@
 // the peers that have them, each checked as it arrives. A client's NAR
 // streams meanwhile, taking the chunks the download has just decoded
 // (handoff.go) rather than waiting for them to be committed, and the
-// commits run at the lowest CPU priority (priority.go): on a machine that
-// also runs the client, the client's CPU comes first.
+// commits wait for the download's end while the handoff serves the NAR,
+// at the lowest CPU priority (priority.go): on a machine that also runs
+// the client, the client's CPU comes first.
 package node
 
 import (

@@ -4,6 +4,7 @@ package main
 // 127.0.0.x, a real Nix client, and in-process peers that misbehave.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -728,4 +729,64 @@ func TestP2PConcurrentNARs(t *testing.T) {
 	}
 	c.run("verify")
 	c.checkServedNAR(p) // from the store, once valid
+}
+
+// TestP2PSlowClientRepeats: a client of C that stops reading while C
+// fetches a NAR larger than what C keeps for it in memory, from a tree in
+// which content repeats (the same file three times, a file that repeats
+// one block): the NAR still matches nix-store --dump, whether its chunks
+// come from memory or from the store.
+func TestP2PSlowClientRepeats(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.25", "node-a-1", "--max-upload-rate", "16M")
+	a.start()
+	pub := a.status().PublicKey
+	rng := rand.New(rand.NewChaCha8([32]byte{25}))
+	random := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		return b
+	}
+	same := random(2 << 20)
+	block := random(512 << 10)
+	files := map[string][]byte{
+		"a/same":    same,
+		"big":       random(44 << 20), // more than the 32 MiB C keeps
+		"m/same":    same,
+		"repeating": bytes.Repeat(block, 4),
+		"z/same":    same,
+	}
+	p := addTree(t, "repeats", files)
+	a.run("import", p)
+	c := newNodeAt(t, "127.0.0.26", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(1)
+	code, body := c.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo from C: %d\n%s", code, c.log)
+	}
+	want := sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
+	client := &http.Client{Timeout: time.Minute}
+	resp, err := client.Get(c.url + "/" + narinfoField(string(body), "URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	n, err := io.CopyN(h, resp.Body, 64<<10)
+	if err == nil {
+		// C downloads on at A's 16 MB/s, past what it keeps for the
+		// client, while the client reads nothing.
+		time.Sleep(2500 * time.Millisecond)
+		var m int64
+		m, err = io.Copy(h, resp.Body)
+		n += m
+	}
+	if err != nil || resp.StatusCode != 200 || [32]byte(h.Sum(nil)) != want {
+		t.Fatalf("status %d, %d bytes (%v), not the NAR of nix-store --dump\n%s", resp.StatusCode, n, err, c.log)
+	}
+	c.run("verify")
+	c.checkServedNAR(p)
 }
