@@ -72,8 +72,17 @@ func (s *Server) Handle(st network.Stream) {
 
 // serve reads one request from r and writes its answer to w.
 func (s *Server) serve(ctx context.Context, r io.Reader, out io.Writer) error {
-	w := &limitedWriter{ctx: ctx, w: out, limiter: s.limiter, sent: &s.sent}
-	f := &frames{r: bufio.NewReaderSize(r, 4096), w: bufio.NewWriterSize(w, 64<<10)}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(&limitedWriter{ctx: ctx, w: out, limiter: s.limiter, sent: &s.sent})
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+		bw.Reset(nil)
+		writers.Put(bw)
+	}()
+	f := &frames{r: br, w: bw}
 	kind, err := f.r.ReadByte()
 	if err != nil {
 		return err

@@ -186,9 +186,10 @@ func hashPartOK(h string) bool {
 	return storepath.ValidateHash(h) == nil && !strings.ContainsAny(h, "/\x00")
 }
 
-// readers and chunkBufs recycle the buffers of exchanges, on both sides: a
-// fetch makes hundreds of them.
+// readers, writers and chunkBufs recycle the buffers of exchanges, on
+// both sides: a fetch makes hundreds of them.
 var (
 	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+	writers   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 	chunkBufs = sync.Pool{New: func() any { return new([]byte) }}
 )
