@@ -915,13 +915,16 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			b.askers = append(b.askers, p)
 			mu.Unlock()
 			w := st.NewWriter()
-			err := f.p.client.Chunks(ctx, p, b.digests, true, func(d castore.Digest, data, frame []byte) error {
+			err := f.p.client.Chunks(ctx, p, b.digests, true, chunkBuffers{}, func(d castore.Digest, data, frame []byte) error {
 				j.chunkBytes.Add(uint64(len(data)))
-				j.keep(d, data)
+				var err error
 				if frame != nil {
-					return w.PutFramedChunk(d, len(data), frame)
+					err = w.PutFramedChunk(d, len(data), frame)
+				} else {
+					err = w.PutChunk(d, data)
 				}
-				return w.PutChunk(d, data)
+				j.keep(d, data) // last: data is the handoff's from here
+				return err
 			})
 			mu.Lock()
 			b.askers = slices.DeleteFunc(b.askers, func(q peer.ID) bool { return q == p })

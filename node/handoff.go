@@ -28,16 +28,16 @@ type handed struct {
 	users int // renders writing it now
 }
 
-// keep puts a copy of a chunk just decoded into the handoff, if a render
-// that takes from it runs and there is room.
-func (j *job) keep(d castore.Digest, data []byte) {
+// keep puts a chunk just decoded, in a buffer from getChunkBuf, into the
+// handoff if a render that takes from it runs and there is room, and
+// recycles the buffer otherwise.
+func (j *job) keep(d castore.Digest, buf []byte) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.handoffRenders == 0 || j.handoffBytes+len(data) > handoffLimit || j.handoff[d] != nil {
+	if j.handoffRenders == 0 || j.handoffBytes+cap(buf) > handoffLimit || j.handoff[d] != nil {
+		putChunkBuf(buf)
 		return
 	}
-	buf := getChunkBuf(len(data))
-	copy(buf, data)
 	j.handoff[d] = &handed{buf: buf, left: max(1, j.uses[d])}
 	j.handoffBytes += cap(buf)
 	j.cond.Broadcast() // a render may wait for it
@@ -106,6 +106,13 @@ func getChunkBuf(n int) []byte {
 	}
 	return make([]byte, n, 1<<(c+minChunkBufShift))
 }
+
+// chunkBuffers lends the download the handoff's buffers: a chunk is
+// decoded into the buffer the handoff then keeps.
+type chunkBuffers struct{}
+
+func (chunkBuffers) Get(n int) []byte { return getChunkBuf(n) }
+func (chunkBuffers) Put(b []byte)     { putChunkBuf(b) }
 
 // putChunkBuf recycles a buffer from getChunkBuf; nil is ignored.
 func putChunkBuf(b []byte) {

@@ -359,7 +359,7 @@ func copyPath(ctx context.Context, c *transfer.Client, p peer.ID, hash string) (
 		}
 	}
 	for i := 0; i < len(chunks); i += transfer.MaxChunksPerRequest {
-		err := c.Chunks(ctx, p, chunks[i:min(i+transfer.MaxChunksPerRequest, len(chunks))], false, func(d castore.Digest, data, _ []byte) error {
+		err := c.Chunks(ctx, p, chunks[i:min(i+transfer.MaxChunksPerRequest, len(chunks))], false, nil, func(d castore.Digest, data, _ []byte) error {
 			l.chunks[d] = append([]byte(nil), data...)
 			return nil
 		})

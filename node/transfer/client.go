@@ -283,13 +283,22 @@ func decodeChunkList(b []byte) ([]castore.ChunkRef, error) {
 	return refs, nil
 }
 
+// Buffers lends Chunks the buffers it decodes chunks into, for a caller
+// that keeps chunks and would otherwise copy each.
+type Buffers interface {
+	Get(n int) []byte // a buffer of n bytes, 0 < n <= castore.MaxChunkSize
+	Put(b []byte)     // a buffer from Get, back
+}
+
 // Chunks asks p for chunks (zstd frames where it has them, if zstd) and
 // calls fn with each, decompressed and checked against its digest, in the
 // order asked, and with the frame it came in (nil if it came raw), which
-// the caller may keep rather than compress the chunk again. Both slices
-// are valid only during the call. A chunk p lacks ends the call with
+// the caller may keep rather than compress the chunk again. The frame is
+// valid only during the call; so is data, unless bufs is given: data is
+// then in a buffer from bufs.Get, which fn owns (it keeps it or puts it
+// back), whatever it returns. A chunk p lacks ends the call with
 // ErrNotFound.
-func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest, zstd bool, fn func(d castore.Digest, data, frame []byte) error) error {
+func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest, zstd bool, bufs Buffers, fn func(d castore.Digest, data, frame []byte) error) error {
 	if len(digests) > MaxChunksPerRequest {
 		return errors.New("transfer: too many chunks in one request")
 	}
@@ -305,16 +314,17 @@ func (c *Client) Chunks(ctx context.Context, p peer.ID, digests []castore.Digest
 			w.Write(d[:])
 		}
 	}, func(f *frames) error {
-		return readChunks(f, digests, c.dec, fn)
+		return readChunks(f, digests, c.dec, bufs, fn)
 	})
 }
 
-func readChunks(f *frames, digests []castore.Digest, dec *zstd.Decoder, fn func(d castore.Digest, data, frame []byte) error) error {
-	// Both buffers are reused from chunk to chunk: fn copies what it keeps.
-	bufs := chunkBufs.Get().(*[]byte)
-	defer chunkBufs.Put(bufs)
-	buf := *bufs
-	defer func() { *bufs = buf }()
+func readChunks(f *frames, digests []castore.Digest, dec *zstd.Decoder, bufs Buffers, fn func(d castore.Digest, data, frame []byte) error) error {
+	// Both buffers are reused from chunk to chunk: fn copies what it keeps,
+	// unless it lends the buffers.
+	bufp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bufp)
+	buf := *bufp
+	defer func() { *bufp = buf }()
 	var msg []byte
 	for _, d := range digests {
 		kind, err := f.r.ReadByte()
@@ -329,23 +339,58 @@ func readChunks(f *frames, digests []castore.Digest, dec *zstd.Decoder, fn func(
 		if err != nil {
 			return err
 		}
-		var frame []byte
+		var frame, lent []byte // lent: from bufs, holding data
 		switch kind {
 		case chunkRaw:
 		case chunkZstd:
-			if buf, err = dec.DecodeAll(data, buf[:0]); err != nil {
+			// Straight into a lent buffer when the frame says its size
+			// (a frame whose content is not that size fails to decode).
+			dst := buf[:0]
+			if n := frameContentSize(data); bufs != nil && n > 0 {
+				lent = bufs.Get(n)
+				dst = lent[:0]
+			}
+			out, err := dec.DecodeAll(data, dst)
+			if err == nil && lent != nil && len(out) != len(lent) {
+				err = fmt.Errorf("%d bytes, the frame says %d", len(out), len(lent))
+			}
+			if err != nil {
+				if lent != nil {
+					bufs.Put(lent)
+				}
 				return badData("chunk %s: %v", d, err)
 			}
-			frame, data = data, buf
+			if lent == nil {
+				buf = out
+			}
+			frame, data = data, out
 		default:
 			return badData("chunk encoding %d", kind)
 		}
 		if len(data) == 0 || len(data) > castore.MaxChunkSize || castore.Sum(data) != d {
+			if lent != nil {
+				bufs.Put(lent)
+			}
 			return badData("chunk %s does not match its digest", d)
+		}
+		if bufs != nil && lent == nil {
+			lent = bufs.Get(len(data))
+			copy(lent, data)
+			data = lent
 		}
 		if err := fn(d, data, frame); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// frameContentSize is the content size a zstd frame's header gives, or 0
+// if it gives none (or more than a chunk can be).
+func frameContentSize(frame []byte) int {
+	var h zstd.Header
+	if h.Decode(frame) != nil || !h.HasFCS || h.FrameContentSize > castore.MaxChunkSize {
+		return 0
+	}
+	return int(h.FrameContentSize)
 }

@@ -186,31 +186,40 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	for _, z := range []bool{false, true} {
-		want := []castore.Digest{lists[0][0].Digest, lists[0][1].Digest, smallD}
-		var joined []byte
-		var frames int
-		err = c.Chunks(ctx, p, want, z, func(d castore.Digest, data, frame []byte) error {
-			if d != want[0] {
-				t.Errorf("chunk %s out of order", d)
+		var lent countedBuffers
+		for _, bufs := range []Buffers{nil, &lent} {
+			want := []castore.Digest{lists[0][0].Digest, lists[0][1].Digest, smallD}
+			var joined []byte
+			var frames int
+			err = c.Chunks(ctx, p, want, z, bufs, func(d castore.Digest, data, frame []byte) error {
+				if d != want[0] {
+					t.Errorf("chunk %s out of order", d)
+				}
+				want = want[1:]
+				joined = append(joined, data...)
+				if frame != nil {
+					frames++
+				}
+				if bufs != nil {
+					bufs.Put(data)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
-			want = want[1:]
-			joined = append(joined, data...)
-			if frame != nil {
-				frames++
+			if !bytes.Equal(joined, append(append([]byte{}, big...), small...)) {
+				t.Fatalf("zstd=%v: chunks do not make up the blobs", z)
 			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+			if z != (frames == 3) || (!z && frames != 0) {
+				t.Fatalf("zstd=%v: %d chunks came with a frame", z, frames)
+			}
 		}
-		if !bytes.Equal(joined, append(append([]byte{}, big...), small...)) {
-			t.Fatalf("zstd=%v: chunks do not make up the blobs", z)
-		}
-		if z != (frames == 3) || (!z && frames != 0) {
-			t.Fatalf("zstd=%v: %d chunks came with a frame", z, frames)
+		if lent.out != 0 {
+			t.Fatalf("zstd=%v: %d lent buffers not given back", z, lent.out)
 		}
 	}
-	if err := c.Chunks(ctx, p, []castore.Digest{castore.Sum([]byte("none"))}, false, func(castore.Digest, []byte, []byte) error { return nil }); !errors.Is(err, ErrNotFound) {
+	if err := c.Chunks(ctx, p, []castore.Digest{castore.Sum([]byte("none"))}, false, nil, func(castore.Digest, []byte, []byte) error { return nil }); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown chunk: %v, want ErrNotFound", err)
 	}
 	// The server counts a write once it returns, which can be after the
@@ -265,7 +274,12 @@ func (l *lie) frames() *frames                                { return &frames{r
 func (l *lie) length(n uint64) *lie                           { l.Write(uvarint(n)); return l }
 func (l *lie) raw(b []byte) *lie                              { l.Write(b); return l }
 func noDirs(castore.Digest, *castore.Directory, []byte) error { return nil }
-func noChunks(castore.Digest, []byte, []byte) error           { return nil }
+
+// countedBuffers lends buffers and counts those not given back.
+type countedBuffers struct{ out int }
+
+func (b *countedBuffers) Get(n int) []byte { b.out++; return make([]byte, n) }
+func (b *countedBuffers) Put([]byte)       { b.out-- }
 
 func TestClientRejectsLies(t *testing.T) {
 	src := newMemSource()
@@ -294,24 +308,6 @@ func TestClientRejectsLies(t *testing.T) {
 		},
 		"oversized directory": func() error {
 			return readDirectories(new(lie).length(MaxDirectory+1).frames(), root, noDirs)
-		},
-		"chunk with other bytes": func() error {
-			return readChunks(new(lie).byte(chunkRaw).msg(append([]byte{1}, chunk...)).frames(), []castore.Digest{cd}, dec, noChunks)
-		},
-		"oversized chunk": func() error {
-			return readChunks(new(lie).byte(chunkRaw).length(1<<40).frames(), []castore.Digest{cd}, dec, noChunks)
-		},
-		"zstd frame that does not decode": func() error {
-			return readChunks(new(lie).byte(chunkZstd).msg([]byte("not zstd")).frames(), []castore.Digest{cd}, dec, noChunks)
-		},
-		"zstd frame with a wrong checksum": func() error {
-			return readChunks(new(lie).byte(chunkZstd).msg(badSum).frames(), []castore.Digest{cd}, dec, noChunks)
-		},
-		"zstd bomb": func() error {
-			return readChunks(new(lie).byte(chunkZstd).msg(bomb).frames(), []castore.Digest{cd}, dec, noChunks)
-		},
-		"unknown chunk encoding": func() error {
-			return readChunks(new(lie).byte(9).msg(chunk).frames(), []castore.Digest{cd}, dec, noChunks)
 		},
 		"chunk list adding up wrong": func() error {
 			list := append([]byte{blobList}, encodeChunkList([]castore.ChunkRef{{Digest: cd, Size: 5000}, {Digest: cd, Size: 5000}})...)
@@ -343,6 +339,45 @@ func TestClientRejectsLies(t *testing.T) {
 	for name, read := range cases {
 		if err := read(); !errors.Is(err, ErrBadData) {
 			t.Errorf("%s: %v, want ErrBadData", name, err)
+		}
+	}
+	// A frame whose header gives another content size than it holds.
+	wrongSize := testEncoder.EncodeAll(chunk, nil)
+	var h zstd.Header
+	if err := h.Decode(wrongSize); err != nil || !h.HasFCS || h.FrameContentSize != 5000 {
+		t.Fatalf("test frame header: %+v, %v", h, err)
+	}
+	// 5000 as a two-byte size field (value-256) right after the 6 bytes of
+	// magic number, descriptor and window: give it 4000 instead.
+	if binary.LittleEndian.Uint16(wrongSize[5:]) != 5000-256 {
+		t.Fatalf("test frame: no two-byte content size at offset 5: % x", wrongSize[:8])
+	}
+	binary.LittleEndian.PutUint16(wrongSize[5:], 4000-256)
+	chunkLies := map[string]*lie{
+		"chunk with other bytes":           new(lie).byte(chunkRaw).msg(append([]byte{1}, chunk...)),
+		"oversized chunk":                  new(lie).byte(chunkRaw).length(1 << 40),
+		"zstd frame that does not decode":  new(lie).byte(chunkZstd).msg([]byte("not zstd")),
+		"zstd frame with a wrong checksum": new(lie).byte(chunkZstd).msg(badSum),
+		"zstd frame with a wrong size":     new(lie).byte(chunkZstd).msg(wrongSize),
+		"zstd bomb":                        new(lie).byte(chunkZstd).msg(bomb),
+		"unknown chunk encoding":           new(lie).byte(9).msg(chunk),
+	}
+	for name, l := range chunkLies {
+		raw := l.Bytes()
+		var lent countedBuffers
+		for _, bufs := range []Buffers{nil, &lent} {
+			err := readChunks(new(lie).raw(raw).frames(), []castore.Digest{cd}, dec, bufs, func(_ castore.Digest, data, _ []byte) error {
+				if bufs != nil {
+					bufs.Put(data)
+				}
+				return nil
+			})
+			if !errors.Is(err, ErrBadData) {
+				t.Errorf("%s (lent buffers: %v): %v, want ErrBadData", name, bufs != nil, err)
+			}
+		}
+		if lent.out != 0 {
+			t.Errorf("%s: %d lent buffers not given back", name, lent.out)
 		}
 	}
 
@@ -433,7 +468,7 @@ func FuzzClient(f *testing.F) {
 				}
 			}
 		case 2:
-			readChunks(fr, chunkDigests, dec, func(d castore.Digest, data, frame []byte) error {
+			readChunks(fr, chunkDigests, dec, nil, func(d castore.Digest, data, frame []byte) error {
 				if castore.Sum(data) != d {
 					t.Fatalf("chunk %s accepted with other bytes", d)
 				}
