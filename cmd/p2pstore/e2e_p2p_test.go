@@ -691,17 +691,7 @@ func TestP2PConcurrentNARs(t *testing.T) {
 		}
 		files[fmt.Sprintf("d%d/text%d", i%3, i)] = []byte(b.String())
 	}
-	p := addTree(t, "text", files)
-	a.run("import", p)
-	c := newNodeAt(t, "127.0.0.24", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
-	c.start()
-	c.waitPeers(1)
-	code, body := c.get("/" + hashPart(p) + ".narinfo")
-	if code != 200 {
-		t.Fatalf("narinfo from C: %d\n%s", code, c.log)
-	}
-	url := c.url + "/" + narinfoField(string(body), "URL")
-	want := sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
+	p, c, url, want := coldNAR(t, a, pub, "127.0.0.24", "text", files)
 	errs := make(chan error, 4)
 	for range cap(errs) {
 		go func() {
@@ -731,6 +721,24 @@ func TestP2PConcurrentNARs(t *testing.T) {
 	c.checkServedNAR(p) // from the store, once valid
 }
 
+// coldNAR adds a tree of files to the Nix store and imports it on a, then
+// starts a node C at ip that knows only a and trusts pub, and asks it for
+// the path's narinfo: the URL of the NAR C then fetches from a as it is
+// read, and the sha256 of nix-store --dump.
+func coldNAR(t *testing.T, a *nodeProc, pub, ip, name string, files map[string][]byte) (p string, c *nodeProc, url string, want [32]byte) {
+	t.Helper()
+	p = addTree(t, name, files)
+	a.run("import", p)
+	c = newNodeAt(t, ip, "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
+	c.start()
+	c.waitPeers(1)
+	code, body := c.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo from C: %d\n%s", code, c.log)
+	}
+	return p, c, c.url + "/" + narinfoField(string(body), "URL"), sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
+}
+
 // TestP2PSlowClientRepeats: a client of C that stops reading while C
 // fetches a NAR larger than what C keeps for it in memory, from a tree in
 // which content repeats (the same file three times, a file that repeats
@@ -758,18 +766,9 @@ func TestP2PSlowClientRepeats(t *testing.T) {
 		"repeating": bytes.Repeat(block, 4),
 		"z/same":    same,
 	}
-	p := addTree(t, "repeats", files)
-	a.run("import", p)
-	c := newNodeAt(t, "127.0.0.26", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
-	c.start()
-	c.waitPeers(1)
-	code, body := c.get("/" + hashPart(p) + ".narinfo")
-	if code != 200 {
-		t.Fatalf("narinfo from C: %d\n%s", code, c.log)
-	}
-	want := sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
+	p, c, url, want := coldNAR(t, a, pub, "127.0.0.26", "repeats", files)
 	client := &http.Client{Timeout: time.Minute}
-	resp, err := client.Get(c.url + "/" + narinfoField(string(body), "URL"))
+	resp, err := client.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
