@@ -152,7 +152,7 @@ func (s *Store) SharedChunks(ds []Digest, zstd bool, buf []byte, fn func(data []
 	}
 	found := make([]lookup, len(ds))
 	_ = s.View(func(v *View) error {
-		shared := v.tx.Bucket(bucketShared)
+		shared := v.bucket(bucketShared, &v.shared)
 		for i, d := range ds {
 			l := &found[i]
 			l.shared = shared.Get(d[:]) != nil

@@ -159,6 +159,18 @@ func (s *Store) get(bucket []byte, key Digest) (v []byte, err error) {
 type View struct {
 	s  *Store
 	tx *bolt.Tx
+	// The buckets, opened once per View: a read-only bbolt transaction
+	// does not keep the buckets it opens, and each opening is a search
+	// of the root and an allocation (a seed looks up two per chunk).
+	chunks, frames, blobs, shared *bolt.Bucket
+}
+
+// bucket returns the bucket name, opened once and kept in *b.
+func (v *View) bucket(name []byte, b **bolt.Bucket) *bolt.Bucket {
+	if *b == nil {
+		*b = v.tx.Bucket(name)
+	}
+	return *b
 }
 
 // View calls fn with a View of the index as it is now.
@@ -171,14 +183,14 @@ func (v *View) HasChunk(d Digest) bool {
 	if _, ok := v.s.chunkCache.Get(d); ok {
 		return true
 	}
-	return v.tx.Bucket(bucketChunks).Get(d[:]) != nil
+	return v.bucket(bucketChunks, &v.chunks).Get(d[:]) != nil
 }
 
 func (v *View) chunkLoc(d Digest) (chunkLoc, error) {
 	if loc, ok := v.s.chunkCache.Get(d); ok {
 		return loc, nil
 	}
-	b := v.tx.Bucket(bucketChunks).Get(d[:])
+	b := v.bucket(bucketChunks, &v.chunks).Get(d[:])
 	if b == nil {
 		return chunkLoc{}, ErrNotFound
 	}
@@ -200,7 +212,7 @@ func (v *View) BlobChunks(d Digest, size uint64) ([]ChunkRef, error) {
 			return []ChunkRef{{Digest: d, Size: uint32(size)}}, nil
 		}
 	}
-	b := v.tx.Bucket(bucketBlobs).Get(d[:])
+	b := v.bucket(bucketBlobs, &v.blobs).Get(d[:])
 	if b == nil {
 		return nil, &missing{what: "blob", d: d}
 	}

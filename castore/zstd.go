@@ -148,7 +148,7 @@ func (s *Store) frameLoc(d Digest) (loc chunkLoc, ok bool, err error) {
 // frameLoc is where the chunk's zstd frame is: ok false if it has none
 // yet, a zero Size if it is not worth one.
 func (v *View) frameLoc(d Digest) (loc chunkLoc, ok bool, err error) {
-	b := v.tx.Bucket(bucketFrames).Get(d[:])
+	b := v.bucket(bucketFrames, &v.frames).Get(d[:])
 	if b == nil {
 		return chunkLoc{}, false, nil
 	}

@@ -346,6 +346,7 @@ type job struct {
 	dirs      map[castore.Digest]*castore.Directory
 	lists     map[castore.Digest][]castore.ChunkRef // the files of the tree, stored or not
 	have      map[castore.Digest]bool               // chunks stored during this job
+	fetching  map[castore.Digest]bool               // chunks the job downloads, which the store lacked
 	wanted    map[castore.Digest]int                // chunks clients' NARs wait for, and how many
 	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
 	failed    error                                 // the job gave up on the current tree
@@ -447,7 +448,7 @@ func (j *job) reset(info *pathinfo.Info) {
 	defer j.mu.Unlock()
 	j.info = info
 	j.attempt++
-	j.treeReady, j.dirs, j.lists, j.uses, j.have, j.failed = false, nil, nil, nil, nil, nil
+	j.treeReady, j.dirs, j.lists, j.uses, j.fetching, j.have, j.failed = false, nil, nil, nil, nil, nil, nil
 	j.dropHandoff()
 	j.cond.Broadcast()
 }
@@ -529,12 +530,14 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	// them arriving in the order it needs them.
 	var chunks []castore.Digest
 	uses := make(map[castore.Digest]int, len(lists))
+	fetching := map[castore.Digest]bool{}
 	_ = st.View(func(v *castore.View) error {
 		for _, file := range files {
 			for _, r := range lists[file.Digest] {
 				if uses[r.Digest]++; uses[r.Digest] == 1 {
 					if !v.HasChunk(r.Digest) {
 						chunks = append(chunks, r.Digest)
+						fetching[r.Digest] = true
 					}
 				}
 			}
@@ -542,7 +545,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		return nil
 	})
 	j.mu.Lock()
-	j.dirs, j.lists, j.uses, j.have, j.treeReady = dirs, lists, uses, map[castore.Digest]bool{}, true
+	j.dirs, j.lists, j.uses, j.fetching, j.have, j.treeReady = dirs, lists, uses, fetching, map[castore.Digest]bool{}, true
 	j.cond.Broadcast()
 	j.mu.Unlock()
 
@@ -1125,12 +1128,14 @@ func (j *job) waitReady(ctx context.Context, attempt int, refs []castore.ChunkRe
 }
 
 // committed reports whether a chunk is readable from the store; j.mu held.
+// A chunk the job downloads is, once the job has committed it (another
+// job may commit it sooner; the index is not asked for each such chunk).
 func (j *job) committed(d castore.Digest) bool {
 	if j.have == nil { // the job is starting over
 		return false
 	}
-	if !j.have[d] && j.f.n.store.HasChunk(d) {
-		j.have[d] = true // stored before the job, or by another
+	if !j.have[d] && !j.fetching[d] && j.f.n.store.HasChunk(d) {
+		j.have[d] = true // stored before the job
 	}
 	return j.have[d]
 }
@@ -1164,7 +1169,7 @@ func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if j.committed(d) { // stored before the job, or by another
+		if j.committed(d) { // stored before the job
 			return nil
 		}
 		if urgent && !wanted {
