@@ -43,9 +43,12 @@ var (
 func encoders() (stored, fast *zstd.Encoder) {
 	encoderOnce.Do(func() {
 		// No frame checksum: the chunk's digest covers its content, and
-		// a reader need not hash it twice.
-		encoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(frameLevel), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false))
-		fastEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false))
+		// a reader need not hash it twice. A window of one chunk, the
+		// most a frame holds: the default window's history buffers are
+		// 16 MB more of resident memory for the same frames.
+		opts := []zstd.EOption{zstd.WithEncoderConcurrency(1), zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false), zstd.WithWindowSize(MaxChunkSize)}
+		encoder, _ = zstd.NewWriter(nil, append(opts, zstd.WithEncoderLevel(frameLevel))...)
+		fastEncoder, _ = zstd.NewWriter(nil, append(opts, zstd.WithEncoderLevel(zstd.SpeedFastest))...)
 	})
 	return encoder, fastEncoder
 }
