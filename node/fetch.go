@@ -339,20 +339,22 @@ type job struct {
 	startErr error
 	info     *pathinfo.Info // the record being fetched
 
-	mu        sync.Mutex
-	cond      *sync.Cond
-	attempt   int  // bumped when a tree is abandoned for another
-	treeReady bool // dirs and lists are known
-	dirs      map[castore.Digest]*castore.Directory
-	lists     map[castore.Digest][]castore.ChunkRef // the files of the tree, stored or not
-	have      map[castore.Digest]bool               // chunks stored during this job
-	fetching  map[castore.Digest]bool               // chunks the job downloads, which the store lacked
-	wanted    map[castore.Digest]int                // chunks clients' NARs wait for, and how many
-	waiting   chan struct{}                         // a client's NAR began to wait for a chunk
-	failed    error                                 // the job gave up on the current tree
+	mu           sync.Mutex
+	cond         *sync.Cond
+	attempt      int  // bumped when a tree is abandoned for another
+	treeReady    bool // dirs and lists are known
+	dirs         map[castore.Digest]*castore.Directory
+	lists        map[castore.Digest][]castore.ChunkRef // the files of the tree, stored or not
+	have         map[castore.Digest]bool               // chunks stored during this job
+	fetching     map[castore.Digest]bool               // chunks the job downloads, which the store lacked
+	wanted       map[castore.Digest]int                // chunks clients' NARs wait for, and how many
+	wantedCommit map[castore.Digest]int                // the same, for NARs that read only the store (zstd)
+	waiting      chan struct{}                         // a client's NAR began to wait for a chunk
+	failed       error                                 // the job gave up on the current tree
 
 	handoff        map[castore.Digest]*handed // see handoff.go
 	uses           map[castore.Digest]int     // how often the NAR uses each chunk
+	spent          map[castore.Digest]bool    // chunks the renders have taken that often
 	handoffBytes   int                        // capacity of its buffers
 	handoffRenders int                        // renders that take from it
 	renders        int                        // renders running
@@ -367,7 +369,7 @@ type job struct {
 
 func newJob(f *fetcher, hash string) *job {
 	j := &job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{}),
-		wanted: map[castore.Digest]int{}, waiting: make(chan struct{}, 1), handoff: map[castore.Digest]*handed{}}
+		wanted: map[castore.Digest]int{}, wantedCommit: map[castore.Digest]int{}, waiting: make(chan struct{}, 1), handoff: map[castore.Digest]*handed{}}
 	j.cond = sync.NewCond(&j.mu)
 	return j
 }
@@ -448,7 +450,7 @@ func (j *job) reset(info *pathinfo.Info) {
 	defer j.mu.Unlock()
 	j.info = info
 	j.attempt++
-	j.treeReady, j.dirs, j.lists, j.uses, j.fetching, j.have, j.failed = false, nil, nil, nil, nil, nil, nil
+	j.treeReady, j.dirs, j.lists, j.uses, j.spent, j.fetching, j.have, j.failed = false, nil, nil, nil, nil, nil, nil, nil
 	j.dropHandoff()
 	j.cond.Broadcast()
 }
@@ -545,7 +547,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		return nil
 	})
 	j.mu.Lock()
-	j.dirs, j.lists, j.uses, j.fetching, j.have, j.treeReady = dirs, lists, uses, fetching, map[castore.Digest]bool{}, true
+	j.dirs, j.lists, j.uses, j.spent, j.fetching, j.have, j.treeReady = dirs, lists, uses, map[castore.Digest]bool{}, fetching, map[castore.Digest]bool{}, true
 	j.cond.Broadcast()
 	j.mu.Unlock()
 
@@ -801,9 +803,11 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	// nothing reads what a commit makes visible before the fetch's end.
 	canWait := func() bool {
 		mu.Lock()
-		allHere := inCommit == pending
+		// All in, or nothing more will come: every worker has given up,
+		// and the download ends once what it holds is committed.
+		over := inCommit == pending || active == 0 || ctx.Err() != nil
 		mu.Unlock()
-		if allHere {
+		if over {
 			return false
 		}
 		j.mu.Lock()
@@ -1017,17 +1021,23 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	return nil
 }
 
-// waitsFor reports whether a client's NAR waits for one of the chunks
-// that it cannot take from the handoff (the first of the NAR, or one that
-// did not fit), and so for their commit. With first false, only when
-// renders take from the handoff: a reader of the store alone then trails
-// the download by a commit once its first is made, and hurrying each
-// commit for it would only make them smaller.
+// waitsFor reports whether a client's NAR waits for one of the chunks,
+// and so for their commit: a NAR that reads only the store (zstd) waits
+// for any, one that takes from the handoff for one it cannot take there
+// (the first of the NAR, or one that did not fit). With first false, only
+// when renders take from the handoff: a reader of the store alone then
+// trails the download by a commit once its first is made, and hurrying
+// each commit for it would only make them smaller.
 func (j *job) waitsFor(chunks map[castore.Digest]bool, first bool) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if !first && j.handoffRenders == 0 {
 		return false
+	}
+	for d := range j.wantedCommit {
+		if chunks[d] {
+			return true
+		}
 	}
 	for d := range j.wanted {
 		if chunks[d] && j.handoff[d] == nil {
@@ -1148,11 +1158,14 @@ func (j *job) waitChunk(ctx context.Context, attempt int, d castore.Digest, urge
 // waitFor waits for one chunk to be committed, or also to be in the
 // handoff; j.mu held.
 func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent, handoff bool) error {
-	wanted := false
+	wanted, waiters := false, j.wanted
+	if !handoff {
+		waiters = j.wantedCommit
+	}
 	defer func() {
 		if wanted {
-			if j.wanted[d]--; j.wanted[d] == 0 {
-				delete(j.wanted, d)
+			if waiters[d]--; waiters[d] == 0 {
+				delete(waiters, d)
 			}
 		}
 	}()
@@ -1174,7 +1187,7 @@ func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent
 		}
 		if urgent && !wanted {
 			wanted = true
-			j.wanted[d]++
+			waiters[d]++
 			select {
 			case j.waiting <- struct{}{}: // tell the committer
 			default:

@@ -34,7 +34,10 @@ type handed struct {
 func (j *job) keep(d castore.Digest, buf []byte) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.handoffRenders == 0 || j.handoffBytes+cap(buf) > handoffLimit || j.handoff[d] != nil {
+	// A second copy of a chunk (asked of two peers at the end, or in a
+	// batch asked again) is not kept again once the renders took the first
+	// as often as they use it: none would take it.
+	if j.handoffRenders == 0 || j.handoffBytes+cap(buf) > handoffLimit || j.handoff[d] != nil || j.spent[d] {
 		putChunkBuf(buf)
 		return
 	}
@@ -56,6 +59,9 @@ func (j *job) take(d castore.Digest) *handed {
 	if h.left--; h.left == 0 {
 		delete(j.handoff, d)
 		j.handoffBytes -= cap(h.buf)
+		if j.spent != nil {
+			j.spent[d] = true
+		}
 	}
 	return h
 }

@@ -16,12 +16,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/libp2p/go-libp2p"
 	kaddht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -728,15 +730,18 @@ func TestP2PConcurrentNARs(t *testing.T) {
 func coldNAR(t *testing.T, a *nodeProc, pub, ip, name string, files map[string][]byte) (p string, c *nodeProc, url string, want [32]byte) {
 	t.Helper()
 	p = addTree(t, name, files)
+	want = sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
 	a.run("import", p)
 	c = newNodeAt(t, ip, "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
 	c.start()
 	c.waitPeers(1)
+	// The fetch starts here: the caller asks for the NAR right away, as
+	// a Nix client does.
 	code, body := c.get("/" + hashPart(p) + ".narinfo")
 	if code != 200 {
 		t.Fatalf("narinfo from C: %d\n%s", code, c.log)
 	}
-	return p, c, c.url + "/" + narinfoField(string(body), "URL"), sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
+	return p, c, c.url + "/" + narinfoField(string(body), "URL"), want
 }
 
 // TestP2PSlowClientRepeats: a client of C that stops reading while C
@@ -787,5 +792,126 @@ func TestP2PSlowClientRepeats(t *testing.T) {
 		t.Fatalf("status %d, %d bytes (%v), not the NAR of nix-store --dump\n%s", resp.StatusCode, n, err, c.log)
 	}
 	c.run("verify")
+	c.checkServedNAR(p)
+}
+
+// randomFiles is n files of 4 MiB of random bytes.
+func randomFiles(seed byte, n int) map[string][]byte {
+	rng := rand.New(rand.NewChaCha8([32]byte{seed}))
+	files := map[string][]byte{}
+	for i := range n {
+		b := make([]byte, 4<<20)
+		for k := 0; k < len(b); k += 8 {
+			v := rng.Uint64()
+			for j := range 8 {
+				b[k+j] = byte(v >> (8 * j))
+			}
+		}
+		files[fmt.Sprintf("d%d/blob%d", i%3, i)] = b
+	}
+	return files
+}
+
+// TestP2PSeedDiesWhileNARStreams: the only peer with a path dies while C
+// streams its NAR to a client. The client's response is cut short at once
+// (the fetch fails: nothing more can come), not left waiting for the
+// client to give up, and C keeps nothing of the path.
+func TestP2PSeedDiesWhileNARStreams(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.27", "node-a-1", "--max-upload-rate", "4M")
+	a.start()
+	_, c, url, _ := coldNAR(t, a, a.status().PublicKey, "127.0.0.28", "doomed", randomFiles(27, 6))
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.CopyN(io.Discard, resp.Body, 1<<20); err != nil {
+		t.Fatalf("first MiB of the NAR: %v\n%s", err, c.log)
+	}
+	a.kill()
+	start := time.Now()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if took := time.Since(start); err == nil || took > 10*time.Second {
+		t.Fatalf("after the seed died: %d more bytes in %v, error %v; want the response cut short at once\n%s", n, took, err, c.log)
+	}
+	if st := c.status(); st.Paths != 0 {
+		t.Fatalf("C holds %d paths after a failed fetch", st.Paths)
+	}
+	c.run("verify")
+}
+
+// progress counts what passes through a reader.
+type progress struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (p *progress) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.n.Add(int64(n))
+	return n, err
+}
+
+// TestP2PZstdBesideStalledNAR: two clients of C read one NAR while C
+// fetches it, one uncompressed that stops reading, one as .nar.zst. The
+// zstd client keeps up with the download: a NAR that reads only the store
+// gets the commits it waits for, even of chunks kept in memory for a NAR
+// that takes from there and has stopped.
+func TestP2PZstdBesideStalledNAR(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.29", "node-a-1", "--max-upload-rate", "16M")
+	a.start()
+	p, c, url, want := coldNAR(t, a, a.status().PublicKey, "127.0.0.30", "beside", randomFiles(29, 12))
+	client := &http.Client{Timeout: time.Minute}
+	stalled, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Body.Close()
+	var first bytes.Buffer
+	if _, err := io.CopyN(&first, stalled.Body, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	code, body := c.get("/zstd/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("zstd narinfo from C: %d", code)
+	}
+	narSize, _ := strconv.ParseUint(narinfoField(string(body), "NarSize"), 10, 64)
+	zresp, err := client.Get(c.url + "/zstd/" + narinfoField(string(body), "URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zresp.Body.Close()
+	dec, err := zstd.NewReader(zresp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	read := &progress{r: dec}
+	h := sha256.New()
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(h, read); done <- err }()
+	// With 70% of the NAR in C, the zstd client has more than 40% (it
+	// trails the download by a commit), not only the few megabytes the
+	// stalled client took before it stopped.
+	deadline := time.Now().Add(30 * time.Second)
+	for c.status().P2PBytesReceived < narSize*7/10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("C received %d bytes of %d in 30 s\n%s", c.status().P2PBytesReceived, narSize, c.log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := uint64(read.n.Load()); got < narSize*4/10 {
+		t.Fatalf("with %d of %d bytes in C, the zstd client had %d", c.status().P2PBytesReceived, narSize, got)
+	}
+	if err := <-done; err != nil || [32]byte(h.Sum(nil)) != want {
+		t.Fatalf("zstd NAR: %v, or not the NAR of nix-store --dump", err)
+	}
+	// The stalled client's NAR, 64 KiB of it read, is right too.
+	h.Reset()
+	if _, err := io.Copy(h, io.MultiReader(bytes.NewReader(first.Bytes()), stalled.Body)); err != nil || [32]byte(h.Sum(nil)) != want {
+		t.Fatalf("uncompressed NAR: %v, or not the NAR of nix-store --dump", err)
+	}
 	c.checkServedNAR(p)
 }
