@@ -862,6 +862,11 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 				case <-j.waiting: // a reader began to wait: for one of these?
 					wait()
 				case <-gather.C:
+					// Look again: a reader may have come to need the
+					// store without a new token (another render took a
+					// chunk it waited for; a render began to take from
+					// the handoff after a zstd NAR's token).
+					wait()
 					if waited || !canWait() {
 						break drain
 					}
