@@ -49,7 +49,6 @@ func (s *Store) NewWriter() *Writer {
 		frames: map[Digest][]byte{},
 		packs:  map[uint32]struct{}{},
 		zpacks: map[uint32]struct{}{},
-		hasher: blake3.New(),
 	}
 }
 
@@ -84,6 +83,9 @@ func (w *Writer) PutBlob(r io.Reader) (Digest, uint64, error) {
 			return d, uint64(len(chunk)), nil
 		}
 		if len(w.refs) == 0 {
+			if w.hasher == nil { // 11 KB, and a fetch's Writers never hash
+				w.hasher = blake3.New()
+			}
 			w.hasher.Reset()
 		}
 		w.hasher.Write(chunk)
