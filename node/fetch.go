@@ -76,6 +76,7 @@ const (
 	commitGather   = 40 * time.Millisecond  // batches a commit waits to gather
 	wantedGather   = 5 * time.Millisecond   // the same, when a client's NAR waits for one
 	maxCommitGroup = 32                     // batches a commit gathers, unless commits can wait
+	maxWaitGroup   = 1024                   // batches commits wait for at most (64k chunks, about 1 GB)
 )
 
 func newFetcher(n *Node, p *p2p) *fetcher {
@@ -817,12 +818,13 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 	go func() { // the committer
 		defer close(committed)
 		// At the lowest CPU priority, and while a client's NAR streams
-		// from the handoff, not until the download ends: on a small
-		// machine that runs the client too, the commits then fall in
-		// the time the client spends unpacking and hashing the NAR,
-		// when a core is idle (about 0.1 CPU-seconds of a cold copy of
-		// go1.25.0, in pages bbolt rewrites), rather than in the
-		// transfer, when the client needs both.
+		// from the handoff, not until the download ends (or until
+		// maxWaitGroup batches wait, whose index entries are held in
+		// memory): on a small machine that runs the client too, the
+		// commits then fall in the time the client spends unpacking and
+		// hashing the NAR, when a core is idle (about 0.1 CPU-seconds of
+		// a cold copy of go1.25.0, in pages bbolt rewrites), rather than
+		// in the transfer, when the client needs both.
 		lowerPriority()
 		first := true
 		for r := range toCommit {
@@ -850,7 +852,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			}
 			wait()
 		drain:
-			for len(group) < maxCommitGroup || canWait() {
+			for len(group) < maxCommitGroup || len(group) < maxWaitGroup && canWait() {
 				select {
 				case more, ok := <-toCommit:
 					if !ok {
