@@ -347,20 +347,18 @@ type job struct {
 	dirs         map[castore.Digest]*castore.Directory
 	lists        map[castore.Digest][]castore.ChunkRef // the files of the tree, stored or not
 	have         map[castore.Digest]bool               // chunks stored during this job
-	fetching     map[castore.Digest]bool               // chunks the job downloads, which the store lacked
 	wanted       map[castore.Digest]int                // chunks clients' NARs wait for, and how many
 	wantedCommit map[castore.Digest]int                // the same, for NARs that read only the store (zstd)
 	waiting      chan struct{}                         // a client's NAR began to wait for a chunk
 	failed       error                                 // the job gave up on the current tree
 
-	handoff        map[castore.Digest]*handed // see handoff.go
-	uses           map[castore.Digest]int     // how often the NAR uses each chunk
-	spent          map[castore.Digest]bool    // chunks the renders have taken that often
-	handoffBytes   int                        // capacity of its buffers
-	handoffRenders int                        // renders that take from it
-	renders        int                        // renders running
-	checkReads     bool                       // the content check reads chunks as they are committed
-	rendersEnded   time.Time                  // when a client's NAR last ended
+	handoff        map[castore.Digest]*handed  // see handoff.go
+	narChunks      map[castore.Digest]narChunk // the chunks of the tree's files
+	handoffBytes   int                         // capacity of its buffers
+	handoffRenders int                         // renders that take from it
+	renders        int                         // renders running
+	checkReads     bool                        // the content check reads chunks as they are committed
+	rendersEnded   time.Time                   // when a client's NAR last ended
 
 	done chan struct{}
 	err  error
@@ -373,6 +371,13 @@ func newJob(f *fetcher, hash string) *job {
 		wanted: map[castore.Digest]int{}, wantedCommit: map[castore.Digest]int{}, waiting: make(chan struct{}, 1), handoff: map[castore.Digest]*handed{}}
 	j.cond = sync.NewCond(&j.mu)
 	return j
+}
+
+// narChunk is what a job knows of a chunk of its NAR.
+type narChunk struct {
+	uses     int32 // how often the NAR uses it
+	fetching bool  // the job downloads it: the store lacked it
+	spent    bool  // the renders have taken it from the handoff that often
 }
 
 // Info is the path being fetched.
@@ -451,7 +456,7 @@ func (j *job) reset(info *pathinfo.Info) {
 	defer j.mu.Unlock()
 	j.info = info
 	j.attempt++
-	j.treeReady, j.dirs, j.lists, j.uses, j.spent, j.fetching, j.have, j.failed = false, nil, nil, nil, nil, nil, nil, nil
+	j.treeReady, j.dirs, j.lists, j.narChunks, j.have, j.failed = false, nil, nil, nil, nil, nil
 	j.dropHandoff()
 	j.cond.Broadcast()
 }
@@ -532,23 +537,22 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	// The chunks to get, in NAR order, so that a streaming reader finds
 	// them arriving in the order it needs them.
 	var chunks []castore.Digest
-	uses := make(map[castore.Digest]int, len(lists))
-	fetching := map[castore.Digest]bool{}
+	narChunks := make(map[castore.Digest]narChunk, len(lists))
 	_ = st.View(func(v *castore.View) error {
 		for _, file := range files {
 			for _, r := range lists[file.Digest] {
-				if uses[r.Digest]++; uses[r.Digest] == 1 {
-					if !v.HasChunk(r.Digest) {
-						chunks = append(chunks, r.Digest)
-						fetching[r.Digest] = true
-					}
+				c, seen := narChunks[r.Digest]
+				if c.uses++; !seen && !v.HasChunk(r.Digest) {
+					chunks = append(chunks, r.Digest)
+					c.fetching = true
 				}
+				narChunks[r.Digest] = c
 			}
 		}
 		return nil
 	})
 	j.mu.Lock()
-	j.dirs, j.lists, j.uses, j.spent, j.fetching, j.have, j.treeReady = dirs, lists, uses, map[castore.Digest]bool{}, fetching, map[castore.Digest]bool{}, true
+	j.dirs, j.lists, j.narChunks, j.have, j.treeReady = dirs, lists, narChunks, map[castore.Digest]bool{}, true
 	j.cond.Broadcast()
 	j.mu.Unlock()
 
@@ -1151,7 +1155,7 @@ func (j *job) committed(d castore.Digest) bool {
 	if j.have == nil { // the job is starting over
 		return false
 	}
-	if !j.have[d] && !j.fetching[d] && j.f.n.store.HasChunk(d) {
+	if !j.have[d] && !j.narChunks[d].fetching && j.f.n.store.HasChunk(d) {
 		j.have[d] = true // stored before the job
 	}
 	return j.have[d]

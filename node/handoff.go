@@ -37,11 +37,12 @@ func (j *job) keep(d castore.Digest, buf []byte) {
 	// A second copy of a chunk (asked of two peers at the end, or in a
 	// batch asked again) is not kept again once the renders took the first
 	// as often as they use it: none would take it.
-	if j.handoffRenders == 0 || j.handoffBytes+cap(buf) > handoffLimit || j.handoff[d] != nil || j.spent[d] {
+	c := j.narChunks[d]
+	if j.handoffRenders == 0 || j.handoffBytes+cap(buf) > handoffLimit || j.handoff[d] != nil || c.spent {
 		putChunkBuf(buf)
 		return
 	}
-	j.handoff[d] = &handed{buf: buf, left: max(1, j.uses[d])}
+	j.handoff[d] = &handed{buf: buf, left: max(1, int(c.uses))}
 	j.handoffBytes += cap(buf)
 	j.cond.Broadcast() // a render may wait for it
 }
@@ -59,8 +60,9 @@ func (j *job) take(d castore.Digest) *handed {
 	if h.left--; h.left == 0 {
 		delete(j.handoff, d)
 		j.handoffBytes -= cap(h.buf)
-		if j.spent != nil {
-			j.spent[d] = true
+		if c, ok := j.narChunks[d]; ok {
+			c.spent = true
+			j.narChunks[d] = c
 		}
 	}
 	return h
