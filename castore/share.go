@@ -140,10 +140,12 @@ func (s *Store) readFrame(loc chunkLoc, buf []byte) ([]byte, bool, error) {
 // fn returns an error: the chunk's zstd frame when zstd is asked and one
 // is stored (compressed true), else its bytes, checked against the digest
 // so that a chunk damaged on disk is refused rather than sent; a chunk of
-// no shared tree is an ErrNotFound error. fn gets buf with the chunk
-// appended, valid only during the call: each chunk reuses the storage.
-// All the lookups share one index transaction: a seed answers thousands
-// of chunks per path, a batch at a time.
+// no shared tree is an ErrNotFound error. fn gets the chunk in buf's
+// storage (grown as needed; a slice of it starts at buf[0] in the first
+// call of a read), valid only during the call. All the lookups share one
+// index transaction, and frames that follow each other in a pack, as a
+// path's do in the order of its NAR, are read at once: a seed answers
+// thousands of chunks per path, a batch at a time.
 func (s *Store) SharedChunks(ds []Digest, zstd bool, buf []byte, fn func(data []byte, compressed bool, err error) error) error {
 	type lookup struct {
 		shared    bool
@@ -165,29 +167,47 @@ func (s *Store) SharedChunks(ds []Digest, zstd bool, buf []byte, fn func(data []
 		}
 		return nil
 	})
-	base := len(buf)
-	for i, d := range ds {
+	stored := func(l lookup) bool { return l.shared && l.haveFrame && l.frame.Size > 0 }
+	for i := 0; i < len(ds); {
 		l := found[i]
 		if !l.shared {
-			if err := fn(buf[:base], false, fmt.Errorf("chunk %s: %w", d, ErrNotFound)); err != nil {
+			if err := fn(buf[:0], false, fmt.Errorf("chunk %s: %w", ds[i], ErrNotFound)); err != nil {
 				return err
 			}
+			i++
 			continue
 		}
-		if l.haveFrame && l.frame.Size > 0 {
-			if data, ok, _ := s.readFrame(l.frame, buf[:base]); ok {
+		if stored(l) {
+			// The frames that follow this one in its pack, up to a
+			// bounded read.
+			run, next := l.frame, i+1
+			for next < len(ds) && stored(found[next]) && found[next].frame.Pack == run.Pack &&
+				found[next].frame.Offset == run.Offset+int64(run.Size) && run.Size+found[next].frame.Size <= maxFrameRun {
+				run.Size += found[next].frame.Size
+				next++
+			}
+			if data, ok, _ := s.readFrame(run, buf[:0]); ok {
 				buf = data
-				if err := fn(data, true, nil); err != nil {
-					return err
+				for k := i; k < next; k++ {
+					n := int(found[k].frame.Size)
+					if err := fn(data[:n], true, nil); err != nil {
+						return err
+					}
+					data = data[n:]
 				}
+				i = next
 				continue
 			} // else the raw bytes, if they can be read
 		}
-		data, err := s.ReadChunk(d, buf[:base])
+		data, err := s.ReadChunk(ds[i], buf[:0])
 		buf = data
 		if err := fn(data, false, err); err != nil {
 			return err
 		}
+		i++
 	}
 	return nil
 }
+
+// maxFrameRun bounds the frames SharedChunks reads at once.
+const maxFrameRun = 1 << 20

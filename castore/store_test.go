@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -325,13 +326,13 @@ func TestSharedChunk(t *testing.T) {
 	if _, err := s.CompressPending(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	frame, compressed, err := sharedChunk(s, shared, true, []byte("prefix"))
-	if err != nil || !compressed || !bytes.HasPrefix(frame, []byte("prefix")) {
+	frame, compressed, err := sharedChunk(s, shared, true, nil)
+	if err != nil || !compressed {
 		t.Fatalf("after compression: compressed %v, err %v", compressed, err)
 	}
 	dec, _ := zstd.NewReader(nil)
 	defer dec.Close()
-	if got, err := dec.DecodeAll(frame[len("prefix"):], nil); err != nil || !bytes.Equal(got, text) {
+	if got, err := dec.DecodeAll(frame, nil); err != nil || !bytes.Equal(got, text) {
 		t.Fatalf("frame decodes to %d bytes, %v", len(got), err)
 	}
 	if data, compressed, err := sharedChunk(s, shared, false, nil); err != nil || compressed || !bytes.Equal(data, text) {
@@ -439,5 +440,94 @@ func TestFramedChunks(t *testing.T) {
 	s3.Verify(context.Background(), func(p string) { problems = append(problems, p) })
 	if len(problems) == 0 || !bytes.Contains([]byte(problems[0]), []byte(refs[1].Digest.String())) {
 		t.Fatalf("Verify of a damaged frame: %q", problems)
+	}
+}
+
+// The frames of a blob are made in the order of its chunks and lie side
+// by side in the packs; SharedChunks reads them as runs and hands each
+// frame over on its own, in the order asked, between raw chunks, chunks
+// of no shared tree and frames from elsewhere.
+func TestSharedChunkRuns(t *testing.T) {
+	s, _ := openTemp(t)
+	w := s.NewWriter()
+	var text []byte
+	for i := 0; len(text) < 1<<20; i++ {
+		text = fmt.Appendf(text, "line %d of a text that compresses: %x\n", i, pseudoRandom(uint64(i), 8))
+	}
+	textD, textSize, _ := w.PutBlob(bytes.NewReader(text))
+	noise := pseudoRandom(7, 400<<10)
+	noiseD, noiseSize, _ := w.PutBlob(bytes.NewReader(noise)) // incompressible
+	private, _, _ := w.PutBlob(bytes.NewReader([]byte("private")))
+	root, _ := w.PutDirectory(&Directory{Files: []FileEntry{
+		{Name: []byte("noise"), Digest: noiseD, Size: noiseSize},
+		{Name: []byte("text"), Digest: textD, Size: textSize},
+	}})
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Share(context.Background(), Node{Type: TypeDirectory, Digest: root, Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CompressPending(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	textRefs, _ := s.BlobChunks(textD, textSize)
+	noiseRefs, _ := s.BlobChunks(noiseD, noiseSize)
+	if len(textRefs) < 8 || len(noiseRefs) < 2 {
+		t.Fatalf("%d and %d chunks, want more", len(textRefs), len(noiseRefs))
+	}
+	s.View(func(v *View) error {
+		var prev chunkLoc
+		for i, r := range textRefs {
+			loc, ok, err := v.frameLoc(r.Digest)
+			if !ok || err != nil || loc.Size == 0 {
+				t.Fatalf("chunk %d has no frame: %v", i, err)
+			}
+			if i > 0 && (loc.Pack != prev.Pack || loc.Offset != prev.Offset+int64(prev.Size)) {
+				t.Fatalf("frame %d at %+v does not follow frame %d at %+v", i, loc, i-1, prev)
+			}
+			prev = loc
+		}
+		return nil
+	})
+	var ask []Digest
+	for _, r := range textRefs[:5] {
+		ask = append(ask, r.Digest)
+	}
+	ask = append(ask, noiseRefs[0].Digest, private, textRefs[len(textRefs)-1].Digest)
+	for _, r := range textRefs[5:] {
+		ask = append(ask, r.Digest)
+	}
+	ask = append(ask, textRefs[2].Digest)
+	dec, _ := zstd.NewReader(nil)
+	defer dec.Close()
+	i := 0
+	err := s.SharedChunks(ask, true, nil, func(data []byte, compressed bool, err error) error {
+		d := ask[i]
+		i++
+		if d == private {
+			if !errors.Is(err, ErrNotFound) {
+				t.Errorf("private chunk: %v, want ErrNotFound", err)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if compressed != (d != noiseRefs[0].Digest) {
+			t.Errorf("chunk %d: compressed %v", i-1, compressed)
+		}
+		if compressed {
+			if data, err = dec.DecodeAll(data, nil); err != nil {
+				return err
+			}
+		}
+		if Sum(data) != d {
+			t.Errorf("chunk %d: the bytes of another", i-1)
+		}
+		return nil
+	})
+	if err != nil || i != len(ask) {
+		t.Fatalf("%d of %d chunks, %v", i, len(ask), err)
 	}
 }

@@ -2,10 +2,12 @@ package castore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -76,52 +78,73 @@ func decodeFrame(frame, dst []byte) ([]byte, error) {
 // CompressPending makes the zstd frames of chunks that have none yet, in
 // batches that each commit as a Writer (frames fsynced, then indexed). It
 // returns the number of chunks it compressed once none is left, or when ctx
-// is done.
+// is done. Chunks are compressed in the order of their raw bytes in the
+// packs, so that the frames of a path imported at once lie in its NAR's
+// order too: a peer's batch of chunks, or a .nar.zst, then reads runs of
+// frames rather than one frame at a time.
 func (s *Store) CompressPending(ctx context.Context) (int, error) {
 	enc, _ := encoders()
 	done := 0
 	var raw, frame []byte
 	for {
-		pending, err := s.chunksWithoutFrames(256)
+		pending, err := s.chunksWithoutFrames(compressRound)
 		if err != nil || len(pending) == 0 {
 			return done, err
 		}
-		w := s.NewWriter()
-		for _, d := range pending {
-			if err := ctx.Err(); err != nil {
-				w.Abort()
+		slices.SortFunc(pending, func(a, b pendingChunk) int {
+			return cmp.Or(cmp.Compare(a.loc.Pack, b.loc.Pack), cmp.Compare(a.loc.Offset, b.loc.Offset))
+		})
+		for len(pending) > 0 {
+			batch := pending[:min(len(pending), compressBatch)]
+			pending = pending[len(batch):]
+			w := s.NewWriter()
+			for _, c := range batch {
+				if err := ctx.Err(); err != nil {
+					w.Abort()
+					return done, err
+				}
+				if raw, err = s.ReadChunk(c.d, raw[:0]); err != nil {
+					w.Abort()
+					return done, err
+				}
+				frame = enc.EncodeAll(raw, frame[:0])
+				if float64(len(frame)) > float64(len(raw))*(1-minSaving) {
+					w.putIncompressible(c.d) // served as raw blocks
+					continue
+				}
+				if err := w.PutFrame(c.d, frame); err != nil {
+					w.Abort()
+					return done, err
+				}
+			}
+			if err := w.Commit(); err != nil {
 				return done, err
 			}
-			if raw, err = s.ReadChunk(d, raw[:0]); err != nil {
-				w.Abort()
-				return done, err
-			}
-			frame = enc.EncodeAll(raw, frame[:0])
-			if float64(len(frame)) > float64(len(raw))*(1-minSaving) {
-				w.putIncompressible(d) // served as raw blocks
-				continue
-			}
-			if err := w.PutFrame(d, frame); err != nil {
-				w.Abort()
-				return done, err
-			}
+			done += len(batch)
 		}
-		if err := w.Commit(); err != nil {
-			return done, err
-		}
-		done += len(pending)
 	}
+}
+
+const (
+	compressRound = 1 << 18 // chunks CompressPending orders at once (14 MB of entries)
+	compressBatch = 256     // chunks per commit
+)
+
+// pendingChunk is a chunk without a frame, and where its bytes are.
+type pendingChunk struct {
+	d   Digest
+	loc chunkLoc
 }
 
 // chunksWithoutFrames returns up to n chunks that have no frame entry, by
 // walking the two digest-ordered buckets side by side.
-func (s *Store) chunksWithoutFrames(n int) ([]Digest, error) {
-	var out []Digest
+func (s *Store) chunksWithoutFrames(n int) ([]pendingChunk, error) {
+	var out []pendingChunk
 	err := s.db.View(func(tx *bolt.Tx) error {
 		chunks := tx.Bucket(bucketChunks).Cursor()
 		frames := tx.Bucket(bucketFrames).Cursor()
 		fk, _ := frames.First()
-		for k, _ := chunks.First(); k != nil && len(out) < n; k, _ = chunks.Next() {
+		for k, v := chunks.First(); k != nil && len(out) < n; k, v = chunks.Next() {
 			for fk != nil && bytes.Compare(fk, k) < 0 {
 				fk, _ = frames.Next()
 			}
@@ -130,7 +153,11 @@ func (s *Store) chunksWithoutFrames(n int) ([]Digest, error) {
 				if err != nil {
 					return err
 				}
-				out = append(out, d)
+				loc, err := unmarshalChunkLoc(v)
+				if err != nil {
+					return err
+				}
+				out = append(out, pendingChunk{d, loc})
 			}
 		}
 		return nil

@@ -28,8 +28,8 @@ type Source interface {
 	ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
 	// Chunks calls fn with each chunk of ds in turn: its zstd frame when
 	// zstd is asked and one is stored (compressed true), else its bytes;
-	// ErrNotFound for one it does not have. fn gets buf with the chunk
-	// appended, valid during the call: a batch reuses one buffer.
+	// ErrNotFound for one it does not have. fn gets the chunk in buf's
+	// storage, valid during the call: a batch reuses one buffer.
 	Chunks(ds []castore.Digest, zstd bool, buf []byte, fn func(data []byte, compressed bool, err error) error) error
 }
 
