@@ -18,10 +18,11 @@ type Reader struct {
 	s     *Store
 	files map[*packSet]map[uint32]*os.File
 
-	// A read-ahead window over the raw packs for small chunks: the chunks
-	// of a path's small files were written side by side, in NAR order, so
-	// one read serves many of them.
+	// A read-ahead window over the packs for small chunks and frames: the
+	// chunks of a path's small files were written side by side, in NAR
+	// order, and so were their frames, so one read serves many of them.
 	win     []byte
+	winSet  *packSet
 	winPack uint32
 	winOff  int64
 
@@ -174,7 +175,7 @@ func (r *Reader) writeRange(w io.Writer, loc chunkLoc) error {
 		return nil
 	}
 	if loc.Size < splice.MinSendfile {
-		data, err := r.small(loc)
+		data, err := r.small(r.s.raw, loc)
 		if err != nil {
 			return err
 		}
@@ -192,13 +193,13 @@ func (r *Reader) writeRange(w io.Writer, loc chunkLoc) error {
 	return err
 }
 
-// small returns a small chunk's bytes from the read-ahead window, reading
-// a new window if the chunk is not in it. The bytes are valid until the
-// next call.
-func (r *Reader) small(loc chunkLoc) ([]byte, error) {
+// small returns the bytes of a small chunk or frame in set from the
+// read-ahead window, reading a new window if they are not in it. The bytes
+// are valid until the next call.
+func (r *Reader) small(set *packSet, loc chunkLoc) ([]byte, error) {
 	end := loc.Offset + int64(loc.Size)
-	if r.win == nil || loc.Pack != r.winPack || loc.Offset < r.winOff || end > r.winOff+int64(len(r.win)) {
-		f, err := r.s.raw.reader(loc.Pack)
+	if r.win == nil || set != r.winSet || loc.Pack != r.winPack || loc.Offset < r.winOff || end > r.winOff+int64(len(r.win)) {
+		f, err := set.reader(loc.Pack)
 		if err != nil {
 			return nil, err
 		}
@@ -213,7 +214,7 @@ func (r *Reader) small(loc chunkLoc) ([]byte, error) {
 			r.win = r.win[:0]
 			return nil, fmt.Errorf("castore: reading pack %d: %w", loc.Pack, err)
 		}
-		r.win, r.winPack, r.winOff = r.win[:n], loc.Pack, loc.Offset
+		r.win, r.winSet, r.winPack, r.winOff = r.win[:n], set, loc.Pack, loc.Offset
 	}
 	return r.win[loc.Offset-r.winOff : end-r.winOff], nil
 }

@@ -254,6 +254,13 @@ func (z *ZstdWriter) WriteChunk(ref ChunkRef) (bool, error) {
 	}
 	switch {
 	case ok && loc.Size > 0: // a stored frame
+		if loc.Size < splice.MinSendfile {
+			frame, err := z.r.small(s.zstd, loc)
+			if err == nil {
+				_, err = z.out.Write(frame)
+			}
+			return true, err
+		}
 		lr, err := z.r.section(s.zstd, loc)
 		if err != nil {
 			return true, err
