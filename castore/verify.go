@@ -59,7 +59,7 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 		}
 		st.Chunks++
 		loc, err := unmarshalChunkLoc(c.v)
-		if err != nil || loc.Size == 0 || loc.Size > MaxChunkSize || loc.Frame > 2*MaxChunkSize {
+		if err != nil || loc.Size == 0 || loc.Size > MaxChunkSize || loc.Frame > maxStoredFrame {
 			report(fmt.Sprintf("chunk %s: bad location", c.d))
 			continue
 		}
@@ -106,7 +106,7 @@ func (s *Store) Verify(ctx context.Context, report func(problem string)) (Verify
 			continue // incompressible: served from the raw chunk
 		}
 		loc, err := unmarshalChunkLoc(f.v)
-		if err != nil || loc.Size > 2*MaxChunkSize {
+		if err != nil || loc.Size > maxStoredFrame {
 			report(fmt.Sprintf("zstd frame of chunk %s: bad location", f.d))
 			continue
 		}

@@ -199,7 +199,7 @@ func (w *Writer) PutFramedChunk(d Digest, size int, frame []byte) error {
 	if w.done {
 		return errFinished
 	}
-	if size <= 0 || size > MaxChunkSize || len(frame) == 0 || len(frame) > 2*MaxChunkSize {
+	if size <= 0 || size > MaxChunkSize || len(frame) == 0 || len(frame) > maxStoredFrame {
 		return fmt.Errorf("castore: chunk of %d bytes in a frame of %d", size, len(frame))
 	}
 	if _, ok := w.chunks[d]; ok {

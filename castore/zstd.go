@@ -33,6 +33,10 @@ const frameLevel = zstd.SpeedDefault
 // kept; other chunks are served as raw zstd blocks.
 const minSaving = 0.05
 
+// maxStoredFrame bounds a stored frame's length: a frame from a peer that
+// compresses nothing is a little longer than its chunk, ours are shorter.
+const maxStoredFrame = 2 * MaxChunkSize
+
 var (
 	encoderOnce sync.Once
 	encoder     *zstd.Encoder
