@@ -343,8 +343,14 @@ func (s *Store) ReadChunk(d Digest, buf []byte) ([]byte, error) {
 	if err != nil {
 		return buf, fmt.Errorf("chunk %s: %w", d, err)
 	}
+	return s.readCheckedChunk(d, loc, buf)
+}
+
+// readCheckedChunk is ReadChunk for a chunk whose location is known.
+func (s *Store) readCheckedChunk(d Digest, loc chunkLoc, buf []byte) ([]byte, error) {
 	n := len(buf)
-	if buf, err = s.readChunkAt(loc, buf, nil); err != nil {
+	buf, err := s.readChunkAt(loc, buf, nil)
+	if err != nil {
 		return buf, fmt.Errorf("chunk %s: %w", d, err)
 	}
 	if Sum(buf[n:]) != d {

@@ -107,7 +107,7 @@ func (s *Store) CompressPending(ctx context.Context) (int, error) {
 					w.Abort()
 					return done, err
 				}
-				if raw, err = s.ReadChunk(c.d, raw[:0]); err != nil {
+				if raw, err = s.readCheckedChunk(c.d, c.loc, raw[:0]); err != nil { // located by chunksWithoutFrames
 					w.Abort()
 					return done, err
 				}
