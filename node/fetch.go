@@ -1187,14 +1187,11 @@ func (j *job) waitFor(ctx context.Context, attempt int, d castore.Digest, urgent
 		if j.failed != nil {
 			return j.failed
 		}
-		if j.have[d] || handoff && j.handoff[d] != nil {
+		if handoff && j.handoff[d] != nil || j.committed(d) {
 			return nil
 		}
 		if err := ctx.Err(); err != nil {
 			return err
-		}
-		if j.committed(d) { // stored before the job
-			return nil
 		}
 		if urgent && !wanted {
 			wanted = true

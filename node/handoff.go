@@ -16,9 +16,9 @@ import (
 // The buffers are recycled by size class, so that the 190 MB of a large
 // path do not pass through the garbage collector.
 
-// handoffLimit bounds the bytes held (the buffers' capacity). A render trails the download by
-// about one commit, a few megabytes; one that falls further behind reads
-// the rest from the store.
+// handoffLimit bounds the bytes held (the buffers' capacity). A render
+// that keeps up trails the download by a few megabytes; one that falls
+// further behind reads the rest from the store.
 const handoffLimit = 32 << 20
 
 // handed is a chunk in the handoff.
