@@ -37,5 +37,14 @@
 // transaction. So the index never names a byte that is not durable; a crash
 // before the commit leaves bytes past a pack's committed length, which Open
 // cuts off, and a crash after it leaves at worst objects no path uses,
-// which gc removes. Readers see only committed objects.
+// which gc removes. Readers see only committed objects. A write that fails
+// (a full disk) cuts its pack back and seals it (pack.go), so offsets and
+// bytes never disagree; an aborted Writer's bytes are cut off when they end
+// their pack, and are garbage otherwise.
+//
+// Garbage. Collect (gc.go) removes what no path's tree uses and rewrites
+// packs that are mostly garbage; whoever builds a path holds its objects
+// with a Lease (lease.go) until the path is recorded, so a collection never
+// takes what a path being built relies on. The files are the node user's
+// alone (0600, directories 0700): they hold private paths.
 package castore

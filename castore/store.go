@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/p2pstore/p2pstore/internal/cache"
 	bolt "go.etcd.io/bbolt"
@@ -22,6 +24,11 @@ const (
 
 	rawPackKey  = 'r' // key prefix of raw pack lengths in bucketPacks
 	zstdPackKey = 'z' // and of zstd frame pack lengths
+
+	// The store holds private paths' contents: only the node's user may
+	// read it.
+	dirMode  = 0o700
+	fileMode = 0o600
 )
 
 var (
@@ -51,16 +58,21 @@ type Store struct {
 	dirCache   *cache.Map[Digest, *Directory]
 	blobCache  *cache.Map[Digest, []ChunkRef]
 	chunkCache *cache.Map[Digest, chunkLoc]
+
+	leaseState
+	collectMu sync.Mutex   // one collection at a time
+	dropped   atomic.Int64 // pack bytes of aborted writers left as garbage
+	retired   retiredPacks // packs gc has emptied, removed after a grace time
 }
 
 // Open opens or creates the store in dir. Pack bytes past the length that
 // the index recorded at the last commit (left by a crash mid-write) are cut
 // off, so new appends never follow garbage.
 func Open(dir string) (*Store, error) {
-	if err := os.MkdirAll(filepath.Join(dir, packsDir), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, packsDir), dirMode); err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(filepath.Join(dir, indexFile), 0o644, &bolt.Options{
+	db, err := bolt.Open(filepath.Join(dir, indexFile), fileMode, &bolt.Options{
 		NoFreelistSync: true,
 		// Map a large range up front: growing the map re-copies every
 		// dirty node of a large commit. It costs address space, not memory.
@@ -71,6 +83,7 @@ func Open(dir string) (*Store, error) {
 	}
 	s := &Store{dir: dir, db: db,
 		dirCache: cache.New[Digest, *Directory](cacheDirs), blobCache: cache.New[Digest, []ChunkRef](cacheBlobs), chunkCache: cache.New[Digest, chunkLoc](cacheChunks)}
+	s.leases = map[*Lease]struct{}{}
 	if s.raw, err = newPackSet(filepath.Join(dir, packsDir), packSuffix, rawPackKey); err == nil {
 		s.zstd, err = newPackSet(filepath.Join(dir, zstdDir), zstdSuffix, zstdPackKey)
 	}
@@ -101,6 +114,7 @@ func Open(dir string) (*Store, error) {
 
 // Close closes the pack files and the index.
 func (s *Store) Close() error {
+	s.retired.removeAll()
 	s.raw.close()
 	s.zstd.close()
 	return s.db.Close()
@@ -178,11 +192,9 @@ func (s *Store) View(fn func(v *View) error) error {
 	return s.db.View(func(tx *bolt.Tx) error { return fn(&View{s: s, tx: tx}) })
 }
 
-// HasChunk reports whether the chunk is stored.
+// HasChunk reports whether the chunk is stored. It asks the index, not
+// the location cache, which may still name a chunk gc has just removed.
 func (v *View) HasChunk(d Digest) bool {
-	if _, ok := v.s.chunkCache.Get(d); ok {
-		return true
-	}
 	return v.bucket(bucketChunks, &v.chunks).Get(d[:]) != nil
 }
 
@@ -270,9 +282,6 @@ func view[T any](s *Store, lookup func(v *View) T) T {
 
 // HasChunk reports whether the chunk is stored.
 func (s *Store) HasChunk(d Digest) bool {
-	if _, ok := s.chunkCache.Get(d); ok {
-		return true
-	}
 	return view(s, func(v *View) bool { return v.HasChunk(d) })
 }
 
@@ -428,4 +437,9 @@ func getCounter(b *bolt.Bucket, key []byte) uint64 {
 
 func addCounter(b *bolt.Bucket, key []byte, delta uint64) error {
 	return b.Put(key, binary.BigEndian.AppendUint64(nil, getCounter(b, key)+delta))
+}
+
+func subCounter(b *bolt.Bucket, key []byte, delta uint64) error {
+	old := getCounter(b, key)
+	return b.Put(key, binary.BigEndian.AppendUint64(nil, old-min(old, delta)))
 }

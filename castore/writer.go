@@ -14,21 +14,31 @@ import (
 // Writer adds objects to a store. Chunk bytes go to the pack files as they
 // come; the index entries wait in memory until Commit, which makes all of
 // them visible at once. A Writer that is never committed leaves only
-// unreferenced pack bytes behind. A Writer is not safe for concurrent use;
+// unreferenced pack bytes behind: Abort cuts them off when they end a
+// pack, gc reclaims the others. A Writer is not safe for concurrent use;
 // several Writers may work at once.
+//
+// Everything a Writer adds or dedups against is held by its Lease (see
+// lease.go) until the lease is released: a Writer from Store.NewWriter has
+// a lease of its own, released when it commits or aborts; one from
+// Lease.NewWriter leaves that to the lease's owner.
 type Writer struct {
-	s       *Store
-	chunks  map[Digest]chunkLoc
-	blobs   map[Digest][]byte
-	dirs    map[Digest][]byte
-	frames  map[Digest][]byte // zstd frame locations, empty for "not worth it"
-	packs   map[uint32]struct{}
-	zpacks  map[uint32]struct{}
-	chunker *Chunker
-	hasher  *blake3.Hasher
-	refs    []ChunkRef
-	stats   WriteStats
-	done    bool
+	s        *Store
+	lease    *Lease
+	ownLease bool
+	chunks   map[Digest]chunkLoc
+	blobs    map[Digest][]byte
+	dirs     map[Digest][]byte
+	frames   map[Digest][]byte // zstd frame locations, empty for "not worth it"
+	packs    map[uint32]struct{}
+	zpacks   map[uint32]struct{}
+	chunker  *Chunker
+	hasher   *blake3.Hasher
+	refs     []ChunkRef
+	stats    WriteStats
+	done     bool
+
+	appended int64 // pack bytes written
 }
 
 // WriteStats count what a Writer added and what it found already stored.
@@ -39,8 +49,16 @@ type WriteStats struct {
 	DedupBytes  int64 // chunk bytes that were already stored
 }
 
-// NewWriter starts a set of additions.
+// NewWriter starts a set of additions, with a lease of its own that ends
+// when it commits or aborts: for additions that need no root, or whose
+// caller records their root before anything could collect them.
 func (s *Store) NewWriter() *Writer {
+	w := s.newWriter()
+	w.lease, w.ownLease = s.NewLease(), true
+	return w
+}
+
+func (s *Store) newWriter() *Writer {
 	return &Writer{
 		s:      s,
 		chunks: map[Digest]chunkLoc{},
@@ -125,6 +143,7 @@ func (w *Writer) PutChunk(d Digest, data []byte) error {
 	if _, ok := w.chunks[d]; ok {
 		return nil
 	}
+	w.lease.Hold(d)
 	return w.appendChunk(d, data)
 }
 
@@ -139,7 +158,7 @@ func (w *Writer) PutBlobRecord(d Digest, refs []ChunkRef) error {
 }
 
 func (w *Writer) putBlobRecord(d Digest, refs []ChunkRef) error {
-	if _, ok := w.blobs[d]; ok || w.s.has(bucketBlobs, d) {
+	if _, ok := w.blobs[d]; ok || w.stored(bucketBlobs, d) {
 		return nil
 	}
 	w.blobs[d] = marshalChunkRefs(refs)
@@ -150,7 +169,7 @@ func (w *Writer) putChunk(d Digest, data []byte) error {
 	if w.done {
 		return errFinished
 	}
-	if _, ok := w.chunks[d]; ok || w.s.HasChunk(d) {
+	if _, ok := w.chunks[d]; ok || w.stored(bucketChunks, d) {
 		w.stats.DedupChunks++
 		w.stats.DedupBytes += int64(len(data))
 		return nil
@@ -158,14 +177,30 @@ func (w *Writer) putChunk(d Digest, data []byte) error {
 	return w.appendChunk(d, data)
 }
 
+// stored holds d and reports whether the store has it in bucket: a Writer
+// that finds an object stored relies on it staying so.
+func (w *Writer) stored(bucket []byte, d Digest) bool {
+	w.lease.Hold(d)
+	var ok bool
+	w.s.checkExisting(func(v *View) { ok = v.tx.Bucket(bucket).Get(d[:]) != nil })
+	return ok
+}
+
+// pendingPacks are the packs of set with bytes of w not committed yet.
+func (w *Writer) pendingPacks(set *packSet) map[uint32]struct{} {
+	if set == w.s.zstd {
+		return w.zpacks
+	}
+	return w.packs
+}
+
 // appendChunk writes a new chunk to the pack being appended to.
 func (w *Writer) appendChunk(d Digest, data []byte) error {
-	loc, err := w.s.raw.append(data)
+	loc, err := w.s.raw.append(w, data)
 	if err != nil {
 		return err
 	}
 	w.chunks[d] = loc
-	w.packs[loc.Pack] = struct{}{}
 	w.stats.NewChunks++
 	w.stats.NewBytes += int64(len(data))
 	return nil
@@ -181,12 +216,12 @@ func (w *Writer) PutFrame(d Digest, frame []byte) error {
 	if _, ok := w.frames[d]; ok {
 		return nil
 	}
-	loc, err := w.s.zstd.append(frame)
+	w.lease.Hold(d)
+	loc, err := w.s.zstd.append(w, frame)
 	if err != nil {
 		return err
 	}
 	w.frames[d] = loc.marshal()
-	w.zpacks[loc.Pack] = struct{}{}
 	return nil
 }
 
@@ -205,13 +240,13 @@ func (w *Writer) PutFramedChunk(d Digest, size int, frame []byte) error {
 	if _, ok := w.chunks[d]; ok {
 		return nil
 	}
-	loc, err := w.s.zstd.append(frame)
+	w.lease.Hold(d)
+	loc, err := w.s.zstd.append(w, frame)
 	if err != nil {
 		return err
 	}
 	w.chunks[d] = chunkLoc{Pack: loc.Pack, Offset: loc.Offset, Size: uint32(size), Frame: loc.Size}
 	w.frames[d] = loc.marshal()
-	w.zpacks[loc.Pack] = struct{}{}
 	w.stats.NewChunks++
 	w.stats.NewBytes += int64(size)
 	return nil
@@ -227,7 +262,7 @@ func (w *Writer) PutDirectory(dir *Directory) (Digest, error) {
 	}
 	b := dir.Marshal()
 	d := Sum(b)
-	if _, ok := w.dirs[d]; !ok && !w.s.HasDirectory(d) {
+	if _, ok := w.dirs[d]; !ok && !w.stored(bucketDirs, d) {
 		w.dirs[d] = b
 	}
 	return d, nil
@@ -243,7 +278,7 @@ func (w *Writer) PutDirectoryBytes(d Digest, b []byte) (*Directory, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := w.dirs[d]; !ok && !w.s.HasDirectory(d) {
+	if _, ok := w.dirs[d]; !ok && !w.stored(bucketDirs, d) {
 		w.dirs[d] = append([]byte(nil), b...)
 	}
 	return dir, nil
@@ -257,12 +292,33 @@ func (w *Writer) Commit() error { return w.s.CommitAll(w) }
 // transaction for all, which costs much less than a commit each when many
 // small writers finish together (a fetch's chunk batches).
 func (s *Store) CommitAll(ws ...*Writer) error {
-	packs, zpacks := map[uint32]struct{}{}, map[uint32]struct{}{}
 	for _, w := range ws {
 		if w.done {
 			return errFinished
 		}
-		w.done = true
+	}
+	err := s.commit(ws)
+	for _, w := range ws {
+		w.finish(err != nil)
+	}
+	return err
+}
+
+// finish ends a Writer: its pack bytes are committed, or dropped.
+func (w *Writer) finish(dropped bool) {
+	w.done = true
+	cut := w.s.raw.done(w, dropped) + w.s.zstd.done(w, dropped)
+	if dropped {
+		w.s.dropped.Add(max(w.appended-cut, 0))
+	}
+	if w.ownLease {
+		w.lease.Release()
+	}
+}
+
+func (s *Store) commit(ws []*Writer) error {
+	packs, zpacks := map[uint32]struct{}{}, map[uint32]struct{}{}
+	for _, w := range ws {
 		for id := range w.packs {
 			packs[id] = struct{}{}
 		}
@@ -276,6 +332,9 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 	}
 	zlengths, err := s.zstd.syncAll(zpacks)
 	if err != nil {
+		return err
+	}
+	if err := checkLengths(ws, lengths, zlengths); err != nil {
 		return err
 	}
 	// Keys go in in order: bbolt keeps a leaf's keys in a sorted slice and
@@ -371,6 +430,49 @@ func (s *Store) CommitAll(ws ...*Writer) error {
 	return nil
 }
 
-// Abort drops what the Writer added. Its pack bytes stay as garbage until
-// the store is compacted.
-func (w *Writer) Abort() { w.done = true }
+// checkLengths makes sure that the synced packs hold every byte the
+// writers put in them: a pack cut back after a failed write may have lost
+// bytes that were appended before the failure but not yet written.
+func checkLengths(ws []*Writer, lengths, zlengths map[uint32]int64) error {
+	check := func(loc chunkLoc, lengths map[uint32]int64) error {
+		if loc.Offset+int64(loc.Size) > lengths[loc.Pack] {
+			return fmt.Errorf("castore: pack %d lost bytes after a failed write", loc.Pack)
+		}
+		return nil
+	}
+	for _, w := range ws {
+		for _, loc := range w.chunks {
+			var err error
+			if loc.Frame > 0 {
+				err = check(loc.frame(), zlengths)
+			} else {
+				err = check(loc, lengths)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for _, v := range w.frames {
+			if len(v) == 0 {
+				continue
+			}
+			loc, err := unmarshalChunkLoc(v)
+			if err == nil {
+				err = check(loc, zlengths)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Abort drops what the Writer added. Its pack bytes are cut off if they
+// end their pack; otherwise they stay as garbage until gc rewrites the
+// pack.
+func (w *Writer) Abort() {
+	if !w.done {
+		w.finish(true)
+	}
+}

@@ -54,6 +54,9 @@ type Status struct {
 	// and the keys waiting to be announced.
 	DHTOnline       bool  `json:"dht_online"`
 	AnnouncePending int64 `json:"announce_pending"`
+	// Imports in progress, and the bytes aborted ones left for gc.
+	ImportsRunning int64 `json:"imports_running"`
+	GarbageBytes   int64 `json:"garbage_bytes"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -119,6 +122,7 @@ func (n *Node) controlHandler() http.Handler {
 	})
 	mux.HandleFunc("POST /api/v1/verify", n.serveVerify)
 	mux.HandleFunc("POST /api/v1/fetch", n.serveFetch)
+	mux.HandleFunc("POST /api/v1/gc", n.serveGC)
 	// Profiles, for the node's owner only (this socket is theirs).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -273,6 +277,8 @@ func (n *Node) status() (*Status, error) {
 		Directories:      st.Directories,
 		HTTPListen:       n.HTTPAddr(),
 		DaemonSocket:     n.cfg.DaemonSocket,
+		ImportsRunning:   n.importsRunning.Load(),
+		GarbageBytes:     n.store.DroppedBytes(),
 	}
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)

@@ -339,6 +339,7 @@ type job struct {
 	started  chan struct{} // closed once info is set or the job has failed to start
 	startErr error
 	info     *pathinfo.Info // the record being fetched
+	lease    *castore.Lease // holds the tree being fetched from gc
 
 	mu           sync.Mutex
 	cond         *sync.Cond
@@ -495,6 +496,19 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		}
 	}
 	files := narOrderFiles(info.Root, dirs)
+	// The lease keeps what the tree uses from gc, before the store is
+	// asked what it has, until the path is recorded.
+	lease := st.NewLease()
+	defer lease.Release()
+	j.mu.Lock()
+	j.lease = lease
+	j.mu.Unlock()
+	for d := range dirs {
+		lease.Hold(d)
+	}
+	for _, file := range files {
+		lease.Hold(file.Digest)
+	}
 	lists := make(map[castore.Digest][]castore.ChunkRef, len(files))
 	var multi []transfer.BlobRef
 	_ = st.View(func(v *castore.View) error {
@@ -536,21 +550,23 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	}
 	// The chunks to get, in NAR order, so that a streaming reader finds
 	// them arriving in the order it needs them.
-	var chunks []castore.Digest
+	var used []castore.Digest // each once, in NAR order
 	narChunks := make(map[castore.Digest]narChunk, len(lists))
-	_ = st.View(func(v *castore.View) error {
-		for _, file := range files {
-			for _, r := range lists[file.Digest] {
-				c, seen := narChunks[r.Digest]
-				if c.uses++; !seen && !v.HasChunk(r.Digest) {
-					chunks = append(chunks, r.Digest)
-					c.fetching = true
-				}
-				narChunks[r.Digest] = c
+	for _, file := range files {
+		for _, r := range lists[file.Digest] {
+			c, seen := narChunks[r.Digest]
+			if c.uses++; !seen {
+				used = append(used, r.Digest)
 			}
+			narChunks[r.Digest] = c
 		}
-		return nil
-	})
+	}
+	chunks := lease.Missing(used)
+	for _, d := range chunks {
+		c := narChunks[d]
+		c.fetching = true
+		narChunks[d] = c
+	}
 	j.mu.Lock()
 	j.dirs, j.lists, j.narChunks, j.have, j.treeReady = dirs, lists, narChunks, map[castore.Digest]bool{}, true
 	j.cond.Broadcast()
@@ -593,7 +609,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 	if err := f.download(ctx, peers, chunks, j); err != nil {
 		return fail(err)
 	}
-	w := st.NewWriter()
+	w := lease.NewWriter()
 	for _, file := range files {
 		if refs := lists[file.Digest]; len(refs) >= 2 && !st.HasBlob(file.Digest, file.Size) {
 			w.PutBlobRecord(file.Digest, refs)
@@ -932,7 +948,7 @@ func (f *fetcher) download(ctx context.Context, peers []peer.ID, chunks []castor
 			}
 			b.askers = append(b.askers, p)
 			mu.Unlock()
-			w := st.NewWriter()
+			w := j.lease.NewWriter()
 			err := f.p.client.Chunks(ctx, p, b.digests, true, chunkBuffers{}, func(d castore.Digest, data, frame []byte) error {
 				j.chunkBytes.Add(uint64(len(data)))
 				var err error

@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -48,8 +49,9 @@ type Node struct {
 	lock    *os.File
 	metrics *metrics
 
-	compress chan struct{} // wakes the background compressor
-	p2p      *p2p          // nil when p2p.listen is empty
+	compress       chan struct{} // wakes the background compressor
+	importsRunning atomic.Int64
+	p2p            *p2p // nil when p2p.listen is empty
 
 	httpLn    net.Listener
 	controlLn net.Listener
@@ -77,10 +79,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Node, error) {
 
 func (n *Node) open() error {
 	cfg := n.cfg
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	// The data dir holds private paths' contents: only the node's user
+	// may enter it (a data dir made by an older version is tightened).
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return err
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.DataDir, lockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(filepath.Join(cfg.DataDir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return err
 	}
@@ -198,8 +205,9 @@ func (n *Node) Run(ctx context.Context) error {
 		defer n.wg.Done()
 		n.serveSocket(ctx, n.controlLn, daemonSrv, controlLn)
 	}()
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.compressLoop(ctx)
+	go n.gcLoop(ctx)
 	if n.cfg.MountDir != "" {
 		srv, err := mount.Mount(n.cfg.MountDir, mountSource{n.store, n})
 		if err != nil {

@@ -143,7 +143,12 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader) (c
 	if err := info.CheckSigs(n.knownKeys()); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
-	w := n.store.NewWriter()
+	n.importsRunning.Add(1)
+	defer n.importsRunning.Add(-1)
+	// The lease keeps the tree from gc until the path is recorded.
+	lease := n.store.NewLease()
+	defer lease.Release()
+	w := lease.NewWriter()
 	nr := nar.NewReader(r)
 	root, err := nar.Ingest(ctx, nr, w)
 	if err != nil {

@@ -189,7 +189,7 @@ func (i *Info) clone() *Info {
 
 // Open opens or creates the index file.
 func Open(file string) (*Index, error) {
-	db, err := bolt.Open(file, 0o644, &bolt.Options{NoFreelistSync: true, InitialMmapSize: 256 << 20})
+	db, err := bolt.Open(file, 0o600, &bolt.Options{NoFreelistSync: true, InitialMmapSize: 256 << 20})
 	if err != nil {
 		return nil, fmt.Errorf("pathinfo: opening %s: %w", file, err)
 	}

@@ -1,0 +1,30 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/p2pstore/p2pstore/node"
+)
+
+func gcCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Remove the objects no path uses and give back the space they took",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			rep, err := node.NewClient(cfg.DaemonSocket).GC(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Printf("removed %d chunks (%s), %d chunk lists and %d directories; rewrote %d packs, %s freed, in %.1fs\n",
+				rep.Chunks, humanBytes(rep.ChunkBytes), rep.Blobs, rep.Directories, rep.PacksRewritten, humanBytes(uint64(rep.BytesFreed)), rep.Seconds)
+			return nil
+		},
+	}
+}

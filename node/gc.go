@@ -1,0 +1,86 @@
+package node
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+)
+
+// Garbage collection: the objects no valid path uses (left by aborted or
+// failed imports and fetches) are removed, and the pack space they took is
+// given back, by `p2pstore gc` and in the background: within a minute once
+// aborted writers have left gcDroppedBytes behind, and hourly while any
+// is left.
+
+const (
+	gcDroppedBytes = 64 << 20
+	gcCheck        = time.Minute
+	gcHourly       = time.Hour
+)
+
+// GCReport is the outcome of a collection.
+type GCReport struct {
+	castore.CollectStats
+	Seconds float64 `json:"seconds"`
+}
+
+// collect runs one collection over the roots of every valid path.
+func (n *Node) collect(ctx context.Context) (*GCReport, error) {
+	start := time.Now()
+	st, err := n.store.Collect(ctx, func(yield func(castore.Node) error) error {
+		return n.index.ForEach(func(info *pathinfo.Info) error { return yield(info.Root) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	rep := &GCReport{CollectStats: st, Seconds: time.Since(start).Seconds()}
+	if st.Chunks+st.Directories+st.Blobs+st.PacksRewritten > 0 {
+		n.log.Info("collected garbage", "chunks", st.Chunks, "chunk_bytes", st.ChunkBytes, "directories", st.Directories,
+			"packs_rewritten", st.PacksRewritten, "bytes_freed", st.BytesFreed, "seconds", rep.Seconds)
+	}
+	return rep, nil
+}
+
+// gcLoop collects in the background when aborted writers left garbage.
+func (n *Node) gcLoop(ctx context.Context) {
+	defer n.wg.Done()
+	tick := time.NewTicker(gcCheck)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		dropped := n.store.DroppedBytes()
+		if dropped >= gcDroppedBytes || dropped > 0 && time.Since(last) >= gcHourly {
+			last = time.Now()
+			if _, err := n.collect(ctx); err != nil && ctx.Err() == nil {
+				n.log.Error("collecting garbage", "err", err)
+			}
+		}
+	}
+}
+
+func (n *Node) serveGC(w http.ResponseWriter, r *http.Request) {
+	rep, err := n.collect(r.Context())
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// GC asks the node to collect garbage now.
+func (c *Client) GC(ctx context.Context) (*GCReport, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/gc", nil)
+	if err != nil {
+		return nil, err
+	}
+	var rep GCReport
+	return &rep, c.do(req, &rep)
+}
