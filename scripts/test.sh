@@ -13,7 +13,7 @@ command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-export P2PSTORE_REQUIRE_NIX=1 P2PSTORE_REQUIRE_FUSE=1
+export P2PSTORE_REQUIRE_NIX=1 P2PSTORE_REQUIRE_FUSE=1 P2PSTORE_REQUIRE_ROOT=1
 P2PSTORE_CORPUS=$(scripts/corpus.sh | tr '\n' ' ')
 export P2PSTORE_CORPUS
 unformatted=$(gofmt -l $(git ls-files '*.go'))
@@ -23,3 +23,10 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 go test -count=1 -timeout 20m ./...
+# Every parser of untrusted input, fuzzed for a bounded time on top of the
+# seed corpora in testdata/fuzz that the run above replays.
+fuzz_time=${P2PSTORE_FUZZ_TIME:-15s}
+for target in narview/nar:FuzzIngest narview/narinfo:FuzzParse narview/daemon:FuzzWire narview/daemon:FuzzServer \
+  node/transfer:FuzzServe node/transfer:FuzzClient internal/httpserve:FuzzServe; do
+  go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$fuzz_time" "./${target%%:*}"
+done
