@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"strings"
 	"time"
 
@@ -30,26 +31,33 @@ type ImportResult struct {
 	DedupBytes int64  `json:"dedup_bytes"` // chunk bytes that were already stored
 	NewChunks  int    `json:"new_chunks"`
 	Existed    bool   `json:"existed,omitempty"`
+	Shared     bool   `json:"shared"` // given to peers (see Sharing)
 }
 
 // Status is what `p2pstore status` and /api/v1/status report.
 type Status struct {
-	PeerID                string   `json:"peer_id"`
-	Addrs                 []string `json:"addrs"`
-	Peers                 int      `json:"peers"`
-	Paths                 int      `json:"paths"`
-	BytesStored           uint64   `json:"bytes_stored"`  // chunk bytes on disk, after dedup
-	BytesLogical          uint64   `json:"bytes_logical"` // sum of the NAR sizes of all paths
-	DedupRatio            float64  `json:"dedup_ratio"`   // bytes_stored / bytes_logical
-	Chunks                uint64   `json:"chunks"`
-	ChunksCompressed      uint64   `json:"chunks_compressed"` // chunks with their zstd frame made`
-	Directories           uint64   `json:"directories"`
-	P2PBytesReceived      uint64   `json:"p2p_bytes_received"`
-	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`
-	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"`
-	HTTPListen            string   `json:"http_listen"`
-	DaemonSocket          string   `json:"daemon_socket"`
-	PublicKey             string   `json:"public_key,omitempty"`
+	PeerID string   `json:"peer_id"`
+	Addrs  []string `json:"addrs"`
+	Peers  int      `json:"peers"`
+	Paths  int      `json:"paths"`
+	// Of the paths: those the node gives to peers, and the others (no
+	// signature by a trusted key or the node's, or imported --private).
+	// Not known while the node counts them after its start.
+	SharedPaths           int     `json:"shared_paths"`
+	PrivatePaths          int     `json:"private_paths"`
+	SharedCounted         bool    `json:"shared_counted"`
+	BytesStored           uint64  `json:"bytes_stored"`  // chunk bytes on disk, after dedup
+	BytesLogical          uint64  `json:"bytes_logical"` // sum of the NAR sizes of all paths
+	DedupRatio            float64 `json:"dedup_ratio"`   // bytes_stored / bytes_logical
+	Chunks                uint64  `json:"chunks"`
+	ChunksCompressed      uint64  `json:"chunks_compressed"` // chunks with their zstd frame made`
+	Directories           uint64  `json:"directories"`
+	P2PBytesReceived      uint64  `json:"p2p_bytes_received"`
+	P2PBytesSent          uint64  `json:"p2p_bytes_sent"`
+	UpstreamBytesReceived uint64  `json:"upstream_bytes_received"`
+	HTTPListen            string  `json:"http_listen"`
+	DaemonSocket          string  `json:"daemon_socket"`
+	PublicKey             string  `json:"public_key,omitempty"`
 	// DHT announcements: whether the provider is in contact with the DHT,
 	// and the keys waiting to be announced.
 	DHTOnline       bool  `json:"dht_online"`
@@ -106,7 +114,7 @@ func (n *Node) controlHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
 			return
 		}
-		res, err := n.Import(r.Context(), &meta, br)
+		res, err := n.Import(r.Context(), &meta, br, Sharing(r.URL.Query().Get("share")))
 		if err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrBadInput) {
@@ -216,14 +224,29 @@ func (c *Client) HasPath(ctx context.Context, hash string) (bool, error) {
 	return err == nil, err
 }
 
-// Import sends one path's metadata and NAR to the node.
-func (c *Client) Import(ctx context.Context, meta *pathinfo.Meta, nar io.Reader) (*ImportResult, error) {
+// Path returns the node's record of the store path with this hash part:
+// its metadata, the root of its tree, whether it is private.
+func (c *Client) Path(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	var info pathinfo.Info
+	if err := c.get(ctx, "/api/v1/paths/"+hash, &info); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// Import sends one path's metadata and NAR to the node; share says
+// whether the node signs it (and so shares it) or keeps it private.
+func (c *Client) Import(ctx context.Context, meta *pathinfo.Meta, nar io.Reader, share Sharing) (*ImportResult, error) {
 	head, err := json.Marshal(meta)
 	if err != nil {
 		return nil, err
 	}
 	body := io.MultiReader(bytes.NewReader(append(head, '\n')), nar)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/import", body)
+	u := "http://p2pstore/api/v1/import"
+	if share != ShareDefault {
+		u += "?share=" + url.QueryEscape(string(share))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
 	if err != nil {
 		return nil, err
 	}
@@ -259,13 +282,14 @@ func (n *Node) status() (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	tot, err := n.index.Totals()
+	tot, shared, counted, err := n.pathCounts()
 	if err != nil {
 		return nil, err
 	}
 	s := &Status{
 		Addrs:            []string{},
 		Paths:            tot.Paths,
+		SharedCounted:    counted,
 		BytesStored:      st.ChunkBytes,
 		BytesLogical:     tot.NarBytes,
 		Chunks:           st.Chunks,
@@ -273,6 +297,9 @@ func (n *Node) status() (*Status, error) {
 		Directories:      st.Directories,
 		HTTPListen:       n.HTTPAddr(),
 		DaemonSocket:     n.cfg.DaemonSocket,
+	}
+	if counted {
+		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
