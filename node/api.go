@@ -36,32 +36,32 @@ type ImportResult struct {
 
 // Status is what `p2pstore status` and /api/v1/status report.
 type Status struct {
-	PeerID string   `json:"peer_id"`
-	Addrs  []string `json:"addrs"`
-	Peers  int      `json:"peers"`
-	Paths  int      `json:"paths"`
-	// Of the paths: those the node gives to peers, and the others (no
-	// signature by a trusted key or the node's, or imported --private).
-	// Not known while the node counts them after its start.
-	SharedPaths           int     `json:"shared_paths"`
-	PrivatePaths          int     `json:"private_paths"`
-	SharedCounted         bool    `json:"shared_counted"`
-	BytesStored           uint64  `json:"bytes_stored"`  // chunk bytes on disk, after dedup
-	BytesLogical          uint64  `json:"bytes_logical"` // sum of the NAR sizes of all paths
-	DedupRatio            float64 `json:"dedup_ratio"`   // bytes_stored / bytes_logical
-	Chunks                uint64  `json:"chunks"`
-	ChunksCompressed      uint64  `json:"chunks_compressed"` // chunks with their zstd frame made`
-	Directories           uint64  `json:"directories"`
-	P2PBytesReceived      uint64  `json:"p2p_bytes_received"`
-	P2PBytesSent          uint64  `json:"p2p_bytes_sent"`
-	UpstreamBytesReceived uint64  `json:"upstream_bytes_received"`
-	HTTPListen            string  `json:"http_listen"`
-	DaemonSocket          string  `json:"daemon_socket"`
-	PublicKey             string  `json:"public_key,omitempty"`
+	PeerID                string   `json:"peer_id"`
+	Addrs                 []string `json:"addrs"`
+	Peers                 int      `json:"peers"`
+	Paths                 int      `json:"paths"`
+	BytesStored           uint64   `json:"bytes_stored"`  // chunk bytes on disk, after dedup
+	BytesLogical          uint64   `json:"bytes_logical"` // sum of the NAR sizes of all paths
+	DedupRatio            float64  `json:"dedup_ratio"`   // bytes_stored / bytes_logical
+	Chunks                uint64   `json:"chunks"`
+	ChunksCompressed      uint64   `json:"chunks_compressed"` // chunks with their zstd frame made`
+	Directories           uint64   `json:"directories"`
+	P2PBytesReceived      uint64   `json:"p2p_bytes_received"`
+	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`
+	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"`
+	HTTPListen            string   `json:"http_listen"`
+	DaemonSocket          string   `json:"daemon_socket"`
+	PublicKey             string   `json:"public_key,omitempty"`
 	// DHT announcements: whether the provider is in contact with the DHT,
 	// and the keys waiting to be announced.
 	DHTOnline       bool  `json:"dht_online"`
 	AnnouncePending int64 `json:"announce_pending"`
+	// Of the paths: those the node gives to peers, and the others (no
+	// signature by a trusted key or the node's, or imported --private).
+	// Not known while the node counts them after its start.
+	SharedPaths   int  `json:"shared_paths"`
+	PrivatePaths  int  `json:"private_paths"`
+	SharedCounted bool `json:"shared_counted"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
