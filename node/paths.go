@@ -130,7 +130,7 @@ func (n *Node) Import(ctx context.Context, meta *pathinfo.Meta, r io.Reader, sha
 	case ShareDefault:
 	case ShareSigned:
 		if n.signKey == nil {
-			return nil, badInput("%s: the node has no signing key (sign.key_file) to sign it with", meta.Path)
+			return nil, badInput("--sign: the node has no signing key (sign.key_file)")
 		}
 		sign = true
 	case SharePrivate:
