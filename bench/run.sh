@@ -248,7 +248,7 @@ start_node() {
   # libp2p on loopback only and no mDNS: nothing of the bench leaves the
   # machine.
   P2PSTORE_DATA_DIR=$BENCH_DIR/node "$BIN" serve \
-    --sign-key-file "$BENCH_DIR/key.sec" \
+    --sign-key-file "$BENCH_DIR/key.sec" --sign-imports \
     --http-listen "127.0.0.1:$NODE_PORT" \
     --daemon-socket "$SOCK" \
     --p2p-listen "/ip4/127.0.0.1/tcp/$P2P_PORT" --mdns=false \
@@ -822,7 +822,7 @@ swarm_node() {
   rm -rf "$dir"
   ip netns exec "$(swarm_ns "$name")" env P2PSTORE_DATA_DIR="$dir" "$BIN" serve \
     --http-listen "$ip:17490" --daemon-socket "$dir.sock" --p2p-listen "/ip4/$ip/tcp/4001" --mdns=false \
-    --sign-key-file "$BENCH_DIR/key.sec" --trusted-public-key "$PUBKEY" "$@" >>"$LOGS/swarm-$name.log" 2>&1 &
+    --sign-key-file "$BENCH_DIR/key.sec" --sign-imports --trusted-public-key "$PUBKEY" "$@" >>"$LOGS/swarm-$name.log" 2>&1 &
   SWARM_PID=$!
   PIDS+=("$SWARM_PID")
   wait_for "swarm node $name" "$SWARM_PID" "$BIN" status --daemon-socket "$dir.sock"

@@ -10,7 +10,8 @@ import (
 )
 
 // Sharing. A node gives peers only the objects of the paths it shares
-// (paths a trusted key or the node itself signed), and announces exactly
+// (paths a trusted key or the node itself signed, unless its owner made
+// them private), and announces exactly
 // those on the DHT; the objects of private paths are neither announced nor
 // served. The shared bucket holds the digest of every shared directory,
 // blob and chunk, so that a peer's request is answered or refused with one

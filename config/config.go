@@ -32,6 +32,7 @@ type Config struct {
 	IdentityFile       string
 	TrustedPublicKeys  []narinfo.PublicKey
 	SignKeyFile        string
+	SignImports        bool // sign (and so share) what import and the daemon socket add
 	Upstreams          []string
 	UpstreamPublicKeys []narinfo.PublicKey
 	MaxBytes           int64
@@ -56,6 +57,7 @@ var settings = []setting{
 	{"p2p.identity_file", "identity-file", "the node's libp2p key (default <data_dir>/identity.key)", ""},
 	{"trust.public_keys", "trusted-public-key", "key whose signatures make a path from a peer trusted (repeatable)", []string{}},
 	{"sign.key_file", "sign-key-file", "Nix secret key the node signs its paths with", ""},
+	{"sign.imports", "sign-imports", "sign what import and nix copy --to the daemon socket add with sign.key_file, which shares it with peers (import --sign or --private decides per import)", false},
 	{"upstream.substituters", "upstream", "binary cache URL to fetch misses from (repeatable)", []string{}},
 	{"upstream.public_keys", "upstream-public-key", "key that signs upstream paths (repeatable)", []string{}},
 	{"storage.max_bytes", "max-bytes", "size the store is kept under by gc (k/M/G/T suffixes, 0 for no limit)", "0"},
@@ -109,6 +111,7 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 		MDNS:         v.GetBool("p2p.mdns"),
 		IdentityFile: v.GetString("p2p.identity_file"),
 		SignKeyFile:  v.GetString("sign.key_file"),
+		SignImports:  v.GetBool("sign.imports"),
 		Upstreams:    list(v, fs, "upstream.substituters", "upstream"),
 		MountDir:     v.GetString("mount.dir"),
 	}
@@ -191,6 +194,9 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
 			return fmt.Errorf("http.listen %q: %w", c.HTTPListen, err)
 		}
+	}
+	if c.SignImports && c.SignKeyFile == "" {
+		return errors.New("sign.imports: the node has no key to sign with (set sign.key_file)")
 	}
 	if c.MaxBytes < 0 || c.MaxUploadRate < 0 {
 		return errors.New("sizes and rates must not be negative")

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
@@ -88,5 +89,36 @@ func TestParseSize(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("%q: %d, %v", in, got, err)
 		}
+	}
+}
+
+// TestSignImports: the node signs (and so shares) what is imported only
+// when told to, by flag, environment or file; it needs a key for that.
+func TestSignImports(t *testing.T) {
+	c, err := load(t, "--data-dir", "/d", "--sign-key-file", "/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SignImports {
+		t.Error("sign.imports is on by default")
+	}
+	if c, err = load(t, "--data-dir", "/d", "--sign-key-file", "/k", "--sign-imports"); err != nil || !c.SignImports {
+		t.Errorf("--sign-imports: %v, %v", c, err)
+	}
+	t.Setenv("P2PSTORE_SIGN_IMPORTS", "true")
+	if c, err = load(t, "--data-dir", "/d", "--sign-key-file", "/k"); err != nil || !c.SignImports {
+		t.Errorf("P2PSTORE_SIGN_IMPORTS=true: %v, %v", c, err)
+	}
+	if c, err = load(t, "--data-dir", "/d", "--sign-key-file", "/k", "--sign-imports=false"); err != nil || c.SignImports {
+		t.Errorf("the flag does not win over the environment: %v, %v", c, err)
+	}
+	t.Setenv("P2PSTORE_SIGN_IMPORTS", "")
+	file := filepath.Join(t.TempDir(), "p2pstore.toml")
+	os.WriteFile(file, []byte("[sign]\nkey_file = \"/k\"\nimports = true\n"), 0o644)
+	if c, err = load(t, "--data-dir", "/d", "--config", file); err != nil || !c.SignImports || c.SignKeyFile != "/k" {
+		t.Errorf("sign.imports in a file: %v, %v", c, err)
+	}
+	if _, err := load(t, "--data-dir", "/d", "--sign-imports"); err == nil || !strings.Contains(err.Error(), "sign.key_file") {
+		t.Errorf("sign.imports without a key: %v", err)
 	}
 }

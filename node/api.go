@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ type ImportResult struct {
 	DedupBytes int64  `json:"dedup_bytes"` // chunk bytes that were already stored
 	NewChunks  int    `json:"new_chunks"`
 	Existed    bool   `json:"existed,omitempty"`
+	Shared     bool   `json:"shared"` // given to peers (see Sharing)
 }
 
 // Status is what `p2pstore status` and /api/v1/status report.
@@ -57,6 +59,12 @@ type Status struct {
 	// Imports in progress, and the bytes aborted ones left for gc.
 	ImportsRunning int64 `json:"imports_running"`
 	GarbageBytes   int64 `json:"garbage_bytes"`
+	// Of the paths: those the node gives to peers, and the others (no
+	// signature by a trusted key or the node's, or imported --private).
+	// Not known while the node counts them after its start.
+	SharedPaths   int  `json:"shared_paths"`
+	PrivatePaths  int  `json:"private_paths"`
+	SharedCounted bool `json:"shared_counted"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -109,7 +117,7 @@ func (n *Node) controlHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
 			return
 		}
-		res, err := n.Import(r.Context(), &meta, br)
+		res, err := n.Import(r.Context(), &meta, br, Sharing(r.URL.Query().Get("share")))
 		if err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrBadInput) {
@@ -220,14 +228,29 @@ func (c *Client) HasPath(ctx context.Context, hash string) (bool, error) {
 	return err == nil, err
 }
 
-// Import sends one path's metadata and NAR to the node.
-func (c *Client) Import(ctx context.Context, meta *pathinfo.Meta, nar io.Reader) (*ImportResult, error) {
+// Path returns the node's record of the store path with this hash part:
+// its metadata, the root of its tree, whether it is private.
+func (c *Client) Path(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	var info pathinfo.Info
+	if err := c.get(ctx, "/api/v1/paths/"+hash, &info); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// Import sends one path's metadata and NAR to the node; share says
+// whether the node signs it (and so shares it) or keeps it private.
+func (c *Client) Import(ctx context.Context, meta *pathinfo.Meta, nar io.Reader, share Sharing) (*ImportResult, error) {
 	head, err := json.Marshal(meta)
 	if err != nil {
 		return nil, err
 	}
 	body := io.MultiReader(bytes.NewReader(append(head, '\n')), nar)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/import", body)
+	u := "http://p2pstore/api/v1/import"
+	if share != ShareDefault {
+		u += "?share=" + url.QueryEscape(string(share))
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, body)
 	if err != nil {
 		return nil, err
 	}
@@ -263,13 +286,14 @@ func (n *Node) status() (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	tot, err := n.index.Totals()
+	tot, shared, counted, err := n.pathCounts()
 	if err != nil {
 		return nil, err
 	}
 	s := &Status{
 		Addrs:            []string{},
 		Paths:            tot.Paths,
+		SharedCounted:    counted,
 		BytesStored:      st.ChunkBytes,
 		BytesLogical:     tot.NarBytes,
 		Chunks:           st.Chunks,
@@ -279,6 +303,9 @@ func (n *Node) status() (*Status, error) {
 		DaemonSocket:     n.cfg.DaemonSocket,
 		ImportsRunning:   n.importsRunning.Load(),
 		GarbageBytes:     n.store.DroppedBytes(),
+	}
+	if counted {
+		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)

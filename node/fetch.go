@@ -651,7 +651,7 @@ func (j *job) fetchTree(ctx context.Context, group []candidate) error {
 		j.fail(err)
 		return err
 	}
-	if err := f.n.index.Put(info); err != nil {
+	if err := f.n.putPath(info); err != nil {
 		return err
 	}
 	f.n.wakeCompressor()

@@ -53,6 +53,8 @@ type Node struct {
 	importsRunning atomic.Int64
 	p2p            *p2p // nil when p2p.listen is empty
 
+	sharedCount sharedCount
+
 	httpLn    net.Listener
 	controlLn net.Listener
 	servers   []server
@@ -189,6 +191,17 @@ func (n *Node) Run(ctx context.Context) error {
 		n.p2p = p
 		defer p.close()
 	}
+	// Before anything can write a record (the servers start below): see
+	// sharedCount.
+	snap, err := n.index.Snapshot()
+	if err != nil {
+		return err
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.countShared(ctx, snap)
+	}()
 	if n.httpLn != nil {
 		// The binary cache: httpserve, for the latency of sequential
 		// narinfo requests (see its package doc).
@@ -218,7 +231,6 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

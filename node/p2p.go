@@ -217,7 +217,7 @@ func (p *p2p) close() {
 }
 
 // share marks a path's tree as shared and announces the new keys, when
-// the path is one the node shares: signed by a trusted key or its own.
+// the path is one the node shares (see sharing.go).
 func (p *p2p) share(ctx context.Context, info *pathinfo.Info) {
 	p.announce(info, p.shareObjects(ctx, info))
 }
@@ -289,11 +289,6 @@ func (p *p2p) announceAll(ctx context.Context) {
 	if err != nil && ctx.Err() == nil {
 		p.n.log.Error("announcing what the node holds", "err", err)
 	}
-}
-
-// shares says whether a path is one the node gives to peers.
-func (n *Node) shares(info *pathinfo.Info) bool {
-	return info.TrustedBy(n.shareKeys())
 }
 
 // shareKeys are the keys whose signature makes a path shareable: the

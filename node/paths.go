@@ -118,25 +118,42 @@ func badInput(format string, args ...any) error {
 }
 
 // Import adds one path from a NAR stream for `p2pstore import`; the NAR
-// is checked against meta.
-func (n *Node) Import(ctx context.Context, meta *pathinfo.Meta, r io.Reader) (*ImportResult, error) {
+// is checked against meta. share says whether the node signs it (and so
+// shares it with peers) or keeps it private.
+func (n *Node) Import(ctx context.Context, meta *pathinfo.Meta, r io.Reader, share Sharing) (*ImportResult, error) {
 	info, err := meta.Info()
 	if err != nil {
 		return nil, badInput("%s: %v", meta.Path, err)
 	}
-	st, err := n.addPath(ctx, info, r)
+	sign := n.cfg.SignImports
+	switch share {
+	case ShareDefault:
+	case ShareSigned:
+		if n.signKey == nil {
+			return nil, badInput("--sign: the node has no signing key (sign.key_file)")
+		}
+		sign = true
+	case SharePrivate:
+		sign, info.Private = false, true
+	default:
+		return nil, badInput("sharing %q: want %q, %q or none", share, ShareSigned, SharePrivate)
+	}
+	st, err := n.addPath(ctx, info, r, sign)
 	if err != nil {
 		return nil, err
 	}
-	return &ImportResult{Path: info.StorePath, NarSize: info.NarSize, NewBytes: st.NewBytes, DedupBytes: st.DedupBytes, NewChunks: st.NewChunks}, nil
+	return &ImportResult{Path: info.StorePath, NarSize: info.NarSize, NewBytes: st.NewBytes, DedupBytes: st.DedupBytes,
+		NewChunks: st.NewChunks, Shared: n.shares(info)}, nil
 }
 
 // addPath stores one path from its NAR. The metadata is checked first
 // (store paths, and any signature by a key the node knows), the NAR against
 // the NarHash and NarSize before the path becomes valid. Paths come from
 // the node's owner (the control API and the daemon socket are the owner's
-// only), so the node signs them with its key: they are its own.
-func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader) (castore.WriteStats, error) {
+// only); the node signs them with its key when sign is set (sign.imports,
+// `import --sign`), which shares them (see sharing.go). A path once
+// private stays so when it is added again.
+func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign bool) (castore.WriteStats, error) {
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
@@ -167,18 +184,24 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader) (c
 		return castore.WriteStats{}, err
 	}
 	info.Root = root
-	if n.signKey != nil {
-		// The node signs the path and binds its tree and chunk lists to
-		// it, so that peers can check every object as it arrives.
+	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
+		info.Private = true
+	}
+	sign = sign && n.signKey != nil && !info.Private
+	if sign {
+		info.AddSig(n.signKey.Sign(info.Fingerprint()))
+	}
+	if n.signKey != nil && n.shares(info) {
+		// The node binds the tree and chunk lists of a path it shares to
+		// the path, so that peers can check every object as it arrives.
 		lists, err := n.store.TreeLists(ctx, root)
 		if err != nil {
 			return castore.WriteStats{}, err
 		}
 		info.Lists = castore.ListsDigest(lists)
-		info.AddSig(n.signKey.Sign(info.Fingerprint()))
 		info.RootSigs = []string{n.signKey.Sign(transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root, info.Lists))}
 	}
-	if err := n.index.Put(info); err != nil {
+	if err := n.putPath(info); err != nil {
 		return castore.WriteStats{}, err
 	}
 	n.wakeCompressor()
@@ -249,8 +272,10 @@ func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Wri
 	return d.n.NAR(ctx, info, httpcache.CompressionNone, w)
 }
 
+// AddPath adds a path from `nix copy --to`: signed (and shared) as
+// sign.imports says.
 func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
-	_, err := d.n.addPath(ctx, info, r)
+	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports)
 	return err
 }
 
@@ -267,7 +292,13 @@ func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []stri
 	if err := info.CheckSigs(d.n.knownKeys()); err != nil {
 		return badInput("%v", err)
 	}
-	return d.n.index.Put(info)
+	if err := d.n.putPath(info); err != nil {
+		return err
+	}
+	if d.n.p2p != nil {
+		d.n.p2p.share(ctx, info) // a trusted signature may have made it shared
+	}
+	return nil
 }
 
 // mountSource adapts the node to mount.Source.

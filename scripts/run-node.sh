@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds p2pstore and starts a node that signs what it imports. On the first
-# run it makes the signing key (named after this host); `p2pstore status`
-# prints the public key that Nix clients put in trusted-public-keys.
+# Builds p2pstore and starts a node with a signing key. On the first run it
+# makes the key (named after this host); `p2pstore status` prints the public
+# key that Nix clients put in trusted-public-keys. The node signs, and so
+# shares with its peers, only what is imported with `p2pstore import --sign`
+# (or everything it is given, with --sign-imports).
 # Extra arguments go to `p2pstore serve` (see `./p2pstore serve --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -81,7 +81,7 @@ func requireMount(t *testing.T, n *nodeProc, mnt string) {
 // substitution through the mount, verify-path.
 func TestDaemonSocket(t *testing.T) {
 	nixtest.Require(t)
-	n := newNode(t)
+	n := newNodeAt(t, "127.0.0.1", "e2e-test-1", "--sign-imports") // copies in are signed
 	mnt := n.withMount()
 	n.start()
 	requireMount(t, n, mnt)

@@ -102,8 +102,8 @@ func TestP2PChain(t *testing.T) {
 	c.start()
 	top, all := buildClosure(t)
 	edge := addTree(t, "edge", edgeFiles())
-	a.run("import", "--recursive", top)
-	a.run("import", edge)
+	a.run("import", "--sign", "--recursive", top)
+	a.run("import", "--sign", edge)
 	a.waitPeers(2)
 	a.waitAnnounced()
 
@@ -155,7 +155,7 @@ func TestP2PTrustAndPrivacy(t *testing.T) {
 
 	signed := addTree(t, "signed", map[string][]byte{"f": []byte(fmt.Sprint("signed ", time.Now().UnixNano()))})
 	private := addTree(t, "private", map[string][]byte{"f": []byte(fmt.Sprint("private ", time.Now().UnixNano()))})
-	a.run("import", signed)
+	a.run("import", "--sign", signed)
 	e.run("import", private)
 	a.waitPeers(3)
 	a.waitAnnounced()
@@ -207,8 +207,8 @@ func TestP2PBadPeers(t *testing.T) {
 	damaged.start()
 	pubD := damaged.status().PublicKey
 	p := bigTree(t, 32)
-	a.run("import", p)
-	damaged.run("import", p)
+	a.run("import", "--sign", p)
+	damaged.run("import", "--sign", p)
 	// Damage every chunk the damaged node holds.
 	packs, _ := filepath.Glob(filepath.Join(damaged.dir, "data", "castore", "packs", "*.pack"))
 	for _, pack := range packs {
@@ -429,7 +429,7 @@ func TestP2PLyingChunkList(t *testing.T) {
 	a.start()
 	pub := a.status().PublicKey
 	p := bigTree(t, 8)
-	a.run("import", p)
+	a.run("import", "--sign", p)
 	liar, liarAddr, _ := startLiar(t, a, p, swapChunkLists)
 	a.kill() // the liar is the only holder left
 
@@ -458,7 +458,7 @@ func TestP2PPeerKilled(t *testing.T) {
 	a2 := newNodeAt(t, "127.0.0.14", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub, "--max-upload-rate", "8M")
 	a2.start()
 	p := bigTree(t, 48)
-	a.run("import", p)
+	a.run("import", "--sign", p)
 	a.waitPeers(1)
 	a.waitAnnounced()
 	a2.run("fetch", p) // a2 holds it too, with A's signature
@@ -499,7 +499,7 @@ func TestP2PStalledPeer(t *testing.T) {
 	a.start()
 	pub := a.status().PublicKey
 	p := bigTree(t, 64) // 16 batches of chunks: some for each peer
-	a.run("import", p)
+	a.run("import", "--sign", p)
 	_, _, staller := startLiar(t, a, p, stallChunks)
 	a.waitAnnounced() // online once the liar is its peer
 
@@ -531,7 +531,7 @@ func TestP2PGhostProviders(t *testing.T) {
 	a.start()
 	pub := a.status().PublicKey
 	p := addTree(t, "haunted", map[string][]byte{"f": []byte(fmt.Sprint("haunted ", time.Now().UnixNano()))})
-	a.run("import", p)
+	a.run("import", "--sign", p)
 
 	addr, _ := ma.NewMultiaddr(a.p2pAddr())
 	pi, _ := peer.AddrInfoFromP2pAddr(addr)
@@ -667,7 +667,7 @@ func TestMDNSNamespaces(t *testing.T) {
 	b.args = append(b.args, "--trusted-public-key", a.status().PublicKey)
 	b.start()
 	p := addTree(t, "lan", map[string][]byte{"f": []byte(fmt.Sprint("over the LAN ", time.Now().UnixNano()))})
-	a.run("import", p)
+	a.run("import", "--sign", p)
 	a.waitPeers(1)
 	b.waitPeers(1)
 	if out := b.run("fetch", p); !strings.Contains(out, "fetched 1 paths") {
@@ -731,7 +731,7 @@ func coldNAR(t *testing.T, a *nodeProc, pub, ip, name string, files map[string][
 	t.Helper()
 	p = addTree(t, name, files)
 	want = sha256.Sum256(nixtest.Output(t, "nix-store", "--dump", p))
-	a.run("import", p)
+	a.run("import", "--sign", p)
 	c = newNodeAt(t, ip, "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
 	c.start()
 	c.waitPeers(1)

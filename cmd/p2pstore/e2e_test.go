@@ -261,7 +261,7 @@ func TestSubstituteClosure(t *testing.T) {
 	n := newNode(t)
 	n.start()
 	top, all := buildClosure(t)
-	out := n.run("import", "--recursive", top)
+	out := n.run("import", "--sign", "--recursive", top)
 	if !strings.Contains(out, fmt.Sprintf("imported %d paths", len(all))) {
 		t.Fatalf("import said: %s", out)
 	}
@@ -306,7 +306,7 @@ func TestNarinfoKeepsSignatures(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "other.sec")
 	n.run("keygen", "--name", "other-1", "--out", other)
 	nixtest.Output(t, "nix", "store", "sign", "--key-file", other, p)
-	n.run("import", p)
+	n.run("import", "--sign", p)
 	code, body := n.get("/" + hashPart(p) + ".narinfo")
 	if code != 200 || !strings.Contains(string(body), "Sig: other-1:") || !strings.Contains(string(body), "Sig: e2e-test-1:") {
 		t.Fatalf("narinfo (%d):\n%s", code, body)
@@ -324,9 +324,9 @@ func TestNARsMatchNixStoreDump(t *testing.T) {
 	top, all := buildClosure(t)
 	paths = append(paths, all...)
 	paths = append(paths, addTree(t, "edge", edgeFiles()))
-	n.run("import", "--recursive", top)
+	n.run("import", "--sign", "--recursive", top)
 	for _, p := range paths {
-		n.run("import", p)
+		n.run("import", "--sign", p)
 	}
 	// Once with zstd frames made on the spot, once spliced from stored ones.
 	checkNARs(t, n, paths)
@@ -493,7 +493,7 @@ func TestBadInput(t *testing.T) {
 		"garbage":    bytes.Repeat([]byte("x"), 200),
 		"wrong hash": nixtest.Output(t, "nix-store", "--dump", p),
 	} {
-		_, err := n.client.Import(context.Background(), meta, bytes.NewReader(body))
+		_, err := n.client.Import(context.Background(), meta, bytes.NewReader(body), node.ShareDefault)
 		var se *node.StatusError
 		if err == nil || !errorsAs(err, &se) || se.Code != 400 {
 			t.Errorf("%s NAR: %v", name, err)
@@ -504,7 +504,7 @@ func TestBadInput(t *testing.T) {
 	src := pathInfo(t, "", forged)[forged]
 	fm := &pathinfo.Meta{Path: forged, NarHash: src.NarHash, NarSize: src.NarSize,
 		Sigs: []string{"e2e-test-1:" + strings.Repeat("A", 86) + "=="}}
-	_, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)))
+	_, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)), node.ShareDefault)
 	if se, ok := err.(*node.StatusError); !ok || se.Code != 400 || !strings.Contains(se.Msg, "does not verify") {
 		t.Errorf("forged signature: %v", err)
 	}

@@ -14,7 +14,7 @@ func statusCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show the running node's peer id, addresses, peers, paths and storage",
+		Short: "Show the running node's peer id, addresses, peers, paths (shared and private) and storage",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
@@ -40,7 +40,11 @@ func statusCommand() *cobra.Command {
 			if s.PublicKey != "" {
 				fmt.Printf("public key:     %s\n", s.PublicKey)
 			}
-			fmt.Printf("paths:          %d\n", s.Paths)
+			if s.SharedCounted {
+				fmt.Printf("paths:          %d (%d shared with peers, %d private)\n", s.Paths, s.SharedPaths, s.PrivatePaths)
+			} else {
+				fmt.Printf("paths:          %d (still counting the shared ones)\n", s.Paths)
+			}
 			fmt.Printf("logical bytes:  %s (sum of NAR sizes)\n", humanBytes(s.BytesLogical))
 			fmt.Printf("stored bytes:   %s (%d chunks)\n", humanBytes(s.BytesStored), s.Chunks)
 			fmt.Printf("dedup ratio:    %.3f (stored / logical)\n", s.DedupRatio)

@@ -42,6 +42,10 @@ type Info struct {
 	// peer fetching the tree can check every object as it arrives.
 	RootSigs []string       `json:"root_sigs,omitempty"`
 	Lists    castore.Digest `json:"-"`
+	// Private marks a path its owner imported as private: the node never
+	// gives it to peers, whatever signs it. Local to this node: it is not
+	// part of the path's metadata (Meta) nor of the records peers get.
+	Private bool `json:"private,omitempty"`
 }
 
 // HashPart returns the 32-character hash part of the store path.
@@ -324,16 +328,41 @@ func (x *Index) Totals() (Totals, error) {
 
 // ForEach calls fn for every path, in hash order, until fn returns an error.
 func (x *Index) ForEach(fn func(*Info) error) error {
-	return x.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketPaths).ForEach(func(k, v []byte) error {
-			info := new(Info)
-			if err := json.Unmarshal(v, info); err != nil {
-				return fmt.Errorf("pathinfo: record %s: %w", k, err)
-			}
-			return fn(info)
-		})
+	return x.db.View(func(tx *bolt.Tx) error { return forEach(tx, fn) })
+}
+
+func forEach(tx *bolt.Tx, fn func(*Info) error) error {
+	return tx.Bucket(bucketPaths).ForEach(func(k, v []byte) error {
+		info := new(Info)
+		if err := json.Unmarshal(v, info); err != nil {
+			return fmt.Errorf("pathinfo: record %s: %w", k, err)
+		}
+		return fn(info)
 	})
 }
+
+// Snapshot is the index as it was when it was taken, whatever is written
+// after: a walk over it that counts something sees exactly the writes
+// made before, so the caller can count the later ones itself. Close it
+// when done (the file cannot grow its mapping while one is open) and
+// before the index.
+type Snapshot struct{ tx *bolt.Tx }
+
+// Snapshot takes a snapshot of the index.
+func (x *Index) Snapshot() (*Snapshot, error) {
+	tx, err := x.db.Begin(false)
+	if err != nil {
+		return nil, err
+	}
+	return &Snapshot{tx: tx}, nil
+}
+
+// ForEach calls fn for every path of the snapshot, in hash order, until fn
+// returns an error. One goroutine at a time.
+func (s *Snapshot) ForEach(fn func(*Info) error) error { return forEach(s.tx, fn) }
+
+// Close releases the snapshot.
+func (s *Snapshot) Close() error { return s.tx.Rollback() }
 
 // BaseNames returns the basenames of full store paths.
 func BaseNames(paths []string) []string {

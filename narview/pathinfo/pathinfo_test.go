@@ -2,8 +2,10 @@ package pathinfo
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/p2pstore/p2pstore/castore"
@@ -85,5 +87,51 @@ func TestSignatures(t *testing.T) {
 	}
 	if in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
 		t.Fatal("trusted after the NarSize changed")
+	}
+}
+
+// TestPrivateStaysLocal: the private mark survives the index, and is not
+// part of a path's metadata, which is what peers get.
+func TestPrivateStaysLocal(t *testing.T) {
+	x, err := Open(filepath.Join(t.TempDir(), "paths.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	in := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100)
+	in.Private = true
+	if err := x.Put(in); err != nil {
+		t.Fatal(err)
+	}
+	x.cache.Delete(in.HashPart()) // read it from the file
+	got, err := x.Get(in.HashPart())
+	if err != nil || !got.Private {
+		t.Fatalf("read back %+v, %v", got, err)
+	}
+	meta, _ := json.Marshal(MetaOf(got))
+	if strings.Contains(string(meta), "private") {
+		t.Fatalf("the metadata carries the private mark: %s", meta)
+	}
+}
+
+// TestSnapshot: a snapshot's walk sees the index as it was when taken.
+func TestSnapshot(t *testing.T) {
+	x, err := Open(filepath.Join(t.TempDir(), "paths.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	a, b := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50)
+	x.Put(a)
+	s, err := x.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.Put(b)
+	var seen []string
+	s.ForEach(func(info *Info) error { seen = append(seen, info.HashPart()); return nil })
+	s.Close()
+	if len(seen) != 1 || seen[0] != a.HashPart() {
+		t.Fatalf("snapshot walk saw %v", seen)
 	}
 }
