@@ -73,16 +73,34 @@ func loadIdentity(file string) (crypto.PrivKey, error) {
 }
 
 // resourceLimits are go-libp2p's defaults scaled to the machine, with room
-// for bulk transfer on our protocol: many streams to one peer, each
-// carrying up to MaxChunksPerRequest chunks.
+// for bulk transfer on our protocol and limits per peer well below the
+// totals, so that a handful of identities cannot take a total whole:
+//
+//   - transfer: 1024 inbound streams in all, transfer.MaxStreamsPerPeer
+//     (16) per peer, so 64 identities to fill it, which go-libp2p's
+//     limit of 8 connections per IPv4 address (per IPv6 /56; 64 per /48;
+//     none on loopback) spreads over 8 addresses. A fetch keeps 4 batch
+//     requests in flight per peer (streamsPerPeer) and the client 12
+//     streams at most, so honest peers never meet the limit. Memory is
+//     what the server reserves per answer (transfer.StreamMemory), for
+//     as many streams.
+//   - all protocols: 64 inbound streams per peer (default 256 and more
+//     per GB), and 512 inbound streams not yet past protocol negotiation
+//     (default 128 and more per GB), which a stream may hold for 10 s:
+//     with the defaults, one peer could take them all and refuse every
+//     other peer's streams.
 func resourceLimits() rcmgr.ConcreteLimitConfig {
 	scaling := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&scaling)
+	scaling.PeerBaseLimit.StreamsInbound = 64
+	scaling.PeerLimitIncrease.StreamsInbound = 0
+	scaling.TransientBaseLimit.StreamsInbound = 512
+	const total, perPeer = 1024, transfer.MaxStreamsPerPeer
 	scaling.AddProtocolLimit(transfer.ProtocolID,
-		rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 512 << 20},
+		rcmgr.BaseLimit{StreamsInbound: total, StreamsOutbound: total, Streams: 2 * total, Memory: total * transfer.StreamMemory},
 		rcmgr.BaseLimitIncrease{})
 	scaling.AddProtocolPeerLimit(transfer.ProtocolID,
-		rcmgr.BaseLimit{StreamsInbound: 64, StreamsOutbound: 64, Streams: 128, Memory: 128 << 20},
+		rcmgr.BaseLimit{StreamsInbound: perPeer, StreamsOutbound: perPeer, Streams: 2 * perPeer, Memory: perPeer * transfer.StreamMemory},
 		rcmgr.BaseLimitIncrease{})
 	return scaling.AutoScale()
 }

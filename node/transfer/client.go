@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -27,11 +28,48 @@ type Client struct {
 	h        host.Host
 	received atomic.Uint64
 	dec      *zstd.Decoder
+
+	mu    sync.Mutex
+	slots map[peer.ID]*peerSlots
+}
+
+// peerSlots are the streams a client may have open to one peer: beyond
+// the server's limit, a request would be refused and count as the
+// peer's failure, where waiting for a slot costs little.
+type peerSlots struct {
+	held  chan struct{} // a token per open stream
+	users int           // exchanges holding or waiting for a slot
 }
 
 // NewClient returns a client using h's connections.
 func NewClient(h host.Host) *Client {
-	return &Client{h: h, dec: newDecoder()}
+	return &Client{h: h, dec: newDecoder(), slots: map[peer.ID]*peerSlots{}}
+}
+
+// acquire waits for a stream slot to p and returns its release.
+func (c *Client) acquire(ctx context.Context, p peer.ID) (func(), error) {
+	c.mu.Lock()
+	s := c.slots[p]
+	if s == nil {
+		s = &peerSlots{held: make(chan struct{}, clientStreamsPerPeer)}
+		c.slots[p] = s
+	}
+	s.users++
+	c.mu.Unlock()
+	done := func() {
+		c.mu.Lock()
+		if s.users--; s.users == 0 {
+			delete(c.slots, p)
+		}
+		c.mu.Unlock()
+	}
+	select {
+	case s.held <- struct{}{}:
+		return func() { <-s.held; done() }, nil
+	case <-ctx.Done():
+		done()
+		return nil, ctx.Err()
+	}
 }
 
 // newDecoder returns the decoder of chunk frames. A frame's own checksum,
@@ -52,6 +90,11 @@ func (c *Client) BytesReceived() uint64 { return c.received.Load() }
 // exchange opens a stream to p, writes the request that req builds, and
 // hands the framed stream to read.
 func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*bufio.Writer), read func(*frames) error) error {
+	release, err := c.acquire(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer release()
 	st, err := c.h.NewStream(network.WithAllowLimitedConn(ctx, "transfer"), p, ProtocolID)
 	if err != nil {
 		return fmt.Errorf("opening a stream to %s: %w", p, err)

@@ -55,38 +55,76 @@ func NewServer(src Source, maxRate int64, log *slog.Logger) *Server {
 // BytesSent is what the server has sent to peers.
 func (s *Server) BytesSent() uint64 { return s.sent.Load() }
 
-// requestTimeout bounds one request's whole exchange.
-const requestTimeout = 5 * time.Minute
+// Deadlines of an exchange. A client writes its whole request at once
+// (a few bytes to a few tens of KB), so a stream without one after
+// requestWait is idle, or a slowloris, and is reset: it holds one of the
+// peer's few streams and a slot of the protocol's total. An answer the
+// peer stops taking is reset once no writePiece of it goes out for
+// writeStall; waits for the upload cap are ours and do not count, so a
+// slow peer that reads is served. requestTimeout bounds the whole
+// exchange all the same. Variables, for tests.
+var (
+	requestWait    = 5 * time.Second
+	writeStall     = 30 * time.Second
+	requestTimeout = 5 * time.Minute
+)
+
+// writePiece is the unit of write progress: a peer must take this much
+// every writeStall (about 2 KB/s, for each of its streams). It is the
+// largest frame yamux sends: pieces cost no more frames than whole
+// writes (16 KB pieces were slower on loopback).
+const writePiece = 64 << 10
+
+// StreamMemory is what an answer holds while it is served (its write
+// buffer and a chunk), reserved in the stream's resource scope so that the
+// resource manager's memory limits of the protocol and of each peer bound
+// it. A stream that waits for its request holds a few KB, bounded by the
+// stream limits.
+const StreamMemory = 64<<10 + maxFrame
 
 // Handle serves one stream: one request.
 func (s *Server) Handle(st network.Stream) {
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(requestTimeout))
-	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	now := time.Now()
+	end := now.Add(requestTimeout)
+	st.SetReadDeadline(now.Add(requestWait))
+	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
-	if err := s.serve(ctx, st, st); err != nil {
+	reserve := func() error { return st.Scope().ReserveMemory(StreamMemory, network.ReservationPriorityAlways) }
+	w := &limitedWriter{ctx: ctx, w: st, limiter: s.limiter, sent: &s.sent, deadlines: st, end: end}
+	if err := s.serve(ctx, st, w, reserve); err != nil {
 		s.log.Debug("transfer request failed", "peer", st.Conn().RemotePeer(), "err", err)
 		st.Reset()
 	}
 }
 
-// serve reads one request from r and writes its answer to w.
-func (s *Server) serve(ctx context.Context, r io.Reader, out io.Writer) error {
-	br := readers.Get().(*bufio.Reader)
+// serve reads one request from r and writes its answer to w; reserve, if
+// not nil, reserves the answer's memory once a request begins.
+func (s *Server) serve(ctx context.Context, r io.Reader, w io.Writer, reserve func() error) error {
+	br := requestReaders.Get().(*bufio.Reader)
 	br.Reset(r)
-	bw := writers.Get().(*bufio.Writer)
-	bw.Reset(&limitedWriter{ctx: ctx, w: out, limiter: s.limiter, sent: &s.sent})
 	defer func() {
 		br.Reset(nil)
-		readers.Put(br)
+		requestReaders.Put(br)
+	}()
+	kind, err := br.ReadByte()
+	if err != nil {
+		return err
+	}
+	// The answer's buffers, only now: a stream that never sends its
+	// request costs its reader alone.
+	if reserve != nil {
+		if err := reserve(); err != nil {
+			return fmt.Errorf("request %q: %w", kind, err)
+		}
+	}
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() {
 		bw.Reset(nil)
 		writers.Put(bw)
 	}()
 	f := &frames{r: br, w: bw}
-	kind, err := f.r.ReadByte()
-	if err != nil {
-		return err
-	}
 	switch kind {
 	case kindRecord:
 		err = s.record(ctx, f)
@@ -259,28 +297,46 @@ func (s *Server) chunks(f *frames) error {
 	})
 }
 
-// limitedWriter holds writes to the upload cap and counts them.
+// limitedWriter holds writes to the upload cap, counts them, and, given
+// deadlines, gives each piece writeStall to go out (ending at end).
 type limitedWriter struct {
-	ctx     context.Context
-	w       io.Writer
-	limiter *rate.Limiter
-	sent    *atomic.Uint64
+	ctx       context.Context
+	w         io.Writer
+	limiter   *rate.Limiter
+	sent      *atomic.Uint64
+	deadlines interface{ SetWriteDeadline(time.Time) error } // nil: none
+	end       time.Time
 }
 
 func (l *limitedWriter) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		n := len(p)
+		if l.deadlines != nil {
+			n = min(n, writePiece)
+		}
 		if l.limiter != nil {
 			n = min(n, l.limiter.Burst())
 			if err := l.limiter.WaitN(l.ctx, n); err != nil {
 				return written, err
 			}
 		}
+		if l.deadlines != nil {
+			// From now: the wait for the cap was ours, not the peer's.
+			dl := time.Now().Add(writeStall)
+			if dl.After(l.end) {
+				dl = l.end
+			}
+			l.deadlines.SetWriteDeadline(dl)
+		}
 		k, err := l.w.Write(p[:n])
 		written += k
 		l.sent.Add(uint64(k))
 		if err != nil {
+			var te interface{ Timeout() bool }
+			if errors.As(err, &te) && te.Timeout() {
+				err = fmt.Errorf("%w: the peer took nothing for %s", ErrStalled, writeStall)
+			}
 			return written, err
 		}
 		p = p[n:]

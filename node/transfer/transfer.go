@@ -5,7 +5,12 @@
 // to ask, and what to trust, is the fetcher's business.
 //
 // One request per libp2p stream (streams are cheap on yamux and QUIC):
-// the client writes a request, the server answers and closes. Every
+// the client writes a request, the server answers and closes. A peer
+// gets at most MaxStreamsPerPeer streams served at once (the node's
+// resource manager says so, and the client keeps below it), and a stream
+// whose request does not come within seconds, or whose answer the peer
+// stops taking, is reset: many identities cannot hold the protocol's
+// streams, and so its service, for long. Every
 // message is a uvarint length and its bytes, and every length is checked
 // against its limit before anything is allocated. Everything a client
 // receives is checked here against the digest it was asked for (a
@@ -41,6 +46,17 @@ const (
 	kindChunks = 'C'
 )
 
+// MaxStreamsPerPeer is how many streams of one peer a server serves at
+// once: well above what one fetch asks of a peer (a few batches in
+// flight), well below the protocol's total, so that a handful of
+// identities cannot take it all. A client keeps clientStreamsPerPeer
+// open to a peer at most, leaving room for streams the server has not
+// yet released.
+const (
+	MaxStreamsPerPeer    = 16
+	clientStreamsPerPeer = MaxStreamsPerPeer - 4
+)
+
 // Limits on what one message may hold.
 const (
 	MaxRecord           = 1 << 20
@@ -69,7 +85,7 @@ var ErrNotFound = errors.New("peer does not have it")
 var ErrBadData = errors.New("peer sent bad data")
 
 // ErrStalled is returned when a peer sends nothing for the stall timeout
-// in the middle of an answer.
+// in the middle of an answer (or, to a server, takes nothing of one).
 var ErrStalled = errors.New("peer stalled")
 
 func badData(format string, args ...any) error {
@@ -187,9 +203,12 @@ func hashPartOK(h string) bool {
 }
 
 // readers, writers and chunkBufs recycle the buffers of exchanges, on
-// both sides: a fetch makes hundreds of them.
+// both sides: a fetch makes hundreds of them. A server reads requests,
+// of a few KB, through small readers: a stream waiting for its request
+// holds one.
 var (
-	readers   = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
-	writers   = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
-	chunkBufs = sync.Pool{New: func() any { return new([]byte) }}
+	readers        = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 64<<10) }}
+	requestReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4<<10) }}
+	writers        = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+	chunkBufs      = sync.Pool{New: func() any { return new([]byte) }}
 )

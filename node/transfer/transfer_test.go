@@ -237,7 +237,7 @@ func answer(t testing.TB, src Source, req []byte) (*frames, error) {
 	t.Helper()
 	var out bytes.Buffer
 	srv := NewServer(src, 0, slog.New(slog.DiscardHandler))
-	err := srv.serve(context.Background(), bytes.NewReader(req), &out)
+	err := srv.serve(context.Background(), bytes.NewReader(req), &out, nil)
 	return &frames{r: bufio.NewReader(&out)}, err
 }
 
@@ -400,7 +400,7 @@ func TestUploadCapStopsWithContext(t *testing.T) {
 	srv := NewServer(src, 1, slog.New(slog.DiscardHandler)) // one byte a second
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := srv.serve(ctx, bytes.NewReader(request(kindChunks, []byte{0}, uvarint(1), d[:])), io.Discard)
+	err := srv.serve(ctx, bytes.NewReader(request(kindChunks, []byte{0}, uvarint(1), d[:])), &limitedWriter{ctx: ctx, w: io.Discard, limiter: srv.limiter, sent: &srv.sent}, nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("capped upload with a cancelled context: %v", err)
 	}
@@ -419,7 +419,7 @@ func FuzzServe(f *testing.F) {
 	f.Add(request(kindChunks, []byte{1}, uvarint(1), src.lists[d][0].Digest[:]))
 	f.Fuzz(func(t *testing.T, req []byte) {
 		srv := NewServer(src, 0, slog.New(slog.DiscardHandler))
-		srv.serve(context.Background(), bytes.NewReader(req), io.Discard)
+		srv.serve(context.Background(), bytes.NewReader(req), io.Discard, nil)
 	})
 }
 
