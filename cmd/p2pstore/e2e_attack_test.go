@@ -167,7 +167,7 @@ func TestP2PManyIdentities(t *testing.T) {
 	pub := a.status().PublicKey
 	paths := []string{bigTree(t, 8), bigTree(t, 8), bigTree(t, 8)}
 	for _, p := range paths {
-		a.run("import", p)
+		a.run("import", "--sign", p)
 	}
 	b := newNodeAt(t, "127.0.0.52", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", pub)
 	b.start()
