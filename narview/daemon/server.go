@@ -93,6 +93,7 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 			s.wg.Done()
 		}()
 	}
+	c.r.resetBudget()
 	if err := c.handshake(); err != nil {
 		if !errors.Is(err, io.EOF) {
 			s.log.Debug("daemon handshake", "err", err)
@@ -104,6 +105,7 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 		if err != nil {
 			return // the client hung up
 		}
+		c.r.resetBudget()
 		if err := c.dispatch(ctx, op); err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.log.Debug("daemon connection closed", "op", op, "err", err)
@@ -261,6 +263,8 @@ func (c *conn) dispatch(ctx context.Context, op uint64) error {
 		c.fail(err.Error())
 		return err
 	case errors.Is(err, ErrTooLarge), errors.Is(err, errBadArgs):
+		// The rest of the request was not read: the stream cannot be
+		// followed any more.
 		c.fail(err.Error())
 		return err
 	case isIOError(err):
@@ -287,21 +291,30 @@ func (c *conn) path() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// A longer string is not quoted back in the error.
+	if max := len(c.srv.storeDir) + 1 + storepath.HashLen + 1 + storepath.MaxNameLen; len(p) > max {
+		return "", fmt.Errorf("%w: a store path of %d bytes (at most %d)", errBadArgs, len(p), max)
+	}
 	if _, err := storepath.Parse(c.srv.storeDir, p); err != nil {
 		return "", fmt.Errorf("%w: %v", errBadArgs, err)
 	}
 	return p, nil
 }
 
+// paths reads a list of store paths, each checked as it comes: a list of
+// anything else is refused at its first entry.
 func (c *conn) paths() ([]string, error) {
-	ps, err := c.r.Strings()
+	n, err := c.r.count()
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range ps {
-		if _, err := storepath.Parse(c.srv.storeDir, p); err != nil {
-			return nil, fmt.Errorf("%w: %v", errBadArgs, err)
+	ps := make([]string, 0, min(n, 1024))
+	for i := 0; i < n; i++ {
+		p, err := c.path()
+		if err != nil {
+			return nil, err
 		}
+		ps = append(ps, p)
 	}
 	return ps, nil
 }
@@ -703,7 +716,7 @@ func (c *conn) op(ctx context.Context, op uint64) error {
 		if _, err := c.r.String(); err != nil { // name
 			return err
 		}
-		if _, err := c.r.Bytes(MaxFrameLen); err != nil { // contents
+		if err := c.r.Skip(MaxFrameLen); err != nil { // contents
 			return err
 		}
 		if _, err := c.r.Strings(); err != nil { // references
@@ -884,15 +897,14 @@ func (p *pullReader) Read(b []byte) (int, error) {
 		p.err = err
 		return 0, err
 	}
-	data, err := p.c.r.Bytes(int(want))
+	n, err := p.c.r.BytesInto(b[:want])
 	if err != nil {
 		p.err = err
 		return 0, err
 	}
-	if len(data) == 0 {
+	if n == 0 {
 		return 0, io.ErrUnexpectedEOF
 	}
-	n := copy(b, data)
 	p.left -= uint64(n)
 	return n, nil
 }
@@ -915,9 +927,10 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 			return err
 		}
 		if count > MaxListLen {
-			return fmt.Errorf("%w: %d paths", ErrTooLarge, count)
+			return fmt.Errorf("%w: AddMultipleToStore of %d paths (at most %d)", ErrTooLarge, count, MaxListLen)
 		}
 		for i := uint64(0); i < count; i++ {
+			inner.resetBudget() // each path's info is dropped once it is added
 			info, err := readPathInfo(inner, true, true)
 			if err != nil {
 				return err
@@ -931,6 +944,11 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 		}
 		return nil
 	}()
+	if errors.Is(err, ErrTooLarge) {
+		// No client sends such a length: drop the rest with the
+		// connection rather than read on through it.
+		return err
+	}
 	if derr := fr.drain(); derr != nil {
 		return derr
 	}
