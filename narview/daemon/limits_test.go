@@ -340,3 +340,101 @@ func TestNarSizeLie(t *testing.T) {
 		}
 	}
 }
+
+// TestStalledRequest: a client that sends half a request and stops is
+// told and dropped after RequestTimeout; one that sends nothing at all
+// after its magic, too.
+func TestStalledRequest(t *testing.T) {
+	srv := NewServer(newMemStore(), storeDir, nil)
+	srv.RequestTimeout = 200 * time.Millisecond
+	half := wireBytes(func(w *wireWriter) {
+		w.Uint64(opQueryValidPaths)
+		w.Uint64(3)
+		w.String(samplePath(1))
+	})
+	start := time.Now()
+	err := stalledClient(t, srv, 38, half, 10*time.Second)
+	var de *DaemonError
+	if !errors.As(err, &de) || !strings.Contains(de.Msg, "no progress") {
+		t.Errorf("reply %v, want an error about the stalled request", err)
+	}
+	if d := time.Since(start); d < srv.RequestTimeout {
+		t.Errorf("dropped after %v, before the timeout", d)
+	}
+
+	// The same over pipes, as ssh-ng gives the node.
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	defer inW.Close()
+	defer outR.Close()
+	done := make(chan struct{})
+	go func() {
+		defer inR.Close()
+		srv.ServeConn(context.Background(), inR, outW)
+		close(done)
+	}()
+	inW.Write(binary.LittleEndian.AppendUint64(nil, workerMagic1))
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a stalled handshake over pipes is held")
+	}
+}
+
+// TestIdle: an idle connection outlives RequestTimeout; past IdleTimeout
+// the server hangs up.
+func TestIdle(t *testing.T) {
+	store := newMemStore()
+	srv := NewServer(store, storeDir, nil)
+	srv.RequestTimeout = 100 * time.Millisecond
+	srv.IdleTimeout = 600 * time.Millisecond
+	client, server := net.Pipe()
+	defer client.Close()
+	go srv.ServeConn(context.Background(), server, server)
+	c, err := NewClient(client, ProtocolVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * srv.RequestTimeout) // idle is what is tested here
+	if _, err := c.IsValidPath(samplePath(1)); err != nil {
+		t.Fatalf("after %v idle: %v", 3*srv.RequestTimeout, err)
+	}
+	start := time.Now()
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.r.Uint64(); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection: %v, want the server to hang up", err)
+	}
+	if d := time.Since(start); d < srv.IdleTimeout/2 {
+		t.Errorf("hung up after %v idle", d)
+	}
+}
+
+// TestStalledReader: a client that stops reading a NAR is dropped after
+// RequestTimeout.
+func TestStalledReader(t *testing.T) {
+	store := newMemStore()
+	narBytes := narOf(t, strings.Repeat("big", 1<<20))
+	p := samplePath(1)
+	store.AddPath(context.Background(), infoFor(p, narBytes), bytes.NewReader(narBytes))
+	srv := NewServer(store, storeDir, nil)
+	srv.RequestTimeout = 200 * time.Millisecond
+	client, server := net.Pipe()
+	defer client.Close()
+	done := make(chan struct{})
+	go func() {
+		srv.ServeConn(context.Background(), server, server)
+		close(done)
+	}()
+	c, err := NewClient(client, ProtocolVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.call(opNarFromPath, func() { c.w.String(p) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server still waits on a client that does not read")
+	}
+}

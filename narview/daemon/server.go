@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -37,11 +39,31 @@ type Store interface {
 	AddSignatures(ctx context.Context, path string, sigs []string) error
 }
 
+// Connection timeouts. A Nix client keeps its connection for as long as
+// its process lives and may leave it idle between operations for long (a
+// nix-daemon worker that substitutes from the node, between builds), so
+// the bound between requests is hours; a client that wants its connections
+// recycled sooner sets the store URL's max-connection-age below it. Inside
+// a request (and the handshake), a client that sends nothing, or reads
+// nothing of a reply, for longer than Nix itself waits on a stalled
+// download (300 s) is given up.
+const (
+	DefaultIdleTimeout    = 4 * time.Hour
+	DefaultRequestTimeout = 10 * time.Minute
+)
+
 // Server serves the worker protocol on connections.
 type Server struct {
 	store    Store
 	storeDir string
 	log      *slog.Logger
+
+	// IdleTimeout bounds the wait for a client's next request;
+	// RequestTimeout the wait for any progress inside one, reading or
+	// writing. They apply on connections that have deadlines (sockets,
+	// pollable pipes); zero means none. Set them before serving.
+	IdleTimeout    time.Duration
+	RequestTimeout time.Duration
 
 	mu     sync.Mutex
 	conns  map[io.Closer]struct{}
@@ -54,7 +76,8 @@ func NewServer(store Store, storeDir string, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{store: store, storeDir: storeDir, log: log, conns: map[io.Closer]struct{}{}}
+	return &Server{store: store, storeDir: storeDir, log: log, conns: map[io.Closer]struct{}{},
+		IdleTimeout: DefaultIdleTimeout, RequestTimeout: DefaultRequestTimeout}
 }
 
 // Serve accepts connections on ln until it is closed.
@@ -72,9 +95,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // ServeConn runs the protocol on one connection (or on stdin/stdout) until
-// the client hangs up.
+// the client hangs up. Reads and writes are under the server's timeouts
+// where r and w have deadlines.
 func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
-	c := &conn{srv: s, r: newWireReader(r), w: newWireWriter(w), raw: w}
+	rd := &deadlineReader{r: r}
+	if d, ok := r.(readDeadliner); ok && d.SetReadDeadline(time.Time{}) == nil {
+		rd.set = d.SetReadDeadline
+	}
+	wd := &deadlineWriter{w: w}
+	if d, ok := w.(writeDeadliner); ok && d.SetWriteDeadline(time.Time{}) == nil {
+		wd.set = d.SetWriteDeadline
+	}
+	c := &conn{srv: s, r: newWireReader(rd), w: newWireWriter(wd), raw: wd, rd: rd, wd: wd}
 	if closer, ok := w.(io.Closer); ok {
 		s.mu.Lock()
 		if s.closed {
@@ -93,6 +125,7 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 			s.wg.Done()
 		}()
 	}
+	c.busy()
 	c.r.resetBudget()
 	if err := c.handshake(); err != nil {
 		if !errors.Is(err, io.EOF) {
@@ -101,10 +134,15 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 		return
 	}
 	for {
+		c.idle()
 		op, err := c.r.Uint64()
 		if err != nil {
-			return // the client hung up
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Debug("daemon connection idle too long: closed", "idle", s.IdleTimeout)
+			}
+			return // the client hung up, or stayed idle too long
 		}
+		c.busy()
 		c.r.resetBudget()
 		if err := c.dispatch(ctx, op); err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
@@ -113,6 +151,57 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 			return
 		}
 	}
+}
+
+type readDeadliner interface{ SetReadDeadline(time.Time) error }
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+// deadlineReader moves the read deadline ahead before each read, so that
+// timeout bounds the wait for progress, not a whole transfer. stalled
+// tells that a read ran out of time.
+type deadlineReader struct {
+	r       io.Reader
+	set     func(time.Time) error
+	timeout time.Duration
+	stalled bool
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if d.set != nil && d.timeout > 0 {
+		d.set(time.Now().Add(d.timeout))
+	}
+	n, err := d.r.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		d.stalled = true
+	}
+	return n, err
+}
+
+// deadlineWriter does the same for writes; it keeps the destination's
+// ReadFrom (sendfile for NARs).
+type deadlineWriter struct {
+	w       io.Writer
+	set     func(time.Time) error
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) extend() {
+	if d.set != nil && d.timeout > 0 {
+		d.set(time.Now().Add(d.timeout))
+	}
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.extend()
+	return d.w.Write(p)
+}
+
+func (d *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
+	d.extend()
+	if rf, ok := d.w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{d}, r)
 }
 
 // Close closes every connection and waits for their handlers to return.
@@ -132,11 +221,24 @@ type conn struct {
 	r         *wireReader
 	w         *wireWriter
 	raw       io.Writer
+	rd        *deadlineReader
+	wd        *deadlineWriter
 	version   uint64 // negotiated
 	verbosity uint64
 }
 
 func (c *conn) minor() uint64 { return minor(c.version) }
+
+// idle waits for the next request; busy is inside one.
+func (c *conn) idle() {
+	c.rd.timeout = c.srv.IdleTimeout
+	c.wd.timeout = c.srv.RequestTimeout
+}
+
+func (c *conn) busy() {
+	c.rd.timeout = c.srv.RequestTimeout
+	c.wd.timeout = c.srv.RequestTimeout
+}
 
 func (c *conn) handshake() error {
 	magic, err := c.r.Uint64()
@@ -266,6 +368,14 @@ func (c *conn) dispatch(ctx context.Context, op uint64) error {
 		// The rest of the request was not read: the stream cannot be
 		// followed any more.
 		c.fail(err.Error())
+		return err
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if c.rd.stalled {
+			// Tell a client that stopped sending mid-request why it
+			// is dropped, if it still reads; not for long.
+			c.wd.timeout = min(c.wd.timeout, 5*time.Second)
+			c.fail(fmt.Sprintf("no progress on the request for %v: closing the connection", c.srv.RequestTimeout))
+		}
 		return err
 	case isIOError(err):
 		return err
