@@ -135,7 +135,10 @@ func (r *wireReader) BytesInto(p []byte) (int, error) {
 	if err := r.readFull(p[:n]); err != nil {
 		return 0, err
 	}
-	return int(n), r.padding(n)
+	if err := r.padding(n); err != nil {
+		return 0, err
+	}
+	return int(n), nil
 }
 
 // Skip reads a string of at most max bytes and drops it; it does not
