@@ -97,9 +97,29 @@ func (n *Node) serveStdio(ctx context.Context, c net.Conn, br *bufio.Reader, srv
 		n.log.Debug("daemon --stdio handed over no stdin and stdout")
 		return
 	}
+	// Pipes and sockets (what ssh gives a remote program) are made
+	// non-blocking, so that Go's poller takes them: reads and writes then
+	// have deadlines, which the server's timeouts need. Only the bridge
+	// shares them, and it exits with the session. A terminal is left as
+	// it is.
+	for _, fd := range fds {
+		if pollable(fd) {
+			syscall.SetNonblock(fd, true)
+		}
+	}
 	in, out := os.NewFile(uintptr(fds[0]), "bridge stdin"), os.NewFile(uintptr(fds[1]), "bridge stdout")
 	defer in.Close()
-	srv.ServeConn(ctx, in, &fileWriter{out})
+	srv.ServeConn(ctx, in, &fileWriter{out}) // closes out
+}
+
+// pollable reports whether fd is a pipe or a socket (what ssh gives a
+// remote program), not a terminal or a file.
+func pollable(fd int) bool {
+	var st syscall.Stat_t
+	if syscall.Fstat(fd, &st) != nil {
+		return false
+	}
+	return st.Mode&syscall.S_IFMT == syscall.S_IFIFO || st.Mode&syscall.S_IFMT == syscall.S_IFSOCK
 }
 
 // fileWriter writes to the bridge's stdout (a pipe) and sends file ranges

@@ -180,7 +180,7 @@ func (c *Client) stderr(read func(max uint64) ([]byte, error)) error {
 				return err
 			}
 		case stderrWrite:
-			if _, err := c.r.Bytes(MaxFrameLen); err != nil {
+			if err := c.r.Skip(MaxFrameLen); err != nil {
 				return err
 			}
 		default:

@@ -9,6 +9,14 @@
 // STDERR_ERROR and no reply. Fields are gated on the negotiated minor
 // version, min(client, server). We speak 1.21 (Nix 2.1) to 1.38 (Nix 2.24
 // and later) and advertise no features.
+//
+// A client gets little of the server's memory and time: the strings and
+// lists of one request are bounded together (MaxOpBytes, MaxOpItems), NARs
+// and framed data stream through, and a length over a limit is refused at
+// once with STDERR_ERROR, then the connection is closed since the rest of
+// the request cannot be followed. A connection is dropped when a request
+// makes no progress for RequestTimeout, or after IdleTimeout between
+// requests (hours: Nix clients keep connections open while idle).
 package daemon
 
 import (

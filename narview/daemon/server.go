@@ -8,8 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -37,11 +39,31 @@ type Store interface {
 	AddSignatures(ctx context.Context, path string, sigs []string) error
 }
 
+// Connection timeouts. A Nix client keeps its connection for as long as
+// its process lives and may leave it idle between operations for long (a
+// nix-daemon worker that substitutes from the node, between builds), so
+// the bound between requests is hours; a client that wants its connections
+// recycled sooner sets the store URL's max-connection-age below it. Inside
+// a request (and the handshake), a client that sends nothing, or reads
+// nothing of a reply, for longer than Nix itself waits on a stalled
+// download (300 s) is given up.
+const (
+	DefaultIdleTimeout    = 4 * time.Hour
+	DefaultRequestTimeout = 10 * time.Minute
+)
+
 // Server serves the worker protocol on connections.
 type Server struct {
 	store    Store
 	storeDir string
 	log      *slog.Logger
+
+	// IdleTimeout bounds the wait for a client's next request;
+	// RequestTimeout the wait for any progress inside one, reading or
+	// writing. They apply on connections that have deadlines (sockets,
+	// pollable pipes); zero means none. Set them before serving.
+	IdleTimeout    time.Duration
+	RequestTimeout time.Duration
 
 	mu     sync.Mutex
 	conns  map[io.Closer]struct{}
@@ -54,7 +76,8 @@ func NewServer(store Store, storeDir string, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{store: store, storeDir: storeDir, log: log, conns: map[io.Closer]struct{}{}}
+	return &Server{store: store, storeDir: storeDir, log: log, conns: map[io.Closer]struct{}{},
+		IdleTimeout: DefaultIdleTimeout, RequestTimeout: DefaultRequestTimeout}
 }
 
 // Serve accepts connections on ln until it is closed.
@@ -72,9 +95,18 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // ServeConn runs the protocol on one connection (or on stdin/stdout) until
-// the client hangs up.
+// the client hangs up. Reads and writes are under the server's timeouts
+// where r and w have deadlines.
 func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
-	c := &conn{srv: s, r: newWireReader(r), w: newWireWriter(w), raw: w}
+	rd := &deadlineReader{r: r}
+	if d, ok := r.(readDeadliner); ok && d.SetReadDeadline(time.Time{}) == nil {
+		rd.set = d.SetReadDeadline
+	}
+	wd := &deadlineWriter{w: w}
+	if d, ok := w.(writeDeadliner); ok && d.SetWriteDeadline(time.Time{}) == nil {
+		wd.set = d.SetWriteDeadline
+	}
+	c := &conn{srv: s, r: newWireReader(rd), w: newWireWriter(wd), raw: wd, rd: rd, wd: wd}
 	if closer, ok := w.(io.Closer); ok {
 		s.mu.Lock()
 		if s.closed {
@@ -93,6 +125,8 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 			s.wg.Done()
 		}()
 	}
+	c.busy()
+	c.r.resetBudget()
 	if err := c.handshake(); err != nil {
 		if !errors.Is(err, io.EOF) {
 			s.log.Debug("daemon handshake", "err", err)
@@ -100,10 +134,16 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 		return
 	}
 	for {
+		c.idle()
 		op, err := c.r.Uint64()
 		if err != nil {
-			return // the client hung up
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				s.log.Debug("daemon connection idle too long: closed", "idle", s.IdleTimeout)
+			}
+			return // the client hung up, or stayed idle too long
 		}
+		c.busy()
+		c.r.resetBudget()
 		if err := c.dispatch(ctx, op); err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				s.log.Debug("daemon connection closed", "op", op, "err", err)
@@ -111,6 +151,57 @@ func (s *Server) ServeConn(ctx context.Context, r io.Reader, w io.Writer) {
 			return
 		}
 	}
+}
+
+type readDeadliner interface{ SetReadDeadline(time.Time) error }
+type writeDeadliner interface{ SetWriteDeadline(time.Time) error }
+
+// deadlineReader moves the read deadline ahead before each read, so that
+// timeout bounds the wait for progress, not a whole transfer. stalled
+// tells that a read ran out of time.
+type deadlineReader struct {
+	r       io.Reader
+	set     func(time.Time) error
+	timeout time.Duration
+	stalled bool
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	if d.set != nil && d.timeout > 0 {
+		d.set(time.Now().Add(d.timeout))
+	}
+	n, err := d.r.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		d.stalled = true
+	}
+	return n, err
+}
+
+// deadlineWriter does the same for writes; it keeps the destination's
+// ReadFrom (sendfile for NARs).
+type deadlineWriter struct {
+	w       io.Writer
+	set     func(time.Time) error
+	timeout time.Duration
+}
+
+func (d *deadlineWriter) extend() {
+	if d.set != nil && d.timeout > 0 {
+		d.set(time.Now().Add(d.timeout))
+	}
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	d.extend()
+	return d.w.Write(p)
+}
+
+func (d *deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
+	d.extend()
+	if rf, ok := d.w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{d}, r)
 }
 
 // Close closes every connection and waits for their handlers to return.
@@ -130,11 +221,24 @@ type conn struct {
 	r         *wireReader
 	w         *wireWriter
 	raw       io.Writer
+	rd        *deadlineReader
+	wd        *deadlineWriter
 	version   uint64 // negotiated
 	verbosity uint64
 }
 
 func (c *conn) minor() uint64 { return minor(c.version) }
+
+// idle waits for the next request; busy is inside one.
+func (c *conn) idle() {
+	c.rd.timeout = c.srv.IdleTimeout
+	c.wd.timeout = c.srv.RequestTimeout
+}
+
+func (c *conn) busy() {
+	c.rd.timeout = c.srv.RequestTimeout
+	c.wd.timeout = c.srv.RequestTimeout
+}
 
 func (c *conn) handshake() error {
 	magic, err := c.r.Uint64()
@@ -261,7 +365,17 @@ func (c *conn) dispatch(ctx context.Context, op uint64) error {
 		c.fail(err.Error())
 		return err
 	case errors.Is(err, ErrTooLarge), errors.Is(err, errBadArgs):
+		// The rest of the request was not read: the stream cannot be
+		// followed any more.
 		c.fail(err.Error())
+		return err
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if c.rd.stalled {
+			// Tell a client that stopped sending mid-request why it
+			// is dropped, if it still reads; not for long.
+			c.wd.timeout = min(c.wd.timeout, 5*time.Second)
+			c.fail(fmt.Sprintf("no progress on the request for %v: closing the connection", c.srv.RequestTimeout))
+		}
 		return err
 	case isIOError(err):
 		return err
@@ -287,21 +401,30 @@ func (c *conn) path() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// A longer string is not quoted back in the error.
+	if max := len(c.srv.storeDir) + 1 + storepath.HashLen + 1 + storepath.MaxNameLen; len(p) > max {
+		return "", fmt.Errorf("%w: a store path of %d bytes (at most %d)", errBadArgs, len(p), max)
+	}
 	if _, err := storepath.Parse(c.srv.storeDir, p); err != nil {
 		return "", fmt.Errorf("%w: %v", errBadArgs, err)
 	}
 	return p, nil
 }
 
+// paths reads a list of store paths, each checked as it comes: a list of
+// anything else is refused at its first entry.
 func (c *conn) paths() ([]string, error) {
-	ps, err := c.r.Strings()
+	n, err := c.r.count()
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range ps {
-		if _, err := storepath.Parse(c.srv.storeDir, p); err != nil {
-			return nil, fmt.Errorf("%w: %v", errBadArgs, err)
+	ps := make([]string, 0, min(n, 1024))
+	for i := 0; i < n; i++ {
+		p, err := c.path()
+		if err != nil {
+			return nil, err
 		}
+		ps = append(ps, p)
 	}
 	return ps, nil
 }
@@ -703,7 +826,7 @@ func (c *conn) op(ctx context.Context, op uint64) error {
 		if _, err := c.r.String(); err != nil { // name
 			return err
 		}
-		if _, err := c.r.Bytes(MaxFrameLen); err != nil { // contents
+		if err := c.r.Skip(MaxFrameLen); err != nil { // contents
 			return err
 		}
 		if _, err := c.r.Strings(); err != nil { // references
@@ -884,15 +1007,14 @@ func (p *pullReader) Read(b []byte) (int, error) {
 		p.err = err
 		return 0, err
 	}
-	data, err := p.c.r.Bytes(int(want))
+	n, err := p.c.r.BytesInto(b[:want])
 	if err != nil {
 		p.err = err
 		return 0, err
 	}
-	if len(data) == 0 {
+	if n == 0 {
 		return 0, io.ErrUnexpectedEOF
 	}
-	n := copy(b, data)
 	p.left -= uint64(n)
 	return n, nil
 }
@@ -915,9 +1037,10 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 			return err
 		}
 		if count > MaxListLen {
-			return fmt.Errorf("%w: %d paths", ErrTooLarge, count)
+			return fmt.Errorf("%w: AddMultipleToStore of %d paths (at most %d)", ErrTooLarge, count, MaxListLen)
 		}
 		for i := uint64(0); i < count; i++ {
+			inner.resetBudget() // each path's info is dropped once it is added
 			info, err := readPathInfo(inner, true, true)
 			if err != nil {
 				return err
@@ -931,6 +1054,11 @@ func (c *conn) addMultipleToStore(ctx context.Context) error {
 		}
 		return nil
 	}()
+	if errors.Is(err, ErrTooLarge) {
+		// No client sends such a length: drop the rest with the
+		// connection rather than read on through it.
+		return err
+	}
 	if derr := fr.drain(); derr != nil {
 		return derr
 	}

@@ -422,16 +422,25 @@ func TestManyClients(t *testing.T) {
 }
 
 // handshakeBytes is what a 1.34 client sends to reach its first op.
-func handshakeBytes() []byte {
-	var b []byte
-	for _, v := range []uint64{workerMagic1, 1<<8 | 34, 0, 0} {
-		b = binary.LittleEndian.AppendUint64(b, v)
+func handshakeBytes() []byte { return handshakeFor(34) }
+
+// handshakeFor is what a client of protocol 1.minor sends to reach its
+// first op.
+func handshakeFor(minor uint64) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, workerMagic1)
+	b = binary.LittleEndian.AppendUint64(b, 1<<8|minor)
+	if minor >= 38 {
+		b = binary.LittleEndian.AppendUint64(b, 0) // no features
 	}
-	return b
+	return binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(b, 0), 0) // affinity, reserveSpace
 }
 
-// FuzzServer feeds arbitrary ops and arguments after a valid handshake: the
-// server must neither panic nor hang, whatever it gets.
+// FuzzServer feeds arbitrary ops and arguments after a valid handshake at
+// protocol 1.(21 + version%18): the server must neither panic nor hang,
+// whatever it gets. Its corpus in testdata holds the hostile requests of
+// the other tests (lengths no client sends, half requests, lying sizes).
+// Memory stays bounded: strings and lists by the budget of one op, the
+// rest by the input's own size.
 func FuzzServer(f *testing.F) {
 	var seed bytes.Buffer
 	w := newWireWriter(&seed)
@@ -454,11 +463,11 @@ func FuzzServer(f *testing.F) {
 	(&framedWriter{w: w}).Write(narBytes)
 	(&framedWriter{w: w}).Close()
 	w.Flush()
-	f.Add(seed.Bytes())
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, ops []byte) {
+	f.Add(byte(34-21), seed.Bytes())
+	f.Add(byte(38-21), []byte{})
+	f.Fuzz(func(t *testing.T, version byte, ops []byte) {
 		store := newMemStore()
-		in := io.MultiReader(bytes.NewReader(handshakeBytes()), bytes.NewReader(ops))
+		in := io.MultiReader(bytes.NewReader(handshakeFor(21+uint64(version)%18)), bytes.NewReader(ops))
 		srv := NewServer(store, storeDir, nil)
 		done := make(chan struct{})
 		go func() {
@@ -483,7 +492,8 @@ func bufioOf(r io.Reader) *bufio.Reader {
 var _ = storepath.HashLen
 
 // FuzzWire decodes arbitrary bytes as each of the protocol's compound
-// values: no input may panic, or allocate past the limits.
+// values, with and without the budget of one op: no input may panic, or
+// allocate past the limits, and a framed stream's error sticks.
 func FuzzWire(f *testing.F) {
 	var seed bytes.Buffer
 	w := newWireWriter(&seed)
@@ -495,7 +505,24 @@ func FuzzWire(f *testing.F) {
 		r := newWireReader(bytes.NewReader(b))
 		r.Strings()
 		r.StringMap()
+		r = newWireReader(bytes.NewReader(b))
+		r.resetBudget()
+		r.Strings()
+		r.StringMap()
+		r.Skip(MaxFrameLen)
+		var small [64]byte
+		if n, err := r.BytesInto(small[:]); n > len(small) || (err != nil && n != 0) {
+			t.Fatalf("BytesInto: %d %v", n, err)
+		}
 		readPathInfo(newWireReader(bytes.NewReader(b)), true, true)
-		(&framedReader{r: newWireReader(bytes.NewReader(b)), maxSize: MaxFrameLen}).drain()
+		budgeted := newWireReader(bytes.NewReader(b))
+		budgeted.resetBudget()
+		readPathInfo(budgeted, true, true)
+		fr := &framedReader{r: newWireReader(bytes.NewReader(b)), maxSize: MaxFrameLen}
+		if err := fr.drain(); err != nil {
+			if _, again := fr.Read(make([]byte, 8)); again != err {
+				t.Fatalf("framed stream: %v, then %v", err, again)
+			}
+		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // Limits checked before anything is allocated: a client cannot make the
@@ -16,14 +17,31 @@ const (
 	MaxFrameLen  = 8 << 20  // one frame of a framed stream
 )
 
+// Limits on what the arguments of one operation may make the server hold,
+// all strings and lists together. The largest requests real clients send
+// are path lists: a QueryValidPaths over a closure of tens of thousands of
+// paths, some 80 bytes each, is a few MB. Half a million entries or 32 MiB
+// of strings is many times that, and bounds one request's memory to some
+// 50 MB. Data that is streamed (NARs, framed data) does not count.
+const (
+	MaxOpBytes = 32 << 20
+	MaxOpItems = 1 << 19
+)
+
 // ErrTooLarge marks a length over the limits above.
 var ErrTooLarge = errors.New("daemon: length over the limit")
 
 // wireReader decodes the protocol's primitives: u64 little-endian
 // integers, and strings as a length, the bytes and zero padding to 8.
+// With a budget (the server's), strings and list entries are counted
+// against MaxOpBytes and MaxOpItems until the next resetBudget.
 type wireReader struct {
 	r   *bufio.Reader
 	buf [8]byte
+
+	budget    bool
+	bytesLeft uint64
+	itemsLeft uint64
 }
 
 func newWireReader(r io.Reader) *wireReader {
@@ -32,6 +50,11 @@ func newWireReader(r io.Reader) *wireReader {
 		br = bufio.NewReaderSize(r, 64<<10)
 	}
 	return &wireReader{r: br}
+}
+
+// resetBudget starts counting an operation's arguments.
+func (r *wireReader) resetBudget() {
+	r.budget, r.bytesLeft, r.itemsLeft = true, MaxOpBytes, MaxOpItems
 }
 
 func (r *wireReader) readFull(p []byte) error {
@@ -55,37 +78,104 @@ func (r *wireReader) Bool() (bool, error) {
 	return v != 0, err
 }
 
-// Bytes reads a string of at most max bytes.
-func (r *wireReader) Bytes(max int) ([]byte, error) {
+// length reads a string's length, checked against max and the budget.
+func (r *wireReader) length(max int) (int, error) {
 	n, err := r.Uint64()
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	if n > uint64(max) {
-		return nil, fmt.Errorf("%w: string of %d bytes (at most %d)", ErrTooLarge, n, max)
+		return 0, fmt.Errorf("%w: string of %d bytes (at most %d)", ErrTooLarge, n, max)
 	}
-	b := make([]byte, n)
-	if err := r.readFull(b); err != nil {
-		return nil, err
-	}
-	if pad := (8 - n%8) % 8; pad > 0 {
-		if err := r.readFull(r.buf[:pad]); err != nil {
-			return nil, err
+	if r.budget {
+		if n > r.bytesLeft {
+			return 0, fmt.Errorf("%w: the strings of one operation take more than %d bytes", ErrTooLarge, MaxOpBytes)
 		}
-		for _, c := range r.buf[:pad] {
-			if c != 0 {
-				return nil, errors.New("daemon: non-zero padding")
-			}
-		}
+		r.bytesLeft -= n
 	}
-	return b, nil
+	return int(n), nil
 }
 
+// String reads a string of at most MaxStringLen bytes, copied once from
+// the read buffer into the string.
 func (r *wireReader) String() (string, error) {
-	b, err := r.Bytes(MaxStringLen)
-	return string(b), err
+	n, err := r.length(MaxStringLen)
+	if err != nil {
+		return "", err
+	}
+	var s strings.Builder
+	s.Grow(n)
+	for s.Len() < n {
+		chunk, err := r.r.Peek(min(n-s.Len(), r.r.Size()))
+		if len(chunk) == 0 && err != nil {
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+			return "", err
+		}
+		s.Write(chunk)
+		r.r.Discard(len(chunk))
+	}
+	if err := r.padding(uint64(n)); err != nil {
+		return "", err
+	}
+	return s.String(), nil
 }
 
+// BytesInto reads a string of at most len(p) bytes into p: data that
+// streams through (a NAR pulled with STDERR_READ), so not counted.
+func (r *wireReader) BytesInto(p []byte) (int, error) {
+	n, err := r.Uint64()
+	if err != nil {
+		return 0, err
+	}
+	if n > uint64(len(p)) {
+		return 0, fmt.Errorf("%w: %d bytes sent where %d were asked for", ErrTooLarge, n, len(p))
+	}
+	if err := r.readFull(p[:n]); err != nil {
+		return 0, err
+	}
+	if err := r.padding(n); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
+// Skip reads a string of at most max bytes and drops it; it does not
+// count against the budget.
+func (r *wireReader) Skip(max int) error {
+	n, err := r.Uint64()
+	if err != nil {
+		return err
+	}
+	if n > uint64(max) {
+		return fmt.Errorf("%w: string of %d bytes (at most %d)", ErrTooLarge, n, max)
+	}
+	if _, err := r.r.Discard(int(n)); err != nil {
+		return err
+	}
+	return r.padding(n)
+}
+
+// padding reads the zeros after a string of n bytes.
+func (r *wireReader) padding(n uint64) error {
+	pad := (8 - n%8) % 8
+	if pad == 0 {
+		return nil
+	}
+	if err := r.readFull(r.buf[:pad]); err != nil {
+		return err
+	}
+	for _, c := range r.buf[:pad] {
+		if c != 0 {
+			return errors.New("daemon: non-zero padding")
+		}
+	}
+	return nil
+}
+
+// count reads the length of a list (or map), charged whole against the
+// budget before any entry is read.
 func (r *wireReader) count() (int, error) {
 	n, err := r.Uint64()
 	if err != nil {
@@ -93,6 +183,12 @@ func (r *wireReader) count() (int, error) {
 	}
 	if n > MaxListLen {
 		return 0, fmt.Errorf("%w: list of %d entries (at most %d)", ErrTooLarge, n, MaxListLen)
+	}
+	if r.budget {
+		if n > r.itemsLeft {
+			return 0, fmt.Errorf("%w: the lists of one operation hold more than %d entries", ErrTooLarge, MaxOpItems)
+		}
+		r.itemsLeft -= n
 	}
 	return int(n), nil
 }
@@ -189,21 +285,28 @@ func (w *wireWriter) Flush() error {
 }
 
 // framedReader reads a framed stream, (u64 n, n bytes)* ended by n = 0,
-// as one io.Reader. Frames have no padding.
+// as one io.Reader. Frames have no padding. A frame over maxSize is an
+// error at once, and every later Read returns it too: the stream cannot
+// be followed past a length that was not believed.
 type framedReader struct {
 	r       *wireReader
 	left    uint64
 	done    bool
 	maxSize uint64
+	err     error
 }
 
 func (f *framedReader) Read(p []byte) (int, error) {
+	if f.err != nil {
+		return 0, f.err
+	}
 	for f.left == 0 {
 		if f.done {
 			return 0, io.EOF
 		}
 		n, err := f.r.Uint64()
 		if err != nil {
+			f.err = err
 			return 0, err
 		}
 		if n == 0 {
@@ -211,7 +314,8 @@ func (f *framedReader) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		if n > f.maxSize {
-			return 0, fmt.Errorf("%w: frame of %d bytes", ErrTooLarge, n)
+			f.err = fmt.Errorf("%w: a frame of %d bytes in framed data (at most %d)", ErrTooLarge, n, f.maxSize)
+			return 0, f.err
 		}
 		f.left = n
 	}
@@ -222,6 +326,9 @@ func (f *framedReader) Read(p []byte) (int, error) {
 	f.left -= uint64(n)
 	if err == io.EOF && f.left > 0 {
 		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		f.err = err
 	}
 	return n, err
 }
