@@ -2,7 +2,7 @@
 # Benchmarks a p2pstore node side by side with nginx serving the same store
 # paths as a static Nix binary cache, and prints a Markdown table.
 #
-#   bench/run.sh [serve|e2e|narinfo|dedup|ingest|all]...   (default: all)
+#   bench/run.sh [serve|e2e|narinfo|dedup|ingest|p2p|swarm|dht|daemon|load|all]...   (default: all)
 #
 #   serve    NAR throughput over loopback with wrk (1 and 16 connections),
 #            and the node's peak RSS
@@ -17,6 +17,11 @@
 #   swarm    fetch from one and from two seeders in network namespaces,
 #            each uplink capped with tc (SWARM_RATE, default 200mbit)
 #   dht      lookup latency and announcing 100k keys, 10 in-process nodes
+#   load     `nix copy` of go1.25.0 from the node while bench/loadgen holds
+#            it under careless and hostile clients (LOAD_STALLED stalled
+#            HTTP clients per NAR kind, LOAD_DAEMON daemon-socket clients,
+#            LOAD_IDENTITIES libp2p identities holding transfer streams),
+#            against the same copy with the node idle; the node's peak RSS
 #   daemon   `nix copy --from` go1.25.0 over ssh-ng (the node's `daemon
 #            --stdio` against `nix-daemon --stdio`), and over unix:// (the
 #            node's socket with its FUSE mount as ?real= against a real
@@ -43,7 +48,7 @@ cd "$REPO"
 # The command line as given, with the settings that change results, so the
 # report says exactly how to reproduce it.
 CMDLINE="bench/run.sh${*:+ $*}"
-for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR NODE_PORT NGINX_PORT P2P_PORT SSH_PORT; do
+for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES; do
   if [ -n "${!v:-}" ]; then CMDLINE="$v=${!v} $CMDLINE"; fi
 done
 
@@ -55,6 +60,9 @@ NGINX_PORT=${NGINX_PORT:-17481}
 P2P_PORT=${P2P_PORT:-17482}
 SSH_PORT=${SSH_PORT:-17483}
 NARINFO_PATHS=373
+LOAD_STALLED=${LOAD_STALLED:-50}
+LOAD_DAEMON=${LOAD_DAEMON:-32}
+LOAD_IDENTITIES=${LOAD_IDENTITIES:-48}
 
 BIN=$BENCH_DIR/p2pstore
 SOCK=$BENCH_DIR/node.sock
@@ -899,17 +907,63 @@ bench_dht() {
   row "DHT announce of 100k keys (sweeping provider), 10 nodes" "$(fmt '%.1f s' "$secs")" "—" "—" "measured" "—"
 }
 
+# ---------------------------------------------------------------- load
+
+# bench_load: the honest client's copy under load against the same copy
+# with the node idle, alternating, best of BENCH_RUNS each; loadgen starts
+# afresh for each loaded run and gets a few seconds to pile up.
+bench_load() {
+  start_node
+  log "building bench/loadgen"
+  go build -o "$BENCH_DIR/loadgen" ./bench/loadgen
+  local addr rss_before rss i side v idle=() loaded=() lpid out ratio
+  addr=$(p2p status --json | grep -o '"/ip4/127.0.0.1/tcp/[^"]*"' | head -n1 | tr -d '"')
+  [ -n "$addr" ] || die "the node has no loopback p2p address"
+  rss_before=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+  for ((i = 1; i <= RUNS; i++)); do
+    for side in idle loaded; do
+      if [ "$side" = loaded ]; then
+        "$BENCH_DIR/loadgen" -http "$NODE_URL" -path "$GO0" -stalled "$LOAD_STALLED" -narinfo-clients 8 \
+          -socket "$SOCK" -daemon-clients "$LOAD_DAEMON" -peer "$addr" -identities "$LOAD_IDENTITIES" \
+          >"$LOGS/loadgen-$i.log" 2>&1 &
+        lpid=$!
+        sleep 5
+        kill -0 "$lpid" 2>/dev/null || die "loadgen exited early; see $LOGS/loadgen-$i.log"
+      fi
+      v=$(e2e_once node "$i" none)
+      if [ "$side" = loaded ]; then
+        kill -TERM "$lpid"
+        wait "$lpid" || true
+        out=$(tail -n1 "$LOGS/loadgen-$i.log")
+        log "  loadgen: $out"
+        loaded+=("$v")
+      else
+        idle+=("$v")
+      fi
+      log "  run $i $side: $v"
+    done
+  done
+  rss=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
+  v=$(best min "${loaded[@]}")
+  ratio=$(calc "$v/$(best min "${idle[@]}")")
+  row "nix copy go1.25.0 under load ($((3 * LOAD_STALLED)) stalled NAR GETs, $LOAD_DAEMON daemon clients, $LOAD_IDENTITIES peer identities) (peer: node idle)" \
+    "$(fmt '%.2f s' "$v")" "$(fmt '%.2f s' "$(best min "${idle[@]}")")" "$(fmt '%.2f' "$ratio")" "≤ 2" "$(met ceiling "$ratio" 2)"
+  note "loadgen's last run: $out"
+  row "node peak RSS under load (VmHWM; $((rss_before / 1024)) MiB before)" "$(fmt '%.0f MiB' "$(calc "$rss/1024")")" "—" "—" "≤ 256 MiB" \
+    "$(met ceiling "$(calc "$rss/1024")" 256)"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | dedup | ingest | daemon | p2p | swarm | dht | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | dedup | ingest | daemon | p2p | swarm | dht | load | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo daemon dedup ingest p2p swarm dht); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo daemon dedup ingest p2p swarm dht load); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
@@ -918,7 +972,7 @@ main() {
     case $w in
       serve | e2e) start_nginx ;;
       narinfo) make_narinfo_paths ;;
-      dedup) start_node ;;
+      dedup | load) start_node ;;
       daemon) start_daemons ;;
       p2p) setup_p2p ;;
     esac
