@@ -23,10 +23,10 @@
 // Timeouts: ReadHeaderTimeout bounds the reading of each request header
 // (and the wait for the first), IdleTimeout the wait for the next one.
 // WriteProgressTimeout is a deadline that moves with progress: a response
-// that gets no byte out for that long fails and its connection closes, so
-// a client that stops reading holds its connection (and what its handler
-// holds) for a bounded time; a slow client that keeps reading is never
-// cut off, however long its response takes. A request body that the
+// that gets no byte out for that long (up to a quarter more) fails and its
+// connection closes, so a client that stops reading holds its connection
+// (and what its handler holds) for a bounded time; a slow client that
+// keeps reading is never cut off, however long its response takes. A request body that the
 // handler leaves unread is skipped if it is already in, and otherwise
 // closes the connection after the answer: the server never waits for a
 // body (a GET that announces one and sends none is answered at once).
@@ -658,34 +658,52 @@ func (w *response) finish() error {
 }
 
 // progressWriter writes to a connection under a deadline that moves with
-// progress: each write gets the full timeout, and a write that times out
-// having sent something goes on with a fresh one. A client that stops
-// reading then fails the response after one to two timeouts; one that
-// reads slowly does not.
+// progress. A write that blocks wakes every quarter of the timeout to see
+// whether it sent anything since; it fails once it has gone a whole
+// timeout without, so a client that stops reading fails its response
+// between one and one and a quarter timeouts after its last byte, and one
+// that reads slowly never does.
 type progressWriter struct {
 	c       net.Conn
 	timeout time.Duration
 	armed   time.Time // when the deadline was last set
 }
 
-// arm sets the deadline a timeout from now. A deadline set less than a
-// 64th of the timeout ago is left: moving the runtime's timer on every
-// write of a NAR cost about 1% of the CPU of serving it.
-func (p *progressWriter) arm(force bool) {
-	now := time.Now()
+// arm sets the deadline a quarter of the timeout from now. Unless forced,
+// a deadline set less than a 64th of the timeout ago is left: moving the
+// runtime's timer on every write of a NAR cost about 1% of the CPU of
+// serving it.
+func (p *progressWriter) arm(now time.Time, force bool) {
 	if force || now.Sub(p.armed) > p.timeout/64 {
-		p.c.SetWriteDeadline(now.Add(p.timeout))
+		p.c.SetWriteDeadline(now.Add(p.timeout / 4))
 		p.armed = now
 	}
 }
 
+// stalled is called when a write timed out having sent k bytes since the
+// deadline was set, with progress the last time it sent something: it
+// reports whether the write has now gone a timeout without progress, and
+// re-arms if not.
+func (p *progressWriter) stalled(progress *time.Time, k int64) bool {
+	now := time.Now()
+	if k > 0 {
+		*progress = now
+	}
+	if now.Sub(*progress) >= p.timeout {
+		return true
+	}
+	p.arm(now, true)
+	return false
+}
+
 func (p *progressWriter) Write(b []byte) (int, error) {
+	progress := time.Now() // the last write completed: progress
+	p.arm(progress, false)
 	var n int
-	for first := true; ; first = false {
-		p.arm(!first)
+	for {
 		k, err := p.c.Write(b[n:])
 		n += k
-		if k == 0 || !isTimeout(err) {
+		if !isTimeout(err) || p.stalled(&progress, int64(k)) {
 			return n, err
 		}
 	}
@@ -701,16 +719,17 @@ func (p *progressWriter) ReadFrom(r io.Reader) (int64, error) {
 		return io.Copy(struct{ io.Writer }{p}, r)
 	}
 	lr, _ := r.(*io.LimitedReader)
+	progress := time.Now()
+	p.arm(progress, false)
 	var n int64
-	for first := true; ; first = false {
+	for {
 		var left int64
 		if lr != nil {
 			left = lr.N
 		}
-		p.arm(!first)
 		k, err := rf.ReadFrom(r)
 		n += k
-		if k == 0 || !isTimeout(err) || lr == nil || left-lr.N != k {
+		if !isTimeout(err) || lr == nil || left-lr.N != k || p.stalled(&progress, k) {
 			return n, err
 		}
 	}
