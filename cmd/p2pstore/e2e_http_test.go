@@ -267,3 +267,32 @@ func TestStalledHTTPClients(t *testing.T) {
 		t.Errorf("60 stalled clients grew the node's RSS by %d MB", grew>>20)
 	}
 }
+
+// TestNARRangeWhileFetching: a node that is still fetching a path from a
+// peer answers ranges of its NAR, in the framing and in the last file,
+// with the slices of nix-store --dump.
+func TestNARRangeWhileFetching(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.41", "node-a-1", "--max-upload-rate", "16M")
+	a.start()
+	pub := a.status().PublicKey
+	files := randomFiles(41, 6) // 24 MiB: about 1.5 s at A's upload rate
+	files["small"] = []byte("small file")
+	p, c, url, _ := coldNAR(t, a, pub, "127.0.0.42", "ranged", files)
+	dump := nixtest.Output(t, "nix-store", "--dump", p)
+	size := len(dump)
+	last := bytes.Index(dump, files["small"]) // the last file, after 24 MiB
+	for _, tc := range []struct{ from, to int }{
+		{size - 100<<10, size},
+		{last - 40, last + 20},
+		{10, 300},
+	} {
+		start := time.Now()
+		resp, body := getRange(t, url, fmt.Sprintf("bytes=%d-%d", tc.from, tc.to-1))
+		t.Logf("range %d-%d: %d in %v", tc.from, tc.to-1, resp.StatusCode, time.Since(start))
+		if resp.StatusCode != 206 || !bytes.Equal(body, dump[tc.from:tc.to]) {
+			t.Errorf("range %d-%d from C: %d, %d bytes, not the slice of nix-store --dump\n%s", tc.from, tc.to-1, resp.StatusCode, len(body), c.log)
+		}
+	}
+	c.checkServedNAR(p)
+}
