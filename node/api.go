@@ -50,7 +50,7 @@ type Status struct {
 	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`
 	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"`
 	HTTPListen            string   `json:"http_listen"`
-	DaemonSocket          string   `json:"daemon_socket"`
+	DaemonSocket          string   `json:"daemon_socket,omitempty"` // the control socket only
 	PublicKey             string   `json:"public_key,omitempty"`
 	// DHT announcements: whether the provider is in contact with the DHT,
 	// and the keys waiting to be announced.
@@ -329,11 +329,21 @@ func (n *Node) status() (*Status, error) {
 	return s, nil
 }
 
-func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) {
+func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, false) }
+
+// servePublicStatus is the status on the public HTTP port: the same,
+// without the local paths (the daemon socket's) that only the node's
+// owner needs.
+func (n *Node) servePublicStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, true) }
+
+func (n *Node) writeStatus(w http.ResponseWriter, public bool) {
 	s, err := n.status()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
+	}
+	if public {
+		s.DaemonSocket = ""
 	}
 	writeJSON(w, http.StatusOK, s)
 }

@@ -1286,14 +1286,14 @@ func (s *jobSource) WriteBlob(ctx context.Context, w io.Writer, d castore.Digest
 	return nil
 }
 
-// render writes the job's NAR to a client, compressed as asked, as its
+// render writes the job's NAR, or the part asked, to a client as its
 // chunks arrive.
-func (j *job) render(ctx context.Context, w io.Writer, compression string) error {
-	return j.renderNAR(ctx, w, compression, true)
+func (j *job) render(ctx context.Context, w io.Writer, part narPart) error {
+	return j.renderNAR(ctx, w, part, true)
 }
 
-func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, urgent bool) error {
-	usesHandoff := compression != httpcache.CompressionZstd // a zstd NAR splices stored frames
+func (j *job) renderNAR(ctx context.Context, w io.Writer, part narPart, urgent bool) error {
+	usesHandoff := part.compression != httpcache.CompressionZstd // a zstd NAR splices stored frames
 	j.mu.Lock()
 	j.renders++
 	if usesHandoff {
@@ -1331,7 +1331,7 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 	})
 	defer func() { j.release(taken) }()
 	src := &jobSource{j: j, r: r, attempt: attempt, urgent: urgent, handoff: usesHandoff}
-	return renderNAR(ctx, r, src, j.info.Root, compression, w)
+	return renderNAR(ctx, r, src, j.info.Root, part, w)
 }
 
 // checkNAR renders the NAR as the chunks arrive and checks it against the
@@ -1339,7 +1339,7 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, compression string, ur
 func (j *job) checkNAR(ctx context.Context) error {
 	h := sha256.New()
 	cw := &countingWriter{w: h}
-	err := j.renderNAR(ctx, struct{ io.Writer }{cw}, httpcache.CompressionNone, false)
+	err := j.renderNAR(ctx, struct{ io.Writer }{cw}, narPart{compression: httpcache.CompressionNone}, false)
 	if err != nil {
 		return err
 	}

@@ -151,6 +151,12 @@ type server interface {
 	Shutdown(context.Context) error
 }
 
+// httpWriteProgressTimeout ends a binary cache response that sends nothing
+// for this long (a client that stopped reading): what it holds, a NAR
+// renderer and its buffers or an xz encoder, is then freed. A slow client
+// that keeps reading is not cut off.
+const httpWriteProgressTimeout = 60 * time.Second
+
 // HTTPAddr returns the address the binary cache listens on.
 func (n *Node) HTTPAddr() string {
 	if n.httpLn == nil {
@@ -164,7 +170,7 @@ func (n *Node) HTTPAddr() string {
 func (n *Node) Handler() http.Handler {
 	cache := httpcache.New(n, httpcache.Options{StoreDir: n.cfg.StoreDir, Priority: 30, Log: n.log})
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/v1/status", n.serveStatus)
+	mux.HandleFunc("GET /api/v1/status", n.servePublicStatus)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{}))
 	mux.Handle("/", cache)
 	return n.metrics.instrument(corkNARs(mux))
@@ -206,7 +212,7 @@ func (n *Node) Run(ctx context.Context) error {
 		// The binary cache: httpserve, for the latency of sequential
 		// narinfo requests (see its package doc).
 		serve(n.httpLn, &httpserve.Server{Handler: n.Handler(), ReadHeaderTimeout: 30 * time.Second,
-			IdleTimeout: 2 * time.Minute, ConnContext: withConn, Log: n.log})
+			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withConn, Log: n.log})
 	}
 	// The control API takes request bodies (imports): net/http.
 	controlLn := newConnListener(n.controlLn.Addr())

@@ -18,9 +18,18 @@
 // an io.ReaderFrom (a body of known length goes out by the connection's
 // ReadFrom: sendfile for files), the connection in the request's context
 // through ConnContext, and a context cancelled when the handler returns.
-// A client that goes away is noticed when a write fails, not before; one
-// that stops reading holds its connection, as with net/http's server and
-// no WriteTimeout, which is how the node ran it.
+// A client that goes away is noticed when a write fails, not before.
+//
+// Timeouts: ReadHeaderTimeout bounds the reading of each request header
+// (and the wait for the first), IdleTimeout the wait for the next one.
+// WriteProgressTimeout is a deadline that moves with progress: a response
+// that gets no byte out for that long (up to a quarter more) fails and its
+// connection closes, so a client that stops reading holds its connection
+// (and what its handler holds) for a bounded time; a slow client that
+// keeps reading is never cut off, however long its response takes. A request body that the
+// handler leaves unread is skipped if it is already in, and otherwise
+// closes the connection after the answer: the server never waits for a
+// body (a GET that announces one and sends none is answered at once).
 // Responses are HTTP/1.1; an HTTP/1.0 request gets its answer and the
 // connection is closed. A body without a Content-Length is buffered up to
 // 4 KiB, so small answers get one, and larger ones go chunked.
@@ -48,7 +57,10 @@ type Server struct {
 	Handler           http.Handler
 	ReadHeaderTimeout time.Duration // to read a request's header, and the first one's start (0: none)
 	IdleTimeout       time.Duration // to wait for the next request on a connection (0: none)
-	MaxHeaderBytes    int           // 0: 64 KiB
+	// WriteProgressTimeout: a response whose writes send nothing for this
+	// long ends its connection (0: none). See the package doc.
+	WriteProgressTimeout time.Duration
+	MaxHeaderBytes       int // 0: 64 KiB
 	// ConnContext, if set, derives each connection's context.
 	ConnContext func(ctx context.Context, c net.Conn) context.Context
 	Log         *slog.Logger // nil: discard
@@ -166,7 +178,8 @@ func (s *Server) log() *slog.Logger {
 type conn struct {
 	s      *Server
 	rw     net.Conn
-	idle   bool // waiting for a request (s.mu)
+	out    io.Writer // rw's write side, with the write-progress deadline
+	idle   bool      // waiting for a request (s.mu)
 	lr     limitedReader
 	linger bool // the server ends the connection: close gently
 }
@@ -240,8 +253,12 @@ func (c *conn) serve() {
 		maxHeader = 64 << 10
 	}
 	c.lr = limitedReader{r: c.rw, n: noLimit}
+	c.out = c.rw
+	if c.s.WriteProgressTimeout > 0 {
+		c.out = &progressWriter{c: c.rw, timeout: c.s.WriteProgressTimeout}
+	}
 	br := bufio.NewReaderSize(&c.lr, 4<<10)
-	bw := bufio.NewWriterSize(c.rw, 4<<10)
+	bw := bufio.NewWriterSize(c.out, 4<<10)
 	for first := true; ; first = false {
 		if !c.setIdle(true) {
 			c.linger = !first // it may have sent another request already
@@ -295,8 +312,7 @@ func (c *conn) serve() {
 // badRequest answers a request that could not be read, unless the
 // connection simply ended; it reports whether it answered.
 func (c *conn) badRequest(bw *bufio.Writer, err error, tooLarge bool) bool {
-	var ne net.Error
-	if !tooLarge && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout())) {
+	if !tooLarge && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isTimeout(err)) {
 		return false
 	}
 	code := http.StatusBadRequest
@@ -348,17 +364,20 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer
 	c.s.Handler.ServeHTTP(w, req)
 	if !w.closeAfter && req.Body != nil && req.Body != http.NoBody {
 		// Whatever the handler left unread of the body must go before the
-		// next request can be read; a little is read, more closes. Read
-		// before the answer goes out when it has not yet, so that the
-		// answer says whether the connection stays: a client that finds
-		// it closed after an answer without "Connection: close" may have
-		// sent its next request on it.
-		if c.s.ReadHeaderTimeout > 0 {
-			c.rw.SetReadDeadline(time.Now().Add(c.s.ReadHeaderTimeout))
-		}
+		// next request can be read. What has arrived with the header is
+		// skipped; for more the connection closes rather than wait for a
+		// body nobody needs (a GET with a Content-Length and no body
+		// would hold its answer until a timeout). This happens before the
+		// answer goes out when it has not yet, so that the answer says
+		// whether the connection stays: a client that finds it closed
+		// after an answer without "Connection: close" may have sent its
+		// next request on it. The deadline in the past stops any read of
+		// the connection itself; only buffered bytes are skipped.
+		c.rw.SetReadDeadline(time.Now())
 		if _, err := io.CopyN(io.Discard, req.Body, 256<<10+1); err != io.EOF {
 			w.closeAfter = true
 		}
+		c.rw.SetReadDeadline(time.Time{})
 	}
 	if err := w.finish(); err != nil {
 		return false
@@ -470,6 +489,9 @@ func (w *response) ReadFrom(r io.Reader) (int64, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
+	if lr, ok := r.(*io.LimitedReader); ok && w.declared < 0 && w.bodyAllowed() && w.req.ProtoAtLeast(1, 1) && isFile(lr.R) && lr.N > bufferBody {
+		return w.sendChunk(lr)
+	}
 	if !w.bodyAllowed() || w.declared < 0 {
 		return io.Copy(struct{ io.Writer }{w}, r) // through Write: discarded, buffered or chunked
 	}
@@ -482,7 +504,7 @@ func (w *response) ReadFrom(r io.Reader) (int64, error) {
 	// past the declared length. A file, or a LimitedReader of one, within
 	// the length still goes by sendfile.
 	left := w.declared - w.written
-	rf, ok := w.c.rw.(io.ReaderFrom)
+	rf, ok := w.c.out.(io.ReaderFrom)
 	switch lr, isLR := r.(*io.LimitedReader); {
 	case !ok:
 		return io.Copy(struct{ io.Writer }{w}, r)
@@ -505,6 +527,38 @@ func (w *response) ReadFrom(r io.Reader) (int64, error) {
 		return n, w.err
 	}
 	return n, err
+}
+
+// sendChunk sends a range of a file as one chunk of a chunked body, by the
+// connection's ReadFrom (sendfile): a .nar.zst's stored frames go out so,
+// with no copy and no buffer held.
+func (w *response) sendChunk(lr *io.LimitedReader) (int64, error) {
+	if !w.sent {
+		if err := w.sendHeader(false, w.buf); err != nil {
+			return 0, err
+		}
+	}
+	rf, ok := w.c.out.(io.ReaderFrom)
+	if !w.chunked || !ok {
+		return io.Copy(struct{ io.Writer }{w}, lr)
+	}
+	size := lr.N
+	fmt.Fprintf(w.bw, "%x\r\n", size)
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+		return 0, err
+	}
+	n, err := rf.ReadFrom(lr)
+	w.written += n
+	if err == nil && n != size {
+		err = io.ErrUnexpectedEOF // the chunk is cut: the connection must end
+	}
+	if err != nil {
+		w.err = err
+		return n, err
+	}
+	w.bw.WriteString("\r\n")
+	return n, nil
 }
 
 func isFile(r io.Reader) bool {
@@ -601,4 +655,87 @@ func (w *response) finish() error {
 		return http.ErrContentLength
 	}
 	return w.bw.Flush()
+}
+
+// progressWriter writes to a connection under a deadline that moves with
+// progress. A write that blocks wakes every quarter of the timeout to see
+// whether it sent anything since; it fails once it has gone a whole
+// timeout without, so a client that stops reading fails its response
+// between one and one and a quarter timeouts after its last byte, and one
+// that reads slowly never does.
+type progressWriter struct {
+	c       net.Conn
+	timeout time.Duration
+	armed   time.Time // when the deadline was last set
+}
+
+// arm sets the deadline a quarter of the timeout from now. Unless forced,
+// a deadline set less than a 64th of the timeout ago is left: moving the
+// runtime's timer on every write of a NAR cost about 1% of the CPU of
+// serving it.
+func (p *progressWriter) arm(now time.Time, force bool) {
+	if force || now.Sub(p.armed) > p.timeout/64 {
+		p.c.SetWriteDeadline(now.Add(p.timeout / 4))
+		p.armed = now
+	}
+}
+
+// stalled is called when a write timed out having sent k bytes since the
+// deadline was set, with progress the last time it sent something: it
+// reports whether the write has now gone a timeout without progress, and
+// re-arms if not.
+func (p *progressWriter) stalled(progress *time.Time, k int64) bool {
+	now := time.Now()
+	if k > 0 {
+		*progress = now
+	}
+	if now.Sub(*progress) >= p.timeout {
+		return true
+	}
+	p.arm(now, true)
+	return false
+}
+
+func (p *progressWriter) Write(b []byte) (int, error) {
+	progress := time.Now() // the last write completed: progress
+	p.arm(progress, false)
+	var n int
+	for {
+		k, err := p.c.Write(b[n:])
+		n += k
+		if !isTimeout(err) || p.stalled(&progress, int64(k)) {
+			return n, err
+		}
+	}
+}
+
+// ReadFrom sends r by the connection's ReadFrom (sendfile for a range of a
+// file) under the same deadline. It goes on after a timeout only when the
+// bytes taken from r were all sent, as sendfile leaves them: a copying
+// fallback may have read bytes that it could not write.
+func (p *progressWriter) ReadFrom(r io.Reader) (int64, error) {
+	rf, ok := p.c.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(struct{ io.Writer }{p}, r)
+	}
+	lr, _ := r.(*io.LimitedReader)
+	progress := time.Now()
+	p.arm(progress, false)
+	var n int64
+	for {
+		var left int64
+		if lr != nil {
+			left = lr.N
+		}
+		k, err := rf.ReadFrom(r)
+		n += k
+		if !isTimeout(err) || lr == nil || left-lr.N != k || p.stalled(&progress, k) {
+			return n, err
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }

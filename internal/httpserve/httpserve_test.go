@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -88,6 +90,15 @@ func TestBodies(t *testing.T) {
 		w.Header().Set("Content-Length", "1000")
 		w.(io.ReaderFrom).ReadFrom(&io.LimitedReader{R: f, N: 1000})
 	})
+	mux.HandleFunc("/chunked-file", func(w http.ResponseWriter, r *http.Request) {
+		f, _ := os.Open(file)
+		defer f.Close()
+		io.WriteString(w, "hdr")
+		if _, err := w.(io.ReaderFrom).ReadFrom(&io.LimitedReader{R: f, N: int64(len(big))}); err != nil {
+			t.Errorf("ReadFrom a file into a chunked body: %v", err)
+		}
+		io.WriteString(w, "end")
+	})
 	mux.HandleFunc("/flushed", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "part one, ")
 		w.(http.Flusher).Flush()
@@ -133,6 +144,7 @@ func TestBodies(t *testing.T) {
 		{path: "/declared", code: 200, body: big, length: int64(len(big))},
 		{path: "/sendfile", code: 200, body: append([]byte("hdr"), big...), length: int64(len(big) + 3)},
 		{path: "/limited", code: 200, body: big[:1000], length: 1000},
+		{path: "/chunked-file", code: 200, body: append(append([]byte("hdr"), big...), "end"...), length: -1, chunked: true},
 		{path: "/flushed", code: 200, body: []byte("part one, part two"), length: -1, chunked: true},
 		{path: "/late-length", code: 200, body: big, length: -1, chunked: true},
 		{path: "/longer-file", code: 200, body: big[:1000], length: 1000},
@@ -195,6 +207,28 @@ func TestShortBodyClosesConnection(t *testing.T) {
 	}
 	if n := dials.Load(); n != 2 {
 		t.Errorf("%d connections, want 2 (the first closed after the short body)", n)
+	}
+}
+
+// A file shorter than the chunk it was to fill ends the connection: the
+// client sees a broken chunked body, never a short one that looks whole.
+func TestShortFileChunkClosesConnection(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(file, make([]byte, 100<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, url, c, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, _ := os.Open(file)
+		defer f.Close()
+		w.(io.ReaderFrom).ReadFrom(&io.LimitedReader{R: f, N: 200 << 10})
+	}))
+	resp, err := c.Get(url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadAll(resp.Body); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("reading a cut chunked body: %v, want unexpected EOF", err)
 	}
 }
 
@@ -496,5 +530,182 @@ func TestTimeouts(t *testing.T) {
 		if answered := strings.Contains(string(out), "hi"); answered != (name == "idle after") {
 			t.Errorf("%s: answer %q", name, out)
 		}
+	}
+}
+
+// A GET or HEAD that announces a body and sends none is answered at once,
+// and its connection closed after the answer, rather than held until a
+// timeout waiting for the body.
+func TestAnnouncedBodyNeverSent(t *testing.T) {
+	_, url, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello") }))
+	for _, method := range []string{"GET", "HEAD"} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		conn.SetDeadline(start.Add(2 * time.Second)) // the server's timeouts are 5 s
+		io.WriteString(conn, method+" / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+		out, err := io.ReadAll(conn) // the answer, then the server closes
+		conn.Close()
+		if err != nil {
+			t.Errorf("%s: no answer and close within 2 s: %v (got %q)", method, err, out)
+			continue
+		}
+		if !strings.HasPrefix(string(out), "HTTP/1.1 200 ") || !strings.Contains(string(out), "Connection: close\r\n") {
+			t.Errorf("%s: answer %q", method, out)
+		}
+		t.Logf("%s answered and closed in %v", method, time.Since(start))
+	}
+}
+
+// slowConns makes the server's send buffers small, so that a client that
+// stops reading stalls the server's writes after a few hundred kilobytes.
+func slowConns(ctx context.Context, c net.Conn) context.Context {
+	c.(*net.TCPConn).SetWriteBuffer(64 << 10)
+	return ctx
+}
+
+// dialSmall connects with a small receive buffer.
+func dialSmall(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(network, address string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10) })
+		return nil
+	}}
+	conn, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// A response whose client stops reading fails once its writes make no
+// progress for WriteProgressTimeout, and the connection closes; a client
+// that reads slowly gets its whole response, however long it takes. Both
+// for bodies written by Write and sent by sendfile.
+func TestWriteProgressTimeout(t *testing.T) {
+	const size = 3 << 20
+	big := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	file := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(file, big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	handlerDone := make(chan error, 1)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/write", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		var err error
+		for off := 0; off < size && err == nil; off += 64 << 10 {
+			_, err = w.Write(big[off : off+64<<10])
+		}
+		handlerDone <- err
+	})
+	mux.HandleFunc("/sendfile", func(w http.ResponseWriter, r *http.Request) {
+		f, _ := os.Open(file)
+		defer f.Close()
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		_, err := w.(io.ReaderFrom).ReadFrom(&io.LimitedReader{R: f, N: size})
+		handlerDone <- err
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const timeout = 300 * time.Millisecond
+	s := &Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 10 * time.Second,
+		WriteProgressTimeout: timeout, ConnContext: slowConns}
+	go s.Serve(ln)
+	defer s.Shutdown(context.Background())
+
+	for _, path := range []string{"/write", "/sendfile"} {
+		// A client that reads 64 KiB and stops.
+		conn := dialSmall(t, ln.Addr().String())
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+		if _, err := io.ReadFull(conn, make([]byte, 64<<10)); err != nil {
+			t.Fatal(err)
+		}
+		stopped := time.Now()
+		select {
+		case err := <-handlerDone:
+			if err == nil {
+				t.Errorf("%s: the stalled response completed", path)
+			}
+			t.Logf("%s: stalled response failed %v after the client stopped: %v", path, time.Since(stopped), err)
+		case <-time.After(10 * time.Second):
+			t.Errorf("%s: the stalled response still runs 10 s after the client stopped reading", path)
+			conn.Close()
+			<-handlerDone
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, conn); isTimeout(err) {
+			t.Errorf("%s: the server did not close the stalled connection", path)
+		}
+		conn.Close()
+
+		// A client that reads slowly, for several timeouts in all.
+		conn = dialSmall(t, ln.Addr().String())
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		began := time.Now()
+		var got int64
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := io.ReadFull(resp.Body, buf)
+			got += int64(n)
+			if err != nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		conn.Close()
+		if err := <-handlerDone; err != nil || got != size {
+			t.Errorf("%s: slow client got %d of %d bytes in %v; handler: %v", path, got, size, time.Since(began), err)
+		} else if took := time.Since(began); took < 3*timeout {
+			t.Logf("%s: the slow read took only %v; the test proves little", path, took)
+		}
+	}
+}
+
+// ReadHeaderTimeout bounds a whole request header, not each read: a client
+// that trickles one byte at a time is closed once it has passed.
+func TestHeaderTrickle(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hi") }),
+		ReadHeaderTimeout: 300 * time.Millisecond, IdleTimeout: time.Second}
+	go s.Serve(ln)
+	defer s.Shutdown(context.Background())
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for _, b := range []byte("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + strings.Repeat("a", 200)) {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if _, err := conn.Write([]byte{b}); err != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	conn.SetReadDeadline(start.Add(5 * time.Second))
+	io.Copy(io.Discard, conn)
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("a trickled header held its connection for %v (timeout 300 ms)", took)
 	}
 }

@@ -23,8 +23,11 @@ type Writer struct {
 }
 
 // NewWriter returns a Writer with a 64 KiB buffer.
-func NewWriter(w io.Writer) *Writer {
-	return &Writer{out: w, bw: bufio.NewWriterSize(w, 64<<10)}
+func NewWriter(w io.Writer) *Writer { return NewWriterSize(w, 64<<10) }
+
+// NewWriterSize returns a Writer with a buffer of size bytes.
+func NewWriterSize(w io.Writer, size int) *Writer {
+	return &Writer{out: w, bw: bufio.NewWriterSize(w, size)}
 }
 
 // Write buffers p.

@@ -9,6 +9,15 @@
 // view answers any of .nar, .nar.zst and .nar.xz. NAR URLs carry the
 // NarHash (nar/<hash>-<narhash>.nar), so a client holding a stale narinfo
 // gets a 404, never the wrong bytes.
+//
+// An uncompressed NAR is served with Accept-Ranges and honours a single
+// byte range (206, or 416 when it lies past the end; a malformed or
+// multi-range header, or any If-Range, gets the whole NAR), so that Nix
+// can resume a broken download. Compressed NARs are not ranged: a .nar.zst
+// is spliced from frames made in the background, so its bytes change once
+// they are made. A .nar.xz is compressed per request, costs an encoder of
+// its own, and is advertised by no narinfo here: at most MaxXz run at
+// once, and more get 503 with Retry-After before any byte of body.
 package httpcache
 
 import (
@@ -18,6 +27,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,19 +45,34 @@ type Paths interface {
 	// NAR writes the path's NAR to w, compressed as asked (one of the
 	// Compression constants).
 	NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error
+	// NARRange writes n bytes of the path's uncompressed NAR from offset
+	// off to w; the range lies within the NAR.
+	NARRange(ctx context.Context, info *pathinfo.Info, off, n int64, w io.Writer) error
 }
 
 // Options configure a Handler.
 type Options struct {
 	StoreDir string
 	Priority int // nix-cache-info Priority; lower wins
-	Log      *slog.Logger
+	// MaxXz bounds the .nar.xz responses being compressed at once (0:
+	// DefaultMaxXz). Each holds an xz encoder of several megabytes and a
+	// core's worth of CPU, for as long as its client reads.
+	MaxXz int
+	Log   *slog.Logger
 }
+
+// DefaultMaxXz is MaxXz when unset.
+const DefaultMaxXz = 4
+
+// xzRetryAfter is the Retry-After, in seconds, of a .nar.xz refused for
+// want of a free encoder.
+const xzRetryAfter = "10"
 
 // Handler is the binary cache http.Handler.
 type Handler struct {
 	paths Paths
 	opts  Options
+	xz    chan struct{} // a token per .nar.xz response running
 }
 
 // New returns a Handler serving paths.
@@ -55,7 +80,10 @@ func New(paths Paths, opts Options) *Handler {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{paths: paths, opts: opts}
+	if opts.MaxXz <= 0 {
+		opts.MaxXz = DefaultMaxXz
+	}
+	return &Handler{paths: paths, opts: opts, xz: make(chan struct{}, opts.MaxXz)}
 }
 
 // Compression names as they appear in narinfo files, and URL suffixes.
@@ -206,14 +234,50 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-nix-nar")
+	status, off, n := http.StatusOK, int64(0), int64(-1)
 	if compression == CompressionNone {
-		w.Header().Set("Content-Length", strconv.FormatUint(info.NarSize, 10))
+		size := int64(info.NarSize)
+		w.Header().Set("Accept-Ranges", "bytes")
+		var code int
+		if r.Header.Get("If-Range") == "" { // no validator is ever sent: none matches
+			off, n, code = parseRange(r.Header.Get("Range"), size)
+		}
+		switch code {
+		case http.StatusRequestedRangeNotSatisfiable:
+			w.Header().Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+			http.Error(w, "range not satisfiable", code)
+			return
+		case http.StatusPartialContent:
+			status = code
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, size))
+			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		default:
+			off, n = 0, -1
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		}
 	}
 	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
 		return
 	}
-	sw := &startWriter{ResponseWriter: w}
-	if err := h.paths.NAR(r.Context(), info, compression, sw); err != nil {
+	if compression == CompressionXz {
+		select {
+		case h.xz <- struct{}{}:
+			defer func() { <-h.xz }()
+		default:
+			w.Header().Set("Retry-After", xzRetryAfter)
+			http.Error(w, "too many .nar.xz responses at once; .nar and .nar.zst are not limited", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	sw := &startWriter{ResponseWriter: w, status: status}
+	var err error
+	if n >= 0 {
+		err = h.paths.NARRange(r.Context(), info, off, n, sw)
+	} else {
+		err = h.paths.NAR(r.Context(), info, compression, sw)
+	}
+	if err != nil {
 		gone := clientGone(r, err)
 		if gone {
 			h.opts.Log.Debug("client left during a NAR", "path", info.StorePath, "err", err)
@@ -222,6 +286,7 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 		}
 		if !sw.started && !gone {
 			w.Header().Del("Content-Length")
+			w.Header().Del("Content-Range")
 			if errors.Is(err, pathinfo.ErrNotFound) {
 				http.Error(w, "no such path", http.StatusNotFound)
 			} else {
@@ -235,28 +300,88 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 	}
 }
 
-// startWriter notes whether a response has begun, so that a NAR that
-// fails before its first byte still gets a status line. It keeps the
-// ResponseWriter's ReadFrom (sendfile underneath).
+// startWriter sends the status of a NAR response with its first byte, so
+// that a NAR that fails before it still gets an error status line. It
+// keeps the ResponseWriter's ReadFrom (sendfile underneath).
 type startWriter struct {
 	http.ResponseWriter
+	status  int
 	started bool
 }
 
+func (s *startWriter) start() {
+	if !s.started {
+		s.started = true
+		s.ResponseWriter.WriteHeader(s.status)
+	}
+}
+
 func (s *startWriter) Write(p []byte) (int, error) {
-	s.started = true
+	s.start()
 	return s.ResponseWriter.Write(p)
 }
 
 func (s *startWriter) ReadFrom(r io.Reader) (int64, error) {
-	s.started = true
+	s.start()
 	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}
 	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
 }
 
-// clientGone reports whether err only says that the client hung up.
+// parseRange reads a Range header for a body of size bytes. It returns
+// 206 and the range (offset and length) for a single satisfiable range,
+// 416 for one that starts past the end (or an empty suffix), and 200 for
+// no header, a malformed one or several ranges: the whole body then.
+func parseRange(h string, size int64) (off, n int64, code int) {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, 0, http.StatusOK
+	}
+	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok {
+		return 0, 0, http.StatusOK
+	}
+	if first == "" { // the last bytes
+		k, ok := parseDigits(last)
+		switch {
+		case !ok:
+			return 0, 0, http.StatusOK
+		case k == 0:
+			return 0, 0, http.StatusRequestedRangeNotSatisfiable
+		}
+		k = min(k, size)
+		return size - k, k, http.StatusPartialContent
+	}
+	a, ok := parseDigits(first)
+	if !ok {
+		return 0, 0, http.StatusOK
+	}
+	b := size - 1
+	if last != "" {
+		if b, ok = parseDigits(last); !ok || b < a {
+			return 0, 0, http.StatusOK
+		}
+	}
+	if a >= size {
+		return 0, 0, http.StatusRequestedRangeNotSatisfiable
+	}
+	b = min(b, size-1)
+	return a, b - a + 1, http.StatusPartialContent
+}
+
+// parseDigits parses a non-negative decimal number of digits only.
+func parseDigits(s string) (int64, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
+}
+
+// clientGone reports whether err only says that the client hung up or
+// stopped reading.
 func clientGone(r *http.Request, err error) bool {
-	return r.Context().Err() != nil || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+	return r.Context().Err() != nil || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, os.ErrDeadlineExceeded) // it stopped reading (the server's write-progress timeout)
 }

@@ -114,17 +114,22 @@ type Source interface {
 // Render writes the NAR of the tree at root to w.
 func Render(ctx context.Context, w io.Writer, root castore.Node, src Source) error {
 	nw := NewWriter(w)
-	if err := renderNode(ctx, nw, src, "", root); err != nil {
+	if err := renderNode(ctx, nw, src, "", root, nil); err != nil {
 		return err
 	}
 	return nw.Close()
 }
 
-func renderNode(ctx context.Context, w *Writer, src Source, p string, n castore.Node) error {
+// renderNode writes the NAR of a node; win is the window of a ranged
+// render (see RenderRange), nil for a whole NAR.
+func renderNode(ctx context.Context, w *Writer, src Source, p string, n castore.Node, win *window) error {
 	switch n.Type {
 	case castore.TypeFile:
 		if err := w.WriteHeader(&Header{Path: p, Type: TypeRegular, Size: int64(n.Size), Executable: n.Executable}); err != nil {
 			return err
+		}
+		if win != nil && win.skip > 0 {
+			return renderFileInRange(ctx, w, src, n, win)
 		}
 		return src.WriteBlob(ctx, w, n.Digest, n.Size)
 	case castore.TypeSymlink:
@@ -145,7 +150,7 @@ func renderNode(ctx context.Context, w *Writer, src Source, p string, n castore.
 			if p != "" {
 				cp = p + "/" + cp
 			}
-			return renderNode(ctx, w, src, cp, child)
+			return renderNode(ctx, w, src, cp, child, win)
 		})
 	}
 	return fmt.Errorf("nar: cannot render node type %v", n.Type)

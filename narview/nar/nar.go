@@ -10,6 +10,8 @@
 // without a length prefix); it hashes what it consumes, so the NarHash and
 // NarSize of an ingest come for free. Writer is its inverse and passes large
 // file contents to an io.ReaderFrom (a TCP connection doing sendfile).
+// Render writes a castore tree's NAR; RenderRange writes a part of it (an
+// HTTP Range) without reading the files before that part.
 //
 // We keep our own codec rather than go-nix's: its reader runs a goroutine
 // per archive and hands each header over channels, which costs more than

@@ -28,6 +28,12 @@ type Writer struct {
 
 // NewWriter returns a Writer to w.
 func NewWriter(w io.Writer) *Writer {
+	if _, ok := w.(castore.ChunkWriter); ok {
+		// A ZstdWriter takes file contents by chunk and buffers the rest
+		// itself: only the framing passes through here, and a large
+		// buffer would be memory held for nothing by every response.
+		return &Writer{out: w, bw: splice.NewWriterSize(w, 4<<10)}
+	}
 	return &Writer{out: w, bw: splice.NewWriter(w)}
 }
 
@@ -180,6 +186,19 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		return n, w.fail(err)
 	}
 	return n, nil
+}
+
+// skipContents counts n bytes of the current file's contents as written
+// without writing them: a ranged render skips what lies before its range.
+func (w *Writer) skipContents(n int64) error {
+	if w.err != nil {
+		return w.err
+	}
+	if n > w.remaining {
+		return w.fail(fmt.Errorf("nar: %d bytes skipped in a file with %d left", n, w.remaining))
+	}
+	w.contentWritten(n)
+	return nil
 }
 
 // WriteChunk passes one chunk of file contents, by digest, to a

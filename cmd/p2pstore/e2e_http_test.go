@@ -1,0 +1,298 @@
+package main
+
+// End-to-end tests of the binary cache's HTTP side: ranges, clients that
+// stop reading, and what the public port shows.
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2pstore/p2pstore/internal/nixtest"
+)
+
+// narURL returns the URL of a path's uncompressed NAR on the node.
+func (n *nodeProc) narURL(p string) string {
+	n.t.Helper()
+	code, body := n.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		n.t.Fatalf("%s: narinfo %d", p, code)
+	}
+	return n.url + "/" + narinfoField(string(body), "URL")
+}
+
+// getRange GETs url with a Range header.
+func getRange(t *testing.T, url, rng string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Range", rng)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("Range %s: %v", rng, err)
+	}
+	return resp, body
+}
+
+// TestNARRanges: byte ranges of a NAR at the start, in a file's contents,
+// inside the framing, at the last byte and open-ended are the matching
+// slices of nix-store --dump, and curl resumes a broken download into the
+// whole NAR.
+func TestNARRanges(t *testing.T) {
+	nixtest.Require(t)
+	n := newNode(t)
+	n.start()
+	files := edgeFiles()
+	p := addTree(t, "ranges", files)
+	n.run("import", p)
+	dump := nixtest.Output(t, "nix-store", "--dump", p)
+	size := len(dump)
+	url := n.narURL(p)
+
+	req, _ := http.NewRequest("HEAD", url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("Accept-Ranges") != "bytes" || resp.Header.Get("Content-Encoding") != "" || resp.ContentLength != int64(size) {
+		t.Fatalf("HEAD NAR: Accept-Ranges %q, Content-Encoding %q, length %d; Nix resumes only with Accept-Ranges and no encoding",
+			resp.Header.Get("Accept-Ranges"), resp.Header.Get("Content-Encoding"), resp.ContentLength)
+	}
+
+	big := bytes.Index(dump, files["big"][:4096]) // the 3 MiB file's contents
+	entry := bytes.Index(dump[big:], []byte("entry")) + big
+	if big < 0 || entry < big {
+		t.Fatal("landmarks not found in the NAR")
+	}
+	for _, tc := range []struct {
+		header   string
+		from, to int
+	}{
+		{"bytes=0-99", 0, 100},
+		{"bytes=0-", 0, size},
+		{fmt.Sprintf("bytes=%d-%d", big+1<<20, big+1<<20+300<<10-1), big + 1<<20, big + 1<<20 + 300<<10}, // in a file
+		{fmt.Sprintf("bytes=%d-%d", entry+3, entry+200), entry + 3, entry + 201},                         // in the framing
+		{fmt.Sprintf("bytes=%d-%d", size-1, size-1), size - 1, size},                                     // the last byte
+		{"bytes=-1", size - 1, size},
+		{fmt.Sprintf("bytes=%d-", big+12345), big + 12345, size}, // open-ended
+		{fmt.Sprintf("bytes=%d-", entry+1), entry + 1, size},
+	} {
+		resp, body := getRange(t, url, tc.header)
+		want := fmt.Sprintf("bytes %d-%d/%d", tc.from, tc.to-1, size)
+		if resp.StatusCode != 206 || resp.Header.Get("Content-Range") != want {
+			t.Errorf("Range %s: %d, Content-Range %q; want 206, %q", tc.header, resp.StatusCode, resp.Header.Get("Content-Range"), want)
+			continue
+		}
+		if !bytes.Equal(body, dump[tc.from:tc.to]) {
+			t.Errorf("Range %s: %d bytes, not the slice of nix-store --dump", tc.header, len(body))
+		}
+	}
+	if resp, _ := getRange(t, url, fmt.Sprintf("bytes=%d-", size)); resp.StatusCode != 416 || resp.Header.Get("Content-Range") != fmt.Sprintf("bytes */%d", size) {
+		t.Errorf("a range past the end: %d, Content-Range %q", resp.StatusCode, resp.Header.Get("Content-Range"))
+	}
+	for _, bad := range []string{"bytes=0-1,4-5", "bytes=x-y", "bytes=9-3"} {
+		if resp, body := getRange(t, url, bad); resp.StatusCode != 200 || !bytes.Equal(body, dump) {
+			t.Errorf("Range %s: %d with %d bytes, want the whole NAR", bad, resp.StatusCode, len(body))
+		}
+	}
+
+	// curl -C - continues a download that broke inside a file and one
+	// that broke inside the framing.
+	for _, cut := range []int{big + 777777, entry + 5} {
+		out := filepath.Join(t.TempDir(), "nar")
+		if err := os.WriteFile(out, dump[:cut], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := exec.Command("curl", "-sS", "-f", "-C", "-", "-o", out, url).CombinedOutput(); err != nil {
+			t.Fatalf("curl -C - from %d: %v\n%s", cut, err, b)
+		}
+		if got, _ := os.ReadFile(out); !bytes.Equal(got, dump) {
+			t.Errorf("resumed at %d: %d bytes, not the NAR", cut, len(got))
+		}
+	}
+}
+
+// TestPublicPortHidesLocalPaths: status and metrics on the HTTP port show
+// no local path (data dir, daemon socket); the control socket still tells
+// its owner.
+func TestPublicPortHidesLocalPaths(t *testing.T) {
+	nixtest.Require(t)
+	n := newNode(t)
+	n.start()
+	for _, path := range []string{"/api/v1/status", "/metrics"} {
+		code, body := n.get(path)
+		if code != 200 {
+			t.Fatalf("GET %s: %d", path, code)
+		}
+		if strings.Contains(string(body), n.dir) || strings.Contains(string(body), "daemon.sock") {
+			t.Errorf("GET %s on the public port shows a local path:\n%s", path, grepLines(string(body), n.dir, "daemon.sock"))
+		}
+	}
+	if s := n.status(); s.DaemonSocket != n.socket() {
+		t.Errorf("control status: daemon socket %q, want %q", s.DaemonSocket, n.socket())
+	}
+}
+
+func grepLines(text string, words ...string) string {
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		for _, w := range words {
+			if strings.Contains(line, w) {
+				out = append(out, line)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// rssOf returns a process's resident set size.
+func rssOf(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// wordsTree is a tree of compressible text (a few megabytes per file).
+func wordsTree(t *testing.T, mb int) string {
+	t.Helper()
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
+	words := strings.Fields("store path nar chunk peer narinfo closure derivation output hash signature reference substitute binary cache zstd frame pack index directory symlink regular executable contents")
+	files := map[string][]byte{}
+	for i := 0; i < mb/4; i++ {
+		var b bytes.Buffer
+		for b.Len() < 4<<20 {
+			b.WriteString(words[r.IntN(len(words))])
+			b.WriteByte(" \n"[r.IntN(8)/7])
+			if r.IntN(50) == 0 {
+				fmt.Fprintf(&b, "%x ", r.Uint64())
+			}
+		}
+		files[fmt.Sprintf("f%d", i)] = b.Bytes()
+	}
+	return addTree(t, "words", files)
+}
+
+// TestStalledHTTPClients: sixty clients that each read 64 KiB of a large
+// NAR (20 each of .nar, .nar.zst, .nar.xz) and stop leave the node's RSS
+// bounded: xz responses beyond the bound get 503 with Retry-After at once,
+// and the others hold buffers, not encoders. (Each xz encoder took 50 MB
+// before the bound.)
+func TestStalledHTTPClients(t *testing.T) {
+	nixtest.Require(t)
+	n := newNode(t)
+	n.start()
+	p := wordsTree(t, 48)
+	n.run("import", p)
+	n.waitCompressed()
+	url := n.narURL(p)
+	host := strings.TrimPrefix(n.url, "http://")
+	pid := n.cmd.Process.Pid
+	before := rssOf(t, pid)
+
+	codes := map[string]int{}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 60; i++ {
+		suffix := []string{"", ".zst", ".xz"}[i%3]
+		c, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		fmt.Fprintf(c, "GET %s%s HTTP/1.1\r\nHost: x\r\n\r\n", strings.TrimPrefix(url, n.url), suffix)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("client %d (%s): %v", i, suffix, err)
+		}
+		codes[fmt.Sprintf("%s %d", suffix, resp.StatusCode)]++
+		switch resp.StatusCode {
+		case 200:
+			if _, err := io.CopyN(io.Discard, resp.Body, 64<<10); err != nil {
+				t.Fatalf("client %d (%s): %v", i, suffix, err)
+			}
+		case 503:
+			if suffix != ".xz" || resp.Header.Get("Retry-After") == "" {
+				t.Errorf("client %d (%s): 503, Retry-After %q", i, suffix, resp.Header.Get("Retry-After"))
+			}
+		default:
+			t.Errorf("client %d (%s): %d", i, suffix, resp.StatusCode)
+		}
+	}
+	// The node fills the sockets' buffers and then blocks: wait until its
+	// RSS stops growing.
+	after, last := rssOf(t, pid), time.Now()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && time.Since(last) < 2*time.Second; time.Sleep(200 * time.Millisecond) {
+		if r := rssOf(t, pid); r > after+1<<20 {
+			after, last = r, time.Now()
+		}
+	}
+	grew := after - before
+	t.Logf("answers %v; RSS %d MB -> %d MB: %d KB per client", codes, before>>20, after>>20, grew/60>>10)
+	if codes[".xz 200"] > 8 || codes[".xz 503"] == 0 {
+		t.Errorf("xz answers %v: want a handful served and the rest 503", codes)
+	}
+	if grew > 300<<20 {
+		t.Errorf("60 stalled clients grew the node's RSS by %d MB", grew>>20)
+	}
+}
+
+// TestNARRangeWhileFetching: a node that is still fetching a path from a
+// peer answers ranges of its NAR, in the framing and in the last file,
+// with the slices of nix-store --dump.
+func TestNARRangeWhileFetching(t *testing.T) {
+	nixtest.Require(t)
+	a := newNodeAt(t, "127.0.0.41", "node-a-1", "--max-upload-rate", "16M")
+	a.start()
+	pub := a.status().PublicKey
+	files := randomFiles(41, 6) // 24 MiB: about 1.5 s at A's upload rate
+	files["small"] = []byte("small file")
+	p, c, url, _ := coldNAR(t, a, pub, "127.0.0.42", "ranged", files)
+	dump := nixtest.Output(t, "nix-store", "--dump", p)
+	size := len(dump)
+	last := bytes.Index(dump, files["small"]) // the last file, after 24 MiB
+	for _, tc := range []struct{ from, to int }{
+		{size - 100<<10, size},
+		{last - 40, last + 20},
+		{10, 300},
+	} {
+		start := time.Now()
+		resp, body := getRange(t, url, fmt.Sprintf("bytes=%d-%d", tc.from, tc.to-1))
+		t.Logf("range %d-%d: %d in %v", tc.from, tc.to-1, resp.StatusCode, time.Since(start))
+		if resp.StatusCode != 206 || !bytes.Equal(body, dump[tc.from:tc.to]) {
+			t.Errorf("range %d-%d from C: %d, %d bytes, not the slice of nix-store --dump\n%s", tc.from, tc.to-1, resp.StatusCode, len(body), c.log)
+		}
+	}
+	c.checkServedNAR(p)
+}
