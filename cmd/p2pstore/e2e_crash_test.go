@@ -86,6 +86,7 @@ func TestCrashDuringImport(t *testing.T) {
 	n.start()
 	paths, narHash := crashTrees(t, "crash", crashIterations)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	midway := 0 // kills that left the path absent
 	for i, p := range paths {
 		done := make(chan error, 1)
 		go func() { _, err := n.try("import", "--sign", p); done <- err }()
@@ -95,9 +96,11 @@ func TestCrashDuringImport(t *testing.T) {
 		n.start()
 		held := checkHeld(t, n, paths[:i+1], narHash)
 		if !held[p] {
+			midway++
 			n.run("import", "--sign", p)
 		}
 	}
+	t.Logf("%d kills, %d of them before the import was done", len(paths), midway)
 	held := checkHeld(t, n, paths, narHash)
 	if len(held) != len(paths) {
 		t.Fatalf("the node holds %d of the %d paths", len(held), len(paths))
@@ -119,6 +122,7 @@ func TestCrashDuringFetch(t *testing.T) {
 	c.start()
 	c.waitPeers(1)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
+	midway := 0
 	for i, p := range paths {
 		done := make(chan error, 1)
 		go func() { _, err := c.try("fetch", p); done <- err }()
@@ -129,10 +133,12 @@ func TestCrashDuringFetch(t *testing.T) {
 		c.waitPeers(1)
 		held := checkHeld(t, c, paths[:i+1], narHash)
 		if !held[p] {
+			midway++
 			c.run("fetch", p)
 			c.checkServedNAR(p)
 		}
 	}
+	t.Logf("%d kills, %d of them before the fetch was done", len(paths), midway)
 	if held := checkHeld(t, c, paths, narHash); len(held) != len(paths) {
 		t.Fatalf("the node holds %d of the %d paths", len(held), len(paths))
 	}
