@@ -16,8 +16,6 @@ import (
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
-
-	"github.com/p2pstore/p2pstore/narview/narinfo"
 )
 
 // Config is the validated settings.
@@ -30,11 +28,11 @@ type Config struct {
 	Bootstrap          []string
 	MDNS               bool
 	IdentityFile       string
-	TrustedPublicKeys  []narinfo.PublicKey
+	TrustedPublicKeys  []string // name:base64, parsed and checked by the node
 	SignKeyFile        string
 	SignImports        bool // sign (and so share) what import and the daemon socket add
 	Upstreams          []string
-	UpstreamPublicKeys []narinfo.PublicKey
+	UpstreamPublicKeys []string
 	MaxBytes           int64
 	MountDir           string
 	MaxUploadRate      int64 // bytes per second, 0 for no cap
@@ -128,12 +126,8 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	if c.IdentityFile == "" {
 		c.IdentityFile = filepath.Join(c.DataDir, "identity.key")
 	}
-	if c.TrustedPublicKeys, err = keys(list(v, fs, "trust.public_keys", "trusted-public-key")); err != nil {
-		return nil, fmt.Errorf("trust.public_keys: %w", err)
-	}
-	if c.UpstreamPublicKeys, err = keys(list(v, fs, "upstream.public_keys", "upstream-public-key")); err != nil {
-		return nil, fmt.Errorf("upstream.public_keys: %w", err)
-	}
+	c.TrustedPublicKeys = list(v, fs, "trust.public_keys", "trusted-public-key")
+	c.UpstreamPublicKeys = list(v, fs, "upstream.public_keys", "upstream-public-key")
 	if c.MaxBytes, err = ParseSize(v.GetString("storage.max_bytes")); err != nil {
 		return nil, fmt.Errorf("storage.max_bytes: %w", err)
 	}
@@ -158,18 +152,6 @@ func list(v *viper.Viper, fs *pflag.FlagSet, key, flag string) []string {
 		out = v.GetStringSlice(key)
 	}
 	return out
-}
-
-func keys(texts []string) ([]narinfo.PublicKey, error) {
-	var out []narinfo.PublicKey
-	for _, t := range texts {
-		k, err := narinfo.ParsePublicKey(t)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, k)
-	}
-	return out, nil
 }
 
 func defaultDataDir() (string, error) {

@@ -72,7 +72,6 @@ func TestInvalid(t *testing.T) {
 	for _, args := range [][]string{
 		{"--store-dir", "relative"},
 		{"--http-listen", "nonsense"},
-		{"--trusted-public-key", "not-a-key"},
 		{"--max-bytes", "12Q"},
 		{"--max-upload-rate", "-1"},
 		{"--config", "/nonexistent/file.yaml"},

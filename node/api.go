@@ -112,12 +112,12 @@ func (n *Node) controlHandler() http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
 			return
 		}
-		var meta pathinfo.Meta
-		if err := json.Unmarshal(line, &meta); err != nil {
+		var info pathinfo.Info
+		if err := json.Unmarshal(line, &info); err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("import header: %w", err))
 			return
 		}
-		res, err := n.Import(r.Context(), &meta, br, Sharing(r.URL.Query().Get("share")))
+		res, err := n.Import(r.Context(), &info, br, Sharing(r.URL.Query().Get("share")))
 		if err != nil {
 			code := http.StatusInternalServerError
 			if errors.Is(err, ErrBadInput) {
@@ -240,8 +240,8 @@ func (c *Client) Path(ctx context.Context, hash string) (*pathinfo.Info, error) 
 
 // Import sends one path's metadata and NAR to the node; share says
 // whether the node signs it (and so shares it) or keeps it private.
-func (c *Client) Import(ctx context.Context, meta *pathinfo.Meta, nar io.Reader, share Sharing) (*ImportResult, error) {
-	head, err := json.Marshal(meta)
+func (c *Client) Import(ctx context.Context, info *pathinfo.Info, nar io.Reader, share Sharing) (*ImportResult, error) {
+	head, err := json.Marshal(info)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/dht"
-	"github.com/p2pstore/p2pstore/narview/httpcache"
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -263,7 +263,7 @@ func (f *fetcher) askRecord(ctx context.Context, p peer.ID, hash string) (candid
 	if f.penalised(p) {
 		return candidate{}, false
 	}
-	rec, err := f.p.client.Record(ctx, p, hash)
+	info, err := f.p.client.Record(ctx, p, hash)
 	if err != nil {
 		if !errors.Is(err, transfer.ErrNotFound) {
 			f.n.log.Debug("asking a peer for a record", "peer", p, "hash", hash, "err", err)
@@ -273,36 +273,26 @@ func (f *fetcher) askRecord(ctx context.Context, p peer.ID, hash string) (candid
 		}
 		return candidate{}, false
 	}
-	info, err := rec.Info(f.n.cfg.StoreDir)
-	if err == nil && info.HashPart() != hash {
+	if err = info.Validate(f.n.cfg.StoreDir); err != nil {
+		err = fmt.Errorf("%w: record: %v", transfer.ErrBadData, err)
+	} else if info.HashPart() != hash {
 		err = fmt.Errorf("%w: asked for %s, got %s", transfer.ErrBadData, hash, info.StorePath)
 	}
 	if err != nil {
 		f.penalise(p, err)
 		return candidate{}, false
 	}
-	keys := f.n.shareKeys()
+	keys := f.n.keys.share
 	if !info.TrustedBy(keys) {
 		f.n.log.Debug("ignoring a record no trusted key signed", "peer", p, "path", info.StorePath)
 		return candidate{}, false
 	}
 	fp := transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root, info.Lists)
-	c := candidate{peer: p, info: info, rootTrusted: rootSigned(fp, rec.RootSigs, keys)}
-	if c.rootTrusted {
-		info.RootSigs = rec.RootSigs
+	c := candidate{peer: p, info: info, rootTrusted: narinfo.VerifyAny(fp, info.RootSigs, keys)}
+	if !c.rootTrusted {
+		info.RootSigs = nil // kept only when they check out
 	}
 	return c, true
-}
-
-func rootSigned(fp string, sigs []string, keys []narinfo.PublicKey) bool {
-	for _, s := range sigs {
-		for _, k := range keys {
-			if k.Verify(fp, s) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // bestGroup picks the candidates that agree on one tree: one whose root a
@@ -1293,7 +1283,7 @@ func (j *job) render(ctx context.Context, w io.Writer, part narPart) error {
 }
 
 func (j *job) renderNAR(ctx context.Context, w io.Writer, part narPart, urgent bool) error {
-	usesHandoff := part.compression != httpcache.CompressionZstd // a zstd NAR splices stored frames
+	usesHandoff := part.compression != nar.CompressionZstd // a zstd NAR splices stored frames
 	j.mu.Lock()
 	j.renders++
 	if usesHandoff {
@@ -1339,7 +1329,7 @@ func (j *job) renderNAR(ctx context.Context, w io.Writer, part narPart, urgent b
 func (j *job) checkNAR(ctx context.Context) error {
 	h := sha256.New()
 	cw := &countingWriter{w: h}
-	err := j.renderNAR(ctx, struct{ io.Writer }{cw}, narPart{compression: httpcache.CompressionNone}, false)
+	err := j.renderNAR(ctx, struct{ io.Writer }{cw}, narPart{compression: nar.CompressionNone}, false)
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,7 @@ type Node struct {
 	store   *castore.Store
 	index   *pathinfo.Index
 	signKey *narinfo.SecretKey
+	keys    trustKeys
 	lock    *os.File
 	metrics *metrics
 
@@ -103,6 +104,9 @@ func (n *Node) open() error {
 			return fmt.Errorf("sign.key_file: %w", err)
 		}
 		n.signKey = &k
+	}
+	if n.keys, err = loadKeys(cfg, n.signKey); err != nil {
+		return err
 	}
 	if n.store, err = castore.Open(filepath.Join(cfg.DataDir, castoreDir)); err != nil {
 		return err

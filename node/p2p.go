@@ -21,7 +21,6 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/dht"
-	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
@@ -309,20 +308,10 @@ func (p *p2p) announceAll(ctx context.Context) {
 	}
 }
 
-// shareKeys are the keys whose signature makes a path shareable: the
-// trusted ones and the node's own.
-func (n *Node) shareKeys() []narinfo.PublicKey {
-	keys := append([]narinfo.PublicKey(nil), n.cfg.TrustedPublicKeys...)
-	if n.signKey != nil {
-		keys = append(keys, n.signKey.Public())
-	}
-	return keys
-}
-
 // transferSource answers peers from the node's shared objects.
 type transferSource struct{ n *Node }
 
-func (t transferSource) Record(ctx context.Context, hash string) (*transfer.Record, error) {
+func (t transferSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := t.n.index.Get(hash)
 	if errors.Is(err, pathinfo.ErrNotFound) || (err == nil && !t.n.shares(info)) {
 		return nil, transfer.ErrNotFound
@@ -330,7 +319,7 @@ func (t transferSource) Record(ctx context.Context, hash string) (*transfer.Reco
 	if err != nil {
 		return nil, err
 	}
-	return transfer.RecordOf(info, info.RootSigs), nil
+	return info, nil
 }
 
 func (t transferSource) Directory(d castore.Digest) ([]byte, error) {

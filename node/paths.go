@@ -9,9 +9,7 @@ import (
 	"sort"
 
 	"github.com/p2pstore/p2pstore/castore"
-	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/nar"
-	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node/transfer"
@@ -45,14 +43,14 @@ func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) 
 
 // NAR implements httpcache.Paths: the NAR rendered from castore, or from a
 // fetch in progress as its chunks arrive.
-func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error {
+func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, compression nar.Compression, w io.Writer) error {
 	return n.renderPath(ctx, info, narPart{compression: compression}, w)
 }
 
 // NARRange implements httpcache.Paths: n bytes of the uncompressed NAR
 // from off, for a Range request.
 func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int64, w io.Writer) error {
-	return n.renderPath(ctx, info, narPart{compression: httpcache.CompressionNone, off: off, n: size}, w)
+	return n.renderPath(ctx, info, narPart{compression: nar.CompressionNone, off: off, n: size}, w)
 }
 
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part narPart, w io.Writer) error {
@@ -74,7 +72,7 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part narPart
 // narPart is what a client asks of a NAR: the whole of it, compressed as
 // asked, or (n > 0) n bytes of the uncompressed NAR from off.
 type narPart struct {
-	compression string
+	compression nar.Compression
 	off, n      int64
 }
 
@@ -90,13 +88,13 @@ const xzDictCap = 1 << 20
 // the fly (slow, for clients that ask for nothing else).
 func renderNAR(ctx context.Context, r *castore.Reader, src nar.Source, root castore.Node, part narPart, w io.Writer) error {
 	switch part.compression {
-	case httpcache.CompressionZstd:
+	case nar.CompressionZstd:
 		zw := r.NewZstdWriter(w)
 		if err := nar.Render(ctx, zw, root, src); err != nil {
 			return err
 		}
 		return zw.Close()
-	case httpcache.CompressionXz:
+	case nar.CompressionXz:
 		xw, err := xz.WriterConfig{DictCap: xzDictCap}.NewWriter(w)
 		if err != nil {
 			return err
@@ -157,13 +155,11 @@ func badInput(format string, args ...any) error {
 }
 
 // Import adds one path from a NAR stream for `p2pstore import`; the NAR
-// is checked against meta. share says whether the node signs it (and so
-// shares it with peers) or keeps it private.
-func (n *Node) Import(ctx context.Context, meta *pathinfo.Meta, r io.Reader, share Sharing) (*ImportResult, error) {
-	info, err := meta.Info()
-	if err != nil {
-		return nil, badInput("%s: %v", meta.Path, err)
-	}
+// is checked against info, whose tree the node makes from it. share says
+// whether the node signs it (and so shares it with peers) or keeps it
+// private.
+func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, share Sharing) (*ImportResult, error) {
+	info.Root, info.RootSigs, info.Lists, info.Private = castore.Node{}, nil, castore.Digest{}, false
 	sign := n.cfg.SignImports
 	switch share {
 	case ShareDefault:
@@ -196,7 +192,7 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
-	if err := info.CheckSigs(n.knownKeys()); err != nil {
+	if err := info.CheckSigs(n.keys.known); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
 	n.importsRunning.Add(1)
@@ -253,16 +249,6 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	return st, nil
 }
 
-// knownKeys are the keys whose signatures the node can check: the trusted
-// ones, the upstream ones and its own.
-func (n *Node) knownKeys() []narinfo.PublicKey {
-	keys := append(append([]narinfo.PublicKey(nil), n.cfg.TrustedPublicKeys...), n.cfg.UpstreamPublicKeys...)
-	if n.signKey != nil {
-		keys = append(keys, n.signKey.Public())
-	}
-	return keys
-}
-
 // daemonStore adapts the node to daemon.Store.
 type daemonStore struct{ n *Node }
 
@@ -308,7 +294,7 @@ func (d daemonStore) AllPaths(ctx context.Context) ([]string, error) {
 }
 
 func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Writer) error {
-	return d.n.NAR(ctx, info, httpcache.CompressionNone, w)
+	return d.n.NAR(ctx, info, nar.CompressionNone, w)
 }
 
 // AddPath adds a path from `nix copy --to`: signed (and shared) as
@@ -328,7 +314,7 @@ func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []stri
 	for _, s := range sigs {
 		info.AddSig(s)
 	}
-	if err := info.CheckSigs(d.n.knownKeys()); err != nil {
+	if err := info.CheckSigs(d.n.keys.known); err != nil {
 		return badInput("%v", err)
 	}
 	if err := d.n.putPath(info); err != nil {

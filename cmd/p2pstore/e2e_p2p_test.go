@@ -32,6 +32,7 @@ import (
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/dht"
 	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/node"
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
@@ -309,7 +310,7 @@ func startLiar(t *testing.T, honest *nodeProc, path string, how lie) (peer.ID, s
 // liarSource is a transfer.Source holding one path, in memory, that lies.
 type liarSource struct {
 	how    lie
-	rec    *transfer.Record
+	rec    *pathinfo.Info
 	dirs   map[castore.Digest][]byte
 	lists  map[castore.Digest][]castore.ChunkRef
 	chunks map[castore.Digest][]byte
@@ -324,10 +325,7 @@ func copyPath(ctx context.Context, c *transfer.Client, p peer.ID, hash string) (
 	if l.rec, err = c.Record(ctx, p, hash); err != nil {
 		return nil, err
 	}
-	root, err := castore.UnmarshalNode(l.rec.Root)
-	if err != nil {
-		return nil, err
-	}
+	root := l.rec.Root
 	blobs := []transfer.BlobRef{{Digest: root.Digest, Size: root.Size}}
 	if root.Type == castore.TypeDirectory {
 		blobs = nil
@@ -372,7 +370,7 @@ func copyPath(ctx context.Context, c *transfer.Client, p peer.ID, hash string) (
 	return l, nil
 }
 
-func (l *liarSource) Record(ctx context.Context, hash string) (*transfer.Record, error) {
+func (l *liarSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	return l.rec, nil
 }
 

@@ -105,8 +105,8 @@ func probe(t *testing.T, c *transfer.Client, p peer.ID, path string, root castor
 		}
 	}
 	rec, err := c.Record(ctx, p, hashPart(path))
-	if err == nil && rec.Path != path {
-		t.Fatalf("record of %s names %s", path, rec.Path)
+	if err == nil && rec.StorePath != path {
+		t.Fatalf("record of %s names %s", path, rec.StorePath)
 	}
 	answer("record", err)
 	answer("directories", c.Directories(ctx, p, root, func(castore.Digest, *castore.Directory, []byte) error { return nil }))

@@ -23,6 +23,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/internal/nixtest"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node"
 )
 
@@ -471,6 +472,8 @@ func TestBadInput(t *testing.T) {
 		{"import", "/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x"},
 		{"import", "/nix/store/00000000000000000000000000000000-missing"},
 		{"serve", "--http-listen", "nonsense"},
+		{"serve", "--trusted-public-key", "not-a-key"},
+		{"serve", "--upstream-public-key", "x:AAAA"},
 		{"keygen", "--name", "x"},
 		{"status", "--no-such-flag"},
 	} {
@@ -487,7 +490,7 @@ func TestBadInput(t *testing.T) {
 
 	// Imports over the API that lie are refused and leave nothing behind.
 	before := n.status()
-	meta := &pathinfo.Meta{Path: "/nix/store/" + strings.Repeat("1", 32) + "-fake", NarHash: "sha256:" + strings.Repeat("0", 52), NarSize: 120}
+	meta := &pathinfo.Info{StorePath: "/nix/store/" + strings.Repeat("1", 32) + "-fake", NarSize: 120}
 	for name, body := range map[string][]byte{
 		"truncated":  nixtest.Output(t, "nix-store", "--dump", p)[:50],
 		"garbage":    bytes.Repeat([]byte("x"), 200),
@@ -502,7 +505,11 @@ func TestBadInput(t *testing.T) {
 	// A signature that claims the node's own key but does not verify.
 	forged := addTree(t, "forged", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
 	src := pathInfo(t, "", forged)[forged]
-	fm := &pathinfo.Meta{Path: forged, NarHash: src.NarHash, NarSize: src.NarSize,
+	srcHash, err := storepath.ParseNarHash(src.NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fm := &pathinfo.Info{StorePath: forged, NarHash: srcHash, NarSize: src.NarSize,
 		Sigs: []string{"e2e-test-1:" + strings.Repeat("A", 86) + "=="}}
 	_, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)), node.ShareDefault)
 	if se, ok := err.(*node.StatusError); !ok || se.Code != 400 || !strings.Contains(se.Msg, "does not verify") {

@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/p2pstore/p2pstore/narview/localstore"
 	"github.com/p2pstore/p2pstore/node"
 )
 
@@ -22,7 +21,7 @@ func fetchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			paths, err := storePathArgs(cfg.StoreDir, args)
+			paths, err := node.ResolveStorePaths(cfg.StoreDir, args)
 			if err != nil {
 				return err
 			}
@@ -45,18 +44,4 @@ func fetchCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also fetch every path the given paths reference, directly or not")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
-}
-
-// storePathArgs turns command-line arguments (store paths, or links to
-// them such as ./result) into store paths.
-func storePathArgs(storeDir string, args []string) ([]string, error) {
-	var paths []string
-	for _, a := range args {
-		p, err := localstore.ResolveArg(storeDir, a)
-		if err != nil {
-			return nil, err
-		}
-		paths = append(paths, p)
-	}
-	return paths, nil
 }

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 
@@ -12,9 +10,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/p2pstore/p2pstore/narview/localstore"
-	"github.com/p2pstore/p2pstore/narview/pathinfo"
-	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node"
 )
 
@@ -44,35 +39,25 @@ whatever signs them.`,
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			paths, err := storePathArgs(cfg.StoreDir, args)
+			paths, err := node.ResolveStorePaths(cfg.StoreDir, args)
 			if err != nil {
 				return err
 			}
-			src := localstore.Open()
-			defer src.Close()
-			infos, err := src.Query(ctx, paths, recursive)
+			var progress node.ImportProgress
+			if term.IsTerminal(int(os.Stderr.Fd())) {
+				progress = &importBar{}
+			}
+			sum, err := node.NewClient(cfg.DaemonSocket).ImportLocal(cmd.Context(), cfg.StoreDir, paths, recursive, share, progress)
 			if err != nil {
 				return err
 			}
-			client := node.NewClient(cfg.DaemonSocket)
-			var todo []localstore.PathInfo
-			var total uint64
-			for _, in := range infos {
-				sp, err := storepath.Parse(cfg.StoreDir, in.Path)
-				if err != nil {
-					return err
-				}
-				have, err := client.HasPath(ctx, sp.Hash)
-				if err != nil {
-					return err
-				}
-				if !have {
-					todo = append(todo, in)
-					total += in.NarSize
-				}
+			ratio := 0.0
+			if sum.NarBytes > 0 {
+				ratio = 100 * float64(sum.NewBytes) / float64(sum.NarBytes)
 			}
-			return importPaths(ctx, client, src, todo, total, len(infos)-len(todo), share)
+			fmt.Printf("imported %d paths from %s (%s of NARs, %s new after dedup: %.1f%%); %d were already there; %d of the new ones shared with peers\n",
+				sum.Imported, sum.From, humanBytes(uint64(sum.NarBytes)), humanBytes(uint64(sum.NewBytes)), ratio, sum.Present, sum.Shared)
+			return nil
 		},
 	}
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also import every path the given paths reference, directly or not")
@@ -81,69 +66,39 @@ whatever signs them.`,
 	return cmd
 }
 
-func importPaths(ctx context.Context, client *node.Client, src localstore.Source, todo []localstore.PathInfo, total uint64, present int, share node.Sharing) error {
-	var bar *progressbar.ProgressBar
-	if term.IsTerminal(int(os.Stderr.Fd())) && total > 0 {
-		bar = progressbar.NewOptions64(int64(total),
-			progressbar.OptionSetWriter(os.Stderr),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetWidth(30),
-			progressbar.OptionThrottle(100_000_000),
-			progressbar.OptionClearOnFinish(),
-			progressbar.OptionSetPredictTime(true),
-		)
+// importBar shows an import's progress on a terminal.
+type importBar struct{ bar *progressbar.ProgressBar }
+
+func (b *importBar) Start(total uint64) {
+	if total == 0 {
+		return
 	}
-	var newBytes, narBytes int64
-	shared := 0
-	for i, in := range todo {
-		if bar != nil {
-			bar.Describe(fmt.Sprintf("[%d/%d] %s", i+1, len(todo), path.Base(in.Path)))
-		}
-		res, err := importOne(ctx, client, src, in, bar, share)
-		if err != nil {
-			if bar != nil {
-				bar.Clear()
-			}
-			return err
-		}
-		newBytes += res.NewBytes
-		narBytes += int64(res.NarSize)
-		if res.Shared {
-			shared++
-		}
-	}
-	if bar != nil {
-		bar.Finish()
-	}
-	ratio := 0.0
-	if narBytes > 0 {
-		ratio = 100 * float64(newBytes) / float64(narBytes)
-	}
-	fmt.Printf("imported %d paths from %s (%s of NARs, %s new after dedup: %.1f%%); %d were already there; %d of the new ones shared with peers\n",
-		len(todo), src.Name(), humanBytes(uint64(narBytes)), humanBytes(uint64(newBytes)), ratio, present, shared)
-	return nil
+	b.bar = progressbar.NewOptions64(int64(total),
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100_000_000),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetPredictTime(true),
+	)
 }
 
-// importOne streams one path's NAR from the local store to the node, which
-// checks it against the NarHash Nix recorded.
-func importOne(ctx context.Context, client *node.Client, src localstore.Source, in localstore.PathInfo, bar *progressbar.ProgressBar, share node.Sharing) (*node.ImportResult, error) {
-	pr, pw := io.Pipe()
-	go func() {
-		pw.CloseWithError(src.Dump(ctx, in.Path, pw))
-	}()
-	var body io.Reader = pr
-	if bar != nil {
-		body = io.TeeReader(pr, bar)
+func (b *importBar) Path(i, n int, p string) {
+	if b.bar != nil {
+		b.bar.Describe(fmt.Sprintf("[%d/%d] %s", i, n, path.Base(p)))
 	}
-	meta := &pathinfo.Meta{
-		Path: in.Path, NarHash: in.NarHash, NarSize: in.NarSize, References: in.References,
-		Deriver: in.Deriver, Sigs: in.Signatures, CA: in.CA, RegistrationTime: in.RegistrationTime,
+}
+
+func (b *importBar) Write(p []byte) (int, error) {
+	if b.bar != nil {
+		return b.bar.Write(p)
 	}
-	res, err := client.Import(ctx, meta, body, share)
-	pr.CloseWithError(io.ErrClosedPipe)
-	if err != nil {
-		return nil, fmt.Errorf("importing %s: %w", in.Path, err)
+	return len(p), nil
+}
+
+func (b *importBar) Done() {
+	if b.bar != nil {
+		b.bar.Clear()
 	}
-	return res, nil
 }

@@ -33,6 +33,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -44,7 +46,7 @@ type Paths interface {
 	Info(ctx context.Context, hash string) (*pathinfo.Info, error)
 	// NAR writes the path's NAR to w, compressed as asked (one of the
 	// Compression constants).
-	NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error
+	NAR(ctx context.Context, info *pathinfo.Info, compression nar.Compression, w io.Writer) error
 	// NARRange writes n bytes of the path's uncompressed NAR from offset
 	// off to w; the range lies within the NAR.
 	NARRange(ctx context.Context, info *pathinfo.Info, off, n int64, w io.Writer) error
@@ -86,15 +88,6 @@ func New(paths Paths, opts Options) *Handler {
 	return &Handler{paths: paths, opts: opts, xz: make(chan struct{}, opts.MaxXz)}
 }
 
-// Compression names as they appear in narinfo files, and URL suffixes.
-const (
-	CompressionNone = "none"
-	CompressionZstd = "zstd"
-	CompressionXz   = "xz"
-)
-
-var suffixes = map[string]string{CompressionNone: ".nar", CompressionZstd: ".nar.zst", CompressionXz: ".nar.xz"}
-
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
@@ -102,9 +95,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := r.URL.Path
-	view := CompressionNone
-	for _, c := range []string{CompressionZstd, CompressionXz} {
-		if rest, ok := strings.CutPrefix(p, "/"+c+"/"); ok {
+	view := nar.CompressionNone
+	for _, c := range []nar.Compression{nar.CompressionZstd, nar.CompressionXz} {
+		if rest, ok := strings.CutPrefix(p, "/"+string(c)+"/"); ok {
 			view, p = c, "/"+rest
 		}
 	}
@@ -144,21 +137,17 @@ func (h *Handler) info(w http.ResponseWriter, r *http.Request, hash string) *pat
 	return nil
 }
 
-// appendNarURL appends the URL (relative to the cache root) of a path's
-// NAR; narHash is info.NarHash in text.
-func appendNarURL(b []byte, info *pathinfo.Info, narHash, compression string) []byte {
-	b = append(b, "nar/"...)
-	b = append(b, info.HashPart()...)
-	b = append(b, '-')
-	b = append(b, narHash[len("sha256:"):]...)
-	return append(b, suffixes[compression]...)
+// narURL is the URL (relative to the cache root) of a path's NAR; it
+// names the NarHash, so that a stale narinfo never gets another NAR.
+func narURL(info *pathinfo.Info, narHash string, c nar.Compression) string {
+	return "nar/" + info.HashPart() + "-" + narHash[len("sha256:"):] + c.Suffix()
 }
 
 // narinfoBufs holds buffers for narinfo texts: a narinfo request is
 // mostly Go's per-request cost, and its garbage showed in profiles.
 var narinfoBufs = sync.Pool{New: func() any { return new([]byte) }}
 
-func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash, compression string) {
+func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash string, compression nar.Compression) {
 	info := h.info(w, r, hash)
 	if info == nil {
 		return
@@ -176,47 +165,26 @@ func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash, com
 
 // appendNarinfo appends a path's narinfo, pointing at its NAR in the given
 // compression, to b.
-func appendNarinfo(b []byte, info *pathinfo.Info, compression string) []byte {
-	line := func(k string, v ...string) {
-		b = append(b, k...)
-		b = append(b, ": "...)
-		for i, s := range v {
-			if i > 0 {
-				b = append(b, ' ')
-			}
-			b = append(b, s...)
-		}
-		b = append(b, '\n')
-	}
+func appendNarinfo(b []byte, info *pathinfo.Info, c nar.Compression) []byte {
 	narHash := info.NarHash.String()
-	line("StorePath", info.StorePath)
-	b = append(b, "URL: "...)
-	b = append(appendNarURL(b, info, narHash, compression), '\n')
-	line("Compression", compression)
-	if compression == CompressionNone {
-		b = strconv.AppendUint(append(b, "FileSize: "...), info.NarSize, 10)
-		b = append(b, '\n')
+	ni := narinfo.NarInfo{
+		StorePath: info.StorePath, URL: narURL(info, narHash, c), Compression: string(c),
+		NarHash: info.NarHash, NarSize: info.NarSize, References: pathinfo.BaseNames(info.References),
+		Sigs: info.Sigs, CA: info.CA,
 	}
-	line("NarHash", narHash)
-	b = strconv.AppendUint(append(b, "NarSize: "...), info.NarSize, 10)
-	b = append(b, '\n')
-	line("References", pathinfo.BaseNames(info.References)...)
+	if c == nar.CompressionNone {
+		ni.FileSize = info.NarSize
+	}
 	if info.Deriver != "" {
-		line("Deriver", info.Deriver[strings.LastIndexByte(info.Deriver, '/')+1:])
+		ni.Deriver = info.Deriver[strings.LastIndexByte(info.Deriver, '/')+1:]
 	}
-	for _, s := range info.Sigs {
-		line("Sig", s)
-	}
-	if info.CA != "" {
-		line("CA", info.CA)
-	}
-	return b
+	return ni.Append(b)
 }
 
 func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) {
-	compression := ""
-	for c, suffix := range suffixes {
-		if base, ok := strings.CutSuffix(name, suffix); ok && !strings.HasSuffix(base, ".nar") {
+	compression := nar.Compression("")
+	for _, c := range nar.Compressions {
+		if base, ok := strings.CutSuffix(name, c.Suffix()); ok && !strings.HasSuffix(base, ".nar") {
 			compression, name = c, base
 		}
 	}
@@ -235,7 +203,7 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 	}
 	w.Header().Set("Content-Type", "application/x-nix-nar")
 	status, off, n := http.StatusOK, int64(0), int64(-1)
-	if compression == CompressionNone {
+	if compression == nar.CompressionNone {
 		size := int64(info.NarSize)
 		w.Header().Set("Accept-Ranges", "bytes")
 		var code int
@@ -260,7 +228,7 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 		w.WriteHeader(status)
 		return
 	}
-	if compression == CompressionXz {
+	if compression == nar.CompressionXz {
 		select {
 		case h.xz <- struct{}{}:
 			defer func() { <-h.xz }()

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -39,8 +40,8 @@ func (f *fakePaths) Info(ctx context.Context, hash string) (*pathinfo.Info, erro
 	return f.info, nil
 }
 
-func (f *fakePaths) NAR(ctx context.Context, info *pathinfo.Info, compression string, w io.Writer) error {
-	if compression == CompressionXz {
+func (f *fakePaths) NAR(ctx context.Context, info *pathinfo.Info, compression nar.Compression, w io.Writer) error {
+	if compression == nar.CompressionXz {
 		f.started <- struct{}{}
 		select {
 		case <-f.release:

@@ -24,8 +24,8 @@ import (
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
-// PathInfo is one path as Nix reports it.
-type PathInfo struct {
+// nixPathInfo is one path as `nix path-info --json` reports it.
+type nixPathInfo struct {
 	Path             string   `json:"path"`
 	NarHash          string   `json:"narHash"`
 	NarSize          uint64   `json:"narSize"`
@@ -65,7 +65,7 @@ func ResolveArg(storeDir, arg string) (string, error) {
 // Source gives paths of the local store: their infos, sorted so that every
 // path comes after those it references, and their NARs.
 type Source interface {
-	Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error)
+	Query(ctx context.Context, paths []string, recursive bool) ([]*pathinfo.Info, error)
 	Dump(ctx context.Context, path string, w io.Writer) error
 	Close() error
 	// Name says where the paths come from, for messages.
@@ -103,7 +103,7 @@ func (localSource) Dump(ctx context.Context, path string, w io.Writer) error {
 
 // Query asks Nix for the info of paths, and with recursive of their whole
 // closure.
-func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
+func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([]*pathinfo.Info, error) {
 	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
 	if recursive {
 		args = append(args, "--recursive")
@@ -119,14 +119,21 @@ func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([
 		}
 		return nil, fmt.Errorf("nix path-info: %s", lastLine(msg))
 	}
-	var infos []PathInfo
-	if err := json.Unmarshal(out, &infos); err != nil {
+	var nixInfos []nixPathInfo
+	if err := json.Unmarshal(out, &nixInfos); err != nil {
 		return nil, fmt.Errorf("nix path-info: %w", err)
 	}
-	for _, in := range infos {
+	infos := make([]*pathinfo.Info, len(nixInfos))
+	for i, in := range nixInfos {
 		if in.Valid != nil && !*in.Valid {
 			return nil, fmt.Errorf("%s is not a valid path in the local Nix store", in.Path)
 		}
+		h, err := storepath.ParseNarHash(in.NarHash)
+		if err != nil {
+			return nil, fmt.Errorf("nix path-info: %s: %w", in.Path, err)
+		}
+		infos[i] = &pathinfo.Info{StorePath: in.Path, NarHash: h, NarSize: in.NarSize, References: in.References,
+			Deriver: in.Deriver, Sigs: in.Signatures, CA: in.CA, RegistrationTime: in.RegistrationTime}
 	}
 	return SortByReferences(infos), nil
 }
@@ -138,30 +145,30 @@ func lastLine(s string) string {
 
 // SortByReferences orders paths so that each comes after those of its
 // references that are in the list (self-references aside).
-func SortByReferences(infos []PathInfo) []PathInfo {
-	sort.Slice(infos, func(i, j int) bool { return infos[i].Path < infos[j].Path })
-	byPath := make(map[string]*PathInfo, len(infos))
-	for i := range infos {
-		byPath[infos[i].Path] = &infos[i]
+func SortByReferences(infos []*pathinfo.Info) []*pathinfo.Info {
+	sort.Slice(infos, func(i, j int) bool { return infos[i].StorePath < infos[j].StorePath })
+	byPath := make(map[string]*pathinfo.Info, len(infos))
+	for _, in := range infos {
+		byPath[in.StorePath] = in
 	}
-	var out []PathInfo
+	var out []*pathinfo.Info
 	state := map[string]int{} // 1 visiting, 2 done
-	var visit func(p *PathInfo)
-	visit = func(p *PathInfo) {
-		if state[p.Path] != 0 {
+	var visit func(p *pathinfo.Info)
+	visit = func(p *pathinfo.Info) {
+		if state[p.StorePath] != 0 {
 			return
 		}
-		state[p.Path] = 1
+		state[p.StorePath] = 1
 		for _, r := range p.References {
-			if dep, ok := byPath[r]; ok && r != p.Path {
+			if dep, ok := byPath[r]; ok && r != p.StorePath {
 				visit(dep)
 			}
 		}
-		state[p.Path] = 2
-		out = append(out, *p)
+		state[p.StorePath] = 2
+		out = append(out, p)
 	}
-	for i := range infos {
-		visit(&infos[i])
+	for _, in := range infos {
+		visit(in)
 	}
 	return out
 }
@@ -178,9 +185,9 @@ func (d *daemonSource) Dump(ctx context.Context, path string, w io.Writer) error
 
 // Query asks the daemon for each path's info, following references for a
 // closure.
-func (d *daemonSource) Query(ctx context.Context, paths []string, recursive bool) ([]PathInfo, error) {
+func (d *daemonSource) Query(ctx context.Context, paths []string, recursive bool) ([]*pathinfo.Info, error) {
 	seen := map[string]bool{}
-	var out []PathInfo
+	var out []*pathinfo.Info
 	queue := append([]string(nil), paths...)
 	for len(queue) > 0 {
 		if err := ctx.Err(); err != nil {
@@ -199,10 +206,7 @@ func (d *daemonSource) Query(ctx context.Context, paths []string, recursive bool
 		if err != nil {
 			return nil, fmt.Errorf("nix-daemon: %w", err)
 		}
-		out = append(out, PathInfo{
-			Path: p, NarHash: info.NarHash.String(), NarSize: info.NarSize, References: info.References,
-			Deriver: info.Deriver, Signatures: info.Sigs, CA: info.CA, RegistrationTime: info.RegistrationTime,
-		})
+		out = append(out, info)
 		if recursive {
 			queue = append(queue, info.References...)
 		}

@@ -105,15 +105,14 @@ func Parse(text string) (*NarInfo, error) {
 	return ni, nil
 }
 
-// String formats the narinfo in the order Nix writes it.
-func (ni *NarInfo) String() string {
-	var b strings.Builder
-	b.Grow(512 + 80*len(ni.References))
+// Append appends the narinfo's text to b, its fields in the order Nix
+// writes them, the optional ones only when set.
+func (ni *NarInfo) Append(b []byte) []byte {
 	line := func(k, v string) {
-		b.WriteString(k)
-		b.WriteString(": ")
-		b.WriteString(v)
-		b.WriteByte('\n')
+		b = append(b, k...)
+		b = append(b, ": "...)
+		b = append(b, v...)
+		b = append(b, '\n')
 	}
 	line("StorePath", ni.StorePath)
 	line("URL", ni.URL)
@@ -124,11 +123,19 @@ func (ni *NarInfo) String() string {
 		line("FileHash", ni.FileHash)
 	}
 	if ni.FileSize != 0 {
-		line("FileSize", strconv.FormatUint(ni.FileSize, 10))
+		b = strconv.AppendUint(append(b, "FileSize: "...), ni.FileSize, 10)
+		b = append(b, '\n')
 	}
 	line("NarHash", ni.NarHash.String())
-	line("NarSize", strconv.FormatUint(ni.NarSize, 10))
-	line("References", strings.Join(ni.References, " "))
+	b = strconv.AppendUint(append(b, "NarSize: "...), ni.NarSize, 10)
+	b = append(b, "\nReferences: "...)
+	for i, r := range ni.References {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = append(b, r...)
+	}
+	b = append(b, '\n')
 	if ni.Deriver != "" {
 		line("Deriver", ni.Deriver)
 	}
@@ -141,8 +148,11 @@ func (ni *NarInfo) String() string {
 	if ni.CA != "" {
 		line("CA", ni.CA)
 	}
-	return b.String()
+	return b
 }
+
+// String is the narinfo's text.
+func (ni *NarInfo) String() string { return string(ni.Append(nil)) }
 
 // Fingerprint returns what Nix signs for a path: 1;<path>;<NarHash in
 // nix-base32>;<NarSize>;<reference paths joined by commas>.

@@ -26,7 +26,10 @@ import (
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
-// Info is what the node knows of one valid store path.
+// Info is what the node knows of one store path: the one type for a
+// path's metadata, with one JSON form (MarshalJSON) used by the index on
+// disk, the control API (import) and the peer protocol (records). Nix's
+// own `path-info --json` form is read where it enters (localstore).
 type Info struct {
 	StorePath        string            `json:"path"`
 	Root             castore.Node      `json:"-"`
@@ -43,8 +46,8 @@ type Info struct {
 	RootSigs []string       `json:"root_sigs,omitempty"`
 	Lists    castore.Digest `json:"-"`
 	// Private marks a path its owner imported as private: the node never
-	// gives it to peers, whatever signs it. Local to this node: it is not
-	// part of the path's metadata (Meta) nor of the records peers get.
+	// gives it to peers, whatever signs it. Local to this node: peers
+	// never see a private path, and one they send is never private here.
 	Private bool `json:"private,omitempty"`
 }
 
@@ -96,19 +99,23 @@ func (i *Info) TrustedBy(keys []narinfo.PublicKey) bool {
 // MarshalJSON encodes an Info with its root node and hash.
 func (i *Info) MarshalJSON() ([]byte, error) {
 	type plain Info
-	var lists []byte
+	var root, lists []byte
+	if i.Root.Type != 0 {
+		root = i.Root.Marshal()
+	}
 	if i.Lists != (castore.Digest{}) {
 		lists = i.Lists[:]
 	}
 	return json.Marshal(struct {
 		*plain
-		Root    []byte `json:"root"`
+		Root    []byte `json:"root,omitempty"`
 		NarHash string `json:"nar_hash"`
 		Lists   []byte `json:"lists,omitempty"`
-	}{(*plain)(i), i.Root.Marshal(), i.NarHash.String(), lists})
+	}{(*plain)(i), root, i.NarHash.String(), lists})
 }
 
-// UnmarshalJSON decodes what MarshalJSON wrote.
+// UnmarshalJSON decodes what MarshalJSON wrote. The root may be absent
+// (an import's header: the node makes the tree from the NAR).
 func (i *Info) UnmarshalJSON(b []byte) error {
 	type plain Info
 	var r struct {
@@ -121,9 +128,12 @@ func (i *Info) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return err
 	}
-	root, err := castore.UnmarshalNode(r.Root)
-	if err != nil {
-		return err
+	var root castore.Node
+	if len(r.Root) > 0 {
+		var err error
+		if root, err = castore.UnmarshalNode(r.Root); err != nil {
+			return err
+		}
 	}
 	h, err := storepath.ParseNarHash(r.NarHash)
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // stallTimeout: a peer that sends nothing for this long has stalled.
@@ -149,31 +149,27 @@ func (c *countingReader) Read(p []byte) (int, error) {
 }
 
 // Record asks p for the record of a store path's hash part. The caller
-// checks its signatures.
-func (c *Client) Record(ctx context.Context, p peer.ID, hash string) (*Record, error) {
-	var rec *Record
+// checks its store paths (Info.Validate) and its signatures.
+func (c *Client) Record(ctx context.Context, p peer.ID, hash string) (*pathinfo.Info, error) {
+	var info *pathinfo.Info
 	err := c.exchange(ctx, p, kindRecord, func(w *bufio.Writer) {
 		writeBytes(w, []byte(hash))
 	}, func(f *frames) (err error) {
-		rec, err = readRecord(f)
+		info, err = readRecord(f)
 		return err
 	})
-	return rec, err
+	return info, err
 }
 
-func readRecord(f *frames) (*Record, error) {
+func readRecord(f *frames) (*pathinfo.Info, error) {
 	b, err := f.read(MaxRecord)
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if len(b) == 0 {
+	case len(b) == 0:
 		return nil, ErrNotFound
 	}
-	rec := new(Record)
-	if err := json.Unmarshal(b, rec); err != nil {
-		return nil, badData("record: %v", err)
-	}
-	return rec, nil
+	return decodeRecord(b)
 }
 
 func writeBytes(w *bufio.Writer, b []byte) {

@@ -17,6 +17,7 @@ import (
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // shorten sets a deadline variable for one test.
@@ -225,7 +226,7 @@ type gatedSource struct {
 	inflight atomic.Int32
 }
 
-func (g *gatedSource) Record(ctx context.Context, hash string) (*Record, error) {
+func (g *gatedSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	select {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // Source is what the server needs of the node. It answers only for what
@@ -23,7 +24,8 @@ import (
 // objects of their trees); for anything else, ErrNotFound, the same answer
 // as for what it does not hold, so that a peer cannot tell the two apart.
 type Source interface {
-	Record(ctx context.Context, hash string) (*Record, error)
+	// Record returns the info of a path the node shares, as its record.
+	Record(ctx context.Context, hash string) (*pathinfo.Info, error)
 	Directory(d castore.Digest) ([]byte, error)
 	ChunkList(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
 	// Chunks calls fn with each chunk of ds in turn: its zstd frame when

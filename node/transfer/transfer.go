@@ -23,6 +23,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -92,15 +93,9 @@ func badData(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadData, fmt.Sprintf(format, args...))
 }
 
-// Record is what a peer says of a store path: the path info Nix knows,
-// the root of its tree in castore, and signatures binding that root to the
-// path (RootFingerprint).
-type Record struct {
-	pathinfo.Meta
-	Root     []byte   `json:"root"`
-	RootSigs []string `json:"root_sigs,omitempty"`
-	Lists    []byte   `json:"lists,omitempty"` // castore.ListsDigest of the tree, if known
-}
+// A record is what a peer says of a store path: its path info in
+// pathinfo.Info's JSON form, with the root of its tree in castore and
+// signatures binding that root to the path (RootFingerprint).
 
 // RootFingerprint is what a node signs (with its Nix key) to say that root
 // is the tree of the path with this NarHash and NarSize, and lists the
@@ -113,31 +108,18 @@ func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64
 		fmt.Sprintf("%x", root.Marshal()) + ";" + lists.String()
 }
 
-// RecordOf makes the record of a path.
-func RecordOf(info *pathinfo.Info, rootSigs []string) *Record {
-	r := &Record{Meta: pathinfo.MetaOf(info), Root: info.Root.Marshal(), RootSigs: rootSigs}
-	if info.Lists != (castore.Digest{}) {
-		r.Lists = info.Lists[:]
-	}
-	return r
-}
-
-// Info converts a record to a path info, checking its fields.
-func (r *Record) Info(storeDir string) (*pathinfo.Info, error) {
-	info, err := r.Meta.Info()
-	if err != nil {
+// decodeRecord parses a record, checking what can be checked without
+// knowing the store directory (the caller checks the rest with
+// Info.Validate) or the keys the caller trusts.
+func decodeRecord(b []byte) (*pathinfo.Info, error) {
+	info := new(pathinfo.Info)
+	if err := json.Unmarshal(b, info); err != nil {
 		return nil, badData("record: %v", err)
 	}
-	if info.Root, err = castore.UnmarshalNode(r.Root); err != nil {
-		return nil, badData("record: %v", err)
+	if info.Root.Type == 0 {
+		return nil, badData("record of %s: no root", info.StorePath)
 	}
-	if len(r.Lists) != 0 && len(r.Lists) != castore.DigestSize {
-		return nil, badData("record: lists digest of %d bytes", len(r.Lists))
-	}
-	copy(info.Lists[:], r.Lists)
-	if err := info.Validate(storeDir); err != nil {
-		return nil, badData("record: %v", err)
-	}
+	info.Private = false // a peer's word cannot make a path private here
 	return info, nil
 }
 

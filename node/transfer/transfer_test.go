@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -22,7 +23,7 @@ import (
 // memSource is a Source held in maps; zstdFrames makes Chunk answer with
 // a zstd frame when one is asked for.
 type memSource struct {
-	records    map[string]*Record
+	records    map[string]*pathinfo.Info
 	dirs       map[castore.Digest][]byte
 	lists      map[castore.Digest][]castore.ChunkRef
 	chunks     map[castore.Digest][]byte
@@ -30,11 +31,11 @@ type memSource struct {
 }
 
 func newMemSource() *memSource {
-	return &memSource{records: map[string]*Record{}, dirs: map[castore.Digest][]byte{},
+	return &memSource{records: map[string]*pathinfo.Info{}, dirs: map[castore.Digest][]byte{},
 		lists: map[castore.Digest][]castore.ChunkRef{}, chunks: map[castore.Digest][]byte{}}
 }
 
-func (m *memSource) Record(_ context.Context, hash string) (*Record, error) {
+func (m *memSource) Record(_ context.Context, hash string) (*pathinfo.Info, error) {
 	if r, ok := m.records[hash]; ok {
 		return r, nil
 	}
@@ -131,7 +132,8 @@ func TestRoundTrip(t *testing.T) {
 	bigD := src.addBlob(big, castore.MaxChunkSize)
 	small := randomBytes(2, 1000)
 	smallD := src.addBlob(small, castore.MaxChunkSize)
-	src.records["00000000000000000000000000000000"] = &Record{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: []byte{1}}
+	src.records["00000000000000000000000000000000"] = &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x",
+		Root: castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}}
 
 	mn, err := mocknet.FullMeshConnected(2)
 	if err != nil {
@@ -146,7 +148,7 @@ func TestRoundTrip(t *testing.T) {
 	ctx := context.Background()
 
 	rec, err := c.Record(ctx, p, "00000000000000000000000000000000")
-	if err != nil || rec.Path != "/nix/store/00000000000000000000000000000000-x" {
+	if err != nil || rec.StorePath != "/nix/store/00000000000000000000000000000000-x" {
 		t.Fatalf("record: %+v, %v", rec, err)
 	}
 	if _, err := c.Record(ctx, p, "11111111111111111111111111111111"); !errors.Is(err, ErrNotFound) {
@@ -381,16 +383,21 @@ func TestClientRejectsLies(t *testing.T) {
 		}
 	}
 
-	// A record's fields are checked when it becomes a path info.
-	for _, rec := range []Record{
-		{Meta: pathinfo.Meta{Path: "/nix/store/x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
-		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "md5:00"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal()},
-		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: []byte{0xff}},
-		{Meta: pathinfo.Meta{Path: "/nix/store/00000000000000000000000000000000-x", NarHash: "sha256:0000000000000000000000000000000000000000000000000000"}, Root: (castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal(), Lists: []byte{1, 2, 3}},
+	// A record's fields are checked as it is decoded (its store paths by
+	// the caller, with Info.Validate).
+	symlink := base64.StdEncoding.EncodeToString((castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}).Marshal())
+	for _, rec := range []string{
+		`{"path":"/nix/store/00000000000000000000000000000000-x","nar_hash":"md5:00","root":"` + symlink + `"}`,
+		`{"path":"/nix/store/00000000000000000000000000000000-x","nar_hash":"sha256:0000000000000000000000000000000000000000000000000000","root":"/w=="}`,
+		`{"path":"/nix/store/00000000000000000000000000000000-x","nar_hash":"sha256:0000000000000000000000000000000000000000000000000000"}`,
+		`{"path":"/nix/store/00000000000000000000000000000000-x","nar_hash":"sha256:0000000000000000000000000000000000000000000000000000","root":"` + symlink + `","lists":"AQID"}`,
 	} {
-		if _, err := rec.Info("/nix/store"); !errors.Is(err, ErrBadData) {
-			t.Errorf("record %+v: %v, want ErrBadData", rec, err)
+		if _, err := decodeRecord([]byte(rec)); !errors.Is(err, ErrBadData) {
+			t.Errorf("record %s: %v, want ErrBadData", rec, err)
 		}
+	}
+	if info, err := decodeRecord([]byte(`{"path":"/nix/store/00000000000000000000000000000000-x","nar_hash":"sha256:0000000000000000000000000000000000000000000000000000","root":"` + symlink + `","private":true}`)); err != nil || info.Private {
+		t.Errorf("a record marked private: %+v, %v", info, err)
 	}
 }
 
