@@ -27,8 +27,6 @@ type Reader struct {
 	winOff  int64
 
 	chunk, frame []byte // a frame-only chunk, decoded, and its frame
-
-	decoded func(Digest) []byte // see UseDecoded
 }
 
 // readAhead is the size of the read-ahead window.
@@ -38,11 +36,6 @@ const readAhead = 32 << 10
 func (s *Store) NewReader() *Reader {
 	return &Reader{s: s, files: map[*packSet]map[uint32]*os.File{}}
 }
-
-// UseDecoded makes WriteChunks take a chunk's bytes from take, when it has
-// them (nil when not), rather than read them from the store: a fetch hands
-// over the chunks it has just decoded and checked.
-func (r *Reader) UseDecoded(take func(Digest) []byte) { r.decoded = take }
 
 // Close closes the Reader's pack files.
 func (r *Reader) Close() error {
@@ -79,34 +72,21 @@ func (r *Reader) section(set *packSet, loc chunkLoc) (*io.LimitedReader, error) 
 	return &io.LimitedReader{R: f, N: int64(loc.Size)}, nil
 }
 
-// WriteBlob writes the blob's content to w. A w that is a ChunkWriter gets
-// each chunk by digest; otherwise chunks that lie back to back in a pack
-// (as the chunks of a file imported in one go do) go out as one range: one
-// sendfile for a whole large file, one buffered read for small ones.
-func (r *Reader) WriteBlob(ctx context.Context, w io.Writer, d Digest, size uint64) error {
-	refs, err := r.s.BlobChunks(d, size)
-	if err != nil {
-		return err
-	}
-	return r.WriteChunks(ctx, w, refs)
+// FileChunks returns the chunks of a file (a blob) of the given size, in
+// order: with Directory and WriteChunks, what a NAR render reads.
+func (r *Reader) FileChunks(_ context.Context, d Digest, size uint64) ([]ChunkRef, error) {
+	return r.s.BlobChunks(d, size)
 }
 
-// WriteChunks writes the given stored chunks to w, in order, the way
-// WriteBlob does.
+// WriteChunks writes the bytes of stored chunks to w, in order. Chunks
+// that lie back to back in a pack (as the chunks of a file imported in
+// one go do) go out as one range: one sendfile for a whole large file, one
+// buffered read for small ones.
 func (r *Reader) WriteChunks(ctx context.Context, w io.Writer, refs []ChunkRef) error {
-	cw, _ := w.(ChunkWriter)
 	var run chunkLoc // contiguous bytes not written yet
 	for _, ref := range refs {
 		if err := ctx.Err(); err != nil {
 			return err
-		}
-		if cw != nil {
-			if done, err := cw.WriteChunk(ref); done || err != nil {
-				if err != nil {
-					return err
-				}
-				continue
-			}
 		}
 		data, loc, err := r.chunkBytes(ref)
 		if err != nil {
@@ -134,18 +114,10 @@ func (r *Reader) WriteChunks(ctx context.Context, w io.Writer, refs []ChunkRef) 
 	return r.writeRange(w, run)
 }
 
-// chunkBytes returns a chunk's bytes when it has them in memory: handed
-// over, or decoded from its frame (valid until the next call); otherwise
-// its location in a raw pack.
+// chunkBytes returns a chunk's bytes when it has them in memory, decoded
+// from its frame (valid until the next call); otherwise its location in a
+// raw pack.
 func (r *Reader) chunkBytes(ref ChunkRef) ([]byte, chunkLoc, error) {
-	if r.decoded != nil {
-		if data := r.decoded(ref.Digest); data != nil {
-			if len(data) != int(ref.Size) {
-				return nil, chunkLoc{}, fmt.Errorf("castore: chunk %s: %d bytes handed over, blob says %d", ref.Digest, len(data), ref.Size)
-			}
-			return data, chunkLoc{}, nil
-		}
-	}
 	loc, err := r.s.refLoc(ref)
 	if err != nil || loc.Frame == 0 {
 		return nil, loc, err

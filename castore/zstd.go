@@ -192,17 +192,9 @@ func (v *View) frameLoc(d Digest) (loc chunkLoc, ok bool, err error) {
 	return loc, true, err
 }
 
-// ChunkWriter is a destination that takes file contents chunk by chunk, by
-// digest, instead of as bytes: a ZstdWriter splices a chunk's stored frame.
-// WriteChunk reports false when it cannot take this chunk so, and the bytes
-// are written instead.
-type ChunkWriter interface {
-	WriteChunk(ref ChunkRef) (bool, error)
-}
-
 // ZstdWriter writes a zstd stream of independent frames: bytes written with
 // Write (the NAR framing) go out as raw frames, and chunks given to
-// WriteChunk as their stored frames, or compressed on the spot if the
+// SpliceChunk as their stored frames, or compressed on the spot if the
 // background compressor has not reached them yet.
 type ZstdWriter struct {
 	r       *Reader
@@ -246,15 +238,15 @@ func (z *ZstdWriter) flushPending() error {
 	return err
 }
 
-// WriteChunk writes a chunk as a frame.
-func (z *ZstdWriter) WriteChunk(ref ChunkRef) (bool, error) {
+// SpliceChunk writes a stored chunk as a frame.
+func (z *ZstdWriter) SpliceChunk(ref ChunkRef) error {
 	if err := z.flushPending(); err != nil {
-		return true, err
+		return err
 	}
 	s := z.r.s
 	loc, ok, err := s.frameLoc(ref.Digest)
 	if err != nil {
-		return true, err
+		return err
 	}
 	switch {
 	case ok && loc.Size > 0: // a stored frame
@@ -263,44 +255,44 @@ func (z *ZstdWriter) WriteChunk(ref ChunkRef) (bool, error) {
 			if err == nil {
 				_, err = z.out.Write(frame)
 			}
-			return true, err
+			return err
 		}
 		lr, err := z.r.section(s.zstd, loc)
 		if err != nil {
-			return true, err
+			return err
 		}
 		_, err = io.Copy(z.out, lr)
-		return true, err
+		return err
 	case ok: // incompressible: raw blocks around the chunk's bytes
 		raw, err := s.chunkLoc(ref.Digest)
 		if err != nil {
-			return true, err
+			return err
 		}
 		z.hdr = rawFrameHeader(z.hdr[:0], int(raw.Size))
 		for off := uint32(0); off < raw.Size; off += maxRawBlock {
 			n := min(maxRawBlock, raw.Size-off)
 			z.hdr = rawBlockHeader(z.hdr, int(n), off+n == raw.Size)
 			if _, err := z.out.Write(z.hdr); err != nil {
-				return true, err
+				return err
 			}
 			z.hdr = z.hdr[:0]
 			lr, err := z.r.section(s.raw, chunkLoc{Pack: raw.Pack, Offset: raw.Offset + int64(off), Size: n})
 			if err != nil {
-				return true, err
+				return err
 			}
 			if _, err := io.Copy(z.out, lr); err != nil {
-				return true, err
+				return err
 			}
 		}
-		return true, nil
+		return nil
 	default: // not compressed yet
 		if z.raw, err = s.ReadChunk(ref.Digest, z.raw[:0]); err != nil {
-			return true, err
+			return err
 		}
 		_, fast := encoders()
 		z.hdr = fast.EncodeAll(z.raw, z.hdr[:0])
 		_, err = z.out.Write(z.hdr)
-		return true, err
+		return err
 	}
 }
 

@@ -22,9 +22,14 @@ func zstdStream(t *testing.T, s *Store, blobs [][]byte, digests []Digest) (strea
 		sep := bytes.Repeat([]byte{byte(i)}, []int{3, 255, 256, 70000, 200000}[i%5])
 		zw.Write(sep)
 		plain = append(plain, sep...)
-		// A ChunkWriter destination gets every chunk by digest.
-		if err := r.WriteBlob(context.Background(), zw, digests[i], uint64(len(b))); err != nil {
+		refs, err := r.FileChunks(context.Background(), digests[i], uint64(len(b)))
+		if err != nil {
 			t.Fatal(err)
+		}
+		for _, ref := range refs {
+			if err := zw.SpliceChunk(ref); err != nil {
+				t.Fatal(err)
+			}
 		}
 		plain = append(plain, b...)
 	}

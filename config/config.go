@@ -56,9 +56,9 @@ var settings = []setting{
 	{"trust.public_keys", "trusted-public-key", "key whose signatures make a path from a peer trusted (repeatable)", []string{}},
 	{"sign.key_file", "sign-key-file", "Nix secret key the node signs its paths with", ""},
 	{"sign.imports", "sign-imports", "sign what import and nix copy --to the daemon socket add with sign.key_file, which shares it with peers (import --sign or --private decides per import)", false},
-	{"upstream.substituters", "upstream", "binary cache URL to fetch misses from (repeatable)", []string{}},
-	{"upstream.public_keys", "upstream-public-key", "key that signs upstream paths (repeatable)", []string{}},
-	{"storage.max_bytes", "max-bytes", "size the store is kept under by gc (k/M/G/T suffixes, 0 for no limit)", "0"},
+	{"upstream.substituters", "upstream", "binary cache URL (repeatable; not used yet: the node does not fetch from binary caches)", []string{}},
+	{"upstream.public_keys", "upstream-public-key", "key that signs upstream paths, checked on import (repeatable)", []string{}},
+	{"storage.max_bytes", "max-bytes", "size to keep the store under (k/M/G/T suffixes, 0 for no limit; not used yet)", "0"},
 	{"mount.dir", "mount", "mount a read-only FUSE view of the store here", ""},
 	{"p2p.max_upload_rate", "max-upload-rate", "cap on bytes/s sent to peers (k/M/G suffixes, 0 for no cap)", "0"},
 }

@@ -48,7 +48,7 @@ type Status struct {
 	Directories           uint64   `json:"directories"`
 	P2PBytesReceived      uint64   `json:"p2p_bytes_received"`
 	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`
-	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"`
+	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"` // 0: the node does not fetch from binary caches yet
 	HTTPListen            string   `json:"http_listen"`
 	DaemonSocket          string   `json:"daemon_socket,omitempty"` // the control socket only
 	PublicKey             string   `json:"public_key,omitempty"`

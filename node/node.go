@@ -3,14 +3,10 @@
 // and implements the seams those consumers declare (httpcache.Paths) with
 // the local store first and peers behind it (p2p.go).
 //
-// A path the node lacks is fetched (fetch.go): the signed record, the
-// tree, the chunk lists, then the chunks it lacks, in NAR order, from all
-// the peers that have them, each checked as it arrives. A client's NAR
-// streams meanwhile, taking the chunks the download has just decoded
-// (handoff.go) rather than waiting for them to be committed, and the
-// commits wait for the download's end while the handoff serves the NAR,
-// at the lowest CPU priority (priority.go): on a machine that also runs
-// the client, the client's CPU comes first.
+// A path the node lacks is fetched by package fetch from the sources it
+// is given here (p2p.go): the peers the node is connected to and those
+// the DHT names, each a fetch.Source over the transfer protocol. The node
+// records what the fetcher completes and shares it with its peers.
 package node
 
 import (
@@ -241,6 +237,9 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
+	if len(n.cfg.Upstreams) > 0 || n.cfg.MaxBytes > 0 {
+		n.log.Warn("upstream.substituters and storage.max_bytes are not used by this version", "upstreams", n.cfg.Upstreams, "max_bytes", n.cfg.MaxBytes)
+	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
@@ -22,6 +23,7 @@ import (
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/dht"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/node/fetch"
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
 
@@ -35,7 +37,7 @@ type p2p struct {
 	server *transfer.Server
 	mdnsMu sync.Mutex
 	mdns   mdns.Service
-	fetch  *fetcher
+	fetch  *fetch.Fetcher
 
 	announceMu sync.Mutex // one full re-announcement at a time
 }
@@ -149,7 +151,7 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 		h.Close()
 		return nil, err
 	}
-	p.fetch = newFetcher(n, p)
+	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys.share, Log: n.log}, peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
 		go p.connect(ctx, pi)
 	}
@@ -237,6 +239,13 @@ func (p *p2p) close() {
 // the path is one the node shares (see sharing.go).
 func (p *p2p) share(ctx context.Context, info *pathinfo.Info) {
 	p.announce(info, p.shareObjects(ctx, info))
+}
+
+// Share implements fetch.Publisher: the objects now, the announcement
+// when the fetcher says.
+func (p *p2p) Share(ctx context.Context, info *pathinfo.Info) (announce func()) {
+	keys := p.shareObjects(ctx, info)
+	return func() { p.announce(info, keys) }
 }
 
 // shareObjects marks the objects of a path's tree as shared, so that peers
@@ -350,4 +359,84 @@ func (t transferSource) Chunks(ds []castore.Digest, zstd bool, buf []byte, fn fu
 		}
 		return fn(data, compressed, err)
 	})
+}
+
+// peerSource is a peer as a fetch.Source: the transfer protocol's client
+// aimed at one peer.
+type peerSource struct {
+	p  *p2p
+	id peer.ID
+}
+
+func (s peerSource) ID() string { return s.id.String() }
+
+func (s peerSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	return s.p.client.Record(ctx, s.id, hash)
+}
+
+func (s peerSource) Directories(ctx context.Context, root castore.Digest, fn func(castore.Digest, *castore.Directory, []byte) error) error {
+	return s.p.client.Directories(ctx, s.id, root, fn)
+}
+
+func (s peerSource) ChunkLists(ctx context.Context, blobs []transfer.BlobRef) ([][]castore.ChunkRef, error) {
+	return s.p.client.ChunkLists(ctx, s.id, blobs)
+}
+
+// Chunks asks for zstd frames: a third of the bytes on the wire, and what
+// the node keeps.
+func (s peerSource) Chunks(ctx context.Context, ds []castore.Digest, bufs transfer.Buffers, fn func(d castore.Digest, data, frame []byte) error) error {
+	return s.p.client.Chunks(ctx, s.id, ds, true, bufs, fn)
+}
+
+func (s peerSource) Drop() { s.p.host.Network().ClosePeer(s.id) }
+
+// peerFinder finds the peers that may hold a path: those the node is
+// connected to, asked directly (a node that has just joined, or whose
+// announcements still wait for the DHT to take them, is found by its
+// neighbours at once, and on a LAN they are the likeliest sources anyway),
+// then those the DHT names.
+type peerFinder struct{ p *p2p }
+
+func (f peerFinder) Sources(ctx context.Context, hash string) <-chan fetch.Source {
+	out := make(chan fetch.Source)
+	go func() {
+		defer close(out)
+		send := func(id peer.ID) bool {
+			if id == f.p.host.ID() {
+				return true
+			}
+			select {
+			case out <- peerSource{f.p, id}:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		for _, id := range f.p.host.Network().Peers() {
+			if !send(id) {
+				return
+			}
+		}
+		for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(f.p.n.cfg.StoreDir, hash), fetchMaxProviders) {
+			f.p.host.Peerstore().AddAddrs(pi.ID, pi.Addrs, peerstore.TempAddrTTL)
+			if !send(pi.ID) {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// fetchMaxProviders bounds the providers asked of the DHT for one path.
+const fetchMaxProviders = 64
+
+// fetchedPaths records the paths the fetcher completes.
+type fetchedPaths struct{ n *Node }
+
+func (f fetchedPaths) Put(info *pathinfo.Info) error {
+	if err := f.n.putPath(info); err != nil {
+		return err
+	}
+	f.n.wakeCompressor()
+	return nil
 }

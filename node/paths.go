@@ -13,7 +13,6 @@ import (
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node/transfer"
-	"github.com/ulikunitz/xz"
 )
 
 // Info implements httpcache.Paths: the local index, then the peers. For a
@@ -44,21 +43,21 @@ func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) 
 // NAR implements httpcache.Paths: the NAR rendered from castore, or from a
 // fetch in progress as its chunks arrive.
 func (n *Node) NAR(ctx context.Context, info *pathinfo.Info, compression nar.Compression, w io.Writer) error {
-	return n.renderPath(ctx, info, narPart{compression: compression}, w)
+	return n.renderPath(ctx, info, nar.Part{Compression: compression}, w)
 }
 
 // NARRange implements httpcache.Paths: n bytes of the uncompressed NAR
 // from off, for a Range request.
 func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int64, w io.Writer) error {
-	return n.renderPath(ctx, info, narPart{compression: nar.CompressionNone, off: off, n: size}, w)
+	return n.renderPath(ctx, info, nar.Part{Compression: nar.CompressionNone, Off: off, N: size}, w)
 }
 
-func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part narPart, w io.Writer) error {
+func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
 	cw := &countingWriter{w: w}
 	defer func() { n.metrics.narBytes.Add(float64(cw.n)) }()
 	if n.p2p != nil && !n.index.Has(info.HashPart()) {
-		if j := n.p2p.fetch.running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
-			return j.render(ctx, cw, part)
+		if j := n.p2p.fetch.Running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
+			return j.Render(ctx, cw, part)
 		}
 		if !n.index.Has(info.HashPart()) {
 			return fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
@@ -66,60 +65,12 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part narPart
 	}
 	r := n.store.NewReader()
 	defer r.Close()
-	return renderNAR(ctx, r, storeSource{r, n.store}, info.Root, part, cw)
+	return nar.RenderPart(ctx, cw, info.Root, r, part, zstdSplicer(r))
 }
 
-// narPart is what a client asks of a NAR: the whole of it, compressed as
-// asked, or (n > 0) n bytes of the uncompressed NAR from off.
-type narPart struct {
-	compression nar.Compression
-	off, n      int64
-}
-
-// xzDictCap is the dictionary of .nar.xz responses: that of xz -1. The
-// encoder's memory grows with it (its hash table most): about 20 MB of
-// RSS at 1 MiB after some megabytes of input, against 74 MB at the
-// library's default of 8 MiB. No narinfo here advertises xz; it is for
-// clients that ask for it, and not worth more per client.
-const xzDictCap = 1 << 20
-
-// renderNAR renders a tree's NAR, or the part asked, to w. A zstd NAR is
-// spliced from the chunks' stored frames (through r); xz is compressed on
-// the fly (slow, for clients that ask for nothing else).
-func renderNAR(ctx context.Context, r *castore.Reader, src nar.Source, root castore.Node, part narPart, w io.Writer) error {
-	switch part.compression {
-	case nar.CompressionZstd:
-		zw := r.NewZstdWriter(w)
-		if err := nar.Render(ctx, zw, root, src); err != nil {
-			return err
-		}
-		return zw.Close()
-	case nar.CompressionXz:
-		xw, err := xz.WriterConfig{DictCap: xzDictCap}.NewWriter(w)
-		if err != nil {
-			return err
-		}
-		if err := nar.Render(ctx, xw, root, src); err != nil {
-			return err
-		}
-		return xw.Close()
-	}
-	if part.n > 0 {
-		return nar.RenderRange(ctx, w, root, src, part.off, part.n)
-	}
-	return nar.Render(ctx, w, root, src)
-}
-
-// storeSource is a castore.Reader with its store's chunk lists: a
-// nar.ChunkSource, so that a range that starts inside a file skips the
-// chunks before it.
-type storeSource struct {
-	*castore.Reader
-	s *castore.Store
-}
-
-func (s storeSource) BlobChunks(d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
-	return s.s.BlobChunks(d, size)
+// zstdSplicer makes the zstd streams of NARs rendered through r.
+func zstdSplicer(r *castore.Reader) func(io.Writer) nar.Splicer {
+	return func(w io.Writer) nar.Splicer { return r.NewZstdWriter(w) }
 }
 
 // countingWriter counts the bytes sent and keeps the ReaderFrom of what it

@@ -44,13 +44,21 @@ func (m *memStore) Directory(_ context.Context, d castore.Digest) (*castore.Dire
 	return nil, errors.New("no such directory")
 }
 
-func (m *memStore) WriteBlob(_ context.Context, w io.Writer, d castore.Digest, size uint64) error {
-	b, ok := m.blobs[d]
-	if !ok || uint64(len(b)) != size {
-		return errors.New("no such blob")
+// FileChunks gives a file as one chunk, its whole content.
+func (m *memStore) FileChunks(_ context.Context, d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
+	if b, ok := m.blobs[d]; !ok || uint64(len(b)) != size {
+		return nil, errors.New("no such blob")
 	}
-	_, err := w.Write(b)
-	return err
+	return []castore.ChunkRef{{Digest: d, Size: uint32(size)}}, nil
+}
+
+func (m *memStore) WriteChunks(_ context.Context, w io.Writer, refs []castore.ChunkRef) error {
+	for _, r := range refs {
+		if _, err := w.Write(m.blobs[r.Digest]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // FuzzIngest feeds arbitrary bytes to the NAR reader and ingests what it

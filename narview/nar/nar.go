@@ -10,8 +10,10 @@
 // without a length prefix); it hashes what it consumes, so the NarHash and
 // NarSize of an ingest come for free. Writer is its inverse and passes large
 // file contents to an io.ReaderFrom (a TCP connection doing sendfile).
-// Render writes a castore tree's NAR; RenderRange writes a part of it (an
-// HTTP Range) without reading the files before that part.
+// Render writes a castore tree's NAR, RenderSpliced its zstd form from the
+// chunks' stored frames, RenderRange a part of it (an HTTP Range) without
+// reading the files before that part; RenderPart picks one for what a
+// client asked (render.go).
 //
 // We keep our own codec rather than go-nix's: its reader runs a goroutine
 // per archive and hands each header over channels, which costs more than

@@ -15,18 +15,10 @@ import (
 // passing through a window that drops what comes before the range and
 // stops the walk after it. File contents before the range are neither
 // read nor written: a file wholly before it is skipped by its size, one
-// the range starts in is entered at the chunk it needs (ChunkSource), and
+// the range starts in is entered at the chunk it needs, and
 // the bytes of that chunk before the range are skipped by seeking when
 // they come as a range of a pack file. Directories are still read, as
 // their NAR sizes are not stored.
-
-// ChunkSource is a Source whose files are lists of chunks, such as a
-// castore.Reader with its store: a range that starts inside a file then
-// skips the chunks before it rather than read them.
-type ChunkSource interface {
-	BlobChunks(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
-	WriteChunks(ctx context.Context, w io.Writer, refs []castore.ChunkRef) error
-}
 
 // errRangeDone stops a ranged render once its last byte is out.
 var errRangeDone = errors.New("nar: range complete")
@@ -45,7 +37,16 @@ func RenderRange(ctx context.Context, w io.Writer, root castore.Node, src Source
 	}
 	win := &window{out: w, skip: off, left: n}
 	nw := NewWriter(win)
-	err := renderNode(ctx, nw, src, "", root, win)
+	err := walk(ctx, nw, src, "", root, func(n castore.Node) error {
+		if win.skip > 0 {
+			return renderFileInRange(ctx, nw, src, n, win)
+		}
+		refs, err := src.FileChunks(ctx, n.Digest, n.Size)
+		if err != nil {
+			return err
+		}
+		return src.WriteChunks(ctx, nw, refs)
+	})
 	if err == nil {
 		err = nw.Close()
 	}
@@ -73,23 +74,20 @@ func renderFileInRange(ctx context.Context, w *Writer, src Source, n castore.Nod
 		win.skip -= int64(skip)
 		return w.skipContents(int64(skip))
 	}
-	if cs, ok := src.(ChunkSource); ok && skip > 0 {
-		refs, err := cs.BlobChunks(n.Digest, n.Size)
-		if err != nil {
-			return err
-		}
-		var whole uint64
-		for len(refs) > 0 && whole+uint64(refs[0].Size) <= skip {
-			whole += uint64(refs[0].Size)
-			refs = refs[1:]
-		}
-		win.skip -= int64(whole)
-		if err := w.skipContents(int64(whole)); err != nil {
-			return err
-		}
-		return cs.WriteChunks(ctx, w, refs)
+	refs, err := src.FileChunks(ctx, n.Digest, n.Size)
+	if err != nil {
+		return err
 	}
-	return src.WriteBlob(ctx, w, n.Digest, n.Size)
+	var whole uint64
+	for len(refs) > 0 && whole+uint64(refs[0].Size) <= skip {
+		whole += uint64(refs[0].Size)
+		refs = refs[1:]
+	}
+	win.skip -= int64(whole)
+	if err := w.skipContents(int64(whole)); err != nil {
+		return err
+	}
+	return src.WriteChunks(ctx, w, refs)
 }
 
 // window passes on the part of a stream that a range covers: it drops the

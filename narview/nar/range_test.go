@@ -31,17 +31,10 @@ func storedTree(t *testing.T) (*castore.Store, castore.Node, []byte) {
 	return s, root, want
 }
 
-// chunkSource is a castore.Reader with its store's chunk lists: a
-// ChunkSource. It records the chunks written and the blobs read whole.
+// chunkSource is a castore.Reader that records the chunks written.
 type chunkSource struct {
 	*castore.Reader
-	s      *castore.Store
 	chunks []castore.Digest
-	blobs  []castore.Digest
-}
-
-func (c *chunkSource) BlobChunks(d castore.Digest, size uint64) ([]castore.ChunkRef, error) {
-	return c.s.BlobChunks(d, size)
 }
 
 func (c *chunkSource) WriteChunks(ctx context.Context, w io.Writer, refs []castore.ChunkRef) error {
@@ -51,17 +44,8 @@ func (c *chunkSource) WriteChunks(ctx context.Context, w io.Writer, refs []casto
 	return c.Reader.WriteChunks(ctx, w, refs)
 }
 
-func (c *chunkSource) WriteBlob(ctx context.Context, w io.Writer, d castore.Digest, size uint64) error {
-	c.blobs = append(c.blobs, d)
-	return c.Reader.WriteBlob(ctx, w, d, size)
-}
-
-// plainSource hides the chunk lists: a Source only.
-type plainSource struct{ Source }
-
 // Every range, at offsets in the framing, in file contents, at chunk and
-// padding boundaries and at the end, is the matching slice of the NAR,
-// with and without chunk lists.
+// padding boundaries and at the end, is the matching slice of the NAR.
 func TestRenderRange(t *testing.T) {
 	s, root, full := storedTree(t)
 	size := int64(len(full))
@@ -79,30 +63,22 @@ func TestRenderRange(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		ranges = append(ranges, rng{r.Int64N(size), -1})
 	}
-	for _, withChunks := range []bool{true, false} {
-		cr := s.NewReader()
-		var src Source = &chunkSource{Reader: cr, s: s}
-		if !withChunks {
-			src = plainSource{cr}
-		}
-		for _, g := range ranges {
-			var out bytes.Buffer
-			if err := RenderRange(context.Background(), &out, root, src, g.off, g.n); err != nil {
-				t.Fatalf("range %d+%d (chunk lists %v): %v", g.off, g.n, withChunks, err)
-			}
-			end := size
-			if g.n >= 0 {
-				end = g.off + g.n
-			}
-			if !bytes.Equal(out.Bytes(), full[g.off:end]) {
-				t.Fatalf("range %d+%d (chunk lists %v): %d bytes differ from the NAR's %d", g.off, g.n, withChunks, out.Len(), end-g.off)
-			}
-		}
-		cr.Close()
-	}
-	// A range past the end fails rather than come out short.
 	cr := s.NewReader()
+	for _, g := range ranges {
+		var out bytes.Buffer
+		if err := RenderRange(context.Background(), &out, root, cr, g.off, g.n); err != nil {
+			t.Fatalf("range %d+%d: %v", g.off, g.n, err)
+		}
+		end := size
+		if g.n >= 0 {
+			end = g.off + g.n
+		}
+		if !bytes.Equal(out.Bytes(), full[g.off:end]) {
+			t.Fatalf("range %d+%d: %d bytes differ from the NAR's %d", g.off, g.n, out.Len(), end-g.off)
+		}
+	}
 	defer cr.Close()
+	// A range past the end fails rather than come out short.
 	for _, g := range []rng{{size, -1}, {size - 1, 2}, {size + 10, 1}} {
 		if err := RenderRange(context.Background(), io.Discard, root, cr, g.off, g.n); err == nil {
 			t.Errorf("range %d+%d of a %d-byte NAR: no error", g.off, g.n, size)
@@ -126,7 +102,7 @@ func TestRenderRangeSkipsWhatComesBefore(t *testing.T) {
 	off := int64(first+1+second) + 3<<20 - 1000
 	cr := s.NewReader()
 	defer cr.Close()
-	src := &chunkSource{Reader: cr, s: s}
+	src := &chunkSource{Reader: cr}
 	var out bytes.Buffer
 	if err := RenderRange(context.Background(), &out, root, src, off, 5000); err != nil {
 		t.Fatal(err)
@@ -155,9 +131,6 @@ func TestRenderRangeSkipsWhatComesBefore(t *testing.T) {
 	})
 	if len(copyRefs) < 10 {
 		t.Fatalf("big/copy has %d chunks; the test wants many", len(copyRefs))
-	}
-	if len(src.blobs) > 1 {
-		t.Errorf("%d whole files read for a range in one file's last chunk and the next", len(src.blobs))
 	}
 	if len(src.chunks) == 0 || src.chunks[0] != copyRefs[len(copyRefs)-1].Digest {
 		t.Errorf("the range began with chunks %v, want big/random's last chunk first", src.chunks)

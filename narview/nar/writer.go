@@ -28,13 +28,12 @@ type Writer struct {
 
 // NewWriter returns a Writer to w.
 func NewWriter(w io.Writer) *Writer {
-	if _, ok := w.(castore.ChunkWriter); ok {
-		// A ZstdWriter takes file contents by chunk and buffers the rest
-		// itself: only the framing passes through here, and a large
-		// buffer would be memory held for nothing by every response.
-		return &Writer{out: w, bw: splice.NewWriterSize(w, 4<<10)}
-	}
 	return &Writer{out: w, bw: splice.NewWriter(w)}
+}
+
+// newWriterSize returns a Writer to w with a buffer of size bytes.
+func newWriterSize(w io.Writer, size int) *Writer {
+	return &Writer{out: w, bw: splice.NewWriterSize(w, size)}
 }
 
 func (w *Writer) writeString(s string) {
@@ -201,28 +200,23 @@ func (w *Writer) skipContents(n int64) error {
 	return nil
 }
 
-// WriteChunk passes one chunk of file contents, by digest, to a
-// destination that takes chunks so (a castore.ZstdWriter); it reports false
-// for any other destination, and the caller writes the bytes instead.
-func (w *Writer) WriteChunk(ref castore.ChunkRef) (bool, error) {
-	cw, ok := w.out.(castore.ChunkWriter)
-	if !ok || w.err != nil {
-		return false, w.err
+// splice passes one chunk of the current file's contents to z, which
+// writes it as its stored frame rather than as bytes through here.
+func (w *Writer) splice(ref castore.ChunkRef, z Splicer) error {
+	if w.err != nil {
+		return w.err
 	}
 	if int64(ref.Size) > w.remaining {
-		return true, w.fail(fmt.Errorf("nar: chunk of %d bytes in a file with %d left", ref.Size, w.remaining))
+		return w.fail(fmt.Errorf("nar: chunk of %d bytes in a file with %d left", ref.Size, w.remaining))
 	}
 	if err := w.bw.Flush(); err != nil {
-		return true, w.fail(err)
+		return w.fail(err)
 	}
-	done, err := cw.WriteChunk(ref)
-	if err != nil {
-		return true, w.fail(err)
+	if err := z.SpliceChunk(ref); err != nil {
+		return w.fail(err)
 	}
-	if done {
-		w.contentWritten(int64(ref.Size))
-	}
-	return done, nil
+	w.contentWritten(int64(ref.Size))
+	return nil
 }
 
 // Flush writes out buffered data.

@@ -1,4 +1,4 @@
-package node
+package fetch
 
 import (
 	"math/bits"
@@ -31,7 +31,7 @@ type handed struct {
 // keep puts a chunk just decoded, in a buffer from getChunkBuf, into the
 // handoff if a render that takes from it runs and there is room, and
 // recycles the buffer otherwise.
-func (j *job) keep(d castore.Digest, buf []byte) {
+func (j *Job) keep(d castore.Digest, buf []byte) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	// A second copy of a chunk (asked of two peers at the end, or in a
@@ -49,7 +49,7 @@ func (j *job) keep(d castore.Digest, buf []byte) {
 
 // take takes one use of a chunk from the handoff, or returns nil. The
 // caller gives it back with release once written.
-func (j *job) take(d castore.Digest) *handed {
+func (j *Job) take(d castore.Digest) *handed {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	h := j.handoff[d]
@@ -69,7 +69,7 @@ func (j *job) take(d castore.Digest) *handed {
 }
 
 // release ends a use of a chunk from take; nil is ignored.
-func (j *job) release(h *handed) {
+func (j *Job) release(h *handed) {
 	if h == nil {
 		return
 	}
@@ -81,7 +81,7 @@ func (j *job) release(h *handed) {
 }
 
 // dropHandoff empties the handoff; j.mu held.
-func (j *job) dropHandoff() {
+func (j *Job) dropHandoff() {
 	for d, h := range j.handoff {
 		if h.left = 0; h.users == 0 {
 			putChunkBuf(h.buf)
