@@ -21,8 +21,6 @@ type Client struct {
 	r       *wireReader
 	w       *wireWriter
 	version uint64 // negotiated
-	// DaemonVersion is the Nix version the daemon reported (1.33 and later).
-	DaemonVersion string
 }
 
 // Dial connects to the daemon socket at path and shakes hands.
@@ -47,9 +45,6 @@ func NewClient(conn io.ReadWriteCloser, version uint64) (*Client, error) {
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
-
-// Version returns the negotiated protocol version.
-func (c *Client) Version() uint64 { return c.version }
 
 func (c *Client) minor() uint64 { return minor(c.version) }
 
@@ -93,7 +88,7 @@ func (c *Client) handshake(version uint64) error {
 		return err
 	}
 	if c.minor() >= 33 {
-		if c.DaemonVersion, err = c.r.String(); err != nil {
+		if _, err := c.r.String(); err != nil { // the daemon's Nix version
 			return err
 		}
 	}

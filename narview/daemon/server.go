@@ -21,8 +21,8 @@ import (
 // Store is what the server needs of the node.
 type Store interface {
 	// PathInfo returns a valid path's info. With lookup, a path the node
-	// lacks is looked up where the node finds paths (peers, upstream)
-	// before the answer is an error wrapping pathinfo.ErrNotFound.
+	// lacks is looked up where the node finds paths (its peers) before
+	// the answer is an error wrapping pathinfo.ErrNotFound.
 	PathInfo(ctx context.Context, path string, lookup bool) (*pathinfo.Info, error)
 	// PathFromHashPart returns the path with this hash part, or
 	// pathinfo.ErrNotFound.
@@ -78,20 +78,6 @@ func NewServer(store Store, storeDir string, log *slog.Logger) *Server {
 	}
 	return &Server{store: store, storeDir: storeDir, log: log, conns: map[io.Closer]struct{}{},
 		IdleTimeout: DefaultIdleTimeout, RequestTimeout: DefaultRequestTimeout}
-}
-
-// Serve accepts connections on ln until it is closed.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return err
-		}
-		go s.ServeConn(ctx, c, c)
-	}
 }
 
 // ServeConn runs the protocol on one connection (or on stdin/stdout) until
@@ -217,14 +203,13 @@ func (s *Server) Close() {
 
 // conn is one client connection.
 type conn struct {
-	srv       *Server
-	r         *wireReader
-	w         *wireWriter
-	raw       io.Writer
-	rd        *deadlineReader
-	wd        *deadlineWriter
-	version   uint64 // negotiated
-	verbosity uint64
+	srv     *Server
+	r       *wireReader
+	w       *wireWriter
+	raw     io.Writer
+	rd      *deadlineReader
+	wd      *deadlineWriter
+	version uint64 // negotiated
 }
 
 func (c *conn) minor() uint64 { return minor(c.version) }
@@ -838,15 +823,11 @@ func (c *conn) op(ctx context.Context, op uint64) error {
 }
 
 func (c *conn) setOptions() error {
-	var fields [12]uint64
-	for i := range fields {
-		v, err := c.r.Uint64()
-		if err != nil {
+	for i := 0; i < 12; i++ { // flags and settings a store without builders does not use
+		if _, err := c.r.Uint64(); err != nil {
 			return err
 		}
-		fields[i] = v
 	}
-	c.verbosity = fields[3]
 	if c.minor() >= 12 {
 		if _, err := c.r.StringMap(); err != nil {
 			return err

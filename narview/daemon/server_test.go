@@ -19,7 +19,6 @@ import (
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
-	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
 const storeDir = "/nix/store"
@@ -488,8 +487,6 @@ func bufioOf(r io.Reader) *bufio.Reader {
 	}
 	return bufio.NewReader(r)
 }
-
-var _ = storepath.HashLen
 
 // FuzzWire decodes arbitrary bytes as each of the protocol's compound
 // values, with and without the budget of one op: no input may panic, or
