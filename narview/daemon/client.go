@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
@@ -341,16 +340,7 @@ func (c *Client) NarFromPath(path string, w io.Writer) error {
 	if err := c.call(opNarFromPath, func() { c.w.String(path) }); err != nil {
 		return err
 	}
-	nr := nar.NewReader(&teeReader{r: c.r.r, w: w})
-	for {
-		_, err := nr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return readNAR(&teeReader{r: c.r.r, w: w})
 }
 
 // teeReader writes what is read through it; it is a ByteReader so that the

@@ -20,6 +20,9 @@
 package daemon
 
 import (
+	"io"
+
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -165,4 +168,17 @@ func readPathInfo(r *wireReader, withPath, v16 bool) (*pathinfo.Info, error) {
 		return info, clientErr("path '%s': %v", info.StorePath, err)
 	}
 	return info, nil
+}
+
+// readNAR reads a NAR to its end, which only parsing it finds: the
+// protocol sends some NARs without a length.
+func readNAR(r io.Reader) error {
+	nr := nar.NewReader(r)
+	for {
+		if _, err := nr.Next(); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
 }

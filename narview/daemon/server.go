@@ -329,221 +329,38 @@ func (c *conn) paths() ([]string, error) {
 	return ps, nil
 }
 
+// opHandlers are the ops answered by a handler of their own, most of
+// them from the store: queries (ops_query.go), requests to make paths
+// valid (ops_build.go), adding paths (ops_add.go). The others are in the
+// table of fixed answers (ops_fixed.go).
+var opHandlers = map[uint64]func(*conn, context.Context) error{
+	opIsValidPath:           (*conn).isValidPath,
+	opQueryValidPaths:       (*conn).queryValidPaths,
+	opQueryPathInfo:         (*conn).queryPathInfo,
+	opQueryPathFromHashPart: (*conn).queryPathFromHashPart,
+	opQueryAllValidPaths:    (*conn).queryAllValidPaths,
+	opQueryDeriver:          (*conn).queryDeriver,
+	opQueryReferrers:        (*conn).queryReferrers,
+	opNarFromPath:           (*conn).narFromPath,
+
+	opEnsurePath:            (*conn).ensurePath,
+	opBuildPaths:            (*conn).buildPaths,
+	opBuildPathsWithResults: (*conn).buildPathsWithResults,
+	opQueryMissing:          (*conn).queryMissing,
+
+	opAddToStoreNar:      (*conn).addToStoreNar,
+	opAddMultipleToStore: (*conn).addMultipleToStore,
+	opAddSignatures:      (*conn).addSignatures,
+
+	opAddPermRoot: (*conn).addPermRoot,
+}
+
 func (c *conn) op(ctx context.Context, op uint64) error {
-	switch op {
-	case opSetOptions:
-		return c.setOptions()
-
-	case opIsValidPath:
-		return c.isValidPath(ctx)
-
-	case opQueryValidPaths:
-		return c.queryValidPaths(ctx)
-
-	case opQueryPathInfo:
-		return c.queryPathInfo(ctx)
-
-	case opQueryPathFromHashPart:
-		return c.queryPathFromHashPart(ctx)
-
-	case opQueryAllValidPaths:
-		return c.queryAllValidPaths(ctx)
-
-	case opQueryDeriver:
-		return c.queryDeriver(ctx)
-
-	case opQueryReferrers:
-		return c.queryReferrers(ctx)
-
-	case opNarFromPath:
-		return c.narFromPath(ctx)
-
-	case opAddToStoreNar:
-		return c.addToStoreNar(ctx)
-
-	case opAddMultipleToStore:
-		return c.addMultipleToStore(ctx)
-
-	case opAddSignatures:
-		return c.addSignatures(ctx)
-
-	case opBuildPaths:
-		return c.buildPaths(ctx)
-
-	case opBuildPathsWithResults:
-		return c.buildPathsWithResults(ctx)
-
-	case opEnsurePath:
-		return c.ensurePath(ctx)
-
-	case opQueryMissing:
-		return c.queryMissing(ctx)
-
-	case opAddTempRoot, opAddIndirectRoot:
-		if _, err := c.r.String(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(1)
-		return nil
-
-	case opAddPermRoot:
-		if _, err := c.path(); err != nil {
-			return err
-		}
-		root, err := c.r.String()
-		if err != nil {
-			return err
-		}
-		c.last()
-		c.w.String(root)
-		return nil
-
-	case opSyncWithGC, opOptimiseStore:
-		c.last()
-		c.w.Uint64(1)
-		return nil
-
-	case opFindRoots:
-		c.last()
-		c.w.Uint64(0)
-		return nil
-
-	case opVerifyStore:
-		if _, err := c.r.Uint64(); err != nil { // checkContents
-			return err
-		}
-		if _, err := c.r.Uint64(); err != nil { // repair
-			return err
-		}
-		c.last()
-		c.w.Uint64(0) // `p2pstore verify` does the real check
-		return nil
-
-	case opHasSubstitutes:
-		if _, err := c.path(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(0)
-		return nil
-
-	case opQuerySubstitutablePaths:
-		if _, err := c.paths(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Strings(nil)
-		return nil
-
-	case opQuerySubstitutablePathInfo:
-		if _, err := c.path(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(0)
-		return nil
-
-	case opQuerySubstitutablePathInfos:
-		if c.minor() >= 22 {
-			if _, err := c.r.StringMap(); err != nil {
-				return err
-			}
-		} else if _, err := c.paths(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(0)
-		return nil
-
-	case opQueryDerivationOutputs, opQueryValidDerivers:
-		if _, err := c.path(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Strings(nil)
-		return nil
-
-	case opQueryDerivationOutputNames:
-		if _, err := c.path(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Strings(nil)
-		return nil
-
-	case opQueryDerivationOutputMap:
-		if _, err := c.path(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(0)
-		return nil
-
-	case opQueryRealisation:
-		if _, err := c.r.String(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(0)
-		return nil
-
-	case opAddBuildLog:
-		if _, err := c.r.String(); err != nil {
-			return err
-		}
-		if err := (&framedReader{r: c.r, maxSize: MaxFrameLen}).drain(); err != nil {
-			return err
-		}
-		c.last()
-		c.w.Uint64(1)
-		return nil
-
-	case opBuildDerivation:
-		if err := c.skipBuildDerivation(); err != nil {
-			return err
-		}
-		return clientErr("p2pstore does not build derivations; it only stores and serves paths")
-
-	case opCollectGarbage:
-		if _, err := c.r.Uint64(); err != nil { // action
-			return err
-		}
-		if _, err := c.r.Strings(); err != nil {
-			return err
-		}
-		for i := 0; i < 5; i++ { // ignoreLiveness, maxFreed, 3 obsolete
-			if _, err := c.r.Uint64(); err != nil {
-				return err
-			}
-		}
-		return clientErr("garbage collection through the daemon protocol is not supported; run `p2pstore gc`")
-
-	case opRegisterDrvOutput:
-		if _, err := c.r.String(); err != nil {
-			return err
-		}
-		if c.minor() < 31 {
-			if _, err := c.r.String(); err != nil {
-				return err
-			}
-		}
-		return clientErr("p2pstore does not record derivation outputs")
-
-	case opAddToStore:
-		return c.addToStore()
-
-	case opAddTextToStore:
-		if _, err := c.r.String(); err != nil { // name
-			return err
-		}
-		if err := c.r.Skip(MaxFrameLen); err != nil { // contents
-			return err
-		}
-		if _, err := c.r.Strings(); err != nil { // references
-			return err
-		}
-		return clientErr("p2pstore does not add text files to the store; copy store paths into it with `nix copy --to`")
+	if handle, ok := opHandlers[op]; ok {
+		return handle(c, ctx)
+	}
+	if fixed, ok := fixedOps[op]; ok {
+		return c.answerFixed(fixed)
 	}
 	return fmt.Errorf("%w %d", errUnknownOp, op)
 }
