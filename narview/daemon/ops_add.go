@@ -43,10 +43,7 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 		return infoErr
 	}
 	info.StorePath = p
-	if _, err := c.r.Uint64(); err != nil { // repair
-		return err
-	}
-	if _, err := c.r.Uint64(); err != nil { // dontCheckSigs
+	if err := skipAddFlags(c); err != nil {
 		return err
 	}
 	if c.minor() >= 23 {
@@ -55,16 +52,7 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 		if err == nil {
 			err = c.srv.store.AddPath(ctx, info, bufio.NewReaderSize(fr, 64<<10))
 		}
-		// Drain to the terminator so the connection stays in step, even
-		// when the NAR was refused half-way.
-		if derr := fr.drain(); derr != nil {
-			return derr
-		}
-		if err != nil {
-			return refusal(err)
-		}
-		c.last()
-		return nil
+		return c.endFramed(fr, err)
 	}
 	if infoErr != nil {
 		return infoErr // the client only sends what we pull: nothing to drain
@@ -74,6 +62,24 @@ func (c *conn) addToStoreNar(ctx context.Context) error {
 		if pr.err != nil {
 			return pr.err
 		}
+		return refusal(err)
+	}
+	c.last()
+	return nil
+}
+
+// skipAddFlags reads repair and dontCheckSigs: the store checks every
+// path it adds the same way, whatever the client asks.
+var skipAddFlags = skipUint64s(2)
+
+// endFramed reads the rest of an op's framed data to its terminator, so
+// that the connection stays in step even when the data was refused
+// half-way; then err, the refusal, is the client's.
+func (c *conn) endFramed(fr *framedReader, err error) error {
+	if derr := fr.drain(); derr != nil {
+		return derr
+	}
+	if err != nil {
 		return refusal(err)
 	}
 	c.last()
@@ -125,48 +131,40 @@ func (p *pullReader) Read(b []byte) (int, error) {
 // a count and, for each path, its info (format 16, with the path) and its
 // NAR, unframed inside the frames. Items come dependencies first.
 func (c *conn) addMultipleToStore(ctx context.Context) error {
-	if _, err := c.r.Uint64(); err != nil { // repair
-		return err
-	}
-	if _, err := c.r.Uint64(); err != nil { // dontCheckSigs
+	if err := skipAddFlags(c); err != nil {
 		return err
 	}
 	fr := &framedReader{r: c.r, maxSize: MaxFrameLen}
-	inner := newWireReader(bufio.NewReaderSize(fr, 64<<10))
-	err := func() error {
-		count, err := inner.Uint64()
-		if err != nil {
-			return err
-		}
-		if count > MaxListLen {
-			return fmt.Errorf("%w: AddMultipleToStore of %d paths (at most %d)", ErrTooLarge, count, MaxListLen)
-		}
-		for i := uint64(0); i < count; i++ {
-			inner.resetBudget() // each path's info is dropped once it is added
-			info, err := readPathInfo(inner, true, true)
-			if err != nil {
-				return err
-			}
-			if _, err := storepath.Parse(c.srv.storeDir, info.StorePath); err != nil {
-				return clientErr("%v", err)
-			}
-			if err := c.srv.store.AddPath(ctx, info, inner.r); err != nil {
-				return err
-			}
-		}
-		return nil
-	}()
+	err := c.addEach(ctx, newWireReader(bufio.NewReaderSize(fr, 64<<10)))
 	if errors.Is(err, ErrTooLarge) {
 		// No client sends such a length: drop the rest with the
 		// connection rather than read on through it.
 		return err
 	}
-	if derr := fr.drain(); derr != nil {
-		return derr
-	}
+	return c.endFramed(fr, err)
+}
+
+// addEach adds the paths of an AddMultipleToStore stream.
+func (c *conn) addEach(ctx context.Context, r *wireReader) error {
+	count, err := r.Uint64()
 	if err != nil {
-		return refusal(err) // the stream was drained: the connection is fine
+		return err
 	}
-	c.last()
+	if count > MaxListLen {
+		return fmt.Errorf("%w: AddMultipleToStore of %d paths (at most %d)", ErrTooLarge, count, MaxListLen)
+	}
+	for i := uint64(0); i < count; i++ {
+		r.resetBudget() // each path's info is dropped once it is added
+		info, err := readPathInfo(r, true, true)
+		if err != nil {
+			return err
+		}
+		if _, err := storepath.Parse(c.srv.storeDir, info.StorePath); err != nil {
+			return clientErr("%v", err)
+		}
+		if err := c.srv.store.AddPath(ctx, info, r.r); err != nil {
+			return err
+		}
+	}
 	return nil
 }

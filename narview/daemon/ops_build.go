@@ -2,11 +2,9 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 
-	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
@@ -16,15 +14,12 @@ import (
 // refused, is in the table of fixed replies.
 
 func (c *conn) ensurePath(ctx context.Context) error {
-	p, err := c.path()
+	p, info, err := c.pathAndInfo(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := c.srv.store.PathInfo(ctx, p, true); err != nil {
-		if errors.Is(err, pathinfo.ErrNotFound) {
-			return clientErr("path '%s' does not exist and cannot be created", p)
-		}
-		return err
+	if info == nil {
+		return clientErr("path '%s' does not exist and cannot be created", p)
 	}
 	c.last()
 	c.w.Uint64(1)

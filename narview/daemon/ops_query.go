@@ -13,17 +13,35 @@ import (
 // lacks is looked up (Store.PathInfo with lookup) wherever a client asks
 // whether it can have it, as an HTTP narinfo request is.
 
-func (c *conn) isValidPath(ctx context.Context) error {
+// validInfo returns a path's info, or nil when it is not valid (nor, with
+// lookup, found elsewhere): that is an answer for the client, where any
+// other error is the store's failure.
+func (c *conn) validInfo(ctx context.Context, p string, lookup bool) (*pathinfo.Info, error) {
+	info, err := c.srv.store.PathInfo(ctx, p, lookup)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		return nil, nil
+	}
+	return info, err
+}
+
+// pathAndInfo reads a store path argument and looks it up: its info is
+// nil when it is not valid, nor found.
+func (c *conn) pathAndInfo(ctx context.Context) (string, *pathinfo.Info, error) {
 	p, err := c.path()
+	if err != nil {
+		return "", nil, err
+	}
+	info, err := c.validInfo(ctx, p, true)
+	return p, info, err
+}
+
+func (c *conn) isValidPath(ctx context.Context) error {
+	_, info, err := c.pathAndInfo(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = c.srv.store.PathInfo(ctx, p, true)
-	if err != nil && !errors.Is(err, pathinfo.ErrNotFound) {
-		return err
-	}
 	c.last()
-	c.w.Bool(err == nil)
+	c.w.Bool(info != nil)
 	return nil
 }
 
@@ -50,11 +68,12 @@ func (c *conn) queryValidPaths(ctx context.Context) error {
 func (c *conn) validPaths(ctx context.Context, ps []string, lookup bool) ([]string, error) {
 	var valid []string
 	for _, p := range ps {
-		_, err := c.srv.store.PathInfo(ctx, p, lookup)
-		if err == nil {
-			valid = append(valid, p)
-		} else if !errors.Is(err, pathinfo.ErrNotFound) {
+		info, err := c.validInfo(ctx, p, lookup)
+		if err != nil {
 			return nil, err
+		}
+		if info != nil {
+			valid = append(valid, p)
 		}
 	}
 	return valid, nil
@@ -63,12 +82,8 @@ func (c *conn) validPaths(ctx context.Context, ps []string, lookup bool) ([]stri
 // queryPathInfo answers a path that is not valid with an empty reply from
 // 1.17 on, and with an error before.
 func (c *conn) queryPathInfo(ctx context.Context) error {
-	p, err := c.path()
+	p, info, err := c.pathAndInfo(ctx)
 	if err != nil {
-		return err
-	}
-	info, err := c.srv.store.PathInfo(ctx, p, true)
-	if err != nil && !errors.Is(err, pathinfo.ErrNotFound) {
 		return err
 	}
 	c.last()
@@ -172,17 +187,13 @@ func (c *conn) referrers(ctx context.Context, p string) ([]string, error) {
 // narFromPath sends the NAR unframed after STDERR_LAST; the client finds
 // its end by parsing it.
 func (c *conn) narFromPath(ctx context.Context) error {
-	p, err := c.path()
-	if err != nil {
-		return err
-	}
 	// Check before STDERR_LAST: after it, a failure cannot be told.
-	info, err := c.srv.store.PathInfo(ctx, p, true)
-	if errors.Is(err, pathinfo.ErrNotFound) {
-		return clientErr("path '%s' is not valid", p)
-	}
+	p, info, err := c.pathAndInfo(ctx)
 	if err != nil {
 		return err
+	}
+	if info == nil {
+		return clientErr("path '%s' is not valid", p)
 	}
 	c.last()
 	if err := c.w.Flush(); err != nil {
