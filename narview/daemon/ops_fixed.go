@@ -73,7 +73,7 @@ var fixedOps = map[uint64]fixedOp{
 		skipUint64,     // action
 		skipStrings,    // paths to delete
 		skipUint64s(5), // ignoreLiveness, maxFreed, 3 obsolete
-	), refuse: "garbage collection through the daemon protocol is not supported; run `p2pstore gc`"},
+	), refuse: "p2pstore does not delete store paths; `p2pstore gc` removes only the objects no path uses"},
 	opRegisterDrvOutput: {args: readAll(
 		skipString,             // realisation (an output id before 1.31)
 		before(31, skipString), // its output path

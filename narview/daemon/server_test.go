@@ -311,6 +311,30 @@ func TestUnsupportedOps(t *testing.T) {
 	}
 }
 
+// TestCollectGarbage: nix-store --gc is refused with what the node does
+// instead, and the connection goes on.
+func TestCollectGarbage(t *testing.T) {
+	store := newMemStore()
+	p := samplePath(1)
+	narBytes := narOf(t, "x")
+	store.AddPath(context.Background(), infoFor(p, narBytes), bytes.NewReader(narBytes))
+	r := newRaw(t, store)
+	err := r.op(opCollectGarbage, func(w *wireWriter) {
+		w.Uint64(2) // delete dead paths
+		w.Strings(nil)
+		for i := 0; i < 5; i++ {
+			w.Uint64(0)
+		}
+	})
+	var de *DaemonError
+	if !errors.As(err, &de) || !strings.Contains(de.Msg, "does not delete store paths") || !strings.Contains(de.Msg, "p2pstore gc` removes only the objects no path uses") {
+		t.Fatalf("CollectGarbage: %v", err)
+	}
+	if ok, err := r.c.IsValidPath(p); !ok || err != nil {
+		t.Fatalf("connection broken after the refusal: %v %v", ok, err)
+	}
+}
+
 // TestTooLarge: lengths over the limits are refused before allocation.
 func TestTooLarge(t *testing.T) {
 	for name, args := range map[string]func(w *wireWriter){
