@@ -317,27 +317,3 @@ func (f *framedReader) drain() error {
 	_, err := io.Copy(io.Discard, f)
 	return err
 }
-
-// framedWriter writes a framed stream; Close writes the terminator.
-type framedWriter struct {
-	w *wireWriter
-}
-
-func (f *framedWriter) Write(p []byte) (int, error) {
-	total := len(p)
-	for len(p) > 0 {
-		n := min(len(p), 32<<10)
-		f.w.Uint64(uint64(n))
-		f.w.write(p[:n])
-		if f.w.err != nil {
-			return 0, f.w.err
-		}
-		p = p[n:]
-	}
-	return total, nil
-}
-
-func (f *framedWriter) Close() error {
-	f.w.Uint64(0)
-	return f.w.err
-}
