@@ -11,25 +11,9 @@ import (
 )
 
 // Adding paths: a path comes with its info and its NAR, which streams into
-// Store.AddPath. AddToStore and AddTextToStore, which would need the path
-// computed here, are refused in the table of fixed replies.
-
-func (c *conn) addSignatures(ctx context.Context) error {
-	p, err := c.path()
-	if err != nil {
-		return err
-	}
-	sigs, err := c.r.Strings()
-	if err != nil {
-		return err
-	}
-	if err := c.srv.store.AddSignatures(ctx, p, sigs); err != nil {
-		return err
-	}
-	c.last()
-	c.w.Uint64(1)
-	return nil
-}
+// Store.AddPath; signatures can be added to it later. AddToStore and
+// AddTextToStore, which would need the path computed here, are refused in
+// the table of fixed answers.
 
 // addToStoreNar: the path's info, repair and dontCheckSigs, then the NAR,
 // framed (1.23 and later) or pulled with STDERR_READ (1.21, 1.22).
@@ -166,5 +150,23 @@ func (c *conn) addEach(ctx context.Context, r *wireReader) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// addSignatures adds signatures to a path the node holds.
+func (c *conn) addSignatures(ctx context.Context) error {
+	p, err := c.path()
+	if err != nil {
+		return err
+	}
+	sigs, err := c.r.Strings()
+	if err != nil {
+		return err
+	}
+	if err := c.srv.store.AddSignatures(ctx, p, sigs); err != nil {
+		return err
+	}
+	c.last()
+	c.w.Uint64(1)
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 // The requests to make paths valid: a store without builders does that
 // for a path it has or can look up, and refuses the rest. Nix 2.8's
 // `nix copy` asks for exactly that. BuildDerivation, which can only be
-// refused, is in the table of fixed replies.
+// refused, is in the table of fixed answers.
 
 func (c *conn) ensurePath(ctx context.Context) error {
 	p, info, err := c.pathAndInfo(ctx)

@@ -285,6 +285,42 @@ func (c *conn) dispatch(ctx context.Context, op uint64) error {
 	}
 }
 
+// opHandlers are the ops answered by a handler of their own, most of
+// them from the store: queries (ops_query.go), requests to make paths
+// valid (ops_build.go), adding paths (ops_add.go). The others are in the
+// table of fixed answers (ops_fixed.go).
+var opHandlers = map[uint64]func(*conn, context.Context) error{
+	opIsValidPath:           (*conn).isValidPath,
+	opQueryValidPaths:       (*conn).queryValidPaths,
+	opQueryPathInfo:         (*conn).queryPathInfo,
+	opQueryPathFromHashPart: (*conn).queryPathFromHashPart,
+	opQueryAllValidPaths:    (*conn).queryAllValidPaths,
+	opQueryDeriver:          (*conn).queryDeriver,
+	opQueryReferrers:        (*conn).queryReferrers,
+	opNarFromPath:           (*conn).narFromPath,
+
+	opEnsurePath:            (*conn).ensurePath,
+	opBuildPaths:            (*conn).buildPaths,
+	opBuildPathsWithResults: (*conn).buildPathsWithResults,
+	opQueryMissing:          (*conn).queryMissing,
+
+	opAddToStoreNar:      (*conn).addToStoreNar,
+	opAddMultipleToStore: (*conn).addMultipleToStore,
+	opAddSignatures:      (*conn).addSignatures,
+
+	opAddPermRoot: (*conn).addPermRoot,
+}
+
+func (c *conn) op(ctx context.Context, op uint64) error {
+	if handle, ok := opHandlers[op]; ok {
+		return handle(c, ctx)
+	}
+	if fixed, ok := fixedOps[op]; ok {
+		return c.answerFixed(fixed)
+	}
+	return fmt.Errorf("%w %d", errUnknownOp, op)
+}
+
 var (
 	errUnknownOp = errors.New("invalid operation")
 	errBadArgs   = errors.New("bad arguments")
@@ -327,40 +363,4 @@ func (c *conn) paths() ([]string, error) {
 		ps = append(ps, p)
 	}
 	return ps, nil
-}
-
-// opHandlers are the ops answered by a handler of their own, most of
-// them from the store: queries (ops_query.go), requests to make paths
-// valid (ops_build.go), adding paths (ops_add.go). The others are in the
-// table of fixed answers (ops_fixed.go).
-var opHandlers = map[uint64]func(*conn, context.Context) error{
-	opIsValidPath:           (*conn).isValidPath,
-	opQueryValidPaths:       (*conn).queryValidPaths,
-	opQueryPathInfo:         (*conn).queryPathInfo,
-	opQueryPathFromHashPart: (*conn).queryPathFromHashPart,
-	opQueryAllValidPaths:    (*conn).queryAllValidPaths,
-	opQueryDeriver:          (*conn).queryDeriver,
-	opQueryReferrers:        (*conn).queryReferrers,
-	opNarFromPath:           (*conn).narFromPath,
-
-	opEnsurePath:            (*conn).ensurePath,
-	opBuildPaths:            (*conn).buildPaths,
-	opBuildPathsWithResults: (*conn).buildPathsWithResults,
-	opQueryMissing:          (*conn).queryMissing,
-
-	opAddToStoreNar:      (*conn).addToStoreNar,
-	opAddMultipleToStore: (*conn).addMultipleToStore,
-	opAddSignatures:      (*conn).addSignatures,
-
-	opAddPermRoot: (*conn).addPermRoot,
-}
-
-func (c *conn) op(ctx context.Context, op uint64) error {
-	if handle, ok := opHandlers[op]; ok {
-		return handle(c, ctx)
-	}
-	if fixed, ok := fixedOps[op]; ok {
-		return c.answerFixed(fixed)
-	}
-	return fmt.Errorf("%w %d", errUnknownOp, op)
 }
