@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
@@ -21,8 +20,6 @@ type Client struct {
 	r       *wireReader
 	w       *wireWriter
 	version uint64 // negotiated
-	// DaemonVersion is the Nix version the daemon reported (1.33 and later).
-	DaemonVersion string
 }
 
 // Dial connects to the daemon socket at path and shakes hands.
@@ -47,9 +44,6 @@ func NewClient(conn io.ReadWriteCloser, version uint64) (*Client, error) {
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
-
-// Version returns the negotiated protocol version.
-func (c *Client) Version() uint64 { return c.version }
 
 func (c *Client) minor() uint64 { return minor(c.version) }
 
@@ -93,7 +87,7 @@ func (c *Client) handshake(version uint64) error {
 		return err
 	}
 	if c.minor() >= 33 {
-		if c.DaemonVersion, err = c.r.String(); err != nil {
+		if _, err := c.r.String(); err != nil { // the daemon's Nix version
 			return err
 		}
 	}
@@ -284,16 +278,6 @@ func (c *Client) call(op uint64, args func()) error {
 	return c.stderr(nil)
 }
 
-// IsValidPath reports whether the daemon holds path.
-func (c *Client) IsValidPath(path string) (bool, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err := c.call(opIsValidPath, func() { c.w.String(path) }); err != nil {
-		return false, err
-	}
-	return c.r.Bool()
-}
-
 // QueryValidPaths returns which of paths the daemon holds.
 func (c *Client) QueryValidPaths(paths []string, substitute bool) ([]string, error) {
 	c.mu.Lock()
@@ -346,16 +330,7 @@ func (c *Client) NarFromPath(path string, w io.Writer) error {
 	if err := c.call(opNarFromPath, func() { c.w.String(path) }); err != nil {
 		return err
 	}
-	nr := nar.NewReader(&teeReader{r: c.r.r, w: w})
-	for {
-		_, err := nr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return readNAR(&teeReader{r: c.r.r, w: w})
 }
 
 // teeReader writes what is read through it; it is a ByteReader so that the
@@ -379,50 +354,4 @@ func (t *teeReader) ReadByte() (byte, error) {
 	var b [1]byte
 	_, err := io.ReadFull(t, b[:])
 	return b[0], err
-}
-
-// AddToStoreNar sends a path and its NAR: framed from 1.23 on, pulled by
-// the daemon with STDERR_READ before.
-func (c *Client) AddToStoreNar(info *pathinfo.Info, narData io.Reader, dontCheckSigs bool) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.w.Uint64(opAddToStoreNar)
-	c.w.String(info.StorePath)
-	writePathInfo(c.w, info, false, true)
-	c.w.Bool(false) // repair
-	c.w.Bool(dontCheckSigs)
-	if err := c.w.Flush(); err != nil {
-		return err
-	}
-	if c.minor() >= 23 {
-		// The daemon may answer while we upload: read its messages at the
-		// same time, or both sides can block on full buffers. From here
-		// only the goroutine writes.
-		done := make(chan error, 1)
-		fw := &framedWriter{w: c.w}
-		go func() {
-			_, err := io.Copy(fw, narData)
-			if cerr := fw.Close(); err == nil {
-				err = cerr
-			}
-			if ferr := c.w.Flush(); err == nil {
-				err = ferr
-			}
-			done <- err
-		}()
-		serr := c.stderr(nil)
-		werr := <-done
-		if serr != nil {
-			return serr
-		}
-		return werr
-	}
-	return c.stderr(func(max uint64) ([]byte, error) {
-		buf := make([]byte, min(max, 1<<20))
-		n, err := narData.Read(buf)
-		if n == 0 && err != nil {
-			return nil, fmt.Errorf("NAR ended early: %w", err)
-		}
-		return buf[:n], nil
-	})
 }

@@ -1,25 +1,9 @@
-// Package daemon speaks the Nix worker protocol (the nix-daemon's), as a
-// server so that Nix clients use the node as a store over a unix socket or
-// ssh-ng, and as a client so that imports read paths and NARs from a
-// running nix-daemon.
-//
-// The protocol: after a handshake, the client sends operations (a u64 op
-// code and its arguments) one at a time; the server answers each with log
-// messages on the stderr channel, then STDERR_LAST and the reply, or
-// STDERR_ERROR and no reply. Fields are gated on the negotiated minor
-// version, min(client, server). We speak 1.21 (Nix 2.1) to 1.38 (Nix 2.24
-// and later) and advertise no features.
-//
-// A client gets little of the server's memory and time: the strings and
-// lists of one request are bounded together (MaxOpBytes, MaxOpItems), NARs
-// and framed data stream through, and a length over a limit is refused at
-// once with STDERR_ERROR, then the connection is closed since the rest of
-// the request cannot be followed. A connection is dropped when a request
-// makes no progress for RequestTimeout, or after IdleTimeout between
-// requests (hours: Nix clients keep connections open while idle).
 package daemon
 
 import (
+	"io"
+
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -165,4 +149,17 @@ func readPathInfo(r *wireReader, withPath, v16 bool) (*pathinfo.Info, error) {
 		return info, clientErr("path '%s': %v", info.StorePath, err)
 	}
 	return info, nil
+}
+
+// readNAR reads a NAR to its end, which only parsing it finds: the
+// protocol sends some NARs without a length.
+func readNAR(r io.Reader) error {
+	nr := nar.NewReader(r)
+	for {
+		if _, err := nr.Next(); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+	}
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
-	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
 const storeDir = "/nix/store"
@@ -257,6 +256,17 @@ func TestUnsupportedOps(t *testing.T) {
 	if !errors.As(err, &de) || !strings.Contains(de.Msg, "does not build") {
 		t.Fatalf("BuildDerivation: %v", err)
 	}
+	// CollectGarbage: refused with what the node does instead.
+	err = r.op(opCollectGarbage, func(w *wireWriter) {
+		w.Uint64(2) // delete dead paths
+		w.Strings(nil)
+		for i := 0; i < 5; i++ { // ignoreLiveness, maxFreed, 3 obsolete
+			w.Uint64(0)
+		}
+	})
+	if !errors.As(err, &de) || !strings.Contains(de.Msg, "does not delete store paths") || !strings.Contains(de.Msg, "`p2pstore gc` removes only the objects no path uses") {
+		t.Fatalf("CollectGarbage: %v", err)
+	}
 	// BuildPathsWithResults on a valid path succeeds and echoes it; on a
 	// derivation it fails.
 	if err := r.op(opBuildPathsWithResults, func(w *wireWriter) {
@@ -488,8 +498,6 @@ func bufioOf(r io.Reader) *bufio.Reader {
 	}
 	return bufio.NewReader(r)
 }
-
-var _ = storepath.HashLen
 
 // FuzzWire decodes arbitrary bytes as each of the protocol's compound
 // values, with and without the budget of one op: no input may panic, or

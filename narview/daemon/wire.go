@@ -9,28 +9,6 @@ import (
 	"strings"
 )
 
-// Limits checked before anything is allocated: a client cannot make the
-// server reserve more than these by sending a large length.
-const (
-	MaxStringLen = 64 << 10 // store paths, signatures, option values, messages
-	MaxListLen   = 1 << 20  // entries of a list (paths of a closure)
-	MaxFrameLen  = 8 << 20  // one frame of a framed stream
-)
-
-// Limits on what the arguments of one operation may make the server hold,
-// all strings and lists together. The largest requests real clients send
-// are path lists: a QueryValidPaths over a closure of tens of thousands of
-// paths, some 80 bytes each, is a few MB. Half a million entries or 32 MiB
-// of strings is many times that, and bounds one request's memory to some
-// 50 MB. Data that is streamed (NARs, framed data) does not count.
-const (
-	MaxOpBytes = 32 << 20
-	MaxOpItems = 1 << 19
-)
-
-// ErrTooLarge marks a length over the limits above.
-var ErrTooLarge = errors.New("daemon: length over the limit")
-
 // wireReader decodes the protocol's primitives: u64 little-endian
 // integers, and strings as a length, the bytes and zero padding to 8.
 // With a budget (the server's), strings and list entries are counted
@@ -338,28 +316,4 @@ func (f *framedReader) Read(p []byte) (int, error) {
 func (f *framedReader) drain() error {
 	_, err := io.Copy(io.Discard, f)
 	return err
-}
-
-// framedWriter writes a framed stream; Close writes the terminator.
-type framedWriter struct {
-	w *wireWriter
-}
-
-func (f *framedWriter) Write(p []byte) (int, error) {
-	total := len(p)
-	for len(p) > 0 {
-		n := min(len(p), 32<<10)
-		f.w.Uint64(uint64(n))
-		f.w.write(p[:n])
-		if f.w.err != nil {
-			return 0, f.w.err
-		}
-		p = p[n:]
-	}
-	return total, nil
-}
-
-func (f *framedWriter) Close() error {
-	f.w.Uint64(0)
-	return f.w.err
 }
