@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/internal/counting"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -53,8 +54,8 @@ func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int6
 }
 
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
-	cw := &countingWriter{w: w}
-	defer func() { n.metrics.narBytes.Add(float64(cw.n)) }()
+	cw := &counting.Writer{W: w}
+	defer func() { n.metrics.narBytes.Add(float64(cw.N)) }()
 	if n.p2p != nil && !n.index.Has(info.HashPart()) {
 		if j := n.p2p.fetch.Running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
 			return j.Render(ctx, cw, part)
@@ -71,31 +72,6 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Par
 // zstdSplicer makes the zstd streams of NARs rendered through r.
 func zstdSplicer(r *castore.Reader) func(io.Writer) nar.Splicer {
 	return func(w io.Writer) nar.Splicer { return r.NewZstdWriter(w) }
-}
-
-// countingWriter counts the bytes sent and keeps the ReaderFrom of what it
-// wraps, so that sendfile still happens underneath.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	k, err := c.w.Write(p)
-	c.n += int64(k)
-	return k, err
-}
-
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	var k int64
-	var err error
-	if rf, ok := c.w.(io.ReaderFrom); ok {
-		k, err = rf.ReadFrom(r)
-	} else {
-		k, err = io.Copy(struct{ io.Writer }{c.w}, r)
-	}
-	c.n += k
-	return k, err
 }
 
 // ErrBadInput marks an import the node refused for what the client sent.

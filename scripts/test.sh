@@ -22,7 +22,16 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 go vet ./...
-go test -count=1 -timeout 20m ./...
+# Every package under the race detector, but for the end-to-end tests,
+# whose test process only drives node processes and real Nix clients (its
+# in-process libp2p peers take ten times as long under the detector): they
+# run plain, and those that fetch, render and serve concurrently run once
+# more with the node processes under the race detector.
+go test -race -count=1 -timeout 20m $(go list ./... | grep -v '/cmd/p2pstore$')
+go test -count=1 -timeout 20m ./cmd/p2pstore
+P2PSTORE_RACE=1 go test -count=1 -timeout 20m \
+  -run 'TestP2P(Chain|ConcurrentNARs|SlowClientRepeats|SeedDiesWhileNARStreams|StalledPeer|BadPeers)$|TestNARRangeWhileFetching|TestDaemonManyClients' \
+  ./cmd/p2pstore
 # Every parser of untrusted input, fuzzed for a bounded time on top of the
 # seed corpora in testdata/fuzz that the run above replays.
 fuzz_time=${P2PSTORE_FUZZ_TIME:-15s}

@@ -4,11 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
 
 	"github.com/zeebo/blake3"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/internal/counting"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node/transfer"
@@ -22,15 +22,15 @@ import (
 // signed NarHash and NarSize.
 func (j *Job) checkNAR(ctx context.Context) error {
 	h := sha256.New()
-	cw := &countingWriter{w: h}
+	cw := &counting.Writer{W: h}
 	if err := j.render(ctx, cw, nar.Part{Compression: nar.CompressionNone}, false); err != nil {
 		return err
 	}
 	var got storepath.NarHash
 	h.Sum(got[:0])
-	if info := j.Info(); got != info.NarHash || uint64(cw.n) != info.NarSize {
+	if info := j.Info(); got != info.NarHash || uint64(cw.N) != info.NarSize {
 		return fmt.Errorf("%w: the tree of %s renders to a NAR with hash %s and size %d, not the signed %s and %d",
-			transfer.ErrBadData, info.StorePath, got, cw.n, info.NarHash, info.NarSize)
+			transfer.ErrBadData, info.StorePath, got, cw.N, info.NarHash, info.NarSize)
 	}
 	return nil
 }
@@ -78,15 +78,3 @@ func (b *badBlob) Error() string {
 }
 
 func (b *badBlob) Unwrap() error { return transfer.ErrBadData }
-
-// countingWriter counts the bytes written through it.
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	k, err := c.w.Write(p)
-	c.n += int64(k)
-	return k, err
-}

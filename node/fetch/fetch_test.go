@@ -58,9 +58,9 @@ func newSeed(t *testing.T, signedRoot bool) *seed {
 	block := random(9, 300<<10)
 	files := map[string][]byte{
 		"a-small":  []byte("a small file"),
-		"b-big":    random(1, 2<<20),
+		"b-big":    random(1, 1<<20),
 		"c-medium": random(2, 200<<10),
-		"d-again":  random(1, 2<<20), // b-big once more
+		"d-again":  random(1, 1<<20), // b-big once more
 		"e-blocks": slices.Concat(block, random(3, 100<<10), block, block),
 		"f-empty":  nil,
 	}
@@ -502,7 +502,7 @@ func TestVanishingSource(t *testing.T) {
 // body) and the path is not recorded.
 func TestSourceDiesWhileNARStreams(t *testing.T) {
 	s := newSeed(t, true)
-	src := &memSource{id: "only", seed: s, vanish: true, vanishAfter: 3, errStalled: true}
+	src := &memSource{id: "only", seed: s, vanish: true, vanishAfter: 1, errStalled: true}
 	h := newHarness(t, s, src)
 	j, err := h.f.Start(context.Background(), testHash)
 	if err != nil {
