@@ -50,6 +50,9 @@ func edgeTree(t *testing.T) string {
 	must(os.MkdirAll(filepath.Join(root, "emptydir"), 0o755))
 	must(os.Symlink("regular", filepath.Join(root, "link")))
 	must(os.Symlink("/nonexistent/target", filepath.Join(root, "dangling")))
+	// A target longer than the reader's first buffer (the fuzzer found
+	// the reader slicing past it).
+	must(os.Symlink(strings.Repeat("../", 1000)+"far", filepath.Join(root, "long-link")))
 	deep := "deep"
 	for i := 0; i < 40; i++ {
 		deep = filepath.Join(deep, "d")

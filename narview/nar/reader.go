@@ -102,6 +102,9 @@ func (r *Reader) readString(max int) ([]byte, error) {
 	if n > uint64(max) {
 		return nil, formatErr("string of %d bytes where at most %d fit", n, max)
 	}
+	if uint64(cap(r.buf)) < n {
+		r.buf = make([]byte, n) // a long symlink target: up to max
+	}
 	r.buf = r.buf[:n]
 	if err := r.readFull(r.buf); err != nil {
 		return nil, err
