@@ -31,6 +31,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/config"
+	"github.com/p2pstore/p2pstore/internal/httpserve"
 	"github.com/p2pstore/p2pstore/narview/daemon"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/mount"
@@ -144,11 +145,10 @@ func listenUnix(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// server is an HTTP server the node runs.
+// server is an HTTP server the node runs: net/http's or httpserve's.
 type server interface {
 	Serve(net.Listener) error
 	Shutdown(context.Context) error
-	Close() error
 }
 
 // httpWriteProgressTimeout ends a binary cache response that sends nothing
@@ -156,18 +156,6 @@ type server interface {
 // renderer and its buffers or an xz encoder, is then freed. A slow client
 // that keeps reading is not cut off.
 const httpWriteProgressTimeout = 60 * time.Second
-
-// newCacheServer is the binary cache's server: net/http's, with the
-// timeouts of a server that faces any client. Its connections come from a
-// progressListener (cork.go). A hand-written HTTP/1.1 loop served it for
-// a while, faster on sequential narinfo GETs from one curl; in the ways
-// real clients ask (Nix's parallel queries, Guix's pipelined ones) it
-// gained nothing outside the noise, not worth owning response framing
-// (BENCHMARKS.md).
-func newCacheServer(h http.Handler, log *slog.Logger) *http.Server {
-	return &http.Server{Handler: closeOnBody(h), ReadHeaderTimeout: 30 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
-		MaxHeaderBytes: 64 << 10, ConnContext: withConn, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-}
 
 // HTTPAddr returns the address the binary cache listens on.
 func (n *Node) HTTPAddr() string {
@@ -221,7 +209,10 @@ func (n *Node) Run(ctx context.Context) error {
 		n.countShared(ctx, snap)
 	}()
 	if n.httpLn != nil {
-		serve(progressListener{n.httpLn, httpWriteProgressTimeout}, newCacheServer(n.Handler(), n.log))
+		// The binary cache: httpserve, for the latency of sequential
+		// narinfo requests (see its package doc).
+		serve(n.httpLn, &httpserve.Server{Handler: n.Handler(), ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withConn, Log: n.log})
 	}
 	// The control API takes request bodies (imports): net/http.
 	controlLn := newConnListener(n.controlLn.Addr())
@@ -254,9 +245,7 @@ func (n *Node) Run(ctx context.Context) error {
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, srv := range n.servers {
-		if srv.Shutdown(shutdown) != nil {
-			srv.Close() // requests still running: end them before the stores close
-		}
+		srv.Shutdown(shutdown)
 	}
 	n.wg.Wait()
 	daemonSrv.Close()

@@ -27,6 +27,6 @@ go test -count=1 -timeout 20m ./...
 # seed corpora in testdata/fuzz that the run above replays.
 fuzz_time=${P2PSTORE_FUZZ_TIME:-15s}
 for target in narview/nar:FuzzIngest narview/narinfo:FuzzParse narview/daemon:FuzzWire narview/daemon:FuzzServer \
-  node/transfer:FuzzServe node/transfer:FuzzClient; do
+  node/transfer:FuzzServe node/transfer:FuzzClient internal/httpserve:FuzzServe; do
   go test -run '^$' -fuzz "^${target#*:}\$" -fuzztime "$fuzz_time" "./${target%%:*}" 2>&1 | grep -v '^fuzz: elapsed'
 done
