@@ -12,8 +12,8 @@
 #   narinfo  373 narinfo GETs, sequential keep-alive and 16-way concurrent
 #   closure  the access patterns of real clients on a closure of 421 small
 #            paths (bench/closure.nix): `nix path-info -r` and `nix copy`
-#            (Nix's parallel narinfo queries), and 1,000 narinfo GETs
-#            pipelined on one connection (as Guix asks)
+#            (Nix 2.8 asks one request at a time, on one connection), and
+#            1,000 narinfo GETs pipelined on one connection (as Guix asks)
 #   dedup    new bytes stored when go1.25.1 is imported after go1.25.0
 #   ingest   the BenchmarkIngest Go benchmark (NAR -> castore, one core)
 #   p2p      a cold node C (knowing only A) serving go1.25.0 to nix copy as
@@ -650,9 +650,9 @@ bench_closure() {
   local what label WITH_BASE=1
   for what in pathinfo copy pipeline; do
     case $what in
-      pathinfo) label="nix path-info -r, closure of ${#CLOSURE_PATHS[@]} small paths (Nix's parallel narinfo queries)" ;;
+      pathinfo) label="nix path-info -r, closure of ${#CLOSURE_PATHS[@]} small paths" ;;
       copy) label="nix copy, closure of ${#CLOSURE_PATHS[@]} small paths" ;;
-      pipeline) label="$PIPELINED narinfo GETs pipelined on one connection (bench/httpclient, as Guix asks)" ;;
+      pipeline) label="$PIPELINED narinfo GETs pipelined on one connection (httpclient, as Guix asks)" ;;
     esac
     log "$label, $RUNS runs each"
     pair_best min closure_once "$what"
