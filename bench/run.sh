@@ -2,13 +2,18 @@
 # Benchmarks a p2pstore node side by side with nginx serving the same store
 # paths as a static Nix binary cache, and prints a Markdown table.
 #
-#   bench/run.sh [serve|e2e|narinfo|dedup|ingest|p2p|swarm|dht|daemon|load|all]...   (default: all)
+#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|all]...   (default: all)
 #
-#   serve    NAR throughput over loopback with wrk (1 and 16 connections),
-#            and the node's peak RSS
+#   serve    NAR throughput over loopback with bench/httpclient: one GET on
+#            a fresh connection, and GETs on 16 connections for
+#            BENCH_SECONDS; the node's peak RSS
 #   e2e      `nix copy` of the go1.25.0 toolchain into a fresh client store,
 #            uncompressed and zstd
 #   narinfo  373 narinfo GETs, sequential keep-alive and 16-way concurrent
+#   closure  the access patterns of real clients on a closure of 421 small
+#            paths (bench/closure.nix): `nix path-info -r` and `nix copy`
+#            (Nix 2.8 asks one request at a time, on one connection), and
+#            1,000 narinfo GETs pipelined on one connection (as Guix asks)
 #   dedup    new bytes stored when go1.25.1 is imported after go1.25.0
 #   ingest   the BenchmarkIngest Go benchmark (NAR -> castore, one core)
 #   p2p      a cold node C (knowing only A) serving go1.25.0 to nix copy as
@@ -31,11 +36,15 @@
 #   BENCH_DIR      scratch dir, on tmpfs (default /dev/shm/p2pstore-bench);
 #                  wiped at start, its big data removed at exit
 #   BENCH_RUNS     alternating node/nginx runs per measure, best kept (5)
-#   BENCH_SECONDS  wrk duration per run (5)
+#   BENCH_SECONDS  duration of each 16-connection run (5)
+#   BENCH_BASE_REV a git revision: its build runs as a second node beside
+#                  the first, and the narinfo and closure measures add a
+#                  row for it (two builds compared in one run)
 #   BENCH_KEEP=1   keep the stores and caches in BENCH_DIR at exit
-#   NODE_PORT, NGINX_PORT, P2P_PORT, SSH_PORT   loopback ports (17480-17483)
+#   NODE_PORT, NGINX_PORT, P2P_PORT, SSH_PORT   loopback ports (17480-17483;
+#                  the base node takes NODE_PORT+20 and P2P_PORT+20)
 #
-# Run as root: scripts/nix-env.sh may install Nix, and nginx, wrk (and
+# Run as root: scripts/nix-env.sh may install Nix, and nginx, curl (and
 # openssh-server for daemon) are installed with apt-get when missing.
 # Every server listens on 127.0.0.1.
 set -euo pipefail
@@ -48,7 +57,7 @@ cd "$REPO"
 # The command line as given, with the settings that change results, so the
 # report says exactly how to reproduce it.
 CMDLINE="bench/run.sh${*:+ $*}"
-for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES; do
+for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES; do
   if [ -n "${!v:-}" ]; then CMDLINE="$v=${!v} $CMDLINE"; fi
 done
 
@@ -60,6 +69,8 @@ NGINX_PORT=${NGINX_PORT:-17481}
 P2P_PORT=${P2P_PORT:-17482}
 SSH_PORT=${SSH_PORT:-17483}
 NARINFO_PATHS=373
+PIPELINED=1000
+BASE_REV=${BENCH_BASE_REV:-}
 LOAD_STALLED=${LOAD_STALLED:-50}
 LOAD_DAEMON=${LOAD_DAEMON:-32}
 LOAD_IDENTITIES=${LOAD_IDENTITIES:-48}
@@ -69,6 +80,8 @@ SOCK=$BENCH_DIR/node.sock
 LOGS=$BENCH_DIR/logs
 NOTES=$BENCH_DIR/notes.txt
 NODE_URL=http://127.0.0.1:$NODE_PORT
+BASE_URL=http://127.0.0.1:$((NODE_PORT + 20))
+CLIENT=$BENCH_DIR/httpclient
 NGINX_URL=http://127.0.0.1:$NGINX_PORT
 # Nix keeps a narinfo cache under $XDG_CACHE_HOME; a private one keeps runs
 # independent of each other and of the user's cache.
@@ -77,6 +90,7 @@ export XDG_CACHE_HOME=$BENCH_DIR/xdg-cache
 PIDS=()     # background processes to stop at exit
 ROWS=()     # table rows, in order
 NODE_PID=""
+BASE_PID=""
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -104,7 +118,7 @@ cleanup() {
   # The stores and caches are a gigabyte of RAM on tmpfs; keep only the
   # logs and the results unless asked to keep everything.
   if [ -z "${BENCH_KEEP:-}" ] && [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
-    rm -rf "$BENCH_DIR"/{node,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
+    rm -rf "$BENCH_DIR"/{node,node-base,base-src,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
   fi
   exit "$rc"
 }
@@ -171,35 +185,55 @@ nar_hash() {
 hash_part() { basename "$1" | cut -c1-32; }
 
 # pair_best MODE FN ARGS...: runs `FN node RUN ARGS` and `FN nginx RUN ARGS`
-# BENCH_RUNS times each, swapping which goes first every round so that the
-# noise of a busy machine falls on both alike, and sets BEST_NODE and
-# BEST_NGINX to the best result (MODE max or min). FN prints one number.
+# (and `FN base RUN ARGS` when WITH_BASE is set and the base node runs)
+# BENCH_RUNS times each, rotating which goes first every round so that the
+# noise of a busy machine falls on all alike, and sets BEST_NODE,
+# BEST_NGINX (and BEST_BASE) to the best result (MODE max or min). FN
+# prints one number.
 pair_best() {
-  local mode=$1 fn=$2 i side v; shift 2
-  local node_vals=() nginx_vals=() order
+  local mode=$1 fn=$2 i j side v; shift 2
+  local node_vals=() nginx_vals=() base_vals=() sides=(node nginx) order
+  if [ -n "${WITH_BASE:-}" ] && [ -n "$BASE_PID" ]; then sides=(node base nginx); fi
   for ((i = 1; i <= RUNS; i++)); do
-    order=(node nginx)
-    if ((i % 2 == 0)); then order=(nginx node); fi
+    order=()
+    for ((j = 0; j < ${#sides[@]}; j++)); do order+=("${sides[(i - 1 + j) % ${#sides[@]}]}"); done
     for side in "${order[@]}"; do
       v=$("$fn" "$side" "$i" "$@")
       log "  run $i $side: $v"
-      if [ "$side" = node ]; then node_vals+=("$v"); else nginx_vals+=("$v"); fi
+      case $side in node) node_vals+=("$v") ;; base) base_vals+=("$v") ;; *) nginx_vals+=("$v") ;; esac
     done
   done
   BEST_NODE=$(best "$mode" "${node_vals[@]}")
   BEST_NGINX=$(best "$mode" "${nginx_vals[@]}")
+  BEST_BASE=""
+  if ((${#base_vals[@]})); then BEST_BASE=$(best "$mode" "${base_vals[@]}"); fi
+}
+
+# side_url SIDE: the root of the uncompressed binary cache of a side.
+side_url() {
+  case $1 in node) echo "$NODE_URL" ;; base) echo "$BASE_URL" ;; *) echo "$NGINX_URL/none" ;; esac
+}
+
+# ceiling_rows LABEL FORMAT TARGET: the row of a time measure (lower is
+# better) just made by pair_best, and the base node's when it ran.
+ceiling_rows() {
+  local label=$1 f=$2 target=$3 ratio
+  ratio=$(calc "$BEST_NODE/$BEST_NGINX")
+  row "$label" "$(fmt "$f" "$BEST_NODE")" "$(fmt "$f" "$BEST_NGINX")" "$(fmt '%.2f' "$ratio")" "≤ $target" "$(met ceiling "$ratio" "$target")"
+  [ -n "$BEST_BASE" ] || return 0
+  ratio=$(calc "$BEST_BASE/$BEST_NGINX")
+  row "$label (node at $BASE_REV)" "$(fmt "$f" "$BEST_BASE")" "$(fmt "$f" "$BEST_NGINX")" "$(fmt '%.2f' "$ratio")" "≤ $target" "$(met ceiling "$ratio" "$target")"
 }
 
 # ---------------------------------------------------------------- setup
 
-# Nix, nginx, wrk; the corpus; a clean scratch dir.
+# Nix, nginx, curl; the corpus; a clean scratch dir.
 setup_common() {
   [ "$(id -u)" = 0 ] || die "run as root (Nix is used single-user, and packages may be installed)"
   # shellcheck source=scripts/nix-env.sh
   source scripts/nix-env.sh
   local missing=()
   command -v nginx >/dev/null 2>&1 || missing+=(nginx)
-  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server openssh-client)
   if ((${#missing[@]})); then
@@ -248,8 +282,9 @@ NODE_STARTED=""
 start_node() {
   [ -z "$NODE_STARTED" ] || return 0
   NODE_STARTED=1
-  log "building p2pstore"
+  log "building p2pstore and bench/httpclient"
   go build -o "$BIN" ./cmd/p2pstore
+  go build -o "$CLIENT" ./bench/httpclient
   PUBKEY=$("$BIN" keygen --name bench-1 --out "$BENCH_DIR/key.sec" --force)
   port_free "$NODE_PORT" || die "port $NODE_PORT is in use; set NODE_PORT"
   port_free "$P2P_PORT" || die "port $P2P_PORT is in use; set P2P_PORT"
@@ -268,6 +303,35 @@ start_node() {
   log "node up (pid $NODE_PID); importing go1.25.0"
   p2p import "$GO0" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
   tail -n1 "$LOGS/import.log" >&2
+}
+
+# start_base: when BENCH_BASE_REV is set, builds that revision and starts
+# it as a second node (HTTP and the narinfo and closure paths only), to
+# compare two builds in one run.
+start_base() {
+  [ -n "$BASE_REV" ] && [ -z "$BASE_PID" ] || return 0
+  start_node # the key
+  log "building p2pstore at $BASE_REV"
+  rm -rf "$BENCH_DIR/base-src"
+  mkdir -p "$BENCH_DIR/base-src"
+  git -C "$REPO" archive "$BASE_REV" | tar -x -C "$BENCH_DIR/base-src" || die "cannot check out $BASE_REV"
+  (cd "$BENCH_DIR/base-src" && go build -o "$BENCH_DIR/p2pstore-base" ./cmd/p2pstore) || die "cannot build $BASE_REV"
+  port_free "$((NODE_PORT + 20))" || die "port $((NODE_PORT + 20)) is in use; set NODE_PORT"
+  P2PSTORE_DATA_DIR=$BENCH_DIR/node-base "$BENCH_DIR/p2pstore-base" serve \
+    --sign-key-file "$BENCH_DIR/key.sec" --sign-imports --http-listen "${BASE_URL#http://}" \
+    --daemon-socket "$BENCH_DIR/node-base.sock" --p2p-listen "/ip4/127.0.0.1/tcp/$((P2P_PORT + 20))" --mdns=false \
+    >"$LOGS/node-base.log" 2>&1 &
+  BASE_PID=$!
+  PIDS+=("$BASE_PID")
+  wait_for "the base node" "$BASE_PID" "$BENCH_DIR/p2pstore-base" status --daemon-socket "$BENCH_DIR/node-base.sock"
+  log "base node ($BASE_REV) up (pid $BASE_PID)"
+}
+
+# base_import ARGS...: p2pstore import into the base node, if it runs.
+base_import() {
+  [ -n "$BASE_PID" ] || return 0
+  "$BENCH_DIR/p2pstore-base" import --daemon-socket "$BENCH_DIR/node-base.sock" "$@" >>"$LOGS/import-base.log" 2>&1 \
+    || die "import into the base node failed; see $LOGS/import-base.log"
 }
 
 # node_cpu_ticks: user + system CPU time the node has used, in clock ticks.
@@ -373,13 +437,13 @@ make_narinfo_paths() {
   ((${#NARINFO_STORE_PATHS[@]} == NARINFO_PATHS)) || die "nix-store --add made ${#NARINFO_STORE_PATHS[@]} paths"
   p2p import "${NARINFO_STORE_PATHS[@]}" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
   tail -n1 "$LOGS/import.log" >&2
+  base_import "${NARINFO_STORE_PATHS[@]}"
   static_cache none "${NARINFO_STORE_PATHS[@]}"
   # curl config files: one with every URL, and 16 batches for the
   # concurrent variant.
   local side base p n
-  for side in node nginx; do
-    base=$NODE_URL
-    if [ "$side" = nginx ]; then base=$NGINX_URL/none; fi
+  for side in node base nginx; do
+    base=$(side_url "$side")
     : >"$BENCH_DIR/narinfo-$side.curl"
     for ((n = 0; n < 16; n++)); do : >"$BENCH_DIR/narinfo-$side-$n.curl"; done
     n=0
@@ -411,54 +475,38 @@ check_nar() {
 
 # ---------------------------------------------------------------- measures
 
-# wrk prints Transfer/sec with three digits ("2.59GB"), too coarse to
-# compare runs; this hook prints the same quantity exactly: bytes read over
-# the run's duration.
-write_wrk_script() {
-  cat >"$BENCH_DIR/wrk-report.lua" <<'EOF'
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("bench: bytes %d us %d errors %d %d %d %d %d\n",
-    summary.bytes, summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
-end
-EOF
-}
-
-# wrk_once SIDE RUN THREADS CONNS: bytes/s of NAR downloads (wrk's
-# Transfer/sec).
-wrk_once() {
-  local side=$1 run=$2 threads=$3 conns=$4 url out
+# nar_once SIDE RUN CONNS: bytes/s of NAR downloads with bench/httpclient:
+# one GET on a fresh connection, or GETs on CONNS connections for
+# BENCH_SECONDS. Its reads take a megabyte at a time straight from the
+# socket: against nginx it reads a NAR faster than curl (16 KiB reads)
+# and wrk (one thread, about 1.3-1.4 GB/s here), which were the limit.
+nar_once() {
+  local side=$1 run=$2 conns=$3 url
   url=$([ "$side" = node ] && echo "$NODE_NAR" || echo "$NGINX_NAR")
-  # A 191 MB response takes longer than wrk's default 2 s timeout at 16
-  # connections; wrk would count it as an error.
-  out=$(wrk -t"$threads" -c"$conns" -d"${SECONDS_PER_RUN}s" --timeout 60s \
-    -s "$BENCH_DIR/wrk-report.lua" "$url" 2>&1)
-  echo "$out" >>"$LOGS/wrk-$side-c$conns.log"
-  # Connections still mid-NAR when the time is up are cut; wrk does not
-  # count that as an error, so any error here is real.
-  if grep -q -e 'Socket errors' -e 'Non-2xx' <<<"$out"; then
-    note "wrk -c$conns against $side, run $run: $(grep -e 'Socket errors' -e 'Non-2xx' <<<"$out" | tr -s ' ' | paste -sd';')"
+  if [ "$conns" = 1 ]; then
+    "$CLIENT" get "$url" 2>>"$LOGS/httpclient.log" || die "httpclient get $url failed; see $LOGS/httpclient.log"
+  else
+    "$CLIENT" load -c "$conns" -d "${SECONDS_PER_RUN}s" "$url" 2>>"$LOGS/httpclient.log" \
+      || die "httpclient load $url failed; see $LOGS/httpclient.log"
   fi
-  awk '$1 == "bench:" && $2 == "bytes" { printf "%.0f\n", $3 / ($5 / 1e6); found = 1 }
-       END { if (!found) exit 1 }' <<<"$out" || die "no result line in wrk output: $out"
 }
 
 bench_serve() {
   start_nginx
-  write_wrk_script
   NODE_NAR=$(nar_url node)
   NGINX_NAR=$(nar_url nginx)
   log "checking the NARs both serve"
   check_nar "$NODE_NAR"
   check_nar "$NGINX_NAR"
-  local rss conns threads
+  local rss conns label
   rss=$(awk '/^VmHWM/ { print $2 }' "/proc/$NODE_PID/status")
   log "node VmHWM after the imports: $((rss / 1024)) MiB"
   for conns in 1 16; do
-    threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
-    log "NAR throughput, $conns connection(s), ${SECONDS_PER_RUN}s x $RUNS runs each"
-    pair_best max wrk_once "$threads" "$conns"
-    row "NAR throughput, go1.25.0, $conns conn (wrk)" \
+    label="NAR throughput, go1.25.0, 1 GET on a fresh connection (httpclient)"
+    if [ "$conns" != 1 ]; then label="NAR throughput, go1.25.0, $conns connections for ${SECONDS_PER_RUN} s (httpclient)"; fi
+    log "$label, $RUNS runs each"
+    pair_best max nar_once "$conns"
+    row "$label" \
       "$(fmt '%.0f MB/s' "$(calc "$BEST_NODE/1e6")")" "$(fmt '%.0f MB/s' "$(calc "$BEST_NGINX/1e6")")" \
       "$(fmt '%.2f' "$(calc "$BEST_NODE/$BEST_NGINX")")" "≥ 0.8" \
       "$(met floor "$(calc "$BEST_NODE/$BEST_NGINX")" 0.8)"
@@ -531,15 +579,84 @@ narinfo_once() {
 
 bench_narinfo() {
   make_narinfo_paths
-  local mode ratio label
+  local mode label WITH_BASE=1
   for mode in seq par; do
     label="$NARINFO_PATHS narinfo GETs, one keep-alive curl"
     if [ "$mode" = par ]; then label="$NARINFO_PATHS narinfo GETs, 16 curls at once"; fi
     log "$label, $RUNS runs each"
     pair_best min narinfo_once "$mode"
-    ratio=$(calc "$BEST_NODE/$BEST_NGINX")
-    row "$label" "$(fmt '%.3f s' "$BEST_NODE")" "$(fmt '%.3f s' "$BEST_NGINX")" \
-      "$(fmt '%.2f' "$ratio")" "≤ 1.5" "$(met ceiling "$ratio" 1.5)"
+    ceiling_rows "$label" '%.3f s' 1.5
+  done
+}
+
+CLOSURE_READY=""
+# Builds bench/closure.nix and adds its 421 paths to the node (and the base
+# node), signed, and to the static cache.
+make_closure_paths() {
+  [ -z "$CLOSURE_READY" ] || return 0
+  CLOSURE_READY=1
+  start_nginx
+  log "building the 421-path closure of bench/closure.nix"
+  CLOSURE_TOP=$(nix-build bench/closure.nix --no-out-link --max-jobs 2 2>>"$LOGS/closure-build.log") \
+    || die "nix-build bench/closure.nix failed; see $LOGS/closure-build.log"
+  mapfile -t CLOSURE_PATHS < <(nix-store -qR "$CLOSURE_TOP")
+  p2p import --recursive --sign "$CLOSURE_TOP" >>"$LOGS/import.log" 2>&1 || die "import failed; see $LOGS/import.log"
+  tail -n1 "$LOGS/import.log" >&2
+  base_import --recursive --sign "$CLOSURE_TOP"
+  static_cache none "$CLOSURE_TOP"
+  local p
+  for p in "${CLOSURE_PATHS[@]}"; do hash_part "$p"; done >"$BENCH_DIR/closure.hashes"
+}
+
+# closure_once SIDE RUN pathinfo|copy|pipeline: seconds for `nix path-info
+# -r` of the closure, for `nix copy` of it into a fresh client store, or
+# for 1,000 of its narinfos pipelined on one connection. Nix's narinfo
+# disk cache is wiped before each run (a fresh XDG_CACHE_HOME), so no
+# TTL options are needed; with them, Nix 2.8 takes twice as long here.
+closure_once() {
+  local side=$1 run=$2 what=$3 url client t0 t1 n
+  url=$(side_url "$side")
+  client=$BENCH_DIR/client-$run
+  chmod -R u+w "$client" 2>/dev/null || true
+  rm -rf "$client" "$XDG_CACHE_HOME"
+  case $what in
+    pathinfo)
+      t0=$(now)
+      nix path-info --store "$url" -r "$CLOSURE_TOP" >"$BENCH_DIR/closure-pathinfo.out" 2>>"$LOGS/closure-$side.log" || die "nix path-info from $url failed; see $LOGS/closure-$side.log"
+      t1=$(now)
+      n=$(wc -l <"$BENCH_DIR/closure-pathinfo.out")
+      [ "$n" = "${#CLOSURE_PATHS[@]}" ] || die "nix path-info -r from $url listed $n paths, not ${#CLOSURE_PATHS[@]}"
+      ;;
+    copy)
+      t0=$(now)
+      nix copy --from "$url" --to "$client" "$CLOSURE_TOP" --option trusted-public-keys "$PUBKEY" \
+        >>"$LOGS/closure-$side.log" 2>&1 || die "nix copy from $url failed; see $LOGS/closure-$side.log"
+      t1=$(now)
+      n=$(nix-store --store "$client" -qR "$CLOSURE_TOP" | wc -l)
+      [ "$n" = "${#CLOSURE_PATHS[@]}" ] || die "nix copy from $url gave a closure of $n paths, not ${#CLOSURE_PATHS[@]}"
+      chmod -R u+w "$client" && rm -rf "$client"
+      ;;
+    pipeline)
+      "$CLIENT" pipeline -n "$PIPELINED" "$url" "$BENCH_DIR/closure.hashes" 2>>"$LOGS/httpclient.log" \
+        || die "httpclient pipeline $url failed; see $LOGS/httpclient.log"
+      return
+      ;;
+  esac
+  elapsed "$t0" "$t1"
+}
+
+bench_closure() {
+  make_closure_paths
+  local what label WITH_BASE=1
+  for what in pathinfo copy pipeline; do
+    case $what in
+      pathinfo) label="nix path-info -r, closure of ${#CLOSURE_PATHS[@]} small paths" ;;
+      copy) label="nix copy, closure of ${#CLOSURE_PATHS[@]} small paths" ;;
+      pipeline) label="$PIPELINED narinfo GETs pipelined on one connection (httpclient, as Guix asks)" ;;
+    esac
+    log "$label, $RUNS runs each"
+    pair_best min closure_once "$what"
+    ceiling_rows "$label" "$([ "$what" = pipeline ] && echo '%.4f s' || echo '%.3f s')" 1.5
   done
 }
 
@@ -959,11 +1076,11 @@ main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | dedup | ingest | daemon | p2p | swarm | dht | load | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo daemon dedup ingest p2p swarm dht load); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
@@ -971,7 +1088,8 @@ main() {
   for w in "${what[@]}"; do
     case $w in
       serve | e2e) start_nginx ;;
-      narinfo) make_narinfo_paths ;;
+      narinfo) start_base && make_narinfo_paths ;;
+      closure) start_base && make_closure_paths ;;
       dedup | load) start_node ;;
       daemon) start_daemons ;;
       p2p) setup_p2p ;;
@@ -982,13 +1100,13 @@ main() {
   for w in "${what[@]}"; do "bench_$w"; done
 
   if [ -n "$NODE_PID" ]; then
-    # wrk cuts the connections still mid-NAR when its time is up; errors
-    # saying so are expected, any other is worth a look.
+    # The 16-connection runs cut the connections still mid-NAR when their
+    # time is up; errors saying so are expected, any other is worth a look.
     local hangup='broken pipe|connection reset by peer' hangups others
     hangups=$(grep 'level=ERROR' "$LOGS/node.log" | grep -E -c "$hangup" || true)
     others=$(grep 'level=ERROR' "$LOGS/node.log" | grep -E -v -c "$hangup" || true)
     if ((hangups > 0)); then
-      note "the node logged $hangups ERROR lines for clients that hung up mid-NAR (wrk stopping), e.g. $(grep 'level=ERROR' "$LOGS/node.log" | grep -E -m1 "$hangup" | sed 's/^time=[^ ]* //')"
+      note "the node logged $hangups ERROR lines for clients that hung up mid-NAR (the end of a 16-connection run), e.g. $(grep 'level=ERROR' "$LOGS/node.log" | grep -E -m1 "$hangup" | sed 's/^time=[^ ]* //')"
     fi
     if ((others > 0)); then
       note "the node logged $others other ERROR lines, e.g. $(grep 'level=ERROR' "$LOGS/node.log" | grep -E -v -m1 "$hangup" | sed 's/^time=[^ ]* //')"

@@ -1,13 +1,14 @@
 package node
 
 import (
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 
-	"github.com/p2pstore/p2pstore/castore"
+	"github.com/felixge/httpsnoop"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/p2pstore/p2pstore/castore"
 )
 
 // metrics are the node's Prometheus metrics.
@@ -55,14 +56,27 @@ func (m *metrics) imported(narSize uint64, st castore.WriteStats) {
 	m.importNew.Add(float64(st.NewBytes))
 }
 
-// instrument counts requests by kind and status.
+// instrument counts requests by kind and status. The status is seen
+// through httpsnoop, whose wrapper keeps the ResponseWriter's other
+// methods: ReadFrom above all, so that NAR ranges still go by sendfile.
 func (m *metrics) instrument(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		code := 0
+		w = httpsnoop.Wrap(w, httpsnoop.Hooks{WriteHeader: func(next httpsnoop.WriteHeaderFunc) httpsnoop.WriteHeaderFunc {
+			return func(c int) {
+				if code == 0 {
+					code = c
+				}
+				next(c)
+			}
+		}})
 		defer func() {
-			m.requests.WithLabelValues(requestKind(r.URL.Path), strconv.Itoa(rec.code)).Inc()
+			if code == 0 {
+				code = http.StatusOK
+			}
+			m.requests.WithLabelValues(requestKind(r.URL.Path), strconv.Itoa(code)).Inc()
 		}()
-		h.ServeHTTP(rec, r)
+		h.ServeHTTP(w, r)
 	})
 }
 
@@ -79,30 +93,3 @@ func requestKind(p string) string {
 	}
 	return "other"
 }
-
-// statusRecorder remembers the status code and passes ReadFrom (so that
-// sendfile keeps working under instrumentation) and Flush through.
-type statusRecorder struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s *statusRecorder) WriteHeader(code int) {
-	s.code = code
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
-	}
-	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
-}
-
-func (s *statusRecorder) Flush() {
-	if f, ok := s.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }

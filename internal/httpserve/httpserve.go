@@ -1,18 +1,22 @@
 // Package httpserve serves HTTP/1.1 from an http.Handler with one goroutine
 // per connection and no other per request: the binary cache's server.
 //
-// Why not net/http's server: a substituter's first question is hundreds of
-// sequential narinfo GETs on one keep-alive connection, and net/http pays
-// for every request with a background read that watches for the client
-// going away, and the goroutine hand-offs that go with it. On the bench
-// machine a bare net/http handler takes 0.057-0.061 s for 373 narinfos
-// from one curl, a loop on http.ReadRequest 0.039-0.056 s, nginx
-// 0.038-0.051 s (BENCHMARKS.md). Requests are parsed by net/http
-// (http.ReadRequest), handlers are ordinary http.Handlers, and the
-// control socket keeps net/http's server; what is here is the response
-// side and the connection loop, for GET and HEAD (a request body is read
-// only by the handler, and a connection whose body is left unread is
-// closed).
+// Why not net/http's server: Nix (2.8, Debian's) asks a binary cache for
+// a closure one request at a time on one keep-alive connection, narinfos
+// and NARs alike (`nix path-info -r` and `nix copy` of 421 paths each open
+// one connection), and net/http pays for every request with a background
+// read that watches for the client going away, and the goroutine
+// hand-offs that go with it: twice the futex calls, and a quarter to a
+// half more of the node's CPU per request. Measured side by side
+// (bench/run.sh closure with BENCH_BASE_REV, BENCHMARKS.md), a node on
+// net/http took 13-32% longer for `nix path-info -r` of the closure
+// (outside the noise of about 10%) and 1-16% longer for `nix copy`; 1,000
+// narinfos pipelined on one connection (as Guix asks) took the same on
+// both. Requests are parsed by net/http (http.ReadRequest), handlers are
+// ordinary http.Handlers, and the control socket keeps net/http's server;
+// what is here is the response side and the connection loop, for GET and
+// HEAD (a request body is read only by the handler, and a connection
+// whose body is left unread is closed).
 //
 // What a handler sees: a ResponseWriter that is also an http.Flusher and
 // an io.ReaderFrom (a body of known length goes out by the connection's

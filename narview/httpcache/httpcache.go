@@ -33,6 +33,8 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/felixge/httpsnoop"
+
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -238,12 +240,12 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 			return
 		}
 	}
-	sw := &startWriter{ResponseWriter: w, status: status}
+	body, started := startOnFirstByte(w, status)
 	var err error
 	if n >= 0 {
-		err = h.paths.NARRange(r.Context(), info, off, n, sw)
+		err = h.paths.NARRange(r.Context(), info, off, n, body)
 	} else {
-		err = h.paths.NAR(r.Context(), info, compression, sw)
+		err = h.paths.NAR(r.Context(), info, compression, body)
 	}
 	if err != nil {
 		gone := clientGone(r, err)
@@ -252,7 +254,7 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 		} else {
 			h.opts.Log.Error("serving NAR", "path", info.StorePath, "err", err)
 		}
-		if !sw.started && !gone {
+		if !started() && !gone {
 			w.Header().Del("Content-Length")
 			w.Header().Del("Content-Range")
 			if errors.Is(err, pathinfo.ErrNotFound) {
@@ -268,33 +270,26 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 	}
 }
 
-// startWriter sends the status of a NAR response with its first byte, so
-// that a NAR that fails before it still gets an error status line. It
-// keeps the ResponseWriter's ReadFrom (sendfile underneath).
-type startWriter struct {
-	http.ResponseWriter
-	status  int
-	started bool
-}
-
-func (s *startWriter) start() {
-	if !s.started {
-		s.started = true
-		s.ResponseWriter.WriteHeader(s.status)
+// startOnFirstByte returns the body writer of a NAR response, which sends
+// the status with the first byte, so that a NAR that fails before it still
+// gets an error status line; started reports whether it has. The wrapper
+// (httpsnoop's) keeps the ResponseWriter's ReadFrom: sendfile underneath.
+func startOnFirstByte(w http.ResponseWriter, status int) (body http.ResponseWriter, started func() bool) {
+	sent := false
+	start := func() {
+		if !sent {
+			sent = true
+			w.WriteHeader(status)
+		}
 	}
-}
-
-func (s *startWriter) Write(p []byte) (int, error) {
-	s.start()
-	return s.ResponseWriter.Write(p)
-}
-
-func (s *startWriter) ReadFrom(r io.Reader) (int64, error) {
-	s.start()
-	if rf, ok := s.ResponseWriter.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
-	}
-	return io.Copy(struct{ io.Writer }{s.ResponseWriter}, r)
+	return httpsnoop.Wrap(w, httpsnoop.Hooks{
+		Write: func(next httpsnoop.WriteFunc) httpsnoop.WriteFunc {
+			return func(p []byte) (int, error) { start(); return next(p) }
+		},
+		ReadFrom: func(next httpsnoop.ReadFromFunc) httpsnoop.ReadFromFunc {
+			return func(r io.Reader) (int64, error) { start(); return next(r) }
+		},
+	}), func() bool { return sent }
 }
 
 // parseRange reads a Range header for a body of size bytes. It returns

@@ -221,3 +221,43 @@ func TestXzBound(t *testing.T) {
 		t.Errorf("an xz NAR once the others ended: %d", resp.StatusCode)
 	}
 }
+
+// readFromRecorder is a ResponseWriter that, like the server's, takes a
+// body by ReadFrom; it counts the calls.
+type readFromRecorder struct {
+	*httptest.ResponseRecorder
+	readFroms int
+}
+
+func (r *readFromRecorder) ReadFrom(src io.Reader) (int64, error) {
+	r.readFroms++
+	return io.Copy(r.ResponseRecorder, src)
+}
+
+// readFromPaths sends its NAR by the writer's ReadFrom, as castore's
+// ranges of pack files go (sendfile underneath).
+type readFromPaths struct{ *fakePaths }
+
+func (f readFromPaths) NAR(ctx context.Context, info *pathinfo.Info, compression nar.Compression, w io.Writer) error {
+	rf, ok := w.(io.ReaderFrom)
+	if !ok {
+		return fmt.Errorf("the NAR's writer %T has no ReadFrom", w)
+	}
+	_, err := rf.ReadFrom(bytes.NewReader(f.nar))
+	return err
+}
+
+// The writer a NAR is rendered to keeps the ResponseWriter's ReadFrom,
+// and the status goes out with the first byte.
+func TestNARWriterKeepsReadFrom(t *testing.T) {
+	f := newFakePaths([]byte("nix-archive-1 and the rest"))
+	h := New(readFromPaths{f}, Options{StoreDir: "/nix/store"})
+	rec := &readFromRecorder{ResponseRecorder: httptest.NewRecorder()}
+	h.ServeHTTP(rec, httptest.NewRequest("GET", f.url(".nar"), nil))
+	if rec.Code != http.StatusOK || rec.Body.String() != string(f.nar) {
+		t.Fatalf("GET: %d %q", rec.Code, rec.Body.String())
+	}
+	if rec.readFroms != 1 {
+		t.Errorf("%d ReadFrom calls reached the ResponseWriter, want 1", rec.readFroms)
+	}
+}
