@@ -29,8 +29,10 @@ type Reader struct {
 	chunk, frame []byte // a frame-only chunk, decoded, and its frame
 }
 
-// readAhead is the size of the read-ahead window.
-const readAhead = 32 << 10
+// readAhead is the size of the read-ahead window: any range smaller than
+// splice.MinSendfile is read through it, and one read serves several
+// small files.
+const readAhead = 2 * splice.MinSendfile
 
 // NewReader returns a Reader; Close it to release its files.
 func (s *Store) NewReader() *Reader {
@@ -165,30 +167,39 @@ func (r *Reader) writeRange(w io.Writer, loc chunkLoc) error {
 	return err
 }
 
-// small returns the bytes of a small chunk or frame in set from the
-// read-ahead window, reading a new window if they are not in it. The bytes
-// are valid until the next call.
+// small returns the bytes of a range of set smaller than
+// splice.MinSendfile (a small chunk, a run of them, a frame) from the
+// read-ahead window, reading on if they are not all in it: a range that
+// begins in the window keeps its part, which is moved to the front, and
+// the read begins where the window ends. The bytes are valid until the
+// next call.
 func (r *Reader) small(set *packSet, loc chunkLoc) ([]byte, error) {
 	end := loc.Offset + int64(loc.Size)
-	if r.win == nil || set != r.winSet || loc.Pack != r.winPack || loc.Offset < r.winOff || end > r.winOff+int64(len(r.win)) {
-		f, err := set.reader(loc.Pack)
-		if err != nil {
-			return nil, err
-		}
-		if cap(r.win) < readAhead {
-			r.win = make([]byte, readAhead)
-		}
-		n, err := f.ReadAt(r.win[:readAhead], loc.Offset)
-		if int64(n) < int64(loc.Size) {
-			if err == nil || err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			r.win = r.win[:0]
-			return nil, fmt.Errorf("castore: reading pack %d: %w", loc.Pack, err)
-		}
-		r.win, r.winSet, r.winPack, r.winOff = r.win[:n], set, loc.Pack, loc.Offset
+	sameFile := r.win != nil && set == r.winSet && loc.Pack == r.winPack
+	if sameFile && loc.Offset >= r.winOff && end <= r.winOff+int64(len(r.win)) {
+		return r.win[loc.Offset-r.winOff : end-r.winOff], nil
 	}
-	return r.win[loc.Offset-r.winOff : end-r.winOff], nil
+	f, err := set.reader(loc.Pack)
+	if err != nil {
+		return nil, err
+	}
+	if cap(r.win) < readAhead {
+		r.win = make([]byte, 0, readAhead)
+	}
+	kept := 0
+	if sameFile && loc.Offset >= r.winOff && loc.Offset < r.winOff+int64(len(r.win)) {
+		kept = copy(r.win[:readAhead], r.win[loc.Offset-r.winOff:])
+	}
+	n, err := f.ReadAt(r.win[kept:readAhead], loc.Offset+int64(kept))
+	if kept+n < int(loc.Size) {
+		if err == nil || err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		r.win = r.win[:0]
+		return nil, fmt.Errorf("castore: reading pack %d: %w", loc.Pack, err)
+	}
+	r.win, r.winSet, r.winPack, r.winOff = r.win[:kept+n], set, loc.Pack, loc.Offset
+	return r.win[:loc.Size], nil
 }
 
 // Directory returns a stored directory.

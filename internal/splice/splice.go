@@ -14,7 +14,7 @@ import (
 
 // MinSendfile is the range size from which a direct ReadFrom beats copying
 // into the buffer (it costs a flush and a syscall of its own).
-const MinSendfile = 32 << 10
+const MinSendfile = 64 << 10
 
 // Writer buffers writes to w and splices large ranges.
 type Writer struct {

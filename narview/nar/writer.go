@@ -44,6 +44,31 @@ func (w *Writer) writeString(s string) {
 	w.bw.Write(w.zero[:pad(int64(len(s)))])
 }
 
+// tokens encodes the NAR grammar's fixed strings, each as it is written
+// (length, bytes, padding): a node's framing is then a few writes of
+// ready-made bytes rather than one write of each part of each string.
+func tokens(ss ...string) []byte {
+	var b []byte
+	for _, s := range ss {
+		b = binary.LittleEndian.AppendUint64(b, uint64(len(s)))
+		b = append(b, s...)
+		b = append(b, make([]byte, pad(int64(len(s))))...)
+	}
+	return b
+}
+
+var (
+	tokEntryName   = tokens("entry", "(", "name")
+	tokNodeType    = tokens("node", "(", "type")
+	tokType        = tokens("(", "type")
+	tokRegular     = tokens("regular", "contents")
+	tokExecutable  = tokens("regular", "executable", "", "contents")
+	tokSymlink     = tokens("symlink", "target")
+	tokDirectory   = tokens("directory")
+	tokClose       = tokens(")")
+	tokCloseCloses = tokens(")", ")")
+)
+
 func (w *Writer) fail(err error) error {
 	if w.err == nil {
 		w.err = err
@@ -66,6 +91,7 @@ func (w *Writer) WriteHeader(h *Header) error {
 		}
 		w.started = true
 		w.writeString(magic)
+		w.bw.Write(tokType)
 	} else {
 		w.flushCloses()
 		parent, name := splitPath(h.Path)
@@ -83,22 +109,17 @@ func (w *Writer) WriteHeader(h *Header) error {
 			return w.fail(fmt.Errorf("nar: %q written after %q: entries must be sorted", name, top.lastName))
 		}
 		top.lastName = append(top.lastName[:0], name...)
-		w.writeString("entry")
-		w.writeString("(")
-		w.writeString("name")
+		w.bw.Write(tokEntryName)
 		w.writeString(name)
-		w.writeString("node")
+		w.bw.Write(tokNodeType)
 	}
-	w.writeString("(")
-	w.writeString("type")
 	switch h.Type {
 	case TypeRegular:
-		w.writeString("regular")
 		if h.Executable {
-			w.writeString("executable")
-			w.writeString("")
+			w.bw.Write(tokExecutable)
+		} else {
+			w.bw.Write(tokRegular)
 		}
-		w.writeString("contents")
 		if h.Size < 0 {
 			return w.fail(fmt.Errorf("nar: negative size %d", h.Size))
 		}
@@ -111,12 +132,11 @@ func (w *Writer) WriteHeader(h *Header) error {
 		if err := castore.ValidateSymlinkTarget([]byte(h.Target)); err != nil {
 			return w.fail(err)
 		}
-		w.writeString("symlink")
-		w.writeString("target")
+		w.bw.Write(tokSymlink)
 		w.writeString(h.Target)
 		w.closes = 1
 	case TypeDirectory:
-		w.writeString("directory")
+		w.bw.Write(tokDirectory)
 		w.dirs = append(w.dirs, dirFrame{path: h.Path})
 		return nil
 	default:
@@ -129,16 +149,21 @@ func (w *Writer) WriteHeader(h *Header) error {
 }
 
 func (w *Writer) flushCloses() {
-	for ; w.closes > 0; w.closes-- {
-		w.writeString(")")
+	for ; w.closes >= 2; w.closes -= 2 {
+		w.bw.Write(tokCloseCloses)
+	}
+	if w.closes == 1 {
+		w.bw.Write(tokClose)
+		w.closes = 0
 	}
 }
 
 func (w *Writer) closeDir() {
 	w.dirs = w.dirs[:len(w.dirs)-1]
-	w.writeString(")") // the directory node
 	if len(w.dirs) > 0 {
-		w.writeString(")") // the entry that held it
+		w.bw.Write(tokCloseCloses) // the directory node, and the entry that held it
+	} else {
+		w.bw.Write(tokClose)
 	}
 }
 
