@@ -119,9 +119,7 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
-	if err := info.CheckSigs(n.keys.known); err != nil {
-		return castore.WriteStats{}, badInput("%v", err)
-	}
+	n.dropBadSigs(info)
 	n.importsRunning.Add(1)
 	defer n.importsRunning.Add(-1)
 	// The lease keeps the tree from gc until the path is recorded.
@@ -241,9 +239,7 @@ func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []stri
 	for _, s := range sigs {
 		info.AddSig(s)
 	}
-	if err := info.CheckSigs(d.n.keys.known); err != nil {
-		return badInput("%v", err)
-	}
+	d.n.dropBadSigs(info)
 	if err := d.n.putPath(info); err != nil {
 		return err
 	}

@@ -2,9 +2,11 @@ package node
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/p2pstore/p2pstore/config"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // trustKeys are the public keys the node checks signatures with, parsed
@@ -44,4 +46,15 @@ func parseKeys(texts []string) ([]narinfo.PublicKey, error) {
 		out = append(out, k)
 	}
 	return out, nil
+}
+
+// dropBadSigs removes the signatures of info that name a key the node
+// knows but do not verify (a rotated key's stale one, a forged one),
+// saying so in the log: Nix accepts such a path when another signature
+// verifies, and so does the node.
+func (n *Node) dropBadSigs(info *pathinfo.Info) {
+	for _, sig := range info.DropBadSigs(n.keys.known) {
+		name, _, _ := strings.Cut(sig, ":")
+		n.log.Warn("dropped a signature that does not verify", "path", info.StorePath, "key", name)
+	}
 }

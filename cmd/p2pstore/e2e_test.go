@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 	"github.com/p2pstore/p2pstore/node"
@@ -502,22 +503,48 @@ func TestBadInput(t *testing.T) {
 			t.Errorf("%s NAR: %v", name, err)
 		}
 	}
-	// A signature that claims the node's own key but does not verify.
-	forged := addTree(t, "forged", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
-	src := pathInfo(t, "", forged)[forged]
+	// A rotated key: a stale signature under the node's key name (made by
+	// an older key of that name) beside a good one. Nix accepts the path
+	// for the good one; so does the node, dropping the stale one, and the
+	// path is trusted and shared.
+	rotated := addTree(t, "rotated", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
+	src := pathInfo(t, "", rotated)[rotated]
 	srcHash, err := storepath.ParseNarHash(src.NarHash)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rm := &pathinfo.Info{StorePath: rotated, NarHash: srcHash, NarSize: src.NarSize}
+	oldKey, _ := narinfo.GenerateKey("e2e-test-1")
+	curKey, err := narinfo.LoadSecretKeyFile(filepath.Join(n.dir, "key.sec"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, good := oldKey.Sign(rm.Fingerprint()), curKey.Sign(rm.Fingerprint())
+	rm.Sigs = []string{stale, good}
+	res, err := n.client.Import(context.Background(), rm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", rotated)), node.ShareDefault)
+	if err != nil || !res.Shared {
+		t.Fatalf("path with a stale signature beside a good one: %v, %+v", err, res)
+	}
+	if code, body := n.get("/" + hashPart(rotated) + ".narinfo"); code != 200 || strings.Contains(string(body), stale) || !strings.Contains(string(body), good) {
+		t.Errorf("rotated key: narinfo %d:\n%s", code, body)
+	}
+	// A forged signature alone is dropped too: the path is the owner's,
+	// kept unsigned and private.
+	forged := addTree(t, "forged", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
+	src = pathInfo(t, "", forged)[forged]
+	if srcHash, err = storepath.ParseNarHash(src.NarHash); err != nil {
+		t.Fatal(err)
+	}
 	fm := &pathinfo.Info{StorePath: forged, NarHash: srcHash, NarSize: src.NarSize,
 		Sigs: []string{"e2e-test-1:" + strings.Repeat("A", 86) + "=="}}
-	_, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)), node.ShareDefault)
-	if se, ok := err.(*node.StatusError); !ok || se.Code != 400 || !strings.Contains(se.Msg, "does not verify") {
-		t.Errorf("forged signature: %v", err)
+	res, err = n.client.Import(context.Background(), fm, bytes.NewReader(nixtest.Output(t, "nix-store", "--dump", forged)), node.ShareDefault)
+	if err != nil || res.Shared {
+		t.Fatalf("forged signature: %v, %+v", err, res)
 	}
-	if code, _ := n.get("/" + hashPart(forged) + ".narinfo"); code != 404 {
-		t.Errorf("path with a forged signature is visible: %d", code)
+	if code, body := n.get("/" + hashPart(forged) + ".narinfo"); code != 200 || strings.Contains(string(body), "Sig:") {
+		t.Errorf("path with a forged signature: %d:\n%s", code, body)
 	}
+	before.Paths += 2
 	if code, _ := n.get("/" + strings.Repeat("1", 32) + ".narinfo"); code != 404 {
 		t.Errorf("refused import is visible: %d", code)
 	}

@@ -75,20 +75,39 @@ func (i *Info) AddSig(sig string) {
 	i.Sigs = append(i.Sigs, sig)
 }
 
-// CheckSigs returns an error for a signature that claims to be by one of
-// keys (by name) but does not verify: a forged or corrupted signature.
+// DropBadSigs removes the signatures that claim to be by one of keys (by
+// name) but do not verify, and returns them: a stale signature left by a
+// rotated key, or a forged one. As in Nix, such a signature is no reason
+// to refuse a path; the path is trusted when another one verifies.
 // Signatures by other keys cannot be checked here and are kept.
-func (i *Info) CheckSigs(keys []narinfo.PublicKey) error {
+func (i *Info) DropBadSigs(keys []narinfo.PublicKey) (dropped []string) {
 	fp := i.Fingerprint()
+	kept := i.Sigs[:0]
 	for _, sig := range i.Sigs {
-		name, _, _ := strings.Cut(sig, ":")
-		for _, k := range keys {
-			if k.Name() == name && !k.Verify(fp, sig) {
-				return fmt.Errorf("%s: signature by %s does not verify", i.StorePath, name)
-			}
+		if badSig(fp, sig, keys) {
+			dropped = append(dropped, sig)
+		} else {
+			kept = append(kept, sig)
 		}
 	}
-	return nil
+	i.Sigs = kept
+	return dropped
+}
+
+// badSig reports whether sig names one of keys but does not verify with
+// it.
+func badSig(fp, sig string, keys []narinfo.PublicKey) bool {
+	name, _, _ := strings.Cut(sig, ":")
+	named := false
+	for _, k := range keys {
+		if k.Name() == name {
+			if k.Verify(fp, sig) {
+				return false
+			}
+			named = true
+		}
+	}
+	return named
 }
 
 // TrustedBy reports whether one of the signatures verifies with one of keys.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -78,15 +79,38 @@ func TestSignatures(t *testing.T) {
 	if len(in.Sigs) != 2 || !in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
 		t.Fatalf("sigs %v", in.Sigs)
 	}
-	if err := in.CheckSigs([]narinfo.PublicKey{k.Public()}); err != nil {
-		t.Fatal(err)
+	if dropped := in.DropBadSigs([]narinfo.PublicKey{k.Public()}); len(dropped) != 0 || len(in.Sigs) != 2 {
+		t.Fatalf("good signatures dropped: %v, kept %v", dropped, in.Sigs)
 	}
 	in.NarSize++
-	if err := in.CheckSigs([]narinfo.PublicKey{k.Public()}); err == nil {
-		t.Fatal("a signature that no longer verifies passed CheckSigs")
-	}
 	if in.TrustedBy([]narinfo.PublicKey{k.Public()}) {
 		t.Fatal("trusted after the NarSize changed")
+	}
+}
+
+// TestDropBadSigs: a rotated key leaves a stale signature under its name
+// beside a good one from its new key of the same name; the stale one goes,
+// the good one and those by keys the node does not know stay, and the path
+// stays trusted, as Nix takes it.
+func TestDropBadSigs(t *testing.T) {
+	old, _ := narinfo.GenerateKey("cache-1")
+	cur, _ := narinfo.GenerateKey("cache-1")
+	other, _ := narinfo.GenerateKey("elsewhere-1")
+	in := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100)
+	stale, good, unknown := old.Sign(in.Fingerprint()), cur.Sign(in.Fingerprint()), other.Sign(in.Fingerprint())
+	in.AddSig(stale)
+	in.AddSig(good)
+	in.AddSig(unknown)
+	keys := []narinfo.PublicKey{cur.Public()}
+	dropped := in.DropBadSigs(keys)
+	if len(dropped) != 1 || dropped[0] != stale {
+		t.Fatalf("dropped %v, want the stale signature", dropped)
+	}
+	if n := len(in.Sigs); n < 2 || in.Sigs[n-2] != good || in.Sigs[n-1] != unknown || slices.Contains(in.Sigs, stale) {
+		t.Fatalf("kept %v", in.Sigs)
+	}
+	if !in.TrustedBy(keys) {
+		t.Fatal("not trusted with a good signature")
 	}
 }
 

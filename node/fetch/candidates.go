@@ -125,6 +125,7 @@ func (f *Fetcher) askRecord(ctx context.Context, src Source, hash string) (candi
 		f.penaliseFor(src, err)
 		return candidate{}, false
 	}
+	info.DropBadSigs(f.cfg.Keys) // as Nix: a bad signature beside a good one is no reason to refuse
 	if !info.TrustedBy(f.cfg.Keys) {
 		f.cfg.Log.Debug("ignoring a record no trusted key signed", "source", src.ID(), "path", info.StorePath)
 		return candidate{}, false
