@@ -229,7 +229,7 @@ func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Read
 	return err
 }
 
-// AddSignatures adds signatures to a path, refusing any by a key the node
+// AddSignatures adds signatures to a path, dropping any by a key the node
 // knows that does not verify.
 func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []string) error {
 	info, err := d.PathInfo(ctx, path, false)
