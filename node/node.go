@@ -7,6 +7,11 @@
 // is given here (p2p.go): the peers the node is connected to and those
 // the DHT names, each a fetch.Source over the transfer protocol. The node
 // records what the fetcher completes and shares it with its peers.
+//
+// storage.max_bytes (disklimit.go): the least recently used unpinned
+// paths go when the store needs room; paths added by hand are pinned, a
+// render holds its path, and a fetch reserves its bytes before it
+// downloads them.
 package node
 
 import (
