@@ -66,6 +66,7 @@ type diskLimit struct {
 	inUse    map[string]int   // paths held by renders and pin changes
 	doomed   map[string]bool  // paths being removed
 	reserved uint64           // bytes fetches in flight are about to add
+	warned   time.Time        // when the node last said it could not meet the limit
 
 	evictMu sync.Mutex // one eviction at a time
 }
@@ -263,6 +264,15 @@ func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
 		}
 		victims := n.limit.pickVictims(vs, st.ChunkBytes-target)
 		if len(victims) == 0 {
+			n.limit.mu.Lock()
+			quiet := time.Since(n.limit.warned) < time.Minute
+			if !quiet {
+				n.limit.warned = time.Now()
+			}
+			n.limit.mu.Unlock()
+			if quiet {
+				return removed, nil
+			}
 			n.log.Warn("the store is over storage.max_bytes, and the paths over it are pinned or in use",
 				"stored", st.ChunkBytes, "target", target, "max_bytes", n.limit.max)
 			return removed, nil
