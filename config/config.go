@@ -58,7 +58,7 @@ var settings = []setting{
 	{"sign.imports", "sign-imports", "sign what import and nix copy --to the daemon socket add with sign.key_file, which shares it with peers (import --sign or --private decides per import)", false},
 	{"upstream.substituters", "upstream", "binary cache URL (repeatable; not used yet: the node does not fetch from binary caches)", []string{}},
 	{"upstream.public_keys", "upstream-public-key", "key that signs upstream paths, checked on import (repeatable)", []string{}},
-	{"storage.max_bytes", "max-bytes", "size to keep the store under (k/M/G/T suffixes, 0 for no limit; not used yet)", "0"},
+	{"storage.max_bytes", "max-bytes", "stored chunk bytes to keep the store under, by removing the least recently used unpinned paths (k/M/G/T suffixes, 0 for no limit)", "0"},
 	{"mount.dir", "mount", "mount a read-only FUSE view of the store here", ""},
 	{"p2p.max_upload_rate", "max-upload-rate", "cap on bytes/s sent to peers (k/M/G suffixes, 0 for no cap)", "0"},
 }

@@ -65,6 +65,11 @@ type Status struct {
 	SharedPaths   int  `json:"shared_paths"`
 	PrivatePaths  int  `json:"private_paths"`
 	SharedCounted bool `json:"shared_counted"`
+	// The disk limit (storage.max_bytes, 0 for none) on bytes_stored, and
+	// the paths it keeps whatever it says (pinned) or may remove.
+	MaxBytes      uint64 `json:"max_bytes"`
+	PinnedPaths   int    `json:"pinned_paths"`
+	UnpinnedPaths int    `json:"unpinned_paths"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -131,6 +136,7 @@ func (n *Node) controlHandler() http.Handler {
 	mux.HandleFunc("POST /api/v1/verify", n.serveVerify)
 	mux.HandleFunc("POST /api/v1/fetch", n.serveFetch)
 	mux.HandleFunc("POST /api/v1/gc", n.serveGC)
+	mux.HandleFunc("POST /api/v1/pin", n.servePin)
 	// Profiles, for the node's owner only (this socket is theirs).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -307,6 +313,7 @@ func (n *Node) status() (*Status, error) {
 	if counted {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
+	n.limitStatus(s, tot)
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
 	}

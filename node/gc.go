@@ -10,10 +10,12 @@ import (
 )
 
 // Garbage collection: the objects no valid path uses (left by aborted or
-// failed imports and fetches) are removed, and the pack space they took is
-// given back, by `p2pstore gc` and in the background: within a minute once
-// aborted writers have left gcDroppedBytes behind, and hourly while any
-// is left.
+// failed imports and fetches, or by paths the disk limit removed) are
+// removed, and the pack space they took is given back, by `p2pstore gc`
+// and in the background: within a minute once aborted writers have left
+// gcDroppedBytes behind, and hourly while any is left. `p2pstore gc`
+// first removes the least recently used unpinned paths over
+// storage.max_bytes (disklimit.go).
 
 const (
 	gcDroppedBytes = 64 << 20
@@ -24,7 +26,8 @@ const (
 // GCReport is the outcome of a collection.
 type GCReport struct {
 	castore.CollectStats
-	Seconds float64 `json:"seconds"`
+	PathsRemoved int     `json:"paths_removed"` // least recently used unpinned paths, over storage.max_bytes
+	Seconds      float64 `json:"seconds"`
 }
 
 // collect runs one collection over the roots of every valid path.
@@ -67,11 +70,21 @@ func (n *Node) gcLoop(ctx context.Context) {
 }
 
 func (n *Node) serveGC(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var removed int
+	if n.limit.max > 0 {
+		var err error
+		if removed, err = n.evict(r.Context(), n.limit.max); err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+	}
 	rep, err := n.collect(r.Context())
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
+	rep.PathsRemoved, rep.Seconds = removed, time.Since(start).Seconds()
 	writeJSON(w, http.StatusOK, rep)
 }
 

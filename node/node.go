@@ -7,6 +7,11 @@
 // is given here (p2p.go): the peers the node is connected to and those
 // the DHT names, each a fetch.Source over the transfer protocol. The node
 // records what the fetcher completes and shares it with its peers.
+//
+// storage.max_bytes (disklimit.go): the least recently used unpinned
+// paths go when the store needs room; paths added by hand are pinned, a
+// render holds its path, and a fetch reserves its bytes before it
+// downloads them.
 package node
 
 import (
@@ -51,6 +56,7 @@ type Node struct {
 	p2p            *p2p // nil when p2p.listen is empty
 
 	sharedCount sharedCount
+	limit       diskLimit // storage.max_bytes (disklimit.go)
 
 	httpLn    net.Listener
 	controlLn net.Listener
@@ -69,6 +75,7 @@ const (
 // Run serves them.
 func New(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, compress: make(chan struct{}, 1)}
+	n.limit.init(uint64(cfg.MaxBytes))
 	if err := n.open(); err != nil {
 		n.Close()
 		return nil, err
@@ -227,6 +234,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.wg.Add(2)
 	go n.compressLoop(ctx)
 	go n.gcLoop(ctx)
+	n.wg.Add(1)
+	go n.limitLoop(ctx)
 	if n.cfg.MountDir != "" {
 		srv, err := mount.Mount(n.cfg.MountDir, mountSource{n.store, n})
 		if err != nil {
@@ -237,8 +246,8 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
-	if len(n.cfg.Upstreams) > 0 || n.cfg.MaxBytes > 0 {
-		n.log.Warn("upstream.substituters and storage.max_bytes are not used by this version", "upstreams", n.cfg.Upstreams, "max_bytes", n.cfg.MaxBytes)
+	if len(n.cfg.Upstreams) > 0 {
+		n.log.Warn("upstream.substituters is not used by this version", "upstreams", n.cfg.Upstreams)
 	}
 	select {
 	case <-ctx.Done():

@@ -151,7 +151,7 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 		h.Close()
 		return nil, err
 	}
-	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys.share, Log: n.log}, peerFinder{p}, n.store, fetchedPaths{n}, p)
+	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys.share, Log: n.log, Reserve: n.reserveSpace}, peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
 		go p.connect(ctx, pi)
 	}
@@ -328,6 +328,7 @@ func (t transferSource) Record(ctx context.Context, hash string) (*pathinfo.Info
 	if err != nil {
 		return nil, err
 	}
+	t.n.limit.touch(hash)
 	return info, nil
 }
 
@@ -434,6 +435,7 @@ const fetchMaxProviders = 64
 type fetchedPaths struct{ n *Node }
 
 func (f fetchedPaths) Put(info *pathinfo.Info) error {
+	f.n.keepPin(info)
 	if err := f.n.putPath(info); err != nil {
 		return err
 	}

@@ -28,6 +28,9 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 		}
 		return j.Info(), nil
 	}
+	if err == nil {
+		n.limit.touch(hash)
+	}
 	return info, err
 }
 
@@ -37,6 +40,9 @@ func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) 
 	info, err := n.index.Get(hash)
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		info, _, err = n.p2p.fetch.Fetch(ctx, hash)
+	}
+	if err == nil {
+		n.limit.touch(hash)
 	}
 	return info, err
 }
@@ -56,13 +62,27 @@ func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int6
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
 	cw := &counting.Writer{W: w}
 	defer func() { n.metrics.narBytes.Add(float64(cw.N)) }()
-	if n.p2p != nil && !n.index.Has(info.HashPart()) {
-		if j := n.p2p.fetch.Running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
+	// Held for the whole render: the disk limit does not remove it under
+	// the reader. A path being removed counts as absent.
+	hash := info.HashPart()
+	release, held := n.limit.hold(hash)
+	defer release()
+	absent := func() bool { return !held || !n.index.Has(hash) }
+	if n.p2p != nil && absent() {
+		j := n.p2p.fetch.Running(hash)
+		if j == nil && absent() {
+			// Removed by the disk limit since its narinfo went out: the
+			// peers are asked again.
+			if j, _ = n.p2p.fetch.Start(ctx, hash); j != nil && j.Info() == nil {
+				j = nil
+			}
+		}
+		if j != nil && j.Info().NarHash == info.NarHash {
 			return j.Render(ctx, cw, part)
 		}
-		if !n.index.Has(info.HashPart()) {
-			return fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
-		}
+	}
+	if absent() {
+		return fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
 	}
 	r := n.store.NewReader()
 	defer r.Close()
@@ -143,7 +163,7 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if err := w.Commit(); err != nil {
 		return castore.WriteStats{}, err
 	}
-	info.Root = root
+	info.Root, info.Pinned = root, true // added by hand: see disklimit.go
 	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
 		info.Private = true
 	}
@@ -256,7 +276,11 @@ type mountSource struct {
 }
 
 func (m mountSource) Path(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	return m.n.index.Get(hash)
+	info, err := m.n.index.Get(hash)
+	if err == nil {
+		m.n.limit.touch(hash)
+	}
+	return info, err
 }
 
 func (m mountSource) Paths(ctx context.Context) ([]string, error) {

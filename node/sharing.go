@@ -62,6 +62,7 @@ func (n *Node) putPath(info *pathinfo.Info) error {
 	if err := n.index.Put(info); err != nil {
 		return err
 	}
+	n.wakeLimit()
 	if shared && !wasShared {
 		c.changes++
 	} else if wasShared && !shared {

@@ -11,7 +11,7 @@ import (
 func gcCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "gc",
-		Short: "Remove the objects no path uses and give back the space they took",
+		Short: "Remove the least recently used unpinned paths over storage.max_bytes, and the objects no path uses",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
@@ -21,6 +21,9 @@ func gcCommand() *cobra.Command {
 			rep, err := node.NewClient(cfg.DaemonSocket).GC(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if rep.PathsRemoved > 0 {
+				fmt.Printf("removed %d least recently used unpinned paths over storage.max_bytes\n", rep.PathsRemoved)
 			}
 			fmt.Printf("removed %d chunks (%s), %d chunk lists and %d directories; rewrote %d packs, %s freed, in %.1fs\n",
 				rep.Chunks, humanBytes(rep.ChunkBytes), rep.Blobs, rep.Directories, rep.PacksRewritten, humanBytes(uint64(rep.BytesFreed)), rep.Seconds)

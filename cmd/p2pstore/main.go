@@ -40,7 +40,7 @@ func rootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%v (see `%s --help`)", err, c.CommandPath())
 	})
-	root.AddCommand(serveCommand(), keygenCommand(), importCommand(), fetchCommand(), statusCommand(), verifyCommand(), gcCommand(), daemonCommand())
+	root.AddCommand(serveCommand(), keygenCommand(), importCommand(), fetchCommand(), statusCommand(), verifyCommand(), gcCommand(), pinCommand(true), pinCommand(false), daemonCommand())
 	return root
 }
 

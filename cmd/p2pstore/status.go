@@ -47,6 +47,11 @@ func statusCommand() *cobra.Command {
 			}
 			fmt.Printf("logical bytes:  %s (sum of NAR sizes)\n", humanBytes(s.BytesLogical))
 			fmt.Printf("stored bytes:   %s (%d chunks)\n", humanBytes(s.BytesStored), s.Chunks)
+			if s.MaxBytes > 0 {
+				fmt.Printf("disk limit:     %s of stored bytes; %d paths pinned, %d unpinned\n", humanBytes(s.MaxBytes), s.PinnedPaths, s.UnpinnedPaths)
+			} else {
+				fmt.Printf("disk limit:     none; %d paths pinned, %d unpinned\n", s.PinnedPaths, s.UnpinnedPaths)
+			}
 			fmt.Printf("dedup ratio:    %.3f (stored / logical)\n", s.DedupRatio)
 			fmt.Printf("p2p received:   %s, sent %s\n", humanBytes(s.P2PBytesReceived), humanBytes(s.P2PBytesSent))
 			return nil

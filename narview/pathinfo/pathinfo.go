@@ -7,6 +7,11 @@
 // Putting a path's record is the commit point of an import: castore commits
 // the tree first, so a record never points at missing objects, and a crash
 // before the record leaves only unreferenced objects for gc.
+//
+// For the disk limit, the index also keeps when each path was last used
+// (bucket "used": 8 bytes of unix nanoseconds, apart from the records so
+// that the node's batches of use times rewrite no JSON; Put counts as a
+// use) and how many records are pinned (Info.Pinned).
 package pathinfo
 
 import (
@@ -15,8 +20,10 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -49,6 +56,10 @@ type Info struct {
 	// gives it to peers, whatever signs it. Local to this node: peers
 	// never see a private path, and one they send is never private here.
 	Private bool `json:"private,omitempty"`
+	// Pinned marks a path its owner added by hand (an import, nix copy
+	// --to the daemon socket) or pinned: the disk limit never collects
+	// it. Local to this node, as Private is.
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // HashPart returns the 32-character hash part of the store path.
@@ -194,7 +205,9 @@ var ErrNotFound = errors.New("path not found")
 var (
 	bucketPaths = []byte("paths")
 	bucketMeta  = []byte("meta")
+	bucketUsed  = []byte("used")      // hash part -> last use, unix nanoseconds
 	metaNarSize = []byte("nar_bytes") // sum of NarSize over all paths
+	metaPinned  = []byte("pinned")    // number of pinned paths
 )
 
 // Index is the path index. Decoded records are cached: a narinfo request
@@ -227,7 +240,7 @@ func Open(file string) (*Index, error) {
 		return nil, fmt.Errorf("pathinfo: opening %s: %w", file, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPaths, bucketMeta} {
+		for _, b := range [][]byte{bucketPaths, bucketMeta, bucketUsed} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -292,15 +305,22 @@ func (x *Index) Put(info *Info) error {
 		paths := tx.Bucket(bucketPaths)
 		var old Info
 		delta := int64(info.NarSize)
+		pinned := int64(b2i(info.Pinned))
 		if prev := paths.Get(key); prev != nil && json.Unmarshal(prev, &old) == nil {
 			delta -= int64(old.NarSize)
+			pinned -= int64(b2i(old.Pinned))
 		}
 		if err := paths.Put(key, v); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bucketUsed).Put(key, binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bucketMeta)
-		total := int64(counter(meta)) + delta
-		return meta.Put(metaNarSize, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0))))
+		if err := addTo(meta, metaPinned, pinned); err != nil {
+			return err
+		}
+		return addTo(meta, metaNarSize, delta)
 	})
 	if err == nil {
 		x.cache.Put(string(key), info.clone())
@@ -322,26 +342,94 @@ func (x *Index) Delete(hash string) error {
 		var old Info
 		if err := json.Unmarshal(prev, &old); err == nil {
 			meta := tx.Bucket(bucketMeta)
-			total := int64(counter(meta)) - int64(old.NarSize)
-			if err := meta.Put(metaNarSize, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0)))); err != nil {
+			if err := addTo(meta, metaNarSize, -int64(old.NarSize)); err != nil {
 				return err
 			}
+			if err := addTo(meta, metaPinned, -int64(b2i(old.Pinned))); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bucketUsed).Delete([]byte(hash)); err != nil {
+			return err
 		}
 		return paths.Delete([]byte(hash))
 	})
 }
 
-func counter(b *bolt.Bucket) uint64 {
-	if v := b.Get(metaNarSize); len(v) == 8 {
+func counter(b *bolt.Bucket, key []byte) uint64 {
+	if v := b.Get(key); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)
 	}
 	return 0
+}
+
+// addTo adds delta to a counter, which never goes below 0.
+func addTo(b *bolt.Bucket, key []byte, delta int64) error {
+	if delta == 0 {
+		return nil
+	}
+	total := int64(counter(b, key)) + delta
+	return b.Put(key, binary.BigEndian.AppendUint64(nil, uint64(max(total, 0))))
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Touch records when paths were last used (unix nanoseconds by hash
+// part), in one transaction: the node batches its uses. A time older
+// than the one recorded, or for a path the index lacks, is ignored.
+func (x *Index) Touch(used map[string]int64) error {
+	if len(used) == 0 {
+		return nil
+	}
+	hashes := make([]string, 0, len(used))
+	for h := range used {
+		hashes = append(hashes, h)
+	}
+	sort.Strings(hashes) // ordered inserts, as bbolt likes them
+	return x.db.Update(func(tx *bolt.Tx) error {
+		paths, times := tx.Bucket(bucketPaths), tx.Bucket(bucketUsed)
+		for _, h := range hashes {
+			k := []byte(h)
+			if paths.Get(k) == nil {
+				continue
+			}
+			if v := times.Get(k); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) >= used[h] {
+				continue
+			}
+			if err := times.Put(k, binary.BigEndian.AppendUint64(nil, uint64(used[h]))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// ForEachUsed calls fn for every path with when it was last used (unix
+// nanoseconds; 0 when never recorded), in hash order, until fn returns an
+// error.
+func (x *Index) ForEachUsed(fn func(info *Info, lastUsed int64) error) error {
+	return x.db.View(func(tx *bolt.Tx) error {
+		times := tx.Bucket(bucketUsed)
+		return forEach(tx, func(info *Info) error {
+			var t int64
+			if v := times.Get([]byte(info.HashPart())); len(v) == 8 {
+				t = int64(binary.BigEndian.Uint64(v))
+			}
+			return fn(info, t)
+		})
+	})
 }
 
 // Totals are the index's counts.
 type Totals struct {
 	Paths    int
 	NarBytes uint64 // sum of NarSize: the logical size of everything held
+	Pinned   int    // paths the disk limit keeps whatever it says
 }
 
 // Totals returns the number of paths and the sum of their NAR sizes.
@@ -349,7 +437,8 @@ func (x *Index) Totals() (Totals, error) {
 	var t Totals
 	err := x.db.View(func(tx *bolt.Tx) error {
 		t.Paths = tx.Bucket(bucketPaths).Stats().KeyN
-		t.NarBytes = counter(tx.Bucket(bucketMeta))
+		t.NarBytes = counter(tx.Bucket(bucketMeta), metaNarSize)
+		t.Pinned = int(counter(tx.Bucket(bucketMeta), metaPinned))
 		return nil
 	})
 	return t, err

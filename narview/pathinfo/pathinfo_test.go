@@ -159,3 +159,63 @@ func TestSnapshot(t *testing.T) {
 		t.Fatalf("snapshot walk saw %v", seen)
 	}
 }
+
+// TestUsedAndPinned: Put records a use and counts pins; Touch keeps the
+// latest time of a path the index holds; Delete forgets both.
+func TestUsedAndPinned(t *testing.T) {
+	x, err := Open(filepath.Join(t.TempDir(), "paths.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	a, b := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50)
+	a.Pinned = true
+	for _, in := range []*Info{a, b, a} {
+		if err := x.Put(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	used := func() map[string]int64 {
+		m := map[string]int64{}
+		if err := x.ForEachUsed(func(info *Info, t int64) error { m[info.HashPart()] = t; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	before := used()
+	if before[a.HashPart()] == 0 || before[b.HashPart()] == 0 {
+		t.Fatalf("Put recorded no use: %v", before)
+	}
+	if tot, _ := x.Totals(); tot.Pinned != 1 {
+		t.Fatalf("pinned %d, want 1", tot.Pinned)
+	}
+	later := before[b.HashPart()] + 1000
+	err = x.Touch(map[string]int64{b.HashPart(): later, a.HashPart(): 1, "00000000000000000000000000000000": later})
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := used()
+	if after[b.HashPart()] != later || after[a.HashPart()] != before[a.HashPart()] || len(after) != 2 {
+		t.Fatalf("after Touch %v (before %v)", after, before)
+	}
+	a.Pinned = false
+	if err := x.Put(a); err != nil {
+		t.Fatal(err)
+	}
+	if tot, _ := x.Totals(); tot.Pinned != 0 {
+		t.Fatalf("unpinned, still %d pinned", tot.Pinned)
+	}
+	b.Pinned = true
+	if err := x.Put(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Delete(b.HashPart()); err != nil {
+		t.Fatal(err)
+	}
+	if tot, _ := x.Totals(); tot.Pinned != 0 || tot.Paths != 1 {
+		t.Fatalf("after deleting the pinned path: %+v", tot)
+	}
+	if m := used(); len(m) != 1 {
+		t.Fatalf("used %v after a delete", m)
+	}
+}

@@ -30,7 +30,9 @@
 // records, trees, chunk lists and chunks (a peer over the transfer
 // protocol is one, in package node), a Finder of sources, the Store it
 // writes (a *castore.Store), the Index that makes a path valid, and the
-// Publisher that shares and announces it. It speaks the transfer
+// Publisher that shares and announces it; Config.Reserve, when set, is
+// told the bytes a job is about to download, so that the node's disk
+// limit can make room for them first. It speaks the transfer
 // protocol's vocabulary (transfer.BlobRef, ErrNotFound, ErrBadData,
 // ErrStalled), which any Source maps its errors to.
 package fetch

@@ -624,3 +624,31 @@ func TestOneJobPerPath(t *testing.T) {
 	}
 	h.checkStored(t, s)
 }
+
+// A job reserves the bytes of the chunks it lacks before it downloads
+// them, and releases them once the path is recorded.
+func TestFetchReserves(t *testing.T) {
+	s := newSeed(t, true)
+	h := newHarness(t, s, &memSource{id: "a", seed: s})
+	var reserved, calls atomic.Int64
+	var recordedAtRelease atomic.Bool
+	h.f.cfg.Reserve = func(ctx context.Context, bytes uint64) func() {
+		calls.Add(1)
+		if st, _ := h.store.Stats(); st.ChunkBytes != 0 {
+			t.Errorf("%d chunk bytes stored before the reservation", st.ChunkBytes)
+		}
+		reserved.Add(int64(bytes))
+		return func() { recordedAtRelease.Store(h.index.has(testHash)) }
+	}
+	if _, _, err := h.f.Fetch(context.Background(), testHash); err != nil {
+		t.Fatal(err)
+	}
+	st, err := h.store.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 1 || uint64(reserved.Load()) != st.ChunkBytes || !recordedAtRelease.Load() {
+		t.Fatalf("%d reservations of %d bytes for %d chunk bytes stored; recorded at release: %v",
+			calls.Load(), reserved.Load(), st.ChunkBytes, recordedAtRelease.Load())
+	}
+}

@@ -77,6 +77,11 @@ type Config struct {
 	// none of them signed is ignored.
 	Keys []narinfo.PublicKey
 	Log  *slog.Logger
+	// Reserve, when set, is called with the bytes of the chunks a job is
+	// about to download, before it downloads them, and may make room for
+	// them (the node's disk limit); the job calls release once the path
+	// is recorded or given up.
+	Reserve func(ctx context.Context, bytes uint64) (release func())
 }
 
 // Fetcher runs the jobs that fetch paths, one per path however many ask

@@ -228,6 +228,10 @@ func (j *Job) fetchTree(ctx context.Context, group []candidate) error {
 		<-checked
 		return err
 	}
+	if f.cfg.Reserve != nil {
+		release := f.cfg.Reserve(ctx, t.chunkBytes(missing))
+		defer release()
+	}
 	if err := newScheduler(j, lease, sources, missing).run(ctx); err != nil {
 		return fail(err)
 	}

@@ -153,3 +153,22 @@ func (f *Fetcher) anySource(ctx context.Context, sources []Source, try func(Sour
 	}
 	return err
 }
+
+// chunkBytes sums the sizes of the chunks ds of the tree's files, each
+// once.
+func (t *tree) chunkBytes(ds []castore.Digest) uint64 {
+	want := make(map[castore.Digest]bool, len(ds))
+	for _, d := range ds {
+		want[d] = true
+	}
+	var n uint64
+	for _, file := range t.files {
+		for _, r := range t.lists[file.Digest] {
+			if want[r.Digest] {
+				n += uint64(r.Size)
+				want[r.Digest] = false
+			}
+		}
+	}
+	return n
+}

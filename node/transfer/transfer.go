@@ -120,6 +120,7 @@ func decodeRecord(b []byte) (*pathinfo.Info, error) {
 		return nil, badData("record of %s: no root", info.StorePath)
 	}
 	info.Private = false // a peer's word cannot make a path private here
+	info.Pinned = false  // nor pinned: pins are this node's owner's
 	return info, nil
 }
 

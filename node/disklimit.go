@@ -1,0 +1,425 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// The disk limit. storage.max_bytes bounds the bytes the store holds as
+// status reports them (bytes_stored: the raw bytes of the distinct chunks,
+// after dedup). That figure, not the packs' size on disk, because it moves
+// exactly with what paths add and collections remove; the packs add the
+// zstd frames made for serving .nar.zst (a third or so of the chunks they
+// compress; fetched chunks are kept as frames only, so less) and garbage
+// waiting for its pack to be rewritten (castore gc.go).
+//
+//   - What goes: the least recently used unpinned paths (their records,
+//     then by a collection the objects no other path uses). Paths added by
+//     hand (import, nix copy --to the daemon socket) are pinned; fetched
+//     ones are not; `p2pstore pin|unpin` changes it.
+//   - Least recently used: a path is used when it is added, and when its
+//     narinfo, NAR, daemon path info or peer record is asked for. Uses
+//     are kept in memory and written to the index in batches (usageFlush),
+//     never a write per request.
+//   - Never under a reader: a NAR render holds its path (hold) for its
+//     whole duration, and a path is doomed (chosen to go) only while
+//     nobody holds it, both under one mutex; a render that finds its path
+//     doomed treats it as gone (and fetches it again where it can). Fetch
+//     jobs hold castore leases on what they write until the path is
+//     recorded.
+//   - Within the limit: a fetch reserves the bytes of the chunks it lacks
+//     before it downloads them, and the node first collects what it must
+//     to fit them with everything else in flight; an import (pinned, its
+//     new bytes unknown until it ends) is collected for just after its
+//     commit, in the background. So the store passes the limit by at most
+//     the import in flight, or when pinned and in-use paths alone pass it.
+//   - A collected path is simply absent: the next request for it asks the
+//     peers again.
+
+// usageFlush is how often uses are written to the index, and the limit
+// checked without a commit waking the collector.
+const usageFlush = 30 * time.Second
+
+// evictRounds bounds the collections one eviction runs: each removes
+// paths whose NAR sizes sum to what is over the limit, which frees less
+// when they share chunks with paths that stay.
+const evictRounds = 8
+
+// diskLimit is the node's state for storage.max_bytes.
+type diskLimit struct {
+	max  uint64        // 0: no limit
+	wake chan struct{} // a commit may have taken the store past the limit
+
+	mu       sync.Mutex
+	used     map[string]int64 // uses not yet in the index, unix nanoseconds by hash part
+	inUse    map[string]int   // paths held by renders and pin changes
+	doomed   map[string]bool  // paths being removed
+	reserved uint64           // bytes fetches in flight are about to add
+	warned   time.Time        // when the node last said it could not meet the limit
+
+	evictMu sync.Mutex // one eviction at a time
+}
+
+func (l *diskLimit) init(max uint64) {
+	l.max, l.wake = max, make(chan struct{}, 1)
+	l.used, l.inUse, l.doomed = map[string]int64{}, map[string]int{}, map[string]bool{}
+}
+
+// touch records a use of a path.
+func (l *diskLimit) touch(hash string) {
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	l.used[hash] = now
+	l.mu.Unlock()
+}
+
+// hold keeps a path from being collected until release is called; ok is
+// false (and nothing held) when the path is being removed already.
+func (l *diskLimit) hold(hash string) (release func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.doomed[hash] {
+		return func() {}, false
+	}
+	l.inUse[hash]++
+	l.used[hash] = time.Now().UnixNano()
+	return func() {
+		l.mu.Lock()
+		if l.inUse[hash]--; l.inUse[hash] <= 0 {
+			delete(l.inUse, hash)
+		}
+		l.mu.Unlock()
+	}, true
+}
+
+// doom marks a path as being removed, unless someone holds it.
+func (l *diskLimit) doom(hash string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inUse[hash] > 0 || l.doomed[hash] {
+		return false
+	}
+	l.doomed[hash] = true
+	return true
+}
+
+func (l *diskLimit) undoom(hash string) {
+	l.mu.Lock()
+	delete(l.doomed, hash)
+	l.mu.Unlock()
+}
+
+// takeUsed returns the uses not yet written, and forgets them.
+func (l *diskLimit) takeUsed() map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m := l.used
+	l.used = map[string]int64{}
+	return m
+}
+
+// wakeLimit tells the limit loop that the store may have grown.
+func (n *Node) wakeLimit() {
+	if n.limit.max == 0 {
+		return
+	}
+	select {
+	case n.limit.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flushUsage writes the uses kept in memory to the index.
+func (n *Node) flushUsage() {
+	if err := n.index.Touch(n.limit.takeUsed()); err != nil {
+		n.log.Warn("recording when paths were last used", "err", err)
+	}
+}
+
+// limitLoop writes uses in batches and keeps the store within the limit
+// after commits that may have passed it.
+func (n *Node) limitLoop(ctx context.Context) {
+	defer n.wg.Done()
+	defer n.flushUsage()
+	tick := time.NewTicker(usageFlush)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			n.flushUsage()
+		case <-n.limit.wake:
+		}
+		if n.limit.max == 0 {
+			continue
+		}
+		if _, err := n.evict(ctx, n.limit.max); err != nil && ctx.Err() == nil {
+			n.log.Error("keeping the store within storage.max_bytes", "err", err)
+		}
+	}
+}
+
+// reserveSpace makes room for bytes about to be written (a fetch's
+// missing chunks): it collects least recently used paths until the store,
+// with every reservation in flight, fits the limit, and keeps the
+// reservation until release.
+func (n *Node) reserveSpace(ctx context.Context, bytes uint64) (release func()) {
+	l := &n.limit
+	if l.max == 0 {
+		return func() {}
+	}
+	l.mu.Lock()
+	l.reserved += bytes
+	inFlight := l.reserved
+	l.mu.Unlock()
+	release = func() {
+		l.mu.Lock()
+		l.reserved -= bytes
+		l.mu.Unlock()
+		n.wakeLimit()
+	}
+	target := l.max - min(inFlight, l.max)
+	if _, err := n.evict(ctx, target); err != nil && ctx.Err() == nil {
+		n.log.Error("making room under storage.max_bytes", "err", err)
+	}
+	return release
+}
+
+// victim is a path the limit may remove.
+type victim struct {
+	hash     string
+	narSize  uint64
+	lastUsed int64
+}
+
+// lruUnpinned lists the unpinned paths, least recently used first.
+func (n *Node) lruUnpinned() ([]victim, error) {
+	n.flushUsage()
+	var vs []victim
+	err := n.index.ForEachUsed(func(info *pathinfo.Info, lastUsed int64) error {
+		if !info.Pinned {
+			vs = append(vs, victim{info.HashPart(), info.NarSize, lastUsed})
+		}
+		return nil
+	})
+	slices.SortStableFunc(vs, func(a, b victim) int {
+		switch {
+		case a.lastUsed < b.lastUsed:
+			return -1
+		case a.lastUsed > b.lastUsed:
+			return 1
+		}
+		return 0
+	})
+	return vs, err
+}
+
+// pickVictims dooms paths from vs, least recently used first, skipping
+// those held, until their NAR sizes reach excess.
+func (l *diskLimit) pickVictims(vs []victim, excess uint64) []victim {
+	var out []victim
+	var sum uint64
+	for _, v := range vs {
+		if sum >= excess {
+			break
+		}
+		if l.doom(v.hash) {
+			out = append(out, v)
+			sum += v.narSize
+		}
+	}
+	return out
+}
+
+// evict removes least recently used unpinned paths, and collects, until
+// the store holds at most target bytes or no path can go. It returns the
+// number of paths removed.
+func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
+	n.limit.evictMu.Lock()
+	defer n.limit.evictMu.Unlock()
+	removed := 0
+	for round := 0; round < evictRounds; round++ {
+		st, err := n.store.Stats()
+		if err != nil {
+			return removed, err
+		}
+		if st.ChunkBytes <= target {
+			return removed, nil
+		}
+		vs, err := n.lruUnpinned()
+		if err != nil {
+			return removed, err
+		}
+		victims := n.limit.pickVictims(vs, st.ChunkBytes-target)
+		if len(victims) == 0 {
+			n.limit.mu.Lock()
+			quiet := time.Since(n.limit.warned) < time.Minute
+			if !quiet {
+				n.limit.warned = time.Now()
+			}
+			n.limit.mu.Unlock()
+			if quiet {
+				return removed, nil
+			}
+			n.log.Warn("the store is over storage.max_bytes, and the paths over it are pinned or in use",
+				"stored", st.ChunkBytes, "target", target, "max_bytes", n.limit.max)
+			return removed, nil
+		}
+		for _, v := range victims {
+			err := n.deletePath(v.hash)
+			n.limit.undoom(v.hash)
+			if err != nil {
+				return removed, err
+			}
+			removed++
+			n.log.Info("removed a least recently used path over storage.max_bytes", "hash", v.hash, "nar_size", v.narSize,
+				"last_used", time.Unix(0, v.lastUsed).UTC().Format(time.RFC3339))
+		}
+		if _, err := n.collect(ctx); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// deletePath removes a path's record, keeping the count of shared paths
+// right (see sharedCount); its objects are then garbage.
+func (n *Node) deletePath(hash string) error {
+	c := &n.sharedCount
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := n.index.Delete(hash); err != nil {
+		return err
+	}
+	if n.shares(old) {
+		c.changes--
+	}
+	return nil
+}
+
+// keepPin carries a pin over when a fetched record replaces one.
+func (n *Node) keepPin(info *pathinfo.Info) {
+	if old, err := n.index.Get(info.HashPart()); err == nil && old.Pinned {
+		info.Pinned = true
+	}
+}
+
+// PinRequest asks the node to pin or unpin paths.
+type PinRequest struct {
+	Paths []string `json:"paths"`
+	Pin   bool     `json:"pin"`
+}
+
+// PinResult reports a pin or unpin.
+type PinResult struct {
+	Changed   []string `json:"changed"`   // paths whose pin changed
+	Unchanged int      `json:"unchanged"` // paths that were so already
+}
+
+// SetPinned pins or unpins store paths the node holds. Every path is
+// checked first: one the node lacks fails the request, and nothing
+// changes.
+func (n *Node) SetPinned(ctx context.Context, paths []string, pin bool) (*PinResult, error) {
+	var hashes []string
+	for _, p := range paths {
+		sp, err := storepath.Parse(n.cfg.StoreDir, p)
+		if err != nil {
+			return nil, badInput("%v", err)
+		}
+		if info, err := n.index.Get(sp.Hash); err != nil || info.StorePath != p {
+			return nil, fmt.Errorf("%s: %w on this node", p, pathinfo.ErrNotFound)
+		}
+		hashes = append(hashes, sp.Hash)
+	}
+	res := &PinResult{Changed: []string{}}
+	for i, h := range hashes {
+		// Held, so that the limit cannot remove it between the read and
+		// the write (the write would bring back a record whose objects
+		// are gone).
+		release, ok := n.limit.hold(h)
+		info, err := n.index.Get(h)
+		if !ok || errors.Is(err, pathinfo.ErrNotFound) {
+			release()
+			return res, fmt.Errorf("%s: %w on this node (removed just now)", paths[i], pathinfo.ErrNotFound)
+		}
+		if err != nil {
+			release()
+			return res, err
+		}
+		if info.Pinned == pin {
+			res.Unchanged++
+		} else {
+			info.Pinned = pin
+			err = n.putPath(info)
+			if err == nil {
+				res.Changed = append(res.Changed, info.StorePath)
+			}
+		}
+		release()
+		if err != nil {
+			return res, err
+		}
+	}
+	if !pin {
+		n.wakeLimit()
+	}
+	return res, nil
+}
+
+func (n *Node) servePin(w http.ResponseWriter, r *http.Request) {
+	var req PinRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxMetaLine)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	res, err := n.SetPinned(r.Context(), req.Paths, req.Pin)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, ErrBadInput) {
+			code = http.StatusBadRequest
+		} else if errors.Is(err, pathinfo.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		writeError(w, code, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// Pin asks the node to pin (or unpin) paths.
+func (c *Client) Pin(ctx context.Context, req *PinRequest) (*PinResult, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/pin", bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	var res PinResult
+	return &res, c.do(hr, &res)
+}
+
+// limitStatus adds the limit and the pin counts to a status.
+func (n *Node) limitStatus(s *Status, tot pathinfo.Totals) {
+	s.MaxBytes, s.PinnedPaths, s.UnpinnedPaths = n.limit.max, tot.Pinned, tot.Paths-tot.Pinned
+}

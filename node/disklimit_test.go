@@ -1,0 +1,225 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+
+	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/config"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+)
+
+// limitNode is a node with its stores and no servers, for the disk
+// limit's logic.
+func limitNode(t *testing.T, maxBytes int64) *Node {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := &config.Config{DataDir: filepath.Join(dir, "data"), StoreDir: "/nix/store",
+		DaemonSocket: filepath.Join(dir, "s.sock"), MaxBytes: maxBytes}
+	n, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+const fileKiB = 100
+
+// addFilePath records a path of one random file of fileKiB KiB (its own
+// chunks), pinned or not, and returns its hash part.
+func addFilePath(t *testing.T, n *Node, i int, pinned bool) string {
+	t.Helper()
+	data := make([]byte, fileKiB<<10)
+	rng := rand.NewChaCha8([32]byte{byte(i), 1})
+	rng.Read(data)
+	w := n.store.NewWriter()
+	d, size, err := w.PutBlob(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	hash := fmt.Sprintf("%032d", i)
+	info := &pathinfo.Info{StorePath: "/nix/store/" + hash + "-f", Root: castore.Node{Type: castore.TypeFile, Digest: d, Size: size},
+		NarHash: sha256.Sum256(data), NarSize: uint64(len(data)), Pinned: pinned}
+	if err := n.putPath(info); err != nil {
+		t.Fatal(err)
+	}
+	return hash
+}
+
+func held(n *Node, hashes ...string) map[string]bool {
+	out := map[string]bool{}
+	for _, h := range hashes {
+		out[h] = n.index.Has(h)
+	}
+	return out
+}
+
+func stored(t *testing.T, n *Node) uint64 {
+	st, err := n.store.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.ChunkBytes
+}
+
+// TestEvictLRU: over the limit, the least recently used unpinned paths go
+// (a use counts, not only the addition), pinned and held ones stay, and
+// the store ends within the limit.
+func TestEvictLRU(t *testing.T) {
+	const max = 3*fileKiB<<10 + fileKiB<<9 // room for three and a half
+	n := limitNode(t, max)
+	pinned := addFilePath(t, n, 1, true) // the oldest, but pinned
+	a := addFilePath(t, n, 2, false)
+	b := addFilePath(t, n, 3, false)
+	c := addFilePath(t, n, 4, false)
+	n.limit.touch(a) // a used after c was added: b is now the least recent
+	d := addFilePath(t, n, 5, false)
+	if got := stored(t, n); got != 5*fileKiB<<10 {
+		t.Fatalf("stored %d before the eviction", got)
+	}
+	removed, err := n.evict(context.Background(), max)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := held(n, pinned, a, b, c, d)
+	want := map[string]bool{pinned: true, a: true, b: false, c: false, d: true}
+	if fmt.Sprint(got) != fmt.Sprint(want) || removed != 2 {
+		t.Fatalf("held %v after removing %d, want %v", got, removed, want)
+	}
+	if s := stored(t, n); s > max {
+		t.Fatalf("stored %d over the limit %d", s, max)
+	}
+	tot, _ := n.index.Totals()
+	if tot.Paths != 3 || tot.Pinned != 1 {
+		t.Fatalf("totals %+v", tot)
+	}
+}
+
+// TestEvictSkipsHeld: a path a render holds is not removed, though least
+// recently used; the next one goes instead, and the held one goes once
+// released.
+func TestEvictSkipsHeld(t *testing.T) {
+	const max = 2 * fileKiB << 10
+	n := limitNode(t, max)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	c := addFilePath(t, n, 3, false)
+	release, ok := n.limit.hold(a)
+	if !ok {
+		t.Fatal("hold refused")
+	}
+	if _, err := n.evict(context.Background(), max); err != nil {
+		t.Fatal(err)
+	}
+	// A hold counts as a use: b is the least recent now.
+	if got := held(n, a, b, c); !got[a] || got[b] || !got[c] {
+		t.Fatalf("held %v", got)
+	}
+	// Everything must go, but a is held: it stays, over the limit.
+	if _, err := n.evict(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(n, a, c); !got[a] || got[c] {
+		t.Fatalf("held %v with a held and a limit of 0", got)
+	}
+	release()
+	if _, err := n.evict(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.index.Has(a) || stored(t, n) != 0 {
+		t.Fatalf("a held %v, stored %d after its release", n.index.Has(a), stored(t, n))
+	}
+}
+
+// TestDoomedNotHeld: a render that comes while its path is being removed
+// finds it absent, rather than reading objects about to go.
+func TestDoomedNotHeld(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	if !n.limit.doom(a) {
+		t.Fatal("doom refused")
+	}
+	if _, ok := n.limit.hold(a); ok {
+		t.Fatal("a doomed path was held")
+	}
+	info, _ := n.index.Get(a)
+	err := n.renderPath(context.Background(), info, nar.Part{Compression: nar.CompressionNone}, io.Discard)
+	if !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("render of a doomed path: %v", err)
+	}
+	n.limit.undoom(a)
+	if release, ok := n.limit.hold(a); !ok || n.limit.doom(a) {
+		t.Fatal("a held path could be doomed")
+	} else {
+		release()
+	}
+}
+
+// TestReserveMakesRoom: a fetch's reservation removes what the store must
+// lose to take its bytes within the limit.
+func TestReserveMakesRoom(t *testing.T) {
+	const max = 3 * fileKiB << 10
+	n := limitNode(t, max)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	c := addFilePath(t, n, 3, false)
+	release := n.reserveSpace(context.Background(), fileKiB<<10)
+	if got := held(n, a, b, c); got[a] || !got[b] || !got[c] {
+		t.Fatalf("held %v after reserving one file's bytes", got)
+	}
+	// A second reservation in flight counts the first.
+	release2 := n.reserveSpace(context.Background(), fileKiB<<10)
+	if got := held(n, b, c); got[b] || !got[c] {
+		t.Fatalf("held %v after a second reservation", got)
+	}
+	release()
+	release2()
+}
+
+// TestPinRoundTrip: pin and unpin change the record and the counts; a
+// path the node lacks fails the request and changes nothing.
+func TestPinRoundTrip(t *testing.T) {
+	n := limitNode(t, 0)
+	a := addFilePath(t, n, 1, false)
+	p := "/nix/store/" + a + "-f"
+	ctx := context.Background()
+	res, err := n.SetPinned(ctx, []string{p}, true)
+	if err != nil || len(res.Changed) != 1 {
+		t.Fatalf("pin: %+v, %v", res, err)
+	}
+	if info, _ := n.index.Get(a); !info.Pinned {
+		t.Fatal("not pinned")
+	}
+	if res, err = n.SetPinned(ctx, []string{p}, true); err != nil || res.Unchanged != 1 {
+		t.Fatalf("pin again: %+v, %v", res, err)
+	}
+	missing := "/nix/store/" + fmt.Sprintf("%032d", 9) + "-f"
+	if _, err := n.SetPinned(ctx, []string{p, missing}, false); !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("unpin with a missing path: %v", err)
+	}
+	if tot, _ := n.index.Totals(); tot.Pinned != 1 {
+		t.Fatalf("a failed unpin changed the pins: %+v", tot)
+	}
+	if _, err := n.SetPinned(ctx, []string{"/nix/store/bad"}, false); !errors.Is(err, ErrBadInput) {
+		t.Fatalf("unpin of a bad path: %v", err)
+	}
+	if _, err := n.SetPinned(ctx, []string{p}, false); err != nil {
+		t.Fatal(err)
+	}
+	if tot, _ := n.index.Totals(); tot.Pinned != 0 {
+		t.Fatalf("unpinned, still %+v", tot)
+	}
+}
