@@ -65,6 +65,10 @@ type Status struct {
 	SharedPaths   int  `json:"shared_paths"`
 	PrivatePaths  int  `json:"private_paths"`
 	SharedCounted bool `json:"shared_counted"`
+	// Signed paths of the local Nix store served without an import
+	// (local.share), and whether the first scan of that store is done.
+	LocalShared  int  `json:"local_shared"`
+	LocalScanned bool `json:"local_scanned"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -307,6 +311,7 @@ func (n *Node) status() (*Status, error) {
 	if counted {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
+	s.LocalShared, s.LocalScanned = n.local.counts()
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
 	}

@@ -48,7 +48,8 @@ type Node struct {
 
 	compress       chan struct{} // wakes the background compressor
 	importsRunning atomic.Int64
-	p2p            *p2p // nil when p2p.listen is empty
+	p2p            *p2p        // nil when p2p.listen is empty
+	local          *localShare // nil when the node shares no local store
 
 	sharedCount sharedCount
 
@@ -197,6 +198,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.p2p = p
 		defer p.close()
 	}
+	n.startLocalShare(ctx)
 	// Before anything can write a record (the servers start below): see
 	// sharedCount.
 	snap, err := n.index.Snapshot()

@@ -16,11 +16,17 @@ import (
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
 
-// Info implements httpcache.Paths: the local index, then the peers. For a
-// path fetched from peers it answers as soon as a trusted record is found;
-// the NAR then streams as the chunks arrive.
+// Info implements httpcache.Paths: the local index, the signed paths of
+// the local Nix store, then the peers. For a path fetched from peers it
+// answers as soon as a trusted record is found; the NAR then streams as
+// the chunks arrive.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		if li := n.local.info(hash); li != nil {
+			return li, nil
+		}
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		j, err := n.p2p.fetch.Start(ctx, hash)
 		if err != nil {
@@ -35,6 +41,11 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 // endpoint, whose clients read the path from the store mount.
 func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && n.local.info(hash) != nil {
+		if err = n.local.ingest(ctx, hash); err == nil {
+			info, err = n.index.Get(hash)
+		}
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		info, _, err = n.p2p.fetch.Fetch(ctx, hash)
 	}
@@ -56,6 +67,11 @@ func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int6
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
 	cw := &counting.Writer{W: w}
 	defer func() { n.metrics.narBytes.Add(float64(cw.N)) }()
+	if n.local != nil && !n.index.Has(info.HashPart()) {
+		if ok, err := n.local.render(ctx, info, part, cw); ok || err != nil {
+			return err
+		}
+	}
 	if n.p2p != nil && !n.index.Has(info.HashPart()) {
 		if j := n.p2p.fetch.Running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
 			return j.Render(ctx, cw, part)
