@@ -28,8 +28,9 @@ import (
 // the store (localstore.Watch: db.sqlite, or the daemon) and keeps a
 // catalog of its paths that carry a signature verifying with a key it
 // knows (trust.public_keys, upstream.public_keys, its own): those are
-// public already, so they are served and announced at once, without an
-// import. Unsigned paths (local builds) never enter the catalog: they are
+// public already, so they are served at once, without an import, and
+// announced to peers when shares would give them (a key of
+// trust.public_keys or its own). Unsigned paths (local builds) never enter the catalog: they are
 // served to no one. Signatures that do not verify are dropped, as Nix
 // ignores them.
 //
@@ -49,12 +50,21 @@ type localShare struct {
 	src localstore.Watcher
 
 	mu      sync.RWMutex
-	paths   map[string]*pathinfo.Info // hash part -> info, signed paths only
-	scanned bool                      // the first poll is done
+	paths   map[string]localPath // by hash part; signed paths only
+	scanned bool                 // the first poll is done
 
 	ingesting singleflight.Group
 	behind    chan string // hash parts to ingest in the background
 	ctx       context.Context
+}
+
+// localPath is a catalogued path.
+type localPath struct {
+	info *pathinfo.Info
+	// peers: signed by a key of trust.public_keys or the node's own, so
+	// given to peers too (see shares); a path only an upstream key signed
+	// is for the node's HTTP clients.
+	peers bool
 }
 
 // startLocalShare opens the local store when local.share asks for it and
@@ -79,7 +89,7 @@ func (n *Node) startLocalShare(ctx context.Context) {
 		n.log.Warn("not sharing the local Nix store", "err", err)
 		return
 	}
-	l := &localShare{n: n, src: src, paths: map[string]*pathinfo.Info{}, behind: make(chan string, 1024), ctx: ctx}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{}, behind: make(chan string, 1024), ctx: ctx}
 	n.local = l
 	n.wg.Add(2)
 	go l.watch(ctx, cfg.LocalPoll)
@@ -117,6 +127,7 @@ func (l *localShare) watch(ctx context.Context, interval time.Duration) {
 // paths. It returns how many paths it added.
 func (l *localShare) poll(ctx context.Context) (int, error) {
 	var fresh []mh.Multihash
+	added := 0
 	storeDir := l.n.cfg.StoreDir
 	err := l.src.Poll(ctx, func(info *pathinfo.Info) error {
 		hash := info.HashPart()
@@ -124,11 +135,15 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 			l.drop(hash)
 			return nil
 		}
+		peers := info.TrustedBy(l.n.keys.share)
 		l.mu.Lock()
-		_, had := l.paths[hash]
-		l.paths[hash] = info
+		old, had := l.paths[hash]
+		l.paths[hash] = localPath{info: info, peers: peers}
 		l.mu.Unlock()
 		if !had {
+			added++
+		}
+		if peers && !old.peers {
 			fresh = append(fresh, dht.PathKey(storeDir, hash))
 		}
 		return nil
@@ -145,7 +160,7 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 			l.n.log.Warn("announcing local paths", "err", err)
 		}
 	}
-	return len(fresh), err
+	return added, err
 }
 
 // trust keeps the signatures that verify with a key the node knows, and
@@ -188,7 +203,7 @@ func (l *localShare) info(hash string) *pathinfo.Info {
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	info := l.paths[hash]
+	info := l.paths[hash].info
 	if info == nil {
 		return nil
 	}
@@ -198,7 +213,17 @@ func (l *localShare) info(hash string) *pathinfo.Info {
 	return &c
 }
 
-// count returns the number of catalogued paths, and whether the first
+// forPeers reports whether a catalogued path is one peers may have.
+func (l *localShare) forPeers(hash string) bool {
+	if l == nil {
+		return false
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.paths[hash].peers
+}
+
+// counts returns the number of catalogued paths, and whether the first
 // scan of the store is done.
 func (l *localShare) counts() (int, bool) {
 	if l == nil {
@@ -211,7 +236,8 @@ func (l *localShare) counts() (int, bool) {
 
 func (l *localShare) count() int { n, _ := l.counts(); return n }
 
-// keys returns the DHT keys of every catalogued path, for announceAll.
+// keys returns the DHT keys of the catalogued paths given to peers, for
+// announceAll.
 func (l *localShare) keys() []mh.Multihash {
 	if l == nil {
 		return nil
@@ -219,8 +245,10 @@ func (l *localShare) keys() []mh.Multihash {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	out := make([]mh.Multihash, 0, len(l.paths))
-	for hash := range l.paths {
-		out = append(out, dht.PathKey(l.n.cfg.StoreDir, hash))
+	for hash, p := range l.paths {
+		if p.peers {
+			out = append(out, dht.PathKey(l.n.cfg.StoreDir, hash))
+		}
 	}
 	return out
 }

@@ -323,7 +323,7 @@ type transferSource struct{ n *Node }
 
 func (t transferSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := t.n.index.Get(hash)
-	if errors.Is(err, pathinfo.ErrNotFound) && t.n.local.info(hash) != nil {
+	if errors.Is(err, pathinfo.ErrNotFound) && t.n.local.forPeers(hash) {
 		// A signed path of the local Nix store: the record needs its tree.
 		if err = t.n.local.ingest(ctx, hash); err == nil {
 			info, err = t.n.index.Get(hash)

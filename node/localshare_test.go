@@ -1,0 +1,87 @@
+package node
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// TestCheckedNAR: the part asked for passes through, and only once the
+// whole NAR matches its hash and size is the last write let go.
+func TestCheckedNAR(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1000)
+	good := storepath.NarHash(sha256.Sum256(data))
+	write := func(c *checkedNAR) error {
+		for p := data; len(p) > 0; {
+			k := min(len(p), 1000)
+			if _, err := c.Write(p[:k]); err != nil {
+				return err
+			}
+			p = p[k:]
+		}
+		return nil
+	}
+	for _, tc := range []struct {
+		name     string
+		off, end int64
+	}{{"whole", 0, int64(len(data))}, {"range", 1500, 2600}, {"tail", 15000, int64(len(data))}} {
+		var out bytes.Buffer
+		c := &checkedNAR{w: &out, h: sha256.New(), size: int64(len(data)), off: tc.off, end: tc.end}
+		if err := write(c); err != nil {
+			t.Fatal(err)
+		}
+		if out.Len() >= int(tc.end-tc.off) {
+			t.Errorf("%s: %d bytes out before the check, want the last write held back", tc.name, out.Len())
+		}
+		if err := c.finish(good); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !bytes.Equal(out.Bytes(), data[tc.off:tc.end]) {
+			t.Errorf("%s: got %d bytes, want bytes %d to %d", tc.name, out.Len(), tc.off, tc.end)
+		}
+	}
+
+	var out bytes.Buffer
+	c := &checkedNAR{w: &out, h: sha256.New(), size: int64(len(data)), end: int64(len(data))}
+	write(c)
+	if err := c.finish(storepath.NarHash{1}); !errors.Is(err, errNarMismatch) || out.Len() == len(data) {
+		t.Errorf("wrong hash: %v with %d of %d bytes out", err, out.Len(), len(data))
+	}
+	c = &checkedNAR{w: &out, h: sha256.New(), size: int64(len(data)) - 1, end: int64(len(data))}
+	if err := write(c); !errors.Is(err, errNarMismatch) {
+		t.Errorf("a NAR longer than its NarSize: %v", err)
+	}
+}
+
+// TestLocalTrust: a path is catalogued when one signature verifies with a
+// known key; one by a known key's name that does not verify is dropped,
+// one by an unknown key kept.
+func TestLocalTrust(t *testing.T) {
+	good, _ := narinfo.GenerateKey("good-1")
+	rotated, _ := narinfo.GenerateKey("good-1") // same name, other key
+	other, _ := narinfo.GenerateKey("other-1")
+	n := &Node{keys: trustKeys{known: []narinfo.PublicKey{good.Public()}}}
+	l := &localShare{n: n}
+	info := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x", NarSize: 8}
+	fp := info.Fingerprint()
+	stale, fresh, unknown := rotated.Sign(fp), good.Sign(fp), other.Sign(fp)
+
+	info.Sigs = []string{stale, fresh, unknown}
+	if !l.trust(info) || !slices.Equal(info.Sigs, []string{fresh, unknown}) {
+		t.Errorf("a stale and a good signature: trusted %v, kept %v", l.trust(info), info.Sigs)
+	}
+	info.Sigs = []string{stale, unknown}
+	if l.trust(info) || !slices.Equal(info.Sigs, []string{unknown}) {
+		t.Errorf("no good signature: kept %v", info.Sigs)
+	}
+	info.Sigs = nil
+	if l.trust(info) {
+		t.Error("an unsigned path is trusted")
+	}
+}
