@@ -39,9 +39,10 @@ type Config struct {
 	MaxUploadRate      int64 // bytes per second, 0 for no cap
 	// The local Nix store the node shares (local.*): the signed paths of
 	// the store under LocalRoot, watched every LocalPoll.
-	ShareLocal bool
-	LocalRoot  string
-	LocalPoll  time.Duration
+	ShareLocal     bool
+	LocalRoot      string
+	LocalPoll      time.Duration
+	LocalCopyAhead bool // copy the local paths peers may get into castore before they ask
 }
 
 // setting is one key with its flag.
@@ -70,6 +71,7 @@ var settings = []setting{
 	{"local.share", "share-local", "share the signed paths of the local Nix store, when there is one (see local.root)", true},
 	{"local.root", "local-root", "the directory the local Nix store lies under (nix/store, nix/var/nix/db): / for the system's, DIR for a store made with --store DIR", "/"},
 	{"local.poll_interval", "local-poll-interval", "how often the local Nix store is checked for new and deleted paths", "30s"},
+	{"local.copy_ahead", "local-copy-ahead", "copy the shared local paths that peers may ask for into the node's store in the background, one at a time, so that peers need not wait for the copy (off: copied when first asked for)", true},
 }
 
 // RegisterFlags defines a flag for every setting, plus --config.
@@ -153,6 +155,7 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 func (c *Config) loadLocal(v *viper.Viper) error {
 	c.ShareLocal = v.GetBool("local.share")
 	c.LocalRoot = v.GetString("local.root")
+	c.LocalCopyAhead = v.GetBool("local.copy_ahead")
 	if !filepath.IsAbs(c.LocalRoot) {
 		return fmt.Errorf("local.root %q: must be an absolute directory", c.LocalRoot)
 	}

@@ -70,7 +70,8 @@ func treeRoot(t *testing.T, dir string) castore.Digest {
 // transfer protocol. A signed path added to the store after A started is
 // served after a poll, and gone once deleted; a path whose files no
 // longer match its NarHash gets an aborted NAR response and leaves the
-// catalog.
+// catalog. Node C copies the paths it gives peers into its store ahead
+// of any request.
 func TestLocalShare(t *testing.T) {
 	nixtest.Require(t)
 	src := newSrcStore(t)
@@ -95,8 +96,10 @@ func TestLocalShare(t *testing.T) {
 	}
 	q := src.add("local-unsigned", qText)
 
+	// A copies a path into its store only when asked (copy-ahead is
+	// checked with node C below).
 	a := newNodeAt(t, "127.0.0.51", "node-a-1", "--share-local=true", "--local-root", root,
-		"--local-poll-interval", "200ms", "--trusted-public-key", pub)
+		"--local-poll-interval", "200ms", "--trusted-public-key", pub, "--local-copy-ahead=false")
 	a.start()
 	deadline := time.Now().Add(60 * time.Second)
 	for s := a.status(); !s.LocalScanned || s.LocalShared != 2*len(closure); s = a.status() {
@@ -186,4 +189,18 @@ func TestLocalShare(t *testing.T) {
 		t.Errorf("reading the NAR of a changed path: %v, want a broken transfer", err)
 	}
 	a.waitNarinfo(bad, 404, 5*time.Second)
+
+	// Node C, with copy-ahead on (the default), takes every path it gives
+	// peers into its own store, unasked: the two closures and the path
+	// signed last (whose files are the tampered ones: it is refused).
+	c := newNodeAt(t, "127.0.0.54", "", "--share-local=true", "--local-root", root, "--trusted-public-key", pub)
+	c.start()
+	deadline = time.Now().Add(60 * time.Second)
+	for s := c.status(); s.Paths != 2*len(closure); s = c.status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("C holds %d paths, want the %d of the two closures:\n%s", s.Paths, 2*len(closure), c.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.waitNarinfo(bad, 404, 60*time.Second)
 }
