@@ -163,3 +163,71 @@ func keys(m map[string]*pathinfo.Info) []string {
 	}
 	return out
 }
+
+// TestDaemonWatch: through a real nix-daemon (the system's store), a new
+// path appears on the next poll with its info, and goes once deleted.
+func TestDaemonWatch(t *testing.T) {
+	nixtest.Require(t)
+	sock := filepath.Join(t.TempDir(), "nix-daemon.sock")
+	d := nixtest.Command("nix-daemon")
+	d.Env = append(d.Env, "NIX_DAEMON_SOCKET_PATH="+sock)
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Process.Kill(); d.Wait() })
+	var w *DaemonWatch
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if w, err = WatchDaemon(sock, "/nix/store"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nix-daemon did not start: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer w.Close()
+	pollW := func() (map[string]*pathinfo.Info, []string) {
+		t.Helper()
+		put := map[string]*pathinfo.Info{}
+		var gone []string
+		err := w.Poll(context.Background(), func(in *pathinfo.Info) error { put[in.StorePath] = in; return nil },
+			func(p string) { gone = append(gone, p) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return put, gone
+	}
+	pollW()
+	dir := filepath.Join(t.TempDir(), "daemon-watch")
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "f"), []byte(fmt.Sprint("daemon watch ", time.Now().UnixNano())), 0o644)
+	p := nixtest.Line(t, "nix-store", "--add", dir)
+	want := pathInfoNix(t, p)
+	put, _ := pollW()
+	if got := put[p]; got == nil || got.NarHash != want.NarHash || got.NarSize != want.NarSize {
+		t.Fatalf("after adding %s the poll put %+v, want %+v", p, got, want)
+	}
+	nixtest.Output(t, "nix-store", "--delete", p)
+	if _, gone := pollW(); !slices.Contains(gone, p) {
+		t.Fatalf("after deleting %s the poll removed %v", p, gone)
+	}
+}
+
+// pathInfoNix returns a path's NarHash and NarSize as Nix reports them.
+func pathInfoNix(t *testing.T, p string) *pathinfo.Info {
+	t.Helper()
+	var infos []struct {
+		NarHash string `json:"narHash"`
+		NarSize uint64 `json:"narSize"`
+	}
+	if err := json.Unmarshal(nixtest.Output(t, "nix", "path-info", "--json", p), &infos); err != nil || len(infos) != 1 {
+		t.Fatalf("nix path-info %s: %v", p, err)
+	}
+	h, err := storepath.ParseNarHash(infos[0].NarHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pathinfo.Info{StorePath: p, NarHash: h, NarSize: infos[0].NarSize}
+}

@@ -21,23 +21,32 @@ func Watch(ctx context.Context, root, storeDir string) (Watcher, error) {
 	if root != "/" {
 		return nil, err
 	}
-	c, derr := daemon.Dial(DaemonSocket())
+	w, derr := WatchDaemon(DaemonSocket(), storeDir)
 	if derr != nil {
 		return nil, fmt.Errorf("%w; nor does a nix-daemon answer: %v", err, derr)
 	}
-	return &DaemonWatch{c: c, storeDir: storeDir, seen: map[string]bool{}}, nil
+	return w, nil
+}
+
+// WatchDaemon watches the system's store through the nix-daemon at socket.
+func WatchDaemon(socket, storeDir string) (*DaemonWatch, error) {
+	c, err := daemon.Dial(socket)
+	if err != nil {
+		return nil, err
+	}
+	return &DaemonWatch{c: c, socket: socket, storeDir: storeDir, seen: map[string]bool{}}, nil
 }
 
 // DaemonWatch follows the system's store through the nix-daemon: the
 // whole path list at each poll, an info for each new path. Unlike DB it
 // does not see signatures added to a path it has seen.
 type DaemonWatch struct {
-	c        *daemon.Client
-	storeDir string
-	seen     map[string]bool
+	c                *daemon.Client
+	socket, storeDir string
+	seen             map[string]bool
 }
 
-func (w *DaemonWatch) Name() string { return "the nix-daemon at " + DaemonSocket() }
+func (w *DaemonWatch) Name() string { return "the nix-daemon at " + w.socket }
 func (w *DaemonWatch) Close() error { return w.c.Close() }
 
 func (w *DaemonWatch) Poll(ctx context.Context, put func(*pathinfo.Info) error, gone func(string)) error {
