@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,7 @@ func (l *localShare) watch(ctx context.Context, interval time.Duration) {
 	defer l.src.Close()
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	scanned := false
 	for {
 		start := time.Now()
 		added, err := l.poll(ctx)
@@ -118,9 +120,10 @@ func (l *localShare) watch(ctx context.Context, interval time.Duration) {
 		if err != nil {
 			l.n.log.Warn("reading the local Nix store", "err", err)
 		}
-		if added > 0 {
+		if added > 0 || (!scanned && err == nil) {
 			l.n.log.Info("local paths shared", "new", added, "shared", l.count(), "seconds", time.Since(start).Seconds())
 		}
+		scanned = scanned || err == nil
 		select {
 		case <-ctx.Done():
 			return
@@ -288,9 +291,17 @@ func (l *localShare) ingest(ctx context.Context, hash string) error {
 		}
 		ctx := l.ctx
 		pr, pw := io.Pipe()
-		go func() { pw.CloseWithError(l.src.Dump(ctx, info.StorePath, pw)) }()
+		dumped := make(chan error, 1)
+		go func() {
+			err := l.src.Dump(ctx, info.StorePath, pw)
+			dumped <- err
+			pw.CloseWithError(err)
+		}()
 		_, err := l.n.addPath(ctx, info, pr, l.n.cfg.SignImports)
 		pr.CloseWithError(io.ErrClosedPipe)
+		if err != nil && l.vanished(hash, <-dumped) {
+			return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
+		}
 		if errors.Is(err, ErrBadInput) {
 			// The files no longer match what Nix recorded.
 			l.drop(hash)
@@ -305,6 +316,17 @@ func (l *localShare) ingest(ctx context.Context, hash string) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// vanished reports whether a dump failed because the path's files are
+// gone (deleted since the last poll), and drops the path if so: a client
+// then gets a 404, not an error.
+func (l *localShare) vanished(hash string, dumpErr error) bool {
+	if !errors.Is(dumpErr, fs.ErrNotExist) {
+		return false
+	}
+	l.drop(hash)
+	return true
 }
 
 // ingestBehind takes catalogued paths into castore in the background, one
@@ -375,6 +397,9 @@ func (l *localShare) render(ctx context.Context, info *pathinfo.Info, part nar.P
 	}
 	cw := &checkedNAR{w: w, h: sha256.New(), size: int64(cat.NarSize), off: off, end: end}
 	if err := l.src.Dump(ctx, cat.StorePath, cw); err != nil {
+		if l.vanished(hash, err) {
+			return true, fmt.Errorf("%s: %w", cat.StorePath, pathinfo.ErrNotFound)
+		}
 		if errors.Is(err, errNarMismatch) {
 			l.drop(hash)
 		}

@@ -190,6 +190,21 @@ func TestLocalShare(t *testing.T) {
 	}
 	a.waitNarinfo(bad, 404, 5*time.Second)
 
+	// A path whose files are gone while the database still lists it (a
+	// deletion between two polls): its NAR is a 404, not an error.
+	vanished := src.add("vanished-later", map[string]string{"f": "vanishing " + time.Now().String()})
+	nixtest.Output(t, "nix", "store", "sign", "--store", root, "--key-file", sec, vanished)
+	a.waitNarinfo(vanished, 200, 65*time.Second)
+	_, text = a.get("/" + hashPart(vanished) + ".narinfo")
+	os.Chmod(filepath.Join(root, vanished), 0o755)
+	if err := os.RemoveAll(filepath.Join(root, vanished)); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := a.get("/" + narinfoField(string(text), "URL")); code != 404 {
+		t.Errorf("the NAR of a path whose files are gone: %d %s", code, body)
+	}
+	a.waitNarinfo(vanished, 404, 5*time.Second)
+
 	// Node C, with copy-ahead on (the default), takes every path it gives
 	// peers into its own store, unasked: the two closures and the path
 	// signed last (whose files are the tampered ones: it is refused).
