@@ -7,6 +7,10 @@
 // is given here (p2p.go): the peers the node is connected to and those
 // the DHT names, each a fetch.Source over the transfer protocol. The node
 // records what the fetcher completes and shares it with its peers.
+//
+// The signed paths of the machine's own Nix store are served and shared
+// without an import, from a catalog that follows the store (localshare.go):
+// Info answers from the index, then that catalog, then the peers.
 package node
 
 import (
