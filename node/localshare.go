@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/p2pstore/p2pstore/dht"
 	"github.com/p2pstore/p2pstore/narview/localstore"
 	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -31,9 +33,9 @@ import (
 // knows (trust.public_keys, upstream.public_keys, its own): those are
 // public already, so they are served at once, without an import, and
 // announced to peers when shares would give them (a key of
-// trust.public_keys or its own). Unsigned paths (local builds) never enter the catalog: they are
-// served to no one. Signatures that do not verify are dropped, as Nix
-// ignores them.
+// trust.public_keys or its own). Unsigned paths (local builds) never
+// enter the catalog: they are served to no one. Signatures that do not
+// verify are dropped, as Nix ignores them.
 //
 // A catalogued path is rendered for HTTP clients straight from the
 // store's files, its NarHash checked as the dump streams (the last write
@@ -44,7 +46,8 @@ import (
 // after the answer, in the background one path at a time, for an HTTP
 // client. With local.copy_ahead, the paths peers may get are copied in the
 // background from the start, so that a peer's first request does not wait
-// for the copy (a path of 191 MB took 1.8 s more without it, BENCHMARKS.md).
+// for the copy (a peer's client took 1.43x as long for a path of 191 MB
+// without it, BENCHMARKS.md).
 // Then it is an ordinary path of the node, kept even if the local store
 // deletes it.
 
@@ -58,10 +61,10 @@ type localShare struct {
 	scanned bool                 // the first poll is done
 
 	ingesting singleflight.Group
-	behind    chan string   // hash parts HTTP clients were served, to ingest next
-	pending   []string      // hash parts of paths for peers, to ingest in time (under mu)
-	wake      chan struct{} // pending has grown
-	ctx       context.Context
+	behind    chan string     // hash parts HTTP clients were served, to ingest next
+	pending   []string        // hash parts of paths for peers, to ingest in time (under mu)
+	wake      chan struct{}   // pending has grown
+	ctx       context.Context // the node's run: ingestions outlive the request that started them
 }
 
 // localPath is a catalogued path.
@@ -140,11 +143,11 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 	storeDir := l.n.cfg.StoreDir
 	err := l.src.Poll(ctx, func(info *pathinfo.Info) error {
 		hash := info.HashPart()
-		if info.Validate(storeDir) != nil || !l.trust(info) {
+		trusted, peers := l.trust(info)
+		if info.Validate(storeDir) != nil || !trusted {
 			l.drop(hash)
 			return nil
 		}
-		peers := info.TrustedBy(l.n.keys.share)
 		l.mu.Lock()
 		old, had := l.paths[hash]
 		l.paths[hash] = localPath{info: info, peers: peers}
@@ -185,19 +188,22 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 
 // trust keeps the signatures that verify with a key the node knows, and
 // those by keys it does not know (they are the client's to judge), and
-// reports whether one of them verifies.
-func (l *localShare) trust(info *pathinfo.Info) bool {
-	keys := l.n.keys.known
+// reports whether one of them verifies (trusted), and one with a key
+// whose paths the node gives peers (peers: keys.share, as shares says).
+func (l *localShare) trust(info *pathinfo.Info) (trusted, peers bool) {
 	fp := info.Fingerprint()
-	trusted := false
 	kept := info.Sigs[:0]
 	for _, sig := range info.Sigs {
 		name, _, _ := strings.Cut(sig, ":")
 		known, ok := false, false
-		for _, k := range keys {
-			if k.Name() == name {
-				known = true
-				ok = ok || k.Verify(fp, sig)
+		for _, k := range l.n.keys.known {
+			if k.Name() != name {
+				continue
+			}
+			known = true
+			if !ok && k.Verify(fp, sig) {
+				ok = true
+				peers = peers || slices.ContainsFunc(l.n.keys.share, func(s narinfo.PublicKey) bool { return s.String() == k.String() })
 			}
 		}
 		if !known || ok {
@@ -206,7 +212,7 @@ func (l *localShare) trust(info *pathinfo.Info) bool {
 		trusted = trusted || ok
 	}
 	info.Sigs = kept
-	return trusted
+	return trusted, peers
 }
 
 // drop takes a path out of the catalog. (Its DHT record expires.)

@@ -60,28 +60,34 @@ func TestCheckedNAR(t *testing.T) {
 }
 
 // TestLocalTrust: a path is catalogued when one signature verifies with a
-// known key; one by a known key's name that does not verify is dropped,
-// one by an unknown key kept.
+// known key, and given to peers when that key is one of trust.public_keys;
+// a signature by a known key's name that does not verify is dropped, one
+// by an unknown key kept.
 func TestLocalTrust(t *testing.T) {
 	good, _ := narinfo.GenerateKey("good-1")
 	rotated, _ := narinfo.GenerateKey("good-1") // same name, other key
 	other, _ := narinfo.GenerateKey("other-1")
-	n := &Node{keys: trustKeys{known: []narinfo.PublicKey{good.Public()}}}
+	upstream, _ := narinfo.GenerateKey("upstream-1")
+	n := &Node{keys: trustKeys{share: []narinfo.PublicKey{good.Public()}, known: []narinfo.PublicKey{good.Public(), upstream.Public()}}}
 	l := &localShare{n: n}
 	info := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x", NarSize: 8}
 	fp := info.Fingerprint()
 	stale, fresh, unknown := rotated.Sign(fp), good.Sign(fp), other.Sign(fp)
 
 	info.Sigs = []string{stale, fresh, unknown}
-	if !l.trust(info) || !slices.Equal(info.Sigs, []string{fresh, unknown}) {
-		t.Errorf("a stale and a good signature: trusted %v, kept %v", l.trust(info), info.Sigs)
+	if trusted, peers := l.trust(info); !trusted || !peers || !slices.Equal(info.Sigs, []string{fresh, unknown}) {
+		t.Errorf("a stale and a good signature: trusted %v, for peers %v, kept %v", trusted, peers, info.Sigs)
 	}
 	info.Sigs = []string{stale, unknown}
-	if l.trust(info) || !slices.Equal(info.Sigs, []string{unknown}) {
+	if trusted, _ := l.trust(info); trusted || !slices.Equal(info.Sigs, []string{unknown}) {
 		t.Errorf("no good signature: kept %v", info.Sigs)
 	}
+	info.Sigs = []string{upstream.Sign(fp)}
+	if trusted, peers := l.trust(info); !trusted || peers {
+		t.Errorf("signed by an upstream key only: trusted %v, for peers %v; want served, not given to peers", trusted, peers)
+	}
 	info.Sigs = nil
-	if l.trust(info) {
+	if trusted, _ := l.trust(info); trusted {
 		t.Error("an unsigned path is trusted")
 	}
 }
