@@ -5,6 +5,7 @@ package main
 // given to peers without an import; the unsigned ones are not.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -167,6 +168,28 @@ func TestLocalShare(t *testing.T) {
 	nixtest.Output(t, "nix-store", "--store", root, "--delete", added)
 	a.waitNarinfo(added, 404, 65*time.Second)
 
+	// A byte range of a NAR rendered from the files (as Nix asks when it
+	// resumes a download).
+	ranged := src.add("ranged", map[string]string{"f": strings.Repeat("ranged ", 50000)})
+	nixtest.Output(t, "nix", "store", "sign", "--store", root, "--key-file", sec, ranged)
+	a.waitNarinfo(ranged, 200, 65*time.Second)
+	var whole bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&whole), filepath.Join(root, ranged)); err != nil {
+		t.Fatal(err)
+	}
+	_, text := a.get("/" + hashPart(ranged) + ".narinfo")
+	req, _ := http.NewRequest(http.MethodGet, a.url+"/"+narinfoField(string(text), "URL"), nil)
+	req.Header.Set("Range", "bytes=1000-200999")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusPartialContent || !bytes.Equal(part, whole.Bytes()[1000:201000]) {
+		t.Errorf("range of a local NAR: %d, %d bytes, %v; want 206 and bytes 1000-200999 of the NAR", resp.StatusCode, len(part), err)
+	}
+
 	// A path whose files change under it: the NAR is cut short, and the
 	// path is no longer served.
 	bad := src.add("changed-later", map[string]string{"f": strings.Repeat("original ", 100000)})
@@ -175,8 +198,8 @@ func TestLocalShare(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, bad, "f"), []byte(strings.Repeat("tampered ", 100000)), 0o444); err != nil {
 		t.Fatal(err)
 	}
-	_, text := a.get("/" + hashPart(bad) + ".narinfo")
-	resp, err := http.Get(a.url + "/" + narinfoField(string(text), "URL"))
+	_, text = a.get("/" + hashPart(bad) + ".narinfo")
+	resp, err = http.Get(a.url + "/" + narinfoField(string(text), "URL"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,14 +229,14 @@ func TestLocalShare(t *testing.T) {
 	a.waitNarinfo(vanished, 404, 5*time.Second)
 
 	// Node C, with copy-ahead on (the default), takes every path it gives
-	// peers into its own store, unasked: the two closures and the path
-	// signed last (whose files are the tampered ones: it is refused).
+	// peers into its own store, unasked: the two closures and the ranged
+	// path, not the tampered one (refused) nor the one whose files are gone.
 	c := newNodeAt(t, "127.0.0.54", "", "--share-local=true", "--local-root", root, "--trusted-public-key", pub)
 	c.start()
 	deadline = time.Now().Add(60 * time.Second)
-	for s := c.status(); s.Paths != 2*len(closure); s = c.status() {
+	for s := c.status(); s.Paths != 2*len(closure)+1; s = c.status() {
 		if time.Now().After(deadline) {
-			t.Fatalf("C holds %d paths, want the %d of the two closures:\n%s", s.Paths, 2*len(closure), c.log)
+			t.Fatalf("C holds %d paths, want the %d of the two closures and the ranged path:\n%s", s.Paths, 2*len(closure)+1, c.log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
