@@ -144,8 +144,14 @@ func TestLocalShare(t *testing.T) {
 			t.Errorf("%s: the client got %s through B, want %s", p, in.NarHash, want[p].NarHash)
 		}
 	}
-	if s := b.status(); s.Paths != len(closure2) {
-		t.Errorf("B holds %d paths, want the %d of the closure", s.Paths, len(closure))
+	// B records a fetched path once its NAR is checked, which may come
+	// just after the client has the last byte.
+	deadline = time.Now().Add(30 * time.Second)
+	for s := b.status(); s.Paths != len(closure2); s = b.status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("B holds %d paths, want the %d of the closure", s.Paths, len(closure2))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 
 	// Q through B, and from A by every message of the protocol.
