@@ -100,6 +100,11 @@ func OpenDB(ctx context.Context, root, storeDir string) (*DB, error) {
 	}
 	if err != nil {
 		d.Close()
+		if strings.Contains(err.Error(), "readonly database") {
+			// SQLite must create the WAL's -shm file, which Nix before 2.22
+			// removes when its last connection closes.
+			return nil, fmt.Errorf("reading %s: %w (this user may not create its WAL files: Nix older than 2.22 with no writer open)", file, err)
+		}
 		return nil, fmt.Errorf("reading %s: %w", file, err)
 	}
 	return d, nil
