@@ -157,7 +157,7 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 		}
 		if peers && !old.peers {
 			fresh = append(fresh, dht.PathKey(storeDir, hash))
-			if l.n.cfg.LocalCopyAhead {
+			if l.n.cfg.LocalCopyAhead && l.n.p2p != nil { // no peers, nothing to copy ahead for
 				l.mu.Lock()
 				l.pending = append(l.pending, hash)
 				l.mu.Unlock()
