@@ -2,10 +2,20 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/p2pstore/p2pstore/config"
+	"github.com/p2pstore/p2pstore/narview/nar"
 
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -89,5 +99,71 @@ func TestLocalTrust(t *testing.T) {
 	info.Sigs = nil
 	if trusted, _ := l.trust(info); trusted {
 		t.Error("an unsigned path is trusted")
+	}
+}
+
+// fakeLocal is a local store of one path whose dumps wait for release.
+type fakeLocal struct {
+	nar     []byte
+	dumps   atomic.Int32
+	release chan struct{}
+}
+
+func (f *fakeLocal) Poll(context.Context, func(*pathinfo.Info) error, func(string)) error { return nil }
+func (f *fakeLocal) Name() string                                                         { return "fake" }
+func (f *fakeLocal) Close() error                                                         { return nil }
+func (f *fakeLocal) Dump(ctx context.Context, path string, w io.Writer) error {
+	f.dumps.Add(1)
+	<-f.release
+	_, err := w.Write(f.nar)
+	return err
+}
+
+// TestLocalIngestOnce: peers asking at once for a local path not yet in
+// castore share one ingestion, which makes the path valid.
+func TestLocalIngestOnce(t *testing.T) {
+	dir := t.TempDir()
+	n, err := New(&config.Config{DataDir: filepath.Join(dir, "data"), StoreDir: "/nix/store",
+		DaemonSocket: filepath.Join(dir, "d.sock")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(tree, 0o755)
+	os.WriteFile(filepath.Join(tree, "f"), []byte("local contents"), 0o644)
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), tree); err != nil {
+		t.Fatal(err)
+	}
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
+	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info, peers: true}}, ctx: ctx}
+	n.local = l
+
+	const askers = 8
+	errs := make(chan error, askers)
+	for range askers {
+		go func() { errs <- l.ingest(context.Background(), info.HashPart()) }()
+	}
+	// Let the dump go once every asker has started one, or after a bound
+	// (one ingestion: only one dump ever starts).
+	for deadline := time.Now().Add(2 * time.Second); src.dumps.Load() < askers && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(src.release)
+	for range askers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := src.dumps.Load(); got != 1 {
+		t.Errorf("%d askers made %d dumps, want 1", askers, got)
+	}
+	if got, err := n.index.Get(info.HashPart()); err != nil || got.NarHash != info.NarHash {
+		t.Errorf("after the ingestion the index has %+v, %v", got, err)
 	}
 }
