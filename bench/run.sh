@@ -50,6 +50,10 @@
 set -euo pipefail
 shopt -s inherit_errexit
 export LC_ALL=C # a '.' decimal point in $EPOCHREALTIME, awk and printf
+# Bench nodes share only what the bench gives them, never this machine's
+# own Nix store (local.share; an environment setting, which a baseline
+# binary without it ignores).
+export P2PSTORE_LOCAL_SHARE=false
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
@@ -36,6 +37,12 @@ type Config struct {
 	MaxBytes           int64
 	MountDir           string
 	MaxUploadRate      int64 // bytes per second, 0 for no cap
+	// The local Nix store the node shares (local.*): the signed paths of
+	// the store under LocalRoot, watched every LocalPoll.
+	ShareLocal     bool
+	LocalRoot      string
+	LocalPoll      time.Duration
+	LocalCopyAhead bool // copy the local paths peers may get into castore before they ask
 }
 
 // setting is one key with its flag.
@@ -61,6 +68,10 @@ var settings = []setting{
 	{"storage.max_bytes", "max-bytes", "stored chunk bytes to keep the store under, by removing the least recently used unpinned paths (k/M/G/T suffixes, 0 for no limit)", "0"},
 	{"mount.dir", "mount", "mount a read-only FUSE view of the store here", ""},
 	{"p2p.max_upload_rate", "max-upload-rate", "cap on bytes/s sent to peers (k/M/G suffixes, 0 for no cap)", "0"},
+	{"local.share", "share-local", "share the signed paths of the local Nix store, when there is one (see local.root)", true},
+	{"local.root", "local-root", "the directory the local Nix store lies under (nix/store, nix/var/nix/db): / for the system's, DIR for a store made with --store DIR", "/"},
+	{"local.poll_interval", "local-poll-interval", "how often the local Nix store is checked for new and deleted paths", "30s"},
+	{"local.copy_ahead", "local-copy-ahead", "copy the shared local paths that peers may ask for into the node's store in the background, one at a time, so that peers need not wait for the copy (off: copied when first asked for)", true},
 }
 
 // RegisterFlags defines a flag for every setting, plus --config.
@@ -134,7 +145,26 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	if c.MaxUploadRate, err = ParseSize(v.GetString("p2p.max_upload_rate")); err != nil {
 		return nil, fmt.Errorf("p2p.max_upload_rate: %w", err)
 	}
+	if err := c.loadLocal(v); err != nil {
+		return nil, err
+	}
 	return c, c.validate()
+}
+
+// loadLocal reads the local.* settings.
+func (c *Config) loadLocal(v *viper.Viper) error {
+	c.ShareLocal = v.GetBool("local.share")
+	c.LocalRoot = v.GetString("local.root")
+	c.LocalCopyAhead = v.GetBool("local.copy_ahead")
+	if !filepath.IsAbs(c.LocalRoot) {
+		return fmt.Errorf("local.root %q: must be an absolute directory", c.LocalRoot)
+	}
+	d, err := time.ParseDuration(v.GetString("local.poll_interval"))
+	if err != nil || d <= 0 {
+		return fmt.Errorf("local.poll_interval %q: want a positive duration such as 30s", v.GetString("local.poll_interval"))
+	}
+	c.LocalPoll = d
+	return nil
 }
 
 // list reads a list setting: a repeated flag, or a list in the config

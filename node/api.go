@@ -70,6 +70,10 @@ type Status struct {
 	MaxBytes      uint64 `json:"max_bytes"`
 	PinnedPaths   int    `json:"pinned_paths"`
 	UnpinnedPaths int    `json:"unpinned_paths"`
+	// Signed paths of the local Nix store served without an import
+	// (local.share), and whether the first scan of that store is done.
+	LocalShared  int  `json:"local_shared"`
+	LocalScanned bool `json:"local_scanned"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -314,6 +318,7 @@ func (n *Node) status() (*Status, error) {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
 	n.limitStatus(s, tot)
+	s.LocalShared, s.LocalScanned = n.local.counts()
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
 	}

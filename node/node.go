@@ -12,6 +12,10 @@
 // paths go when the store needs room; paths added by hand are pinned, a
 // render holds its path, and a fetch reserves its bytes before it
 // downloads them.
+//
+// The signed paths of the machine's own Nix store are served and shared
+// without an import, from a catalog that follows the store (localshare.go):
+// Info answers from the index, then that catalog, then the peers.
 package node
 
 import (
@@ -53,7 +57,8 @@ type Node struct {
 
 	compress       chan struct{} // wakes the background compressor
 	importsRunning atomic.Int64
-	p2p            *p2p // nil when p2p.listen is empty
+	p2p            *p2p        // nil when p2p.listen is empty
+	local          *localShare // nil when the node shares no local store
 
 	sharedCount sharedCount
 	limit       diskLimit // storage.max_bytes (disklimit.go)
@@ -204,6 +209,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.p2p = p
 		defer p.close()
 	}
+	n.startLocalShare(ctx)
 	// Before anything can write a record (the servers start below): see
 	// sharedCount.
 	snap, err := n.index.Snapshot()

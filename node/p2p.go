@@ -302,6 +302,7 @@ func (p *p2p) announceAll(ctx context.Context) {
 		}
 		return ctx.Err()
 	})
+	keys = append(keys, p.n.local.keys()...)
 	if err == nil {
 		err = p.n.store.ForEachShared(func(d castore.Digest) error {
 			keys = append(keys, dht.DigestKey(d))
@@ -322,6 +323,12 @@ type transferSource struct{ n *Node }
 
 func (t transferSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := t.n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && t.n.local.forPeers(hash) {
+		// A signed path of the local Nix store: the record needs its tree.
+		if err = t.n.local.ingest(ctx, hash); err == nil {
+			info, err = t.n.index.Get(hash)
+		}
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) || (err == nil && !t.n.shares(info)) {
 		return nil, transfer.ErrNotFound
 	}

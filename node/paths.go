@@ -16,11 +16,17 @@ import (
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
 
-// Info implements httpcache.Paths: the local index, then the peers. For a
-// path fetched from peers it answers as soon as a trusted record is found;
-// the NAR then streams as the chunks arrive.
+// Info implements httpcache.Paths: the local index, the signed paths of
+// the local Nix store, then the peers. For a path fetched from peers it
+// answers as soon as a trusted record is found; the NAR then streams as
+// the chunks arrive.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		if li := n.local.info(hash); li != nil {
+			return li, nil
+		}
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		j, err := n.p2p.fetch.Start(ctx, hash)
 		if err != nil {
@@ -38,6 +44,11 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 // endpoint, whose clients read the path from the store mount.
 func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && n.local.info(hash) != nil {
+		if err = n.local.ingest(ctx, hash); err == nil {
+			info, err = n.index.Get(hash)
+		}
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		info, _, err = n.p2p.fetch.Fetch(ctx, hash)
 	}
@@ -68,6 +79,11 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Par
 	release, held := n.limit.hold(hash)
 	defer release()
 	absent := func() bool { return !held || !n.index.Has(hash) }
+	if n.local != nil && absent() {
+		if ok, err := n.local.render(ctx, info, part, cw); ok || err != nil {
+			return err
+		}
+	}
 	if n.p2p != nil && absent() {
 		j := n.p2p.fetch.Running(hash)
 		if j == nil && absent() {
@@ -120,7 +136,7 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 	default:
 		return nil, badInput("sharing %q: want %q, %q or none", share, ShareSigned, SharePrivate)
 	}
-	st, err := n.addPath(ctx, info, r, sign)
+	st, err := n.addPath(ctx, info, r, sign, true)
 	if err != nil {
 		return nil, err
 	}
@@ -133,9 +149,10 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 // the NarHash and NarSize before the path becomes valid. Paths come from
 // the node's owner (the control API and the daemon socket are the owner's
 // only); the node signs them with its key when sign is set (sign.imports,
-// `import --sign`), which shares them (see sharing.go). A path once
-// private stays so when it is added again.
-func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign bool) (castore.WriteStats, error) {
+// `import --sign`), which shares them (see sharing.go), and pins them
+// when pin is set (added by hand; see disklimit.go). A path once private
+// stays so when it is added again.
+func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign, pin bool) (castore.WriteStats, error) {
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
@@ -163,7 +180,8 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if err := w.Commit(); err != nil {
 		return castore.WriteStats{}, err
 	}
-	info.Root, info.Pinned = root, true // added by hand: see disklimit.go
+	info.Root, info.Pinned = root, pin
+	n.keepPin(info)
 	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
 		info.Private = true
 	}
@@ -245,7 +263,7 @@ func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Wri
 // AddPath adds a path from `nix copy --to`: signed (and shared) as
 // sign.imports says.
 func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
-	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports)
+	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports, true)
 	return err
 }
 

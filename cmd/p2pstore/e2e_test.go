@@ -86,13 +86,15 @@ func newNode(t *testing.T) *nodeProc {
 }
 
 // newNodeAt prepares a node listening on ip (HTTP and libp2p), with a
-// signing key of the given name ("" for none), mDNS off.
+// signing key of the given name ("" for none), mDNS off, and sharing no
+// local Nix store (this machine's /nix/store is the tests' scratch space),
+// unless extra turns it on.
 func newNodeAt(t *testing.T, ip, keyName string, extra ...string) *nodeProc {
 	t.Helper()
 	dir := t.TempDir()
 	n := &nodeProc{t: t, dir: dir}
 	n.args = append([]string{"--data-dir", filepath.Join(dir, "data"), "--http-listen", ip + ":0",
-		"--p2p-listen", "/ip4/" + ip + "/tcp/0", "--mdns=false"}, extra...)
+		"--p2p-listen", "/ip4/" + ip + "/tcp/0", "--mdns=false", "--share-local=false"}, extra...)
 	if keyName != "" {
 		n.args = append(n.args, "--sign-key-file", filepath.Join(dir, "key.sec"))
 		n.run("keygen", "--name", keyName, "--out", filepath.Join(dir, "key.sec"))

@@ -45,6 +45,9 @@ func statusCommand() *cobra.Command {
 			} else {
 				fmt.Printf("paths:          %d (still counting the shared ones)\n", s.Paths)
 			}
+			if s.LocalScanned || s.LocalShared > 0 {
+				fmt.Printf("local store:    %d signed paths shared from the local Nix store\n", s.LocalShared)
+			}
 			fmt.Printf("logical bytes:  %s (sum of NAR sizes)\n", humanBytes(s.BytesLogical))
 			fmt.Printf("stored bytes:   %s (%d chunks)\n", humanBytes(s.BytesStored), s.Chunks)
 			if s.MaxBytes > 0 {

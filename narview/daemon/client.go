@@ -294,6 +294,16 @@ func (c *Client) QueryValidPaths(paths []string, substitute bool) ([]string, err
 	return c.r.Strings()
 }
 
+// QueryAllValidPaths returns every valid path of the daemon's store.
+func (c *Client) QueryAllValidPaths() ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.call(opQueryAllValidPaths, func() {}); err != nil {
+		return nil, err
+	}
+	return c.r.Strings()
+}
+
 // QueryPathInfo returns a path's info, or pathinfo.ErrNotFound.
 func (c *Client) QueryPathInfo(path string) (*pathinfo.Info, error) {
 	c.mu.Lock()

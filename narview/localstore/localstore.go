@@ -3,6 +3,10 @@
 // for path infos and NARs; where none runs (single-user Nix), it asks Nix
 // itself (`nix path-info --json`) for the metadata and dumps the NARs from
 // the store directory.
+//
+// For a node that shares the store it runs on, Watch follows the valid
+// paths as they come and go: from Nix's db.sqlite, read-only, or through
+// the daemon where the database cannot be read (db.go, watch.go).
 package localstore
 
 import (

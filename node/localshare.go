@@ -1,0 +1,477 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	mh "github.com/multiformats/go-multihash"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/p2pstore/p2pstore/dht"
+	"github.com/p2pstore/p2pstore/narview/localstore"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// Sharing the machine's own Nix store (local.share). The node watches
+// the store (localstore.Watch: db.sqlite, or the daemon) and keeps a
+// catalog of its paths that carry a signature verifying with a key it
+// knows (trust.public_keys, upstream.public_keys, its own): those are
+// public already, so they are served at once, without an import, and
+// announced to peers when shares would give them (a key of
+// trust.public_keys or its own). Unsigned paths (local builds) never
+// enter the catalog: they are served to no one. Signatures that do not
+// verify are dropped, as Nix ignores them.
+//
+// A catalogued path is rendered for HTTP clients straight from the
+// store's files, its NarHash checked as the dump streams (the last write
+// is held back until it matches, so a bad NAR never ends cleanly, and the
+// path leaves the catalog). Its contents go into castore on first request
+// (addPath, with the dump as its NAR): before the answer for a peer, which
+// needs the tree's root, and for compressed NARs, which castore renders;
+// after the answer, in the background one path at a time, for an HTTP
+// client. With local.copy_ahead, the paths peers may get are copied in the
+// background from the start, so that a peer's first request does not wait
+// for the copy (a peer's client took 1.43x as long for a path of 191 MB
+// without it, BENCHMARKS.md).
+// Then it is an ordinary path of the node, kept even if the local store
+// deletes it.
+
+// localShare is the catalog of the local store's signed paths.
+type localShare struct {
+	n   *Node
+	src localstore.Watcher
+
+	mu      sync.RWMutex
+	paths   map[string]localPath // by hash part; signed paths only
+	scanned bool                 // the first poll is done
+
+	ingesting singleflight.Group
+	behind    chan string     // hash parts HTTP clients were served, to ingest next
+	pending   []string        // hash parts of paths for peers, to ingest in time (under mu)
+	wake      chan struct{}   // pending has grown
+	ctx       context.Context // the node's run: ingestions outlive the request that started them
+}
+
+// localPath is a catalogued path.
+type localPath struct {
+	info *pathinfo.Info
+	// peers: signed by a key of trust.public_keys or the node's own, so
+	// given to peers too (see shares); a path only an upstream key signed
+	// is for the node's HTTP clients.
+	peers bool
+}
+
+// startLocalShare opens the local store when local.share asks for it and
+// one is there, and watches it until ctx ends. It runs before the
+// servers start, so that n.local is set before anyone reads it.
+func (n *Node) startLocalShare(ctx context.Context) {
+	cfg := n.cfg
+	if !cfg.ShareLocal {
+		return
+	}
+	// Only Nix's store is read; Guix keeps another database.
+	if cfg.StoreDir != "/nix/store" {
+		n.log.Info("not sharing a local store: only a Nix store (/nix/store) can be shared", "store_dir", cfg.StoreDir)
+		return
+	}
+	if _, err := os.Stat(filepath.Join(cfg.LocalRoot, cfg.StoreDir)); err != nil {
+		n.log.Info("no local Nix store to share", "root", cfg.LocalRoot)
+		return
+	}
+	src, err := localstore.Watch(ctx, cfg.LocalRoot, cfg.StoreDir)
+	if err != nil {
+		n.log.Warn("not sharing the local Nix store", "err", err)
+		return
+	}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{}, behind: make(chan string, 1024),
+		wake: make(chan struct{}, 1), ctx: ctx}
+	n.local = l
+	n.wg.Add(2)
+	go l.watch(ctx, cfg.LocalPoll)
+	go l.ingestBehind(ctx)
+	n.log.Info("sharing the local Nix store", "from", src.Name())
+}
+
+// watch polls the store every interval until ctx ends.
+func (l *localShare) watch(ctx context.Context, interval time.Duration) {
+	defer l.n.wg.Done()
+	defer l.src.Close()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	scanned := false
+	for {
+		start := time.Now()
+		added, err := l.poll(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			l.n.log.Warn("reading the local Nix store", "err", err)
+		}
+		if added > 0 || (!scanned && err == nil) {
+			l.n.log.Info("local paths shared", "new", added, "shared", l.count(), "seconds", time.Since(start).Seconds())
+		}
+		scanned = scanned || err == nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// poll takes the store's changes into the catalog and announces the new
+// paths. It returns how many paths it added.
+func (l *localShare) poll(ctx context.Context) (int, error) {
+	var fresh []mh.Multihash
+	added := 0
+	storeDir := l.n.cfg.StoreDir
+	err := l.src.Poll(ctx, func(info *pathinfo.Info) error {
+		hash := info.HashPart()
+		trusted, peers := l.trust(info)
+		if info.Validate(storeDir) != nil || !trusted {
+			l.drop(hash)
+			return nil
+		}
+		l.mu.Lock()
+		old, had := l.paths[hash]
+		l.paths[hash] = localPath{info: info, peers: peers}
+		l.mu.Unlock()
+		if !had {
+			added++
+		}
+		if peers && !old.peers {
+			fresh = append(fresh, dht.PathKey(storeDir, hash))
+			if l.n.cfg.LocalCopyAhead && l.n.p2p != nil { // no peers, nothing to copy ahead for
+				l.mu.Lock()
+				l.pending = append(l.pending, hash)
+				l.mu.Unlock()
+			}
+		}
+		return nil
+	}, func(path string) {
+		if sp, err := storepath.Parse(storeDir, path); err == nil {
+			l.drop(sp.Hash)
+		}
+	})
+	l.mu.Lock()
+	l.scanned = l.scanned || err == nil
+	l.mu.Unlock()
+	if len(fresh) > 0 {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+	if p := l.n.p2p; p != nil && len(fresh) > 0 {
+		if err := p.dht.Provide(fresh...); err != nil {
+			l.n.log.Warn("announcing local paths", "err", err)
+		}
+	}
+	return added, err
+}
+
+// trust keeps the signatures that verify with a key the node knows, and
+// those by keys it does not know (they are the client's to judge), and
+// reports whether one of them verifies (trusted), and one with a key
+// whose paths the node gives peers (peers: keys.share, as shares says).
+func (l *localShare) trust(info *pathinfo.Info) (trusted, peers bool) {
+	fp := info.Fingerprint()
+	kept := info.Sigs[:0]
+	for _, sig := range info.Sigs {
+		name, _, _ := strings.Cut(sig, ":")
+		known, ok := false, false
+		for _, k := range l.n.keys.known {
+			if k.Name() != name {
+				continue
+			}
+			known = true
+			if !ok && k.Verify(fp, sig) {
+				ok = true
+				peers = peers || slices.ContainsFunc(l.n.keys.share, func(s narinfo.PublicKey) bool { return s.String() == k.String() })
+			}
+		}
+		if !known || ok {
+			kept = append(kept, sig)
+		}
+		trusted = trusted || ok
+	}
+	info.Sigs = kept
+	return trusted, peers
+}
+
+// drop takes a path out of the catalog. (Its DHT record expires.)
+func (l *localShare) drop(hash string) {
+	l.mu.Lock()
+	delete(l.paths, hash)
+	l.mu.Unlock()
+}
+
+// info returns a catalogued path's info, or nil. Safe on a nil catalog.
+func (l *localShare) info(hash string) *pathinfo.Info {
+	if l == nil {
+		return nil
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	info := l.paths[hash].info
+	if info == nil {
+		return nil
+	}
+	c := *info
+	c.References = append([]string(nil), info.References...)
+	c.Sigs = append([]string(nil), info.Sigs...)
+	return &c
+}
+
+// forPeers reports whether a catalogued path is one peers may have.
+func (l *localShare) forPeers(hash string) bool {
+	if l == nil {
+		return false
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.paths[hash].peers
+}
+
+// counts returns the number of catalogued paths, and whether the first
+// scan of the store is done.
+func (l *localShare) counts() (int, bool) {
+	if l == nil {
+		return 0, false
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return len(l.paths), l.scanned
+}
+
+func (l *localShare) count() int { n, _ := l.counts(); return n }
+
+// keys returns the DHT keys of the catalogued paths given to peers, for
+// announceAll.
+func (l *localShare) keys() []mh.Multihash {
+	if l == nil {
+		return nil
+	}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	out := make([]mh.Multihash, 0, len(l.paths))
+	for hash, p := range l.paths {
+		if p.peers {
+			out = append(out, dht.PathKey(l.n.cfg.StoreDir, hash))
+		}
+	}
+	return out
+}
+
+// ingest puts a catalogued path into castore, once however many ask at
+// once, and returns pathinfo.ErrNotFound for a path not catalogued. The
+// ingestion runs on the node's context: one asker leaving does not cut
+// it short for the others.
+func (l *localShare) ingest(ctx context.Context, hash string) error {
+	if l == nil {
+		return pathinfo.ErrNotFound
+	}
+	ch := l.ingesting.DoChan(hash, func() (any, error) {
+		if l.n.index.Has(hash) {
+			return nil, nil
+		}
+		info := l.info(hash)
+		if info == nil {
+			return nil, pathinfo.ErrNotFound
+		}
+		ctx := l.ctx
+		pr, pw := io.Pipe()
+		dumped := make(chan error, 1)
+		go func() {
+			err := l.src.Dump(ctx, info.StorePath, pw)
+			dumped <- err
+			pw.CloseWithError(err)
+		}()
+		// Shared for its own signatures, and kept in the local store: the
+		// node neither signs nor pins its copy.
+		_, err := l.n.addPath(ctx, info, pr, false, false)
+		pr.CloseWithError(io.ErrClosedPipe)
+		if err != nil && l.vanished(hash, <-dumped) {
+			return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
+		}
+		if errors.Is(err, ErrBadInput) {
+			// The files no longer match what Nix recorded.
+			l.drop(hash)
+			l.n.log.Error("a local path does not match its NarHash; no longer shared", "path", info.StorePath, "err", err)
+			return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
+		}
+		return nil, err
+	})
+	select {
+	case r := <-ch:
+		return r.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// vanished reports whether a dump failed because the path's files are
+// gone (deleted since the last poll), and drops the path if so: a client
+// then gets a 404, not an error.
+func (l *localShare) vanished(hash string, dumpErr error) bool {
+	if !errors.Is(dumpErr, fs.ErrNotExist) {
+		return false
+	}
+	l.drop(hash)
+	return true
+}
+
+// ingestBehind takes catalogued paths into castore in the background, one
+// at a time: those HTTP clients were served first, then those peers may
+// ask for, so that a peer's first request finds the path ready rather
+// than waiting for its ingestion.
+func (l *localShare) ingestBehind(ctx context.Context) {
+	defer l.n.wg.Done()
+	for {
+		var hash string
+		select {
+		case hash = <-l.behind:
+		default:
+			hash = l.nextPending()
+		}
+		if hash == "" {
+			select {
+			case <-ctx.Done():
+				return
+			case hash = <-l.behind:
+			case <-l.wake:
+				continue
+			}
+		}
+		if l.n.index.Has(hash) {
+			continue
+		}
+		if err := l.ingest(ctx, hash); err != nil && ctx.Err() == nil && !errors.Is(err, pathinfo.ErrNotFound) {
+			l.n.log.Warn("taking a local path into the store", "hash", hash, "err", err)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// nextPending takes the next path for peers still to ingest, or "".
+func (l *localShare) nextPending() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.pending) == 0 {
+		l.pending = nil // let a drained backlog go
+		return ""
+	}
+	hash := l.pending[0]
+	l.pending = l.pending[1:]
+	return hash
+}
+
+// render writes part of a catalogued path's NAR to w and reports whether
+// the path is one; a compressed NAR is ingested first and left to castore
+// (ok false, nil error).
+func (l *localShare) render(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) (ok bool, err error) {
+	if l == nil {
+		return false, nil
+	}
+	hash := info.HashPart()
+	cat := l.info(hash)
+	if cat == nil || cat.NarHash != info.NarHash {
+		return false, nil
+	}
+	if part.Compression != nar.CompressionNone {
+		return false, l.ingest(ctx, hash)
+	}
+	off, end := int64(0), int64(cat.NarSize)
+	if part.N > 0 {
+		off, end = part.Off, part.Off+part.N
+	}
+	cw := &checkedNAR{w: w, h: sha256.New(), size: int64(cat.NarSize), off: off, end: end}
+	if err := l.src.Dump(ctx, cat.StorePath, cw); err != nil {
+		if l.vanished(hash, err) {
+			return true, fmt.Errorf("%s: %w", cat.StorePath, pathinfo.ErrNotFound)
+		}
+		if errors.Is(err, errNarMismatch) {
+			l.drop(hash)
+		}
+		return true, err
+	}
+	if err := cw.finish(cat.NarHash); err != nil {
+		l.drop(hash)
+		l.n.log.Error("a local path does not match its NarHash; no longer shared", "path", cat.StorePath, "err", err)
+		return true, err
+	}
+	select {
+	case l.behind <- hash:
+	default: // a full queue: a later request asks again
+	}
+	return true, nil
+}
+
+var errNarMismatch = errors.New("the NAR does not match the path's NarHash and NarSize")
+
+// checkedNAR passes the bytes [off, end) of a NAR on to w while hashing
+// all of it, holding the last write back until finish has checked the
+// hash: a NAR that turns out wrong never reaches its client whole.
+type checkedNAR struct {
+	w         io.Writer
+	h         hash.Hash
+	n, size   int64 // bytes seen; the NarSize
+	off, end  int64
+	held      []byte
+	heldValid bool
+}
+
+func (c *checkedNAR) Write(p []byte) (int, error) {
+	if c.n+int64(len(p)) > c.size {
+		return 0, errNarMismatch
+	}
+	c.h.Write(p)
+	start, stop := max(c.off-c.n, 0), min(c.end-c.n, int64(len(p)))
+	c.n += int64(len(p))
+	if start >= stop {
+		return len(p), nil
+	}
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	c.held = append(c.held[:0], p[start:stop]...)
+	c.heldValid = true
+	return len(p), nil
+}
+
+func (c *checkedNAR) flush() error {
+	if !c.heldValid {
+		return nil
+	}
+	c.heldValid = false
+	_, err := c.w.Write(c.held)
+	return err
+}
+
+// finish checks the NAR and sends what was held back.
+func (c *checkedNAR) finish(want storepath.NarHash) error {
+	var got storepath.NarHash
+	c.h.Sum(got[:0])
+	if c.n != c.size || !bytes.Equal(got[:], want[:]) {
+		return fmt.Errorf("%w: got %s, %d bytes", errNarMismatch, got, c.n)
+	}
+	return c.flush()
+}

@@ -1,0 +1,169 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/p2pstore/p2pstore/config"
+	"github.com/p2pstore/p2pstore/narview/nar"
+
+	"github.com/p2pstore/p2pstore/narview/narinfo"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// TestCheckedNAR: the part asked for passes through, and only once the
+// whole NAR matches its hash and size is the last write let go.
+func TestCheckedNAR(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1000)
+	good := storepath.NarHash(sha256.Sum256(data))
+	write := func(c *checkedNAR) error {
+		for p := data; len(p) > 0; {
+			k := min(len(p), 1000)
+			if _, err := c.Write(p[:k]); err != nil {
+				return err
+			}
+			p = p[k:]
+		}
+		return nil
+	}
+	for _, tc := range []struct {
+		name     string
+		off, end int64
+	}{{"whole", 0, int64(len(data))}, {"range", 1500, 2600}, {"tail", 15000, int64(len(data))}} {
+		var out bytes.Buffer
+		c := &checkedNAR{w: &out, h: sha256.New(), size: int64(len(data)), off: tc.off, end: tc.end}
+		if err := write(c); err != nil {
+			t.Fatal(err)
+		}
+		if out.Len() >= int(tc.end-tc.off) {
+			t.Errorf("%s: %d bytes out before the check, want the last write held back", tc.name, out.Len())
+		}
+		if err := c.finish(good); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !bytes.Equal(out.Bytes(), data[tc.off:tc.end]) {
+			t.Errorf("%s: got %d bytes, want bytes %d to %d", tc.name, out.Len(), tc.off, tc.end)
+		}
+	}
+
+	var out bytes.Buffer
+	c := &checkedNAR{w: &out, h: sha256.New(), size: int64(len(data)), end: int64(len(data))}
+	write(c)
+	if err := c.finish(storepath.NarHash{1}); !errors.Is(err, errNarMismatch) || out.Len() == len(data) {
+		t.Errorf("wrong hash: %v with %d of %d bytes out", err, out.Len(), len(data))
+	}
+	c = &checkedNAR{w: &out, h: sha256.New(), size: int64(len(data)) - 1, end: int64(len(data))}
+	if err := write(c); !errors.Is(err, errNarMismatch) {
+		t.Errorf("a NAR longer than its NarSize: %v", err)
+	}
+}
+
+// TestLocalTrust: a path is catalogued when one signature verifies with a
+// known key, and given to peers when that key is one of trust.public_keys;
+// a signature by a known key's name that does not verify is dropped, one
+// by an unknown key kept.
+func TestLocalTrust(t *testing.T) {
+	good, _ := narinfo.GenerateKey("good-1")
+	rotated, _ := narinfo.GenerateKey("good-1") // same name, other key
+	other, _ := narinfo.GenerateKey("other-1")
+	upstream, _ := narinfo.GenerateKey("upstream-1")
+	n := &Node{keys: trustKeys{share: []narinfo.PublicKey{good.Public()}, known: []narinfo.PublicKey{good.Public(), upstream.Public()}}}
+	l := &localShare{n: n}
+	info := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x", NarSize: 8}
+	fp := info.Fingerprint()
+	stale, fresh, unknown := rotated.Sign(fp), good.Sign(fp), other.Sign(fp)
+
+	info.Sigs = []string{stale, fresh, unknown}
+	if trusted, peers := l.trust(info); !trusted || !peers || !slices.Equal(info.Sigs, []string{fresh, unknown}) {
+		t.Errorf("a stale and a good signature: trusted %v, for peers %v, kept %v", trusted, peers, info.Sigs)
+	}
+	info.Sigs = []string{stale, unknown}
+	if trusted, _ := l.trust(info); trusted || !slices.Equal(info.Sigs, []string{unknown}) {
+		t.Errorf("no good signature: kept %v", info.Sigs)
+	}
+	info.Sigs = []string{upstream.Sign(fp)}
+	if trusted, peers := l.trust(info); !trusted || peers {
+		t.Errorf("signed by an upstream key only: trusted %v, for peers %v; want served, not given to peers", trusted, peers)
+	}
+	info.Sigs = nil
+	if trusted, _ := l.trust(info); trusted {
+		t.Error("an unsigned path is trusted")
+	}
+}
+
+// fakeLocal is a local store of one path whose dumps wait for release.
+type fakeLocal struct {
+	nar     []byte
+	dumps   atomic.Int32
+	release chan struct{}
+}
+
+func (f *fakeLocal) Poll(context.Context, func(*pathinfo.Info) error, func(string)) error { return nil }
+func (f *fakeLocal) Name() string                                                         { return "fake" }
+func (f *fakeLocal) Close() error                                                         { return nil }
+func (f *fakeLocal) Dump(ctx context.Context, path string, w io.Writer) error {
+	f.dumps.Add(1)
+	<-f.release
+	_, err := w.Write(f.nar)
+	return err
+}
+
+// TestLocalIngestOnce: peers asking at once for a local path not yet in
+// castore share one ingestion, which makes the path valid.
+func TestLocalIngestOnce(t *testing.T) {
+	dir := t.TempDir()
+	n, err := New(&config.Config{DataDir: filepath.Join(dir, "data"), StoreDir: "/nix/store",
+		DaemonSocket: filepath.Join(dir, "d.sock")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(tree, 0o755)
+	os.WriteFile(filepath.Join(tree, "f"), []byte("local contents"), 0o644)
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), tree); err != nil {
+		t.Fatal(err)
+	}
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
+	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info, peers: true}}, ctx: ctx}
+	n.local = l
+
+	const askers = 8
+	errs := make(chan error, askers)
+	for range askers {
+		go func() { errs <- l.ingest(context.Background(), info.HashPart()) }()
+	}
+	// Let the dump go once every asker has started one, or after a bound
+	// (one ingestion: only one dump ever starts).
+	for deadline := time.Now().Add(2 * time.Second); src.dumps.Load() < askers && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(src.release)
+	for range askers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := src.dumps.Load(); got != 1 {
+		t.Errorf("%d askers made %d dumps, want 1", askers, got)
+	}
+	if got, err := n.index.Get(info.HashPart()); err != nil || got.NarHash != info.NarHash {
+		t.Errorf("after the ingestion the index has %+v, %v", got, err)
+	}
+}
