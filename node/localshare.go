@@ -11,8 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,7 +20,6 @@ import (
 	"github.com/p2pstore/p2pstore/dht"
 	"github.com/p2pstore/p2pstore/narview/localstore"
 	"github.com/p2pstore/p2pstore/narview/nar"
-	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -186,33 +183,13 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 	return added, err
 }
 
-// trust keeps the signatures that verify with a key the node knows, and
-// those by keys it does not know (they are the client's to judge), and
-// reports whether one of them verifies (trusted), and one with a key
-// whose paths the node gives peers (peers: keys.share, as shares says).
+// trust drops the signatures that name a key the node knows but do not
+// verify (as Nix ignores them), and reports whether one of the others
+// verifies with a key it knows (trusted), and with one whose paths it
+// gives peers (peers: keys.share, as shares says).
 func (l *localShare) trust(info *pathinfo.Info) (trusted, peers bool) {
-	fp := info.Fingerprint()
-	kept := info.Sigs[:0]
-	for _, sig := range info.Sigs {
-		name, _, _ := strings.Cut(sig, ":")
-		known, ok := false, false
-		for _, k := range l.n.keys.known {
-			if k.Name() != name {
-				continue
-			}
-			known = true
-			if !ok && k.Verify(fp, sig) {
-				ok = true
-				peers = peers || slices.ContainsFunc(l.n.keys.share, func(s narinfo.PublicKey) bool { return s.String() == k.String() })
-			}
-		}
-		if !known || ok {
-			kept = append(kept, sig)
-		}
-		trusted = trusted || ok
-	}
-	info.Sigs = kept
-	return trusted, peers
+	info.DropBadSigs(l.n.keys.known)
+	return info.TrustedBy(l.n.keys.known), info.TrustedBy(l.n.keys.share)
 }
 
 // drop takes a path out of the catalog. (Its DHT record expires.)
@@ -345,12 +322,14 @@ func (l *localShare) ingestBehind(ctx context.Context) {
 	defer l.n.wg.Done()
 	for {
 		var hash string
+		ahead := false // copied for peers before they ask
 		select {
 		case hash = <-l.behind:
 		default:
-			hash = l.nextPending()
+			hash, ahead = l.nextPending(), true
 		}
 		if hash == "" {
+			ahead = false
 			select {
 			case <-ctx.Done():
 				return
@@ -359,7 +338,7 @@ func (l *localShare) ingestBehind(ctx context.Context) {
 				continue
 			}
 		}
-		if l.n.index.Has(hash) {
+		if l.n.index.Has(hash) || (ahead && !l.roomToCopyAhead(hash)) {
 			continue
 		}
 		if err := l.ingest(ctx, hash); err != nil && ctx.Err() == nil && !errors.Is(err, pathinfo.ErrNotFound) {
@@ -369,6 +348,20 @@ func (l *localShare) ingestBehind(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// roomToCopyAhead reports whether a path fits in the store ahead of any
+// request: under storage.max_bytes, copies ahead fill at most three
+// quarters of it, so that they never make the limit remove paths clients
+// asked for (and are not removed and copied again in turn).
+func (l *localShare) roomToCopyAhead(hash string) bool {
+	max := l.n.limit.max
+	if max == 0 {
+		return true
+	}
+	info := l.info(hash)
+	st, err := l.n.store.Stats()
+	return info != nil && err == nil && st.ChunkBytes+info.NarSize <= max/4*3
 }
 
 // nextPending takes the next path for peers still to ingest, or "".

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -165,5 +166,29 @@ func TestLocalIngestOnce(t *testing.T) {
 	}
 	if got, err := n.index.Get(info.HashPart()); err != nil || got.NarHash != info.NarHash {
 		t.Errorf("after the ingestion the index has %+v, %v", got, err)
+	}
+}
+
+// TestCopyAheadRoom: under storage.max_bytes, copies ahead of any request
+// stop at three quarters of the limit, so that they never make the limit
+// remove what clients asked for; without a limit they always fit.
+func TestCopyAheadRoom(t *testing.T) {
+	n := limitNode(t, 10*fileKiB<<10)
+	addFilePath(t, n, 1, false) // 1 of the 7.5 file sizes copies may fill
+	l := &localShare{n: n, paths: map[string]localPath{}}
+	n.local = l
+	for _, size := range []uint64{5 * fileKiB << 10, 7 * fileKiB << 10} {
+		info := &pathinfo.Info{StorePath: fmt.Sprintf("/nix/store/%032d-local", size), NarSize: size}
+		l.paths[info.HashPart()] = localPath{info: info, peers: true}
+	}
+	if !l.roomToCopyAhead(fmt.Sprintf("%032d", 5*fileKiB<<10)) {
+		t.Error("a path that fits in three quarters of the limit is not copied ahead")
+	}
+	if l.roomToCopyAhead(fmt.Sprintf("%032d", 7*fileKiB<<10)) {
+		t.Error("a path that would take the store past three quarters of the limit is copied ahead")
+	}
+	n.limit.max = 0
+	if !l.roomToCopyAhead(fmt.Sprintf("%032d", 7*fileKiB<<10)) {
+		t.Error("without a limit, a path is not copied ahead")
 	}
 }
