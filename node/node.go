@@ -48,7 +48,8 @@ type Node struct {
 
 	compress       chan struct{} // wakes the background compressor
 	importsRunning atomic.Int64
-	p2p            *p2p // nil when p2p.listen is empty
+	p2p            *p2p       // nil when p2p.listen is empty
+	up             *upstreams // nil without upstream.substituters
 
 	sharedCount sharedCount
 
@@ -111,6 +112,9 @@ func (n *Node) open() error {
 		return err
 	}
 	n.metrics = newMetrics(n)
+	if err := n.openUpstreams(); err != nil {
+		return err
+	}
 	if cfg.HTTPListen != "" {
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 			return fmt.Errorf("http.listen: %w", err)
@@ -237,8 +241,8 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
-	if len(n.cfg.Upstreams) > 0 || n.cfg.MaxBytes > 0 {
-		n.log.Warn("upstream.substituters and storage.max_bytes are not used by this version", "upstreams", n.cfg.Upstreams, "max_bytes", n.cfg.MaxBytes)
+	if n.cfg.MaxBytes > 0 {
+		n.log.Warn("storage.max_bytes is not used by this version", "max_bytes", n.cfg.MaxBytes)
 	}
 	select {
 	case <-ctx.Done():

@@ -21,6 +21,9 @@ import (
 // the NAR then streams as the chunks arrive.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
+		return n.infoElsewhere(ctx, hash) // upstream.go
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		j, err := n.p2p.fetch.Start(ctx, hash)
 		if err != nil {
@@ -56,6 +59,11 @@ func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int6
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
 	cw := &counting.Writer{W: w}
 	defer func() { n.metrics.narBytes.Add(float64(cw.N)) }()
+	if n.up != nil && !n.index.Has(info.HashPart()) {
+		if handled, err := n.renderPulling(ctx, info, part, cw); handled {
+			return err
+		}
+	}
 	if n.p2p != nil && !n.index.Has(info.HashPart()) {
 		if j := n.p2p.fetch.Running(info.HashPart()); j != nil && j.Info().NarHash == info.NarHash {
 			return j.Render(ctx, cw, part)

@@ -30,6 +30,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
@@ -47,14 +48,22 @@ type Opener func(ctx context.Context) (io.ReadCloser, error)
 // its spool go: the path is valid, read it from the store.
 var ErrFinished = errors.New("pull: finished")
 
+// ErrFailedRecently is Start's answer for a path whose pull failed less
+// than failMemory ago: a client retrying a broken NAR gets a 404 at once
+// rather than another download of it.
+var ErrFailedRecently = errors.New("pull: failed recently")
+
+const failMemory = 30 * time.Second
+
 // Puller runs pull jobs.
 type Puller struct {
 	dir string // spool files go here
 	add Adder
 	log *slog.Logger
 
-	mu   sync.Mutex
-	jobs map[string]*Job // running, by hash part
+	mu     sync.Mutex
+	jobs   map[string]*Job      // running, by hash part
+	failed map[string]time.Time // hash parts whose pull failed: until
 }
 
 // New returns a Puller spooling into dir, which it makes.
@@ -65,7 +74,7 @@ func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}}, nil
+	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[string]time.Time{}}, nil
 }
 
 // Start returns the job pulling the path, starting one with open if none
@@ -76,6 +85,12 @@ func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, open Opener) (*
 	defer p.mu.Unlock()
 	if j := p.jobs[hash]; j != nil {
 		return j, nil
+	}
+	if until, ok := p.failed[hash]; ok {
+		if time.Now().Before(until) {
+			return nil, fmt.Errorf("%s: %w", info.StorePath, ErrFailedRecently)
+		}
+		delete(p.failed, hash)
 	}
 	f, err := os.CreateTemp(p.dir, hash+"-*.nar")
 	if err != nil {
@@ -159,6 +174,15 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	}
 	j.p.mu.Lock()
 	delete(j.p.jobs, j.hash)
+	if err != nil {
+		now := time.Now()
+		for h, until := range j.p.failed { // few: kept small here
+			if now.After(until) {
+				delete(j.p.failed, h)
+			}
+		}
+		j.p.failed[j.hash] = now.Add(failMemory)
+	}
 	j.p.mu.Unlock()
 	close(j.done)
 	j.release()

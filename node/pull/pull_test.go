@@ -234,6 +234,9 @@ func TestFailures(t *testing.T) {
 			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 				t.Fatalf("spool dir holds %d files", len(ents))
 			}
+			if _, err := p.Start(context.Background(), info, op.open); !errors.Is(err, ErrFailedRecently) {
+				t.Fatalf("a pull that just failed started again (%v)", err)
+			}
 		})
 	}
 }

@@ -1,0 +1,194 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/ulikunitz/xz"
+
+	"github.com/p2pstore/p2pstore/internal/counting"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/node/pull"
+	"github.com/p2pstore/p2pstore/node/upstream"
+)
+
+// Pull-through from upstream binary caches (upstream.substituters). A
+// path the node lacks is asked of its peers and of the upstreams at once;
+// the first trusted answer wins: a peer's starts the fetch job (p2p.go),
+// an upstream's the pull job (package pull), whose NAR streams to the
+// client as it downloads. A narinfo request is answered within
+// narinfoDeadline whatever the sources do: 404 when none has answered, and
+// the lookup goes on in the background for the next request. The narinfo
+// served for a pulled path is the node's (its URL and compression), with
+// the upstream's signatures unchanged.
+
+// narinfoDeadline bounds the wait of a narinfo request for peers and
+// upstreams: Nix waits 300 s for a silent server, five times over.
+const narinfoDeadline = 2 * time.Second
+
+// spoolDir (under data_dir) holds the NARs being pulled.
+const spoolDir = "spool"
+
+// upstreams is the node's pull-through side.
+type upstreams struct {
+	client *upstream.Client
+	puller *pull.Puller
+}
+
+// openUpstreams sets the pull-through up when upstreams are configured.
+func (n *Node) openUpstreams() error {
+	if len(n.cfg.Upstreams) == 0 {
+		return nil
+	}
+	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys.known, StoreDir: n.cfg.StoreDir, Log: n.log})
+	if err != nil {
+		return fmt.Errorf("upstream.substituters: %w", err)
+	}
+	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log)
+	if err != nil {
+		return err
+	}
+	n.up = &upstreams{client: c, puller: p}
+	return nil
+}
+
+// pulledPaths records what the pull jobs download, as an import does
+// (checked, stored, shared with peers when a shared key signed it), but
+// never signed by the node: the upstream's signatures stand.
+type pulledPaths struct{ n *Node }
+
+func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
+	_, err := p.n.addPath(ctx, info, r, false)
+	return err
+}
+
+// infoElsewhere finds a path the index lacks: a job already running for
+// it, else the first trusted answer of the peers and the upstreams.
+func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	if j := n.up.puller.Running(hash); j != nil {
+		return j.Info(), nil
+	}
+	if n.p2p != nil {
+		if j := n.p2p.fetch.Running(hash); j != nil {
+			return j.Info(), nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, narinfoDeadline)
+	defer cancel()
+	type answer struct {
+		info *pathinfo.Info
+		err  error
+	}
+	answers := make(chan answer, 2)
+	asked := 1
+	go func() {
+		p, err := n.up.client.Lookup(ctx, hash)
+		if err != nil {
+			answers <- answer{nil, err}
+			return
+		}
+		j, err := n.up.puller.Start(ctx, p.Info, func(ctx context.Context) (io.ReadCloser, error) {
+			return n.up.client.Open(ctx, p)
+		})
+		if err != nil {
+			answers <- answer{nil, err}
+			return
+		}
+		n.up.client.Forget(hash) // the job has it now
+		answers <- answer{j.Info(), nil}
+	}()
+	if n.p2p != nil {
+		asked++
+		go func() {
+			j, err := n.p2p.fetch.Start(ctx, hash)
+			if err != nil {
+				answers <- answer{nil, err}
+				return
+			}
+			answers <- answer{j.Info(), nil}
+		}()
+	}
+	var errs []error
+	for range asked {
+		a := <-answers
+		if a.err == nil {
+			return a.info, nil
+		}
+		if !errors.Is(a.err, pathinfo.ErrNotFound) && !errors.Is(a.err, context.DeadlineExceeded) && ctx.Err() == nil {
+			n.log.Warn("looking a path up", "hash", hash, "err", a.err)
+		}
+		errs = append(errs, a.err)
+	}
+	// Whatever went wrong, the client is told "not here" and moves on to
+	// its next substituter.
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, narinfoDeadline, pathinfo.ErrNotFound)
+	}
+	return nil, fmt.Errorf("%s: %w (%w)", hash, pathinfo.ErrNotFound, errors.Join(errs...))
+}
+
+// renderPulling renders a NAR from its pull job, when one runs for it. It
+// reports whether it handled the request; a path neither pulled nor valid
+// nor fetched from peers is not found.
+func (n *Node) renderPulling(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) (bool, error) {
+	hash := info.HashPart()
+	if j := n.up.puller.Running(hash); j != nil && j.Info().NarHash == info.NarHash {
+		cw := &counting.Writer{W: w}
+		err := renderJob(ctx, j, part, cw, n)
+		if errors.Is(err, pull.ErrFinished) {
+			return false, nil
+		}
+		if err != nil && cw.N == 0 && ctx.Err() == nil {
+			// Nothing sent yet: a 404 sends the client to its next
+			// substituter.
+			err = fmt.Errorf("%s: %w (%w)", info.StorePath, pathinfo.ErrNotFound, err)
+		}
+		return true, err
+	}
+	if n.p2p == nil && !n.index.Has(hash) {
+		return true, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
+	}
+	return false, nil
+}
+
+// renderJob writes the part of a NAR being pulled: the spool's bytes, or
+// compressed on the fly for the .nar.zst and .nar.xz URLs.
+func renderJob(ctx context.Context, j *pull.Job, part nar.Part, w io.Writer, n *Node) error {
+	switch part.Compression {
+	case nar.CompressionZstd:
+		r := n.store.NewReader()
+		defer r.Close()
+		zw := r.NewZstdWriter(w)
+		if err := j.Render(ctx, zw, 0, -1); err != nil {
+			return err
+		}
+		return zw.Close()
+	case nar.CompressionXz:
+		xw, err := xz.WriterConfig{DictCap: 1 << 20}.NewWriter(w)
+		if err != nil {
+			return err
+		}
+		if err := j.Render(ctx, xw, 0, -1); err != nil {
+			return err
+		}
+		return xw.Close()
+	case nar.CompressionNone:
+		if part.N > 0 {
+			return j.Render(ctx, w, part.Off, part.N)
+		}
+	}
+	return j.Render(ctx, w, 0, -1)
+}
+
+// upstreamBytes is the body bytes read from upstreams so far.
+func (n *Node) upstreamBytes() uint64 {
+	if n.up == nil {
+		return 0
+	}
+	return n.up.client.BytesReceived()
+}
