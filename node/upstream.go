@@ -119,7 +119,7 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 		if a.err == nil {
 			return a.info, nil
 		}
-		if !errors.Is(a.err, pathinfo.ErrNotFound) && !errors.Is(a.err, context.DeadlineExceeded) && ctx.Err() == nil {
+		if !errors.Is(a.err, pathinfo.ErrNotFound) && !errors.Is(a.err, pull.ErrFailedRecently) && ctx.Err() == nil {
 			n.log.Warn("looking a path up", "hash", hash, "err", a.err)
 		}
 		errs = append(errs, a.err)

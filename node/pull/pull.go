@@ -210,10 +210,10 @@ func (j *Job) download(ctx context.Context, open Opener) {
 				j.cond.Broadcast()
 				j.mu.Unlock()
 			}
-			if err == io.EOF {
+			if err == io.EOF && off < size {
 				return fmt.Errorf("%s: the upstream NAR ended after %d of %d bytes", j.info.StorePath, off, size)
 			}
-			if err != nil {
+			if err != nil && err != io.EOF {
 				return err
 			}
 		}

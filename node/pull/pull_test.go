@@ -251,3 +251,28 @@ func TestOpenFails(t *testing.T) {
 		t.Fatal("render of a pull that never started ended well")
 	}
 }
+
+// eofReader returns the last bytes with io.EOF, as some readers do.
+type eofReader struct{ b []byte }
+
+func (r *eofReader) Read(p []byte) (int, error) {
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	if len(r.b) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (r *eofReader) Close() error { return nil }
+
+func TestLastBytesWithEOF(t *testing.T) {
+	nar, info := testNAR(1000)
+	p, _ := newPuller(t, &adder{})
+	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+		return &eofReader{nar}, nil
+	})
+	if err := j.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
