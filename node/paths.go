@@ -38,6 +38,9 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 // endpoint, whose clients read the path from the store mount.
 func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
+		return n.lookupElsewhere(ctx, hash) // upstream.go
+	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		info, _, err = n.p2p.fetch.Fetch(ctx, hash)
 	}

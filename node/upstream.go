@@ -132,6 +132,26 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 	return nil, fmt.Errorf("%s: %w (%w)", hash, pathinfo.ErrNotFound, errors.Join(errs...))
 }
 
+// lookupElsewhere is infoElsewhere for callers that need the path valid
+// here: it waits for the job that gets it.
+func (n *Node) lookupElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	if _, err := n.infoElsewhere(ctx, hash); err != nil {
+		return nil, err
+	}
+	if j := n.up.puller.Running(hash); j != nil {
+		if err := j.Wait(ctx); err != nil {
+			return nil, err
+		}
+	} else if n.p2p != nil {
+		if j := n.p2p.fetch.Running(hash); j != nil {
+			if _, err := j.Wait(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return n.index.Get(hash)
+}
+
 // renderPulling renders a NAR from its pull job, when one runs for it. It
 // reports whether it handled the request; a path neither pulled nor valid
 // nor fetched from peers is not found.

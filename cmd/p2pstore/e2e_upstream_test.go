@@ -476,3 +476,22 @@ func TestUpstreamConcurrentClients(t *testing.T) {
 		})
 	}
 }
+
+// TestUpstreamDaemonLookup: a client of the daemon socket that asks for a
+// path the node lacks gets it pulled from the upstream, valid on the node
+// when the answer comes.
+func TestUpstreamDaemonLookup(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "daemon", map[string][]byte{"a": []byte(fmt.Sprint("via the daemon socket ", time.Now().UnixNano()))})
+	up := startNginx(t, "127.0.0.60", staticCache(t, key, "xz", p))
+	n := pullNode(t, "127.0.0.1", pub, up.url)
+	sock := "unix://" + filepath.Join(n.dir, "data", "daemon.sock")
+	if out, err := nixtest.Command("nix-store", "--store", sock, "-r", p).CombinedOutput(); err != nil {
+		t.Fatalf("nix-store -r over the socket: %v\n%s\nnode log:\n%s", err, out, n.log)
+	}
+	want := pathInfo(t, "", p)[p]
+	if got := pathInfo(t, sock, p)[p]; got.NarHash != want.NarHash {
+		t.Fatalf("the node has %s with %q, want %q", p, got.NarHash, want.NarHash)
+	}
+}
