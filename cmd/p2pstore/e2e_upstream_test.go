@@ -440,16 +440,9 @@ func TestUpstreamConcurrentClients(t *testing.T) {
 	for i, clients := range []int{2, 4} {
 		t.Run(fmt.Sprint(clients), func(t *testing.T) {
 			p := addTree(t, "shared", map[string][]byte{"f": bigPayload(8 << 20)})
-			// The NAR trickles (about 16 MB/s), so that the clients meet
-			// while it downloads.
-			up := startBadUpstream(t, fmt.Sprintf("127.0.0.%d", 50+i), staticCache(t, key, "none", p),
-				func(w http.ResponseWriter, r *http.Request, body []byte) {
-					w.Header().Set("Content-Length", fmt.Sprint(len(body)))
-					for off := 0; off < len(body); off += 64 << 10 {
-						w.Write(body[off:min(off+64<<10, len(body))])
-						time.Sleep(4 * time.Millisecond)
-					}
-				})
+			// The NAR trickles, so that the clients meet while it
+			// downloads.
+			up := startBadUpstream(t, fmt.Sprintf("127.0.0.%d", 50+i), staticCache(t, key, "none", p), trickle)
 			n := pullNode(t, "127.0.0.1", pub, up.url)
 			var wg sync.WaitGroup
 			errs := make([]error, clients)
@@ -493,5 +486,41 @@ func TestUpstreamDaemonLookup(t *testing.T) {
 	want := pathInfo(t, "", p)[p]
 	if got := pathInfo(t, sock, p)[p]; got.NarHash != want.NarHash {
 		t.Fatalf("the node has %s with %q, want %q", p, got.NarHash, want.NarHash)
+	}
+}
+
+// trickle serves a NAR slowly (about 16 MB/s), so that requests meet the
+// pull while it runs.
+func trickle(w http.ResponseWriter, r *http.Request, body []byte) {
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+	for off := 0; off < len(body); off += 64 << 10 {
+		w.Write(body[off:min(off+64<<10, len(body))])
+		time.Sleep(4 * time.Millisecond)
+	}
+}
+
+// TestUpstreamRangeWhilePulling: while a path is pulled, its NAR is
+// served with Content-Length and Accept-Ranges, and a Range request gets
+// the matching bytes of nix-store --dump, as does the whole NAR.
+func TestUpstreamRangeWhilePulling(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "ranged", map[string][]byte{"f": bigPayload(8 << 20)})
+	up := startBadUpstream(t, "127.0.0.70", staticCache(t, key, "none", p), trickle)
+	n := pullNode(t, "127.0.0.1", pub, up.url)
+	want := nixtest.Output(t, "nix-store", "--dump", p)
+
+	url := n.narURL(p) // starts the pull
+	resp, got := getRange(t, url, "bytes=1000-1999")
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, want[1000:2000]) {
+		t.Fatalf("range while pulling: %s, %d bytes, match %v", resp.Status, len(got), bytes.Equal(got, want[1000:2000]))
+	}
+	resp, got = getRange(t, url, "bytes=0-")
+	if !bytes.Equal(got, want) || resp.Header.Get("Accept-Ranges") != "bytes" || resp.ContentLength != int64(len(want)) {
+		t.Fatalf("whole NAR while pulling: %s, %d of %d bytes, Accept-Ranges %q, Content-Length %d",
+			resp.Status, len(got), len(want), resp.Header.Get("Accept-Ranges"), resp.ContentLength)
+	}
+	if g := up.narGets.Load(); g != 1 {
+		t.Errorf("the upstream served the NAR %d times", g)
 	}
 }
