@@ -12,17 +12,20 @@
 //   - The spool file is unlinked as soon as it is made: a crash leaves
 //     nothing behind, and readers keep it through the job's descriptor
 //     until the last one is done.
-//   - A client never gets the last byte of the NAR before the ingest has
-//     checked it and recorded the path: if the job fails (truncated or
-//     wrong NAR, upstream error, full disk), every client's read fails,
-//     so the HTTP layer aborts the response instead of ending a NAR that
-//     looks complete.
+//   - A client never gets the last byte of the NAR before the whole NAR
+//     has been checked against the signed NarHash and NarSize (hashed as
+//     it is spooled, so that clients do not wait for the slower ingest):
+//     if the job fails first (truncated or wrong NAR, upstream error,
+//     full disk), every client's read fails, so the HTTP layer aborts the
+//     response instead of ending a NAR that looks complete. The ingest
+//     checks the NAR again as it parses it, before the path is recorded.
 //   - A job runs on after the request that started it ends: others may
 //     join it, and the path is worth having.
 package pull
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +36,7 @@ import (
 	"time"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
 // Adder records a path from its NAR stream, which it checks against
@@ -124,7 +128,7 @@ type Job struct {
 	refs    int        // the job itself and its readers
 	written int64      // bytes in the spool
 	ended   bool       // the download stopped (err says how)
-	valid   bool       // the path is recorded
+	checked bool       // the spooled NAR matches NarHash and NarSize
 	err     error      // why the job failed
 }
 
@@ -161,9 +165,6 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	cancel()
 	<-downloaded
 	j.mu.Lock()
-	if j.err == nil {
-		j.valid = true
-	}
 	err = j.err
 	j.cond.Broadcast()
 	j.mu.Unlock()
@@ -198,15 +199,23 @@ func (j *Job) download(ctx context.Context, open Opener) {
 		defer r.Close()
 		buf := make([]byte, 256<<10)
 		size := int64(j.info.NarSize)
+		h := sha256.New()
 		for off := int64(0); off < size; {
 			n, err := r.Read(buf[:min(int64(len(buf)), size-off)])
 			if n > 0 {
 				if _, werr := j.f.WriteAt(buf[:n], off); werr != nil {
 					return fmt.Errorf("spooling: %w", werr)
 				}
+				h.Write(buf[:n])
 				off += int64(n)
+				if off == size {
+					if got := storepath.NarHash(h.Sum(nil)); got != j.info.NarHash {
+						return fmt.Errorf("%s: the upstream NAR has hash %s, not the signed %s", j.info.StorePath, got, j.info.NarHash)
+					}
+				}
 				j.mu.Lock()
 				j.written = off
+				j.checked = off == size
 				j.cond.Broadcast()
 				j.mu.Unlock()
 			}
@@ -260,7 +269,7 @@ func (j *Job) release() {
 
 // wait returns how many bytes from off a reader may read now, waiting
 // for some; 0 with io.EOF at the end. A client (not ingest) may not read
-// the last byte before the path is valid.
+// the last byte before the NAR is checked.
 func (j *Job) wait(ctx context.Context, off int64, ingest bool) (int64, error) {
 	stop := context.AfterFunc(ctx, func() {
 		j.mu.Lock()
@@ -279,7 +288,7 @@ func (j *Job) wait(ctx context.Context, off int64, ingest bool) (int64, error) {
 			return 0, io.EOF
 		}
 		limit := j.written
-		if !ingest && !j.valid {
+		if !ingest && !j.checked {
 			limit = min(limit, size-1)
 		}
 		if limit > off {

@@ -148,18 +148,22 @@ func TestStreamsWhileDownloadingAndHoldsTheLastByte(t *testing.T) {
 	go func() { lateDone <- j.Render(ctx, late, 0, -1) }()
 	late.waitLen(t, half)
 
-	op.w.Write(nar[half:])
-	op.w.Close()
+	// All but the last byte: the NAR cannot be checked yet, and the
+	// client does not get all of it.
+	op.w.Write(nar[half : len(nar)-1])
 	w.waitLen(t, len(nar)-1)
 	select {
 	case err := <-rendered:
-		t.Fatalf("the render ended (%v) before the path was recorded", err)
+		t.Fatalf("the render ended (%v) before the NAR was checked", err)
 	default:
 	}
 	if w.len() != len(nar)-1 {
-		t.Fatalf("the client got %d of %d bytes before the path was recorded; want all but the last", w.len(), len(nar))
+		t.Fatalf("the client got %d of %d bytes before the NAR was checked", w.len(), len(nar))
 	}
-	close(a.gate)
+	// The last byte: the NAR checks out, the clients get all of it, even
+	// while the ingest has not recorded the path.
+	op.w.Write(nar[len(nar)-1:])
+	op.w.Close()
 	for _, c := range []chan error{rendered, lateDone} {
 		if err := <-c; err != nil {
 			t.Fatal(err)
@@ -168,6 +172,10 @@ func TestStreamsWhileDownloadingAndHoldsTheLastByte(t *testing.T) {
 	if !bytes.Equal(w.buf.Bytes(), nar) || !bytes.Equal(late.buf.Bytes(), nar) {
 		t.Fatal("rendered NAR differs")
 	}
+	if p.Running(info.HashPart()) != j {
+		t.Fatal("the job ended before its path was recorded")
+	}
+	close(a.gate)
 	if err := j.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
