@@ -7,6 +7,10 @@
 // is given here (p2p.go): the peers the node is connected to and those
 // the DHT names, each a fetch.Source over the transfer protocol. The node
 // records what the fetcher completes and shares it with its peers.
+//
+// With upstream.substituters, the upstream binary caches are asked beside
+// the peers, and a path found there is pulled through by package pull
+// (upstream.go).
 package node
 
 import (

@@ -16,9 +16,10 @@ import (
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
 
-// Info implements httpcache.Paths: the local index, then the peers. For a
-// path fetched from peers it answers as soon as a trusted record is found;
-// the NAR then streams as the chunks arrive.
+// Info implements httpcache.Paths: the local index, then the peers (and
+// the upstreams, upstream.go). For a path fetched from peers it answers as
+// soon as a trusted record is found; the NAR then streams as the chunks
+// arrive.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
 	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
