@@ -501,7 +501,8 @@ func trickle(w http.ResponseWriter, r *http.Request, body []byte) {
 
 // TestUpstreamRangeWhilePulling: while a path is pulled, its NAR is
 // served with Content-Length and Accept-Ranges, and a Range request gets
-// the matching bytes of nix-store --dump, as does the whole NAR.
+// the matching bytes of nix-store --dump, as do the whole NAR and its
+// .nar.zst.
 func TestUpstreamRangeWhilePulling(t *testing.T) {
 	nixtest.Require(t)
 	key, pub := upstreamKey(t)
@@ -515,10 +516,24 @@ func TestUpstreamRangeWhilePulling(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(got, want[1000:2000]) {
 		t.Fatalf("range while pulling: %s, %d bytes, match %v", resp.Status, len(got), bytes.Equal(got, want[1000:2000]))
 	}
+	zst := make(chan []byte, 1) // the zstd view's URL, compressed from the spool
+	go func() {
+		resp, err := http.Get(url + ".zst")
+		if err != nil {
+			zst <- nil
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		zst <- b
+	}()
 	resp, got = getRange(t, url, "bytes=0-")
 	if !bytes.Equal(got, want) || resp.Header.Get("Accept-Ranges") != "bytes" || resp.ContentLength != int64(len(want)) {
 		t.Fatalf("whole NAR while pulling: %s, %d of %d bytes, Accept-Ranges %q, Content-Length %d",
 			resp.Status, len(got), len(want), resp.Header.Get("Accept-Ranges"), resp.ContentLength)
+	}
+	if !bytes.Equal(decompress(t, <-zst), want) {
+		t.Error("the .nar.zst while pulling is not the NAR")
 	}
 	if g := up.narGets.Load(); g != 1 {
 		t.Errorf("the upstream served the NAR %d times", g)
