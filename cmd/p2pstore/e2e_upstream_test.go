@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/internal/tmpfs"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 )
 
@@ -537,5 +538,42 @@ func TestUpstreamRangeWhilePulling(t *testing.T) {
 	}
 	if g := up.narGets.Load(); g != 1 {
 		t.Errorf("the upstream served the NAR %d times", g)
+	}
+}
+
+// TestUpstreamFullDisk: a pull onto a full disk fails (the client gets
+// an error, the node records nothing and stays up); once there is room,
+// the same path is pulled at the next request.
+func TestUpstreamFullDisk(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	big := randomTree(t, "pullbig", 12)
+	up := startNginx(t, "127.0.0.80", staticCache(t, key, "zstd", big))
+	n := newNodeAt(t, "127.0.0.1", "", "--upstream", up.url, "--upstream-public-key", pub)
+	data := filepath.Join(n.dir, "data")
+	tmpfs.MountAt(t, data, 48<<20)
+	n.start()
+	free := tmpfs.Fill(t, data, 3<<20)
+
+	if _, out, err := substitute(t, pub, big, n.url); err == nil {
+		t.Fatalf("a pull onto a full disk succeeded:\n%s", out)
+	}
+	if s := n.status(); s.Paths != 0 {
+		t.Fatalf("%d paths after the failed pull", s.Paths)
+	}
+	if !strings.Contains(n.log.String(), "no space left on device") {
+		t.Errorf("the node did not say why the pull failed:\n%s", n.log)
+	}
+	free()
+	store, out, err := substitute(t, pub, big, n.url)
+	if err != nil {
+		t.Fatalf("the pull once there is room: %v\n%s\nnode log:\n%s", err, out, n.log)
+	}
+	if got, want := pathInfo(t, store, big)[big].NarHash, pathInfo(t, "", big)[big].NarHash; got != want {
+		t.Fatalf("substituted %s, want %s", got, want)
+	}
+	n.run("verify")
+	if ents, _ := os.ReadDir(filepath.Join(data, "spool")); len(ents) != 0 {
+		t.Errorf("the spool holds %d files", len(ents))
 	}
 }

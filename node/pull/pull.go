@@ -52,9 +52,10 @@ type Opener func(ctx context.Context) (io.ReadCloser, error)
 // its spool go: the path is valid, read it from the store.
 var ErrFinished = errors.New("pull: finished")
 
-// ErrFailedRecently is Start's answer for a path whose pull failed less
-// than failMemory ago: a client retrying a broken NAR gets a 404 at once
-// rather than another download of it.
+// ErrFailedRecently is Start's answer for a path whose upstream sent a
+// broken or wrong NAR less than failMemory ago: a client retrying it gets
+// a 404 at once rather than another download of it. A failure of the
+// node's own (a full disk) is not remembered.
 var ErrFailedRecently = errors.New("pull: failed recently")
 
 const failMemory = 30 * time.Second
@@ -130,6 +131,8 @@ type Job struct {
 	ended   bool       // the download stopped (err says how)
 	checked bool       // the spooled NAR matches NarHash and NarSize
 	err     error      // why the job failed
+	// upstreamFault says the upstream, not the node, made the job fail.
+	upstreamFault bool
 }
 
 // Info is the path's metadata (the caller must not change it).
@@ -166,6 +169,7 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	<-downloaded
 	j.mu.Lock()
 	err = j.err
+	remember := err != nil && j.upstreamFault
 	j.cond.Broadcast()
 	j.mu.Unlock()
 	if err != nil {
@@ -175,7 +179,7 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	}
 	j.p.mu.Lock()
 	delete(j.p.jobs, j.hash)
-	if err != nil {
+	if remember {
 		now := time.Now()
 		for h, until := range j.p.failed { // few: kept small here
 			if now.After(until) {
@@ -204,7 +208,7 @@ func (j *Job) download(ctx context.Context, open Opener) {
 			n, err := r.Read(buf[:min(int64(len(buf)), size-off)])
 			if n > 0 {
 				if _, werr := j.f.WriteAt(buf[:n], off); werr != nil {
-					return fmt.Errorf("spooling: %w", werr)
+					return &localError{fmt.Errorf("spooling: %w", werr)}
 				}
 				h.Write(buf[:n])
 				off += int64(n)
@@ -228,8 +232,12 @@ func (j *Job) download(ctx context.Context, open Opener) {
 		}
 		return nil
 	}()
+	var local *localError
 	j.mu.Lock()
 	j.ended = true
+	if err != nil && ctx.Err() == nil && j.err == nil {
+		j.upstreamFault = !errors.As(err, &local)
+	}
 	j.mu.Unlock()
 	if err != nil && ctx.Err() == nil {
 		j.setErr(err)
@@ -238,6 +246,12 @@ func (j *Job) download(ctx context.Context, open Opener) {
 	j.cond.Broadcast()
 	j.mu.Unlock()
 }
+
+// localError is a download's failure of the node's own (its spool).
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
 
 func (j *Job) setErr(err error) {
 	j.mu.Lock()
