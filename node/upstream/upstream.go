@@ -21,6 +21,7 @@
 package upstream
 
 import (
+	"bufio"
 	"compress/bzip2"
 	"context"
 	"errors"
@@ -425,26 +426,30 @@ func (c *Client) Open(ctx context.Context, p *Path) (io.ReadCloser, error) {
 	if err := b.open(); err != nil {
 		return nil, err
 	}
+	// Decoders read in small pieces (xz a byte at a time): a buffer keeps
+	// those off the body's Read, which restarts its idle timer each time.
+	// Unbuffered, ulikunitz/xz took 36 s for 80 MB of NAR, 2.4 s with it.
+	br := bufio.NewReaderSize(b, 256<<10)
 	var r io.Reader
 	var closer func()
 	var err error
 	switch p.Compression {
 	case "none":
-		r = b
+		r = br
 	case "", "bzip2":
-		r = bzip2.NewReader(b)
+		r = bzip2.NewReader(br)
 	case "xz":
-		r, err = xz.ReaderConfig{SingleStream: false}.NewReader(b)
+		r, err = xz.NewReader(br)
 	case "zstd":
 		var d *zstd.Decoder
-		d, err = zstd.NewReader(b, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+		d, err = zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 		if err == nil {
 			r, closer = d, d.Close
 		}
 	case "gzip":
-		r, err = gzip.NewReader(b)
+		r, err = gzip.NewReader(br)
 	case "br":
-		r = brotli.NewReader(b)
+		r = brotli.NewReader(br)
 	default:
 		err = fmt.Errorf("compression %q not supported", p.Compression)
 	}
