@@ -489,3 +489,99 @@ func TestBreakerSkipsFailingUpstream(t *testing.T) {
 		t.Fatalf("a failing upstream was asked %d times, want %d before its breaker opens", n, breakerFails)
 	}
 }
+
+// TestXzWithoutCommand: without the xz command, ulikunitz/xz decodes.
+func TestXzWithoutCommand(t *testing.T) {
+	old := xzCommand
+	xzCommand = "p2pstore-test-no-such-xz"
+	defer func() { xzCommand = old }()
+	f := newFixture(t, 10, 300<<10)
+	rt := newRoutes()
+	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x.nar.xz", "xz"))
+	rt.file("/nar/x.nar.xz", compress(t, "xz", f.nar))
+	s := serve(t, rt)
+	got, _ := fetchNAR(t, newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL), f)
+	if !bytes.Equal(got, f.nar) {
+		t.Fatal("NAR differs")
+	}
+}
+
+// TestCorruptCompressed: a compressed NAR damaged in its middle fails to
+// read, whichever decoder reads it, and closing it ends its decoder.
+func TestCorruptCompressed(t *testing.T) {
+	for _, c := range []string{"xz", "zstd", "gzip", "bzip2"} {
+		t.Run(c, func(t *testing.T) {
+			f := newFixture(t, 11, 1<<20)
+			body := bytes.Clone(compress(t, c, f.nar))
+			for i := len(body) / 2; i < len(body)/2+64; i++ {
+				body[i] ^= 0x55
+			}
+			rt := newRoutes()
+			rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x", c))
+			rt.file("/nar/x", body)
+			s := serve(t, rt)
+			c := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
+			ctx := ctxTimeout(t, 20*time.Second)
+			p, err := c.Lookup(ctx, f.hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.Open(ctx, p)
+			if err != nil {
+				return // refused at once: fine
+			}
+			got, err := io.ReadAll(r)
+			r.Close()
+			if err == nil && bytes.Equal(got, f.nar) {
+				t.Fatal("a damaged stream decoded to the NAR")
+			}
+			if err == nil {
+				t.Fatalf("a damaged stream read without error (%d bytes)", len(got))
+			}
+		})
+	}
+}
+
+// TestCloseMidStream: closing a NAR half read ends the xz command even
+// while the upstream holds the rest back.
+func TestCloseMidStream(t *testing.T) {
+	f := newFixture(t, 12, 1<<20)
+	body := compress(t, "xz", f.nar)
+	release := make(chan struct{})
+	rt := newRoutes()
+	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x.nar.xz", "xz"))
+	rt.handle("/nar/x.nar.xz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body[:len(body)/2])
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	s := serve(t, rt)
+	defer close(release)
+	c := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
+	ctx := ctxTimeout(t, 20*time.Second)
+	p, err := c.Lookup(ctx, f.hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Open(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		r.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close hung on a stalled upstream")
+	}
+}
