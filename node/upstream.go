@@ -67,16 +67,13 @@ func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Read
 	return err
 }
 
-// infoElsewhere finds a path the index lacks: a job already running for
-// it, else the first trusted answer of the peers and the upstreams.
+// infoElsewhere finds a path the index lacks: a pull already running for
+// it, else the first trusted answer of the peers and the upstreams (a
+// fetch already running is the peers' answer: fetch.Start waits for its
+// record, which a running fetch may not have yet).
 func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	if j := n.up.puller.Running(hash); j != nil {
 		return j.Info(), nil
-	}
-	if n.p2p != nil {
-		if j := n.p2p.fetch.Running(hash); j != nil {
-			return j.Info(), nil
-		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, narinfoDeadline)
 	defer cancel()

@@ -577,3 +577,33 @@ func TestUpstreamFullDisk(t *testing.T) {
 		t.Errorf("the spool holds %d files", len(ents))
 	}
 }
+
+// TestUpstreamConcurrentNarinfos: eight narinfo requests at once for a
+// path the node lacks each get the whole narinfo (a request that came
+// while another's peer search ran once got an empty 200).
+func TestUpstreamConcurrentNarinfos(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "asked", map[string][]byte{"f": bigPayload(1 << 20)})
+	up := startBadUpstream(t, "127.0.0.90", staticCache(t, key, "none", p), trickle)
+	n := pullNode(t, "127.0.0.1", pub, up.url)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(n.url + "/" + hashPart(p) + ".narinfo")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			ni, perr := narinfo.Parse(string(b))
+			if err != nil || resp.StatusCode != 200 || perr != nil || ni.StorePath != p {
+				t.Errorf("narinfo: %s, %v, %v:\n%s", resp.Status, err, perr, b)
+			}
+		}()
+	}
+	wg.Wait()
+}
