@@ -66,6 +66,7 @@ type Config struct {
 	FoundTTL    time.Duration     // a path found, not yet pulled
 	IdleTimeout time.Duration     // a NAR body that sends nothing this long is broken
 	Retries     int               // resumptions of one NAR body
+	BreakerOpen time.Duration     // first pause of a failing upstream before its re-probe
 }
 
 const (
@@ -151,6 +152,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Retries == 0 {
 		cfg.Retries = defaultRetries
 	}
+	if cfg.BreakerOpen == 0 {
+		cfg.BreakerOpen = minBreakerOpen
+	}
 	if cfg.Transport == nil {
 		cfg.Transport = &http.Transport{
 			Proxy:                 http.ProxyFromEnvironment,
@@ -174,7 +178,7 @@ func New(cfg Config) (*Client, error) {
 		if !strings.HasSuffix(u.Path, "/") {
 			u.Path += "/"
 		}
-		c.ups = append(c.ups, &upstream{base: u, name: strings.TrimSuffix(u.String(), "/"), openFor: minBreakerOpen})
+		c.ups = append(c.ups, &upstream{base: u, name: strings.TrimSuffix(u.String(), "/"), openFor: cfg.BreakerOpen})
 	}
 	return c, nil
 }
@@ -403,7 +407,7 @@ func (c *Client) probe(u *upstream) {
 		c.cfg.Log.Debug("upstream still down", "upstream", u.name, "err", err, "retry_in", u.openFor)
 		return
 	}
-	u.fails, u.openFor = 0, minBreakerOpen
+	u.fails, u.openFor = 0, c.cfg.BreakerOpen
 	c.cfg.Log.Info("upstream back", "upstream", u.name)
 }
 

@@ -585,3 +585,60 @@ func TestCloseMidStream(t *testing.T) {
 		t.Fatal("Close hung on a stalled upstream")
 	}
 }
+
+// TestBreakerReprobes: an upstream whose breaker opened is asked again
+// once a probe of its nix-cache-info succeeds.
+func TestBreakerReprobes(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	var probes atomic.Int64
+	f := newFixture(t, 13, 100)
+	rt := newRoutes()
+	rt.handle("/nix-cache-info", func(w http.ResponseWriter, r *http.Request) {
+		probes.Add(1)
+		if down.Load() {
+			http.Error(w, "down", http.StatusBadGateway)
+			return
+		}
+		io.WriteString(w, "StoreDir: /nix/store\n")
+	})
+	rt.handle("/"+f.hash+".narinfo", func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		io.WriteString(w, f.narinfo("nar/a.nar", "none"))
+	})
+	s := serve(t, rt)
+	c, err := New(Config{URLs: []string{s.URL}, Keys: []narinfo.PublicKey{f.key.Public()}, StoreDir: storeDir,
+		ErrorTTL: time.Nanosecond, MissTTL: time.Nanosecond, FoundTTL: time.Nanosecond, BreakerOpen: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lookup := func() error {
+		_, err := c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+		return err
+	}
+	for range breakerFails {
+		if err := lookup(); err == nil {
+			t.Fatal("a failing upstream answered")
+		}
+	}
+	before := rt.hits("/" + f.hash + ".narinfo")
+	down.Store(false)
+	// Skipped while the breaker is open; asked again once a probe finds
+	// it back (bounded wait: the pause is 50 ms).
+	deadline := time.Now().Add(10 * time.Second)
+	for lookup() != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the upstream was not asked again (%d probes)", probes.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if probes.Load() == 0 {
+		t.Fatal("no probe of nix-cache-info")
+	}
+	if rt.hits("/"+f.hash+".narinfo") != before+1 {
+		t.Fatalf("narinfo asked %d times after the breaker opened, want once (after the probe)", rt.hits("/"+f.hash+".narinfo")-before)
+	}
+}
