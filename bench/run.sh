@@ -2,7 +2,7 @@
 # Benchmarks a p2pstore node side by side with nginx serving the same store
 # paths as a static Nix binary cache, and prints a Markdown table.
 #
-#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|all]...   (default: all)
+#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|all]...   (default: all)
 #
 #   serve    NAR throughput over loopback with bench/httpclient: one GET on
 #            a fresh connection, and GETs on 16 connections for
@@ -31,6 +31,14 @@
 #            --stdio` against `nix-daemon --stdio`), and over unix:// (the
 #            node's socket with its FUSE mount as ?real= against a real
 #            nix-daemon's socket, which reads /nix/store)
+#   upstream `nix-store -r` of go1.25.0 into a fresh client store through a
+#            cold pull-through node (a fresh data dir each run, nginx's
+#            zstd or xz cache of go1.25.0 as its upstream, each connection
+#            capped at UPSTREAM_RATE by nginx's limit_rate) against
+#            straight from that upstream; a second client through the now
+#            warm node; four clients at once through a cold node (the
+#            upstream's bytes sent, the last client's time); the node's
+#            peak RSS
 #
 # Environment:
 #   BENCH_DIR      scratch dir, on tmpfs (default /dev/shm/p2pstore-bench);
@@ -41,6 +49,8 @@
 #                  the first, and the narinfo and closure measures add a
 #                  row for it (two builds compared in one run)
 #   BENCH_KEEP=1   keep the stores and caches in BENCH_DIR at exit
+#   UPSTREAM_RATE  nginx limit_rate of the upstream section's cache, bytes/s
+#                  per connection (12500k: 100 mbit; 0 for no cap)
 #   NODE_PORT, NGINX_PORT, P2P_PORT, SSH_PORT   loopback ports (17480-17483;
 #                  the base node takes NODE_PORT+20 and P2P_PORT+20)
 #
@@ -61,7 +71,7 @@ cd "$REPO"
 # The command line as given, with the settings that change results, so the
 # report says exactly how to reproduce it.
 CMDLINE="bench/run.sh${*:+ $*}"
-for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES; do
+for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES UPSTREAM_RATE; do
   if [ -n "${!v:-}" ]; then CMDLINE="$v=${!v} $CMDLINE"; fi
 done
 
@@ -78,6 +88,7 @@ BASE_REV=${BENCH_BASE_REV:-}
 LOAD_STALLED=${LOAD_STALLED:-50}
 LOAD_DAEMON=${LOAD_DAEMON:-32}
 LOAD_IDENTITIES=${LOAD_IDENTITIES:-48}
+UPSTREAM_RATE=${UPSTREAM_RATE:-12500k}
 
 BIN=$BENCH_DIR/p2pstore
 SOCK=$BENCH_DIR/node.sock
@@ -87,6 +98,8 @@ NODE_URL=http://127.0.0.1:$NODE_PORT
 BASE_URL=http://127.0.0.1:$((NODE_PORT + 20))
 CLIENT=$BENCH_DIR/httpclient
 NGINX_URL=http://127.0.0.1:$NGINX_PORT
+# The same caches at the upstream's rate (the upstream section).
+UPSTREAM_URL=http://127.0.0.1:$((NGINX_PORT + 30))
 # Nix keeps a narinfo cache under $XDG_CACHE_HOME; a private one keeps runs
 # independent of each other and of the user's cache.
 export XDG_CACHE_HOME=$BENCH_DIR/xdg-cache
@@ -122,7 +135,7 @@ cleanup() {
   # The stores and caches are a gigabyte of RAM on tmpfs; keep only the
   # logs and the results unless asked to keep everything.
   if [ -z "${BENCH_KEEP:-}" ] && [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
-    rm -rf "$BENCH_DIR"/{node,node-base,base-src,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
+    rm -rf "$BENCH_DIR"/{node,node-base,node-pull,base-src,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
   fi
   exit "$rc"
 }
@@ -381,6 +394,7 @@ start_nginx() {
   static_cache none "$GO0"
   static_cache zstd "$GO0"
   port_free "$NGINX_PORT" || die "port $NGINX_PORT is in use; set NGINX_PORT"
+  port_free "$((NGINX_PORT + 30))" || die "port $((NGINX_PORT + 30)) is in use; set NGINX_PORT"
   local d=$BENCH_DIR/nginx
   mkdir -p "$d/tmp"
   # Tuned as a binary cache would be: sendfile, no access log, long-lived
@@ -413,6 +427,11 @@ http {
   server {
     listen 127.0.0.1:$NGINX_PORT;
     root $BENCH_DIR/static; # /none/ and /zstd/ are the two caches
+  }
+  server {
+    listen 127.0.0.1:$((NGINX_PORT + 30));
+    root $BENCH_DIR/static;
+    limit_rate $UPSTREAM_RATE; # per connection: the upstream's link
   }
 }
 EOF
@@ -1074,24 +1093,124 @@ bench_load() {
     "$(met ceiling "$(calc "$rss/1024")" 256)"
 }
 
+# ---------------------------------------------------------------- upstream
+
+PULL_PORT=$((NODE_PORT + 30))
+PULL_URL=http://127.0.0.1:$PULL_PORT
+PULL_SOCK=$BENCH_DIR/node-pull.sock
+PULL_PID=""
+
+# start_pull_node COMP: a node with an empty data dir pulling through from
+# nginx's COMP cache (signed with the bench key).
+start_pull_node() {
+  rm -rf "$BENCH_DIR/node-pull"
+  port_free "$PULL_PORT" || die "port $PULL_PORT is in use; set NODE_PORT"
+  P2PSTORE_DATA_DIR=$BENCH_DIR/node-pull "$BIN" serve --http-listen "127.0.0.1:$PULL_PORT" \
+    --daemon-socket "$PULL_SOCK" --p2p-listen "/ip4/127.0.0.1/tcp/$((P2P_PORT + 30))" --mdns=false \
+    --upstream "$UPSTREAM_URL/$1" --upstream-public-key "$PUBKEY" >>"$LOGS/node-pull.log" 2>&1 &
+  PULL_PID=$!
+  PIDS+=("$PULL_PID")
+  wait_for "the pull-through node" "$PULL_PID" "$BIN" status --daemon-socket "$PULL_SOCK"
+}
+
+stop_pull_node() {
+  kill -TERM "$PULL_PID" 2>/dev/null || true
+  wait "$PULL_PID" 2>/dev/null || true
+  PULL_PID=""
+}
+
+# substitute_once SUBSTITUTER NAME: sets SUB_SECONDS to the time of
+# `nix-store -r` of go1.25.0 into a fresh client store (narHash checked).
+substitute_once() {
+  local url=$1 name=$2 client=$BENCH_DIR/client-$2 t0 t1 got
+  chmod -R u+w "$client" 2>/dev/null || true
+  rm -rf "$client" "$XDG_CACHE_HOME/$name"
+  t0=$(now)
+  XDG_CACHE_HOME=$XDG_CACHE_HOME/$name nix-store --store "$client" -r "$GO0" \
+    --option substituters "$url" --option trusted-public-keys "$PUBKEY" \
+    >>"$LOGS/upstream-$name.log" 2>&1 || die "nix-store -r from $url failed; see $LOGS/upstream-$name.log"
+  t1=$(now)
+  got=$(nar_hash --store "$client" "$GO0")
+  [ "$got" = "$SRC_NARHASH" ] || die "client store from $url has narHash $got, not $SRC_NARHASH"
+  chmod -R u+w "$client" && rm -rf "$client"
+  SUB_SECONDS=$(elapsed "$t0" "$t1")
+}
+
+bench_upstream() {
+  start_nginx
+  log "making a static xz cache of go1.25.0"
+  static_cache xz "$GO0"
+  local comp i cold=() direct=() warm=() four=() rss=0 r file_size sent=0 pids t0 t1 ratio
+  for comp in zstd xz; do
+    cold=() direct=() warm=()
+    file_size=$(curl -fsS "$UPSTREAM_URL/$comp/$(hash_part "$GO0").narinfo" | sed -n 's/^FileSize: //p')
+    for ((i = 1; i <= RUNS; i++)); do
+      substitute_once "$UPSTREAM_URL/$comp" direct
+      direct+=("$SUB_SECONDS")
+      start_pull_node "$comp"
+      substitute_once "$PULL_URL" cold
+      cold+=("$SUB_SECONDS")
+      substitute_once "$PULL_URL" warm
+      warm+=("$SUB_SECONDS")
+      r=$(awk '/^VmHWM/ { print $2 }' "/proc/$PULL_PID/status")
+      ((r > rss)) && rss=$r
+      stop_pull_node
+      log "  run $i $comp: direct ${direct[-1]} s, cold ${cold[-1]} s, warm ${warm[-1]} s"
+    done
+    ratio=$(calc "$(best min "${cold[@]}")/$(best min "${direct[@]}")")
+    row "nix-store -r go1.25.0 through a cold pull-through node, $comp upstream at $UPSTREAM_RATE/s (peer: straight from the upstream)" \
+      "$(fmt '%.2f s' "$(best min "${cold[@]}")")" "$(fmt '%.2f s' "$(best min "${direct[@]}")")" "$(fmt '%.2f' "$ratio")" "≤ 1.1" "$(met ceiling "$ratio" 1.1)"
+    ratio=$(calc "$(best min "${warm[@]}")/$(best min "${direct[@]}")")
+    row "the same, a second client through the warm node, $comp upstream" \
+      "$(fmt '%.2f s' "$(best min "${warm[@]}")")" "$(fmt '%.2f s' "$(best min "${direct[@]}")")" "$(fmt '%.2f' "$ratio")" "≤ 0.2" "$(met ceiling "$ratio" 0.2)"
+    if [ "$comp" = zstd ]; then
+      # Four clients at once through a cold node.
+      four=()
+      for ((i = 1; i <= RUNS; i++)); do
+        start_pull_node zstd
+        pids=()
+        t0=$(now)
+        for r in 1 2 3 4; do
+          (substitute_once "$PULL_URL" "four-$r") &
+          pids+=($!)
+        done
+        for r in "${pids[@]}"; do wait "$r" || die "a client of four failed; see $LOGS/upstream-four-*.log"; done
+        t1=$(now)
+        four+=("$(elapsed "$t0" "$t1")")
+        sent=$("$BIN" status --json --daemon-socket "$PULL_SOCK" | json_num upstream_bytes_received)
+        stop_pull_node
+        log "  run $i four clients: ${four[-1]} s, $sent upstream bytes"
+      done
+      ratio=$(calc "$(best min "${four[@]}")/$(best min "${cold[@]}")")
+      row "four clients at once through a cold node, zstd: the last one's time (peer: one client, cold)" \
+        "$(fmt '%.2f s' "$(best min "${four[@]}")")" "$(fmt '%.2f s' "$(best min "${cold[@]}")")" "$(fmt '%.2f' "$ratio")" "≤ 1.3" "$(met ceiling "$ratio" 1.3)"
+      ratio=$(calc "$sent/$file_size")
+      row "upstream bytes for those four clients (peer: the .nar.zst's size)" \
+        "$(fmt '%.1f MB' "$(calc "$sent/1e6")")" "$(fmt '%.1f MB' "$(calc "$file_size/1e6")")" "$(fmt '%.3f' "$ratio")" "≤ 1.05" "$(met ceiling "$ratio" 1.05)"
+    fi
+  done
+  row "pull-through node peak RSS (VmHWM, cold and warm runs)" "$(fmt '%.0f MiB' "$(calc "$rss/1024")")" "—" "—" "≤ 150 MiB" \
+    "$(met ceiling "$(calc "$rss/1024")" 150)"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
   # Nix is compressing or the node importing.
   for w in "${what[@]}"; do
     case $w in
-      serve | e2e) start_nginx ;;
+      serve | e2e | upstream) start_nginx ;;
       narinfo) start_base && make_narinfo_paths ;;
       closure) start_base && make_closure_paths ;;
       dedup | load) start_node ;;

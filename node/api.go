@@ -48,7 +48,7 @@ type Status struct {
 	Directories           uint64   `json:"directories"`
 	P2PBytesReceived      uint64   `json:"p2p_bytes_received"`
 	P2PBytesSent          uint64   `json:"p2p_bytes_sent"`
-	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"` // 0: the node does not fetch from binary caches yet
+	UpstreamBytesReceived uint64   `json:"upstream_bytes_received"` // compressed NAR and narinfo bytes read from upstream.substituters
 	HTTPListen            string   `json:"http_listen"`
 	DaemonSocket          string   `json:"daemon_socket,omitempty"` // the control socket only
 	PublicKey             string   `json:"public_key,omitempty"`
@@ -314,6 +314,7 @@ func (n *Node) status() (*Status, error) {
 		ImportsRunning:   n.importsRunning.Load(),
 		GarbageBytes:     n.store.DroppedBytes(),
 	}
+	s.UpstreamBytesReceived = n.upstreamBytes()
 	if counted {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}

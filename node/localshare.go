@@ -27,10 +27,9 @@ import (
 // Sharing the machine's own Nix store (local.share). The node watches
 // the store (localstore.Watch: db.sqlite, or the daemon) and keeps a
 // catalog of its paths that carry a signature verifying with a key it
-// knows (trust.public_keys, upstream.public_keys, its own): those are
-// public already, so they are served at once, without an import, and
-// announced to peers when shares would give them (a key of
-// trust.public_keys or its own). Unsigned paths (local builds) never
+// trusts (trust.go): those are public already, so they are served at
+// once, without an import, and announced to peers. Unsigned paths (local
+// builds) never
 // enter the catalog: they are served to no one. Signatures that do not
 // verify are dropped, as Nix ignores them.
 //
@@ -67,10 +66,6 @@ type localShare struct {
 // localPath is a catalogued path.
 type localPath struct {
 	info *pathinfo.Info
-	// peers: signed by a key of trust.public_keys or the node's own, so
-	// given to peers too (see shares); a path only an upstream key signed
-	// is for the node's HTTP clients.
-	peers bool
 }
 
 // startLocalShare opens the local store when local.share asks for it and
@@ -140,19 +135,16 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 	storeDir := l.n.cfg.StoreDir
 	err := l.src.Poll(ctx, func(info *pathinfo.Info) error {
 		hash := info.HashPart()
-		trusted, peers := l.trust(info)
-		if info.Validate(storeDir) != nil || !trusted {
+		if info.Validate(storeDir) != nil || !l.trust(info) {
 			l.drop(hash)
 			return nil
 		}
 		l.mu.Lock()
-		old, had := l.paths[hash]
-		l.paths[hash] = localPath{info: info, peers: peers}
+		_, had := l.paths[hash]
+		l.paths[hash] = localPath{info: info}
 		l.mu.Unlock()
 		if !had {
 			added++
-		}
-		if peers && !old.peers {
 			fresh = append(fresh, dht.PathKey(storeDir, hash))
 			if l.n.cfg.LocalCopyAhead && l.n.p2p != nil { // no peers, nothing to copy ahead for
 				l.mu.Lock()
@@ -183,13 +175,12 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 	return added, err
 }
 
-// trust drops the signatures that name a key the node knows but do not
+// trust drops the signatures that name a key the node trusts but do not
 // verify (as Nix ignores them), and reports whether one of the others
-// verifies with a key it knows (trusted), and with one whose paths it
-// gives peers (peers: keys.share, as shares says).
-func (l *localShare) trust(info *pathinfo.Info) (trusted, peers bool) {
-	info.DropBadSigs(l.n.keys.known)
-	return info.TrustedBy(l.n.keys.known), info.TrustedBy(l.n.keys.share)
+// verifies.
+func (l *localShare) trust(info *pathinfo.Info) bool {
+	info.DropBadSigs(l.n.keys)
+	return info.TrustedBy(l.n.keys)
 }
 
 // drop takes a path out of the catalog. (Its DHT record expires.)
@@ -216,14 +207,15 @@ func (l *localShare) info(hash string) *pathinfo.Info {
 	return &c
 }
 
-// forPeers reports whether a catalogued path is one peers may have.
-func (l *localShare) forPeers(hash string) bool {
+// has reports whether a path is catalogued.
+func (l *localShare) has(hash string) bool {
 	if l == nil {
 		return false
 	}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
-	return l.paths[hash].peers
+	_, ok := l.paths[hash]
+	return ok
 }
 
 // counts returns the number of catalogued paths, and whether the first
@@ -248,10 +240,8 @@ func (l *localShare) keys() []mh.Multihash {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	out := make([]mh.Multihash, 0, len(l.paths))
-	for hash, p := range l.paths {
-		if p.peers {
-			out = append(out, dht.PathKey(l.n.cfg.StoreDir, hash))
-		}
+	for hash := range l.paths {
+		out = append(out, dht.PathKey(l.n.cfg.StoreDir, hash))
 	}
 	return out
 }

@@ -71,34 +71,33 @@ func TestCheckedNAR(t *testing.T) {
 }
 
 // TestLocalTrust: a path is catalogued when one signature verifies with a
-// known key, and given to peers when that key is one of trust.public_keys;
-// a signature by a known key's name that does not verify is dropped, one
-// by an unknown key kept.
+// trusted key (an upstream's too); a signature by a trusted key's name
+// that does not verify is dropped, one by an unknown key kept.
 func TestLocalTrust(t *testing.T) {
 	good, _ := narinfo.GenerateKey("good-1")
 	rotated, _ := narinfo.GenerateKey("good-1") // same name, other key
 	other, _ := narinfo.GenerateKey("other-1")
 	upstream, _ := narinfo.GenerateKey("upstream-1")
-	n := &Node{keys: trustKeys{share: []narinfo.PublicKey{good.Public()}, known: []narinfo.PublicKey{good.Public(), upstream.Public()}}}
+	n := &Node{keys: []narinfo.PublicKey{good.Public(), upstream.Public()}}
 	l := &localShare{n: n}
 	info := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x", NarSize: 8}
 	fp := info.Fingerprint()
 	stale, fresh, unknown := rotated.Sign(fp), good.Sign(fp), other.Sign(fp)
 
 	info.Sigs = []string{stale, fresh, unknown}
-	if trusted, peers := l.trust(info); !trusted || !peers || !slices.Equal(info.Sigs, []string{fresh, unknown}) {
-		t.Errorf("a stale and a good signature: trusted %v, for peers %v, kept %v", trusted, peers, info.Sigs)
+	if !l.trust(info) || !slices.Equal(info.Sigs, []string{fresh, unknown}) {
+		t.Errorf("a stale and a good signature: kept %v", info.Sigs)
 	}
 	info.Sigs = []string{stale, unknown}
-	if trusted, _ := l.trust(info); trusted || !slices.Equal(info.Sigs, []string{unknown}) {
+	if l.trust(info) || !slices.Equal(info.Sigs, []string{unknown}) {
 		t.Errorf("no good signature: kept %v", info.Sigs)
 	}
 	info.Sigs = []string{upstream.Sign(fp)}
-	if trusted, peers := l.trust(info); !trusted || peers {
-		t.Errorf("signed by an upstream key only: trusted %v, for peers %v; want served, not given to peers", trusted, peers)
+	if !l.trust(info) {
+		t.Error("a path signed by an upstream key only is not trusted")
 	}
 	info.Sigs = nil
-	if trusted, _ := l.trust(info); trusted {
+	if l.trust(info) {
 		t.Error("an unsigned path is trusted")
 	}
 }
@@ -142,7 +141,7 @@ func TestLocalIngestOnce(t *testing.T) {
 	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info, peers: true}}, ctx: ctx}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: ctx}
 	n.local = l
 
 	const askers = 8
@@ -179,7 +178,7 @@ func TestCopyAheadRoom(t *testing.T) {
 	n.local = l
 	for _, size := range []uint64{5 * fileKiB << 10, 7 * fileKiB << 10} {
 		info := &pathinfo.Info{StorePath: fmt.Sprintf("/nix/store/%032d-local", size), NarSize: size}
-		l.paths[info.HashPart()] = localPath{info: info, peers: true}
+		l.paths[info.HashPart()] = localPath{info: info}
 	}
 	if !l.roomToCopyAhead(fmt.Sprintf("%032d", 5*fileKiB<<10)) {
 		t.Error("a path that fits in three quarters of the limit is not copied ahead")

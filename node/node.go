@@ -16,6 +16,10 @@
 // The signed paths of the machine's own Nix store are served and shared
 // without an import, from a catalog that follows the store (localshare.go):
 // Info answers from the index, then that catalog, then the peers.
+//
+// With upstream.substituters, the upstream binary caches are asked beside
+// the peers, and a path found there is pulled through by package pull
+// (upstream.go).
 package node
 
 import (
@@ -51,7 +55,7 @@ type Node struct {
 	store   *castore.Store
 	index   *pathinfo.Index
 	signKey *narinfo.SecretKey
-	keys    trustKeys
+	keys    []narinfo.PublicKey // trusted (trust.go)
 	lock    *os.File
 	metrics *metrics
 
@@ -59,6 +63,7 @@ type Node struct {
 	importsRunning atomic.Int64
 	p2p            *p2p        // nil when p2p.listen is empty
 	local          *localShare // nil when the node shares no local store
+	up             *upstreams  // nil without upstream.substituters
 
 	sharedCount sharedCount
 	limit       diskLimit // storage.max_bytes (disklimit.go)
@@ -123,6 +128,9 @@ func (n *Node) open() error {
 		return err
 	}
 	n.metrics = newMetrics(n)
+	if err := n.openUpstreams(); err != nil {
+		return err
+	}
 	if cfg.HTTPListen != "" {
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 			return fmt.Errorf("http.listen: %w", err)
@@ -252,9 +260,6 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
-	if len(n.cfg.Upstreams) > 0 {
-		n.log.Warn("upstream.substituters is not used by this version", "upstreams", n.cfg.Upstreams)
-	}
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

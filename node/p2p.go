@@ -151,7 +151,7 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 		h.Close()
 		return nil, err
 	}
-	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys.share, Log: n.log, Reserve: n.reserveSpace}, peerFinder{p}, n.store, fetchedPaths{n}, p)
+	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace}, peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
 		go p.connect(ctx, pi)
 	}
@@ -323,7 +323,7 @@ type transferSource struct{ n *Node }
 
 func (t transferSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := t.n.index.Get(hash)
-	if errors.Is(err, pathinfo.ErrNotFound) && t.n.local.forPeers(hash) {
+	if errors.Is(err, pathinfo.ErrNotFound) && t.n.local.has(hash) {
 		// A signed path of the local Nix store: the record needs its tree.
 		if err = t.n.local.ingest(ctx, hash); err == nil {
 			info, err = t.n.index.Get(hash)

@@ -17,15 +17,18 @@ import (
 )
 
 // Info implements httpcache.Paths: the local index, the signed paths of
-// the local Nix store, then the peers. For a path fetched from peers it
-// answers as soon as a trusted record is found; the NAR then streams as
-// the chunks arrive.
+// the local Nix store, then the peers (and the upstreams, upstream.go).
+// For a path fetched from peers it answers as soon as a trusted record is
+// found; the NAR then streams as the chunks arrive.
 func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := n.index.Get(hash)
 	if errors.Is(err, pathinfo.ErrNotFound) {
 		if li := n.local.info(hash); li != nil {
 			return li, nil
 		}
+	}
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
+		return n.infoElsewhere(ctx, hash) // upstream.go
 	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		j, err := n.p2p.fetch.Start(ctx, hash)
@@ -48,6 +51,9 @@ func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) 
 		if err = n.local.ingest(ctx, hash); err == nil {
 			info, err = n.index.Get(hash)
 		}
+	}
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
+		return n.lookupElsewhere(ctx, hash) // upstream.go
 	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		info, _, err = n.p2p.fetch.Fetch(ctx, hash)
@@ -81,6 +87,11 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Par
 	absent := func() bool { return !held || !n.index.Has(hash) }
 	if n.local != nil && absent() {
 		if ok, err := n.local.render(ctx, info, part, cw); ok || err != nil {
+			return err
+		}
+	}
+	if n.up != nil && absent() {
+		if handled, err := n.renderPulling(ctx, info, part, cw); handled {
 			return err
 		}
 	}

@@ -28,7 +28,7 @@ const (
 
 // shares says whether a path is one the node gives to peers.
 func (n *Node) shares(info *pathinfo.Info) bool {
-	return !info.Private && info.TrustedBy(n.keys.share)
+	return !info.Private && info.TrustedBy(n.keys)
 }
 
 // sharedCount counts the paths the node shares, for status without

@@ -9,31 +9,28 @@ import (
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
-// trustKeys are the public keys the node checks signatures with, parsed
-// once at start: a path is trusted when any of its signatures verifies
-// with one of them (signatures that do not verify are ignored, as Nix
-// does).
-type trustKeys struct {
-	share []narinfo.PublicKey // trust.public_keys and the node's own: what it takes from and gives to peers
-	known []narinfo.PublicKey // those and upstream.public_keys: every key it can check a signature with
-}
-
-func loadKeys(cfg *config.Config, own *narinfo.SecretKey) (trustKeys, error) {
-	var k trustKeys
+// loadKeys parses, once at start, the public keys the node trusts: a path
+// is trusted when any of its signatures verifies with one of them
+// (signatures that do not verify are dropped, as Nix ignores them). One
+// set serves every use: what the node takes from peers and upstreams, and
+// what it gives peers and serves from the local store. trust.public_keys
+// and upstream.public_keys differ only in where a user thinks of them: a
+// signature binds the path to its NarHash, so a path cache.nixos.org
+// signed is as good from a peer as from cache.nixos.org.
+func loadKeys(cfg *config.Config, own *narinfo.SecretKey) ([]narinfo.PublicKey, error) {
 	trusted, err := parseKeys(cfg.TrustedPublicKeys)
 	if err != nil {
-		return k, fmt.Errorf("trust.public_keys: %w", err)
+		return nil, fmt.Errorf("trust.public_keys: %w", err)
 	}
 	upstream, err := parseKeys(cfg.UpstreamPublicKeys)
 	if err != nil {
-		return k, fmt.Errorf("upstream.public_keys: %w", err)
+		return nil, fmt.Errorf("upstream.public_keys: %w", err)
 	}
-	k.share = trusted
+	keys := append(trusted, upstream...)
 	if own != nil {
-		k.share = append(k.share, own.Public())
+		keys = append(keys, own.Public())
 	}
-	k.known = append(append([]narinfo.PublicKey(nil), k.share...), upstream...)
-	return k, nil
+	return keys, nil
 }
 
 func parseKeys(texts []string) ([]narinfo.PublicKey, error) {
@@ -53,7 +50,7 @@ func parseKeys(texts []string) ([]narinfo.PublicKey, error) {
 // saying so in the log: Nix accepts such a path when another signature
 // verifies, and so does the node.
 func (n *Node) dropBadSigs(info *pathinfo.Info) {
-	for _, sig := range info.DropBadSigs(n.keys.known) {
+	for _, sig := range info.DropBadSigs(n.keys) {
 		name, _, _ := strings.Cut(sig, ":")
 		n.log.Warn("dropped a signature that does not verify", "path", info.StorePath, "key", name)
 	}

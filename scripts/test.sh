@@ -6,10 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
 # zstd checks our .nar.zst streams with the reference decoder; sshd serves
-# the ssh-ng tests.
+# the ssh-ng tests; bzip2 makes a bzip2 NAR for the upstream client's tests.
 missing=()
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+command -v bzip2 >/dev/null 2>&1 || missing+=(bzip2)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server openssh-client)
+# nginx serves the static upstream caches of the pull-through tests.
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

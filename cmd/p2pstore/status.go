@@ -57,6 +57,7 @@ func statusCommand() *cobra.Command {
 			}
 			fmt.Printf("dedup ratio:    %.3f (stored / logical)\n", s.DedupRatio)
 			fmt.Printf("p2p received:   %s, sent %s\n", humanBytes(s.P2PBytesReceived), humanBytes(s.P2PBytesSent))
+			fmt.Printf("upstream:       %s received\n", humanBytes(s.UpstreamBytesReceived))
 			return nil
 		},
 	}

@@ -51,6 +51,11 @@ type Part struct {
 // clients that ask for it, and not worth more per client.
 const xzDictCap = 1 << 20
 
+// NewXzWriter returns the compressor of .nar.xz responses on w.
+func NewXzWriter(w io.Writer) (io.WriteCloser, error) {
+	return xz.WriterConfig{DictCap: xzDictCap}.NewWriter(w)
+}
+
 // RenderPart writes the part of the tree's NAR a client asks for to w. A
 // zstd NAR goes through the Splicer newSplicer makes on w; xz is
 // compressed here, on the fly.
@@ -59,7 +64,7 @@ func RenderPart(ctx context.Context, w io.Writer, root castore.Node, src Source,
 	case part.Compression == CompressionZstd:
 		return RenderSpliced(ctx, newSplicer(w), root, src)
 	case part.Compression == CompressionXz:
-		xw, err := xz.WriterConfig{DictCap: xzDictCap}.NewWriter(w)
+		xw, err := NewXzWriter(w)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,367 @@
+// Package pull runs the jobs that pull paths through from upstream
+// binary caches: one job per path however many clients ask for it.
+//
+// A job copies the upstream's decompressed NAR into a spool file and, at
+// the same time, hands the spool to the node's ingest (Adder), which
+// stores the tree in castore and checks the NAR against the signed
+// NarHash and NarSize before the path becomes valid. Clients read the
+// spool as it grows, from any offset, so the first client does not wait
+// for the whole path, and one that joins late reads from the start.
+//
+// Decisions:
+//   - The spool file is unlinked as soon as it is made: a crash leaves
+//     nothing behind, and readers keep it through the job's descriptor
+//     until the last one is done.
+//   - A client never gets the last byte of the NAR before the whole NAR
+//     has been checked against the signed NarHash and NarSize (hashed as
+//     it is spooled, so that clients do not wait for the slower ingest):
+//     if the job fails first (truncated or wrong NAR, upstream error,
+//     full disk), every client's read fails, so the HTTP layer aborts the
+//     response instead of ending a NAR that looks complete. The ingest
+//     checks the NAR again as it parses it, before the path is recorded.
+//   - A job runs on after the request that started it ends: others may
+//     join it, and the path is worth having.
+package pull
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// Adder records a path from its NAR stream, which it checks against
+// info's NarHash and NarSize; nothing is recorded when it fails.
+type Adder interface {
+	AddPath(ctx context.Context, info *pathinfo.Info, nar io.Reader) error
+}
+
+// Opener opens a path's NAR upstream, decompressed.
+type Opener func(ctx context.Context) (io.ReadCloser, error)
+
+// ErrFinished is returned by Render for a job that has completed and let
+// its spool go: the path is valid, read it from the store.
+var ErrFinished = errors.New("pull: finished")
+
+// ErrFailedRecently is Start's answer for a path whose upstream sent a
+// broken or wrong NAR less than failMemory ago: a client retrying it gets
+// a 404 at once rather than another download of it. A failure of the
+// node's own (a full disk) is not remembered.
+var ErrFailedRecently = errors.New("pull: failed recently")
+
+const failMemory = 30 * time.Second
+
+// Puller runs pull jobs.
+type Puller struct {
+	dir string // spool files go here
+	add Adder
+	log *slog.Logger
+
+	mu     sync.Mutex
+	jobs   map[string]*Job      // running, by hash part
+	failed map[string]time.Time // hash parts whose pull failed: until
+}
+
+// New returns a Puller spooling into dir, which it makes.
+func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[string]time.Time{}}, nil
+}
+
+// Start returns the job pulling the path, starting one with open if none
+// runs for its hash part.
+func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, open Opener) (*Job, error) {
+	hash := info.HashPart()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if j := p.jobs[hash]; j != nil {
+		return j, nil
+	}
+	if until, ok := p.failed[hash]; ok {
+		if time.Now().Before(until) {
+			return nil, fmt.Errorf("%s: %w", info.StorePath, ErrFailedRecently)
+		}
+		delete(p.failed, hash)
+	}
+	f, err := os.CreateTemp(p.dir, hash+"-*.nar")
+	if err != nil {
+		return nil, err
+	}
+	os.Remove(f.Name())
+	j := &Job{p: p, info: info, hash: hash, f: f, refs: 1, done: make(chan struct{})}
+	j.cond = sync.NewCond(&j.mu)
+	p.jobs[hash] = j
+	go j.run(context.WithoutCancel(ctx), open)
+	return j, nil
+}
+
+// Running returns the job for a hash part, if one runs.
+func (p *Puller) Running(hash string) *Job {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.jobs[hash]
+}
+
+// Job is one path being pulled.
+type Job struct {
+	p    *Puller
+	info *pathinfo.Info
+	hash string
+	done chan struct{} // closed when the job has ended
+
+	mu      sync.Mutex
+	cond    *sync.Cond // signalled when written, ended or err change
+	f       *os.File   // the spool; closed when refs drops to 0
+	refs    int        // the job itself and its readers
+	written int64      // bytes in the spool
+	ended   bool       // the download stopped (err says how)
+	checked bool       // the spooled NAR matches NarHash and NarSize
+	err     error      // why the job failed
+	// upstreamFault says the upstream, not the node, made the job fail.
+	upstreamFault bool
+}
+
+// Info is the path's metadata (the caller must not change it).
+func (j *Job) Info() *pathinfo.Info { return j.info }
+
+// Wait waits for the job to end; nil means the path is valid.
+func (j *Job) Wait(ctx context.Context) error {
+	select {
+	case <-j.done:
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		return j.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (j *Job) run(ctx context.Context, open Opener) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	downloaded := make(chan struct{})
+	go func() {
+		defer close(downloaded)
+		j.download(ctx, open)
+	}()
+	info := *j.info
+	info.References = slices.Clone(info.References)
+	info.Sigs = slices.Clone(info.Sigs)
+	err := j.p.add.AddPath(ctx, &info, &spoolReader{j: j, ctx: ctx, ingest: true})
+	if err != nil {
+		j.setErr(err)
+	}
+	cancel()
+	<-downloaded
+	j.mu.Lock()
+	err = j.err
+	remember := err != nil && j.upstreamFault
+	j.cond.Broadcast()
+	j.mu.Unlock()
+	if err != nil {
+		j.p.log.Warn("pulling a path failed", "path", j.info.StorePath, "err", err)
+	} else {
+		j.p.log.Info("pulled a path", "path", j.info.StorePath, "nar_size", j.info.NarSize)
+	}
+	j.p.mu.Lock()
+	delete(j.p.jobs, j.hash)
+	if remember {
+		now := time.Now()
+		for h, until := range j.p.failed { // few: kept small here
+			if now.After(until) {
+				delete(j.p.failed, h)
+			}
+		}
+		j.p.failed[j.hash] = now.Add(failMemory)
+	}
+	j.p.mu.Unlock()
+	close(j.done)
+	j.release()
+}
+
+// download copies the decompressed NAR into the spool, NarSize bytes.
+func (j *Job) download(ctx context.Context, open Opener) {
+	err := func() error {
+		r, err := open(ctx)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		buf := make([]byte, 256<<10)
+		size := int64(j.info.NarSize)
+		h := sha256.New()
+		for off := int64(0); off < size; {
+			n, err := r.Read(buf[:min(int64(len(buf)), size-off)])
+			if n > 0 {
+				if _, werr := j.f.WriteAt(buf[:n], off); werr != nil {
+					return &localError{fmt.Errorf("spooling: %w", werr)}
+				}
+				h.Write(buf[:n])
+				off += int64(n)
+				if off == size {
+					if got := storepath.NarHash(h.Sum(nil)); got != j.info.NarHash {
+						return fmt.Errorf("%s: the upstream NAR has hash %s, not the signed %s", j.info.StorePath, got, j.info.NarHash)
+					}
+				}
+				j.mu.Lock()
+				j.written = off
+				j.checked = off == size
+				j.cond.Broadcast()
+				j.mu.Unlock()
+			}
+			if err == io.EOF && off < size {
+				return fmt.Errorf("%s: the upstream NAR ended after %d of %d bytes", j.info.StorePath, off, size)
+			}
+			if err != nil && err != io.EOF {
+				return err
+			}
+		}
+		return nil
+	}()
+	var local *localError
+	j.mu.Lock()
+	j.ended = true
+	if err != nil && ctx.Err() == nil && j.err == nil {
+		j.upstreamFault = !errors.As(err, &local)
+	}
+	j.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		j.setErr(err)
+	}
+	j.mu.Lock()
+	j.cond.Broadcast()
+	j.mu.Unlock()
+}
+
+// localError is a download's failure of the node's own (its spool).
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
+func (j *Job) setErr(err error) {
+	j.mu.Lock()
+	if j.err == nil {
+		j.err = err
+	}
+	j.cond.Broadcast()
+	j.mu.Unlock()
+}
+
+// acquire takes a reference on the spool, unless it is gone.
+func (j *Job) acquire() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.refs == 0 {
+		return false
+	}
+	j.refs++
+	return true
+}
+
+func (j *Job) release() {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.refs--; j.refs == 0 {
+		j.f.Close()
+	}
+}
+
+// wait returns how many bytes from off a reader may read now, waiting
+// for some; 0 with io.EOF at the end. A client (not ingest) may not read
+// the last byte before the NAR is checked.
+func (j *Job) wait(ctx context.Context, off int64, ingest bool) (int64, error) {
+	stop := context.AfterFunc(ctx, func() {
+		j.mu.Lock()
+		j.cond.Broadcast()
+		j.mu.Unlock()
+	})
+	defer stop()
+	size := int64(j.info.NarSize)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for {
+		if j.err != nil {
+			return 0, j.err
+		}
+		if off >= size {
+			return 0, io.EOF
+		}
+		limit := j.written
+		if !ingest && !j.checked {
+			limit = min(limit, size-1)
+		}
+		if limit > off {
+			return limit - off, nil
+		}
+		if ingest && j.ended && j.written < size {
+			return 0, io.ErrUnexpectedEOF
+		}
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		j.cond.Wait()
+	}
+}
+
+// spoolReader reads the spool from its start as it grows.
+type spoolReader struct {
+	j      *Job
+	ctx    context.Context
+	off    int64
+	ingest bool
+}
+
+func (r *spoolReader) Read(p []byte) (int, error) {
+	n, err := r.j.wait(r.ctx, r.off, r.ingest)
+	if err != nil {
+		return 0, err
+	}
+	k, err := r.j.f.ReadAt(p[:min(int64(len(p)), n)], r.off)
+	r.off += int64(k)
+	if err == io.EOF && k > 0 {
+		err = nil
+	}
+	return k, err
+}
+
+// Render writes n bytes of the NAR from off to w (n < 0: to the end), as
+// they arrive. It fails when the job does, and returns ErrFinished, having
+// written nothing, when the job has completed and let its spool go.
+func (j *Job) Render(ctx context.Context, w io.Writer, off, n int64) error {
+	if !j.acquire() {
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		if j.err != nil {
+			return j.err
+		}
+		return ErrFinished
+	}
+	defer j.release()
+	if n < 0 {
+		n = int64(j.info.NarSize) - off
+	}
+	r := &spoolReader{j: j, ctx: ctx, off: off}
+	k, err := io.CopyBuffer(w, io.LimitReader(onlyReader{r}, n), make([]byte, 256<<10))
+	if err == nil && k < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// onlyReader hides everything but Read, so that io.Copy uses the buffer.
+type onlyReader struct{ io.Reader }

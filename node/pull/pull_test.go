@@ -1,0 +1,286 @@
+package pull
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+)
+
+// adder checks the NAR against NarHash and NarSize, as the node's does,
+// and waits for gate (when set) before it records the path.
+type adder struct {
+	gate     chan struct{}
+	mu       sync.Mutex
+	recorded []string
+}
+
+func (a *adder) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
+	h := sha256.New()
+	n, err := io.CopyN(h, r, int64(info.NarSize))
+	if err != nil {
+		return err
+	}
+	if [32]byte(h.Sum(nil)) != info.NarHash || uint64(n) != info.NarSize {
+		return errors.New("hash mismatch")
+	}
+	if a.gate != nil {
+		select {
+		case <-a.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	a.mu.Lock()
+	a.recorded = append(a.recorded, info.StorePath)
+	a.mu.Unlock()
+	return nil
+}
+
+func testNAR(size int) ([]byte, *pathinfo.Info) {
+	nar := make([]byte, size)
+	r := rand.New(rand.NewPCG(uint64(size), 2))
+	for i := range nar {
+		nar[i] = byte(r.Uint32())
+	}
+	return nar, &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-x", NarHash: sha256.Sum256(nar), NarSize: uint64(size)}
+}
+
+// pipeOpener serves the NAR through a pipe the test writes, counting opens.
+type pipeOpener struct {
+	opens atomic.Int64
+	r     *io.PipeReader
+	w     *io.PipeWriter
+}
+
+func newPipeOpener() *pipeOpener {
+	r, w := io.Pipe()
+	return &pipeOpener{r: r, w: w}
+}
+
+func (p *pipeOpener) open(ctx context.Context) (io.ReadCloser, error) {
+	p.opens.Add(1)
+	return p.r, nil
+}
+
+func newPuller(t *testing.T, a Adder) (*Puller, string) {
+	dir := t.TempDir() + "/spool"
+	p, err := New(dir, a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, dir
+}
+
+// progressWriter reports how much has been written through it.
+type progressWriter struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	notify chan struct{}
+}
+
+func newProgressWriter() *progressWriter { return &progressWriter{notify: make(chan struct{}, 1)} }
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (w *progressWriter) len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Len()
+}
+
+// waitLen waits until at least n bytes were written.
+func (w *progressWriter) waitLen(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for w.len() < n {
+		select {
+		case <-w.notify:
+		case <-deadline:
+			t.Fatalf("%d bytes written, waited for %d", w.len(), n)
+		}
+	}
+}
+
+func TestStreamsWhileDownloadingAndHoldsTheLastByte(t *testing.T) {
+	nar, info := testNAR(1 << 20)
+	a := &adder{gate: make(chan struct{})}
+	p, dir := newPuller(t, a)
+	op := newPipeOpener()
+	ctx := context.Background()
+	j, err := p.Start(ctx, info, op.open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j2, _ := p.Start(ctx, info, op.open); j2 != j {
+		t.Fatal("a second Start made a second job")
+	}
+	w := newProgressWriter()
+	rendered := make(chan error, 1)
+	go func() { rendered <- j.Render(ctx, w, 0, -1) }()
+
+	half := len(nar) / 2
+	op.w.Write(nar[:half])
+	w.waitLen(t, half) // the client has half before the upstream sent the rest
+
+	// A client joining late reads from the start.
+	late := newProgressWriter()
+	lateDone := make(chan error, 1)
+	go func() { lateDone <- j.Render(ctx, late, 0, -1) }()
+	late.waitLen(t, half)
+
+	// All but the last byte: the NAR cannot be checked yet, and the
+	// client does not get all of it.
+	op.w.Write(nar[half : len(nar)-1])
+	w.waitLen(t, len(nar)-1)
+	select {
+	case err := <-rendered:
+		t.Fatalf("the render ended (%v) before the NAR was checked", err)
+	default:
+	}
+	if w.len() != len(nar)-1 {
+		t.Fatalf("the client got %d of %d bytes before the NAR was checked", w.len(), len(nar))
+	}
+	// The last byte: the NAR checks out, the clients get all of it, even
+	// while the ingest has not recorded the path.
+	op.w.Write(nar[len(nar)-1:])
+	op.w.Close()
+	for _, c := range []chan error{rendered, lateDone} {
+		if err := <-c; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(w.buf.Bytes(), nar) || !bytes.Equal(late.buf.Bytes(), nar) {
+		t.Fatal("rendered NAR differs")
+	}
+	if p.Running(info.HashPart()) != j {
+		t.Fatal("the job ended before its path was recorded")
+	}
+	close(a.gate)
+	if err := j.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if op.opens.Load() != 1 || len(a.recorded) != 1 {
+		t.Fatalf("%d downloads, %d records; want 1 and 1", op.opens.Load(), len(a.recorded))
+	}
+	if err := j.Render(ctx, io.Discard, 0, -1); !errors.Is(err, ErrFinished) {
+		t.Fatalf("render after the end: %v, want ErrFinished", err)
+	}
+	if p.Running(info.HashPart()) != nil {
+		t.Fatal("the job still runs")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("spool dir holds %d files", len(ents))
+	}
+}
+
+func TestRange(t *testing.T) {
+	nar, info := testNAR(100000)
+	p, _ := newPuller(t, &adder{gate: make(chan struct{})}) // never recorded: ranges short of the end still go
+	op := newPipeOpener()
+	j, _ := p.Start(context.Background(), info, op.open)
+	go op.w.Write(nar)
+	var b bytes.Buffer
+	if err := j.Render(context.Background(), &b, 1000, 5000); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.Bytes(), nar[1000:6000]) {
+		t.Fatal("range differs")
+	}
+}
+
+func TestFailures(t *testing.T) {
+	nar, info := testNAR(1 << 20)
+	wrong := bytes.Clone(nar)
+	wrong[len(wrong)-1] ^= 1
+	cases := map[string]func(w *io.PipeWriter){
+		"truncated": func(w *io.PipeWriter) { w.Write(nar[:len(nar)/2]); w.Close() },
+		"broken":    func(w *io.PipeWriter) { w.Write(nar[:len(nar)/2]); w.CloseWithError(errors.New("connection reset")) },
+		"wrong NAR": func(w *io.PipeWriter) { w.Write(wrong); w.Close() },
+	}
+	for name, send := range cases {
+		t.Run(name, func(t *testing.T) {
+			a := &adder{}
+			p, dir := newPuller(t, a)
+			op := newPipeOpener()
+			j, _ := p.Start(context.Background(), info, op.open)
+			w := newProgressWriter()
+			rendered := make(chan error, 1)
+			go func() { rendered <- j.Render(context.Background(), w, 0, -1) }()
+			go send(op.w)
+			if err := <-rendered; err == nil {
+				t.Fatalf("the client's render ended well after %d bytes", w.len())
+			}
+			if w.len() >= len(nar) {
+				t.Fatalf("the client got all %d bytes of a failed pull", w.len())
+			}
+			if err := j.Wait(context.Background()); err == nil {
+				t.Fatal("the job succeeded")
+			}
+			if len(a.recorded) != 0 {
+				t.Fatal("a failed pull was recorded")
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+				t.Fatalf("spool dir holds %d files", len(ents))
+			}
+			if _, err := p.Start(context.Background(), info, op.open); !errors.Is(err, ErrFailedRecently) {
+				t.Fatalf("a pull that just failed started again (%v)", err)
+			}
+		})
+	}
+}
+
+func TestOpenFails(t *testing.T) {
+	_, info := testNAR(1000)
+	p, _ := newPuller(t, &adder{})
+	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+		return nil, fmt.Errorf("upstream down")
+	})
+	if err := j.Render(context.Background(), io.Discard, 0, -1); err == nil {
+		t.Fatal("render of a pull that never started ended well")
+	}
+}
+
+// eofReader returns the last bytes with io.EOF, as some readers do.
+type eofReader struct{ b []byte }
+
+func (r *eofReader) Read(p []byte) (int, error) {
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	if len(r.b) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (r *eofReader) Close() error { return nil }
+
+func TestLastBytesWithEOF(t *testing.T) {
+	nar, info := testNAR(1000)
+	p, _ := newPuller(t, &adder{})
+	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+		return &eofReader{nar}, nil
+	})
+	if err := j.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,206 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/p2pstore/p2pstore/internal/counting"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/node/pull"
+	"github.com/p2pstore/p2pstore/node/upstream"
+)
+
+// Pull-through from upstream binary caches (upstream.substituters). A
+// path the node lacks is asked of its peers and of the upstreams at once;
+// the first trusted answer wins: a peer's starts the fetch job (p2p.go),
+// an upstream's the pull job (package pull), whose NAR streams to the
+// client as it downloads. A narinfo request is answered within
+// narinfoDeadline whatever the sources do: 404 when none has answered, and
+// the lookup goes on in the background for the next request. The narinfo
+// served for a pulled path is the node's (its URL and compression), with
+// the upstream's signatures unchanged.
+
+// narinfoDeadline bounds the wait of a narinfo request for peers and
+// upstreams: Nix waits 300 s for a silent server, five times over.
+const narinfoDeadline = 2 * time.Second
+
+// spoolDir (under data_dir) holds the NARs being pulled.
+const spoolDir = "spool"
+
+// upstreams is the node's pull-through side.
+type upstreams struct {
+	client *upstream.Client
+	puller *pull.Puller
+}
+
+// openUpstreams sets the pull-through up when upstreams are configured.
+func (n *Node) openUpstreams() error {
+	if len(n.cfg.Upstreams) == 0 {
+		return nil
+	}
+	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log})
+	if err != nil {
+		return fmt.Errorf("upstream.substituters: %w", err)
+	}
+	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log)
+	if err != nil {
+		return err
+	}
+	n.up = &upstreams{client: c, puller: p}
+	return nil
+}
+
+// pulledPaths records what the pull jobs download, as an import does
+// (checked, stored, shared with peers when a shared key signed it), but
+// never signed by the node, whose upstream's signatures stand, nor pinned:
+// under storage.max_bytes it reserves room for the whole NAR first, as a
+// fetch does for the chunks it lacks.
+type pulledPaths struct{ n *Node }
+
+func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
+	defer p.n.reserveSpace(ctx, info.NarSize)()
+	_, err := p.n.addPath(ctx, info, r, false, false)
+	return err
+}
+
+// infoElsewhere finds a path the index lacks: a pull already running for
+// it, else the first trusted answer of the peers and the upstreams (a
+// fetch already running is the peers' answer: fetch.Start waits for its
+// record, which a running fetch may not have yet).
+func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	if j := n.up.puller.Running(hash); j != nil {
+		return j.Info(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, narinfoDeadline)
+	defer cancel()
+	type answer struct {
+		info *pathinfo.Info
+		err  error
+	}
+	answers := make(chan answer, 2)
+	asked := 1
+	go func() {
+		p, err := n.up.client.Lookup(ctx, hash)
+		if err != nil {
+			answers <- answer{nil, err}
+			return
+		}
+		j, err := n.up.puller.Start(ctx, p.Info, func(ctx context.Context) (io.ReadCloser, error) {
+			return n.up.client.Open(ctx, p)
+		})
+		if err != nil {
+			answers <- answer{nil, err}
+			return
+		}
+		n.up.client.Forget(hash) // the job has it now
+		answers <- answer{j.Info(), nil}
+	}()
+	if n.p2p != nil {
+		asked++
+		go func() {
+			j, err := n.p2p.fetch.Start(ctx, hash)
+			if err != nil {
+				answers <- answer{nil, err}
+				return
+			}
+			answers <- answer{j.Info(), nil}
+		}()
+	}
+	var errs []error
+	for range asked {
+		a := <-answers
+		if a.err == nil {
+			return a.info, nil
+		}
+		if !errors.Is(a.err, pathinfo.ErrNotFound) && !errors.Is(a.err, pull.ErrFailedRecently) && ctx.Err() == nil {
+			n.log.Warn("looking a path up", "hash", hash, "err", a.err)
+		}
+		errs = append(errs, a.err)
+	}
+	// Whatever went wrong, the client is told "not here" and moves on to
+	// its next substituter.
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, narinfoDeadline, pathinfo.ErrNotFound)
+	}
+	return nil, fmt.Errorf("%s: %w (%w)", hash, pathinfo.ErrNotFound, errors.Join(errs...))
+}
+
+// lookupElsewhere is infoElsewhere for callers that need the path valid
+// here: it waits for the job that gets it.
+func (n *Node) lookupElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	if _, err := n.infoElsewhere(ctx, hash); err != nil {
+		return nil, err
+	}
+	if j := n.up.puller.Running(hash); j != nil {
+		if err := j.Wait(ctx); err != nil {
+			return nil, err
+		}
+	} else if n.p2p != nil {
+		if j := n.p2p.fetch.Running(hash); j != nil {
+			if _, err := j.Wait(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return n.index.Get(hash)
+}
+
+// renderPulling renders a NAR from its pull job, when one runs for it,
+// and reports whether it did.
+func (n *Node) renderPulling(ctx context.Context, info *pathinfo.Info, part nar.Part, w *counting.Writer) (bool, error) {
+	j := n.up.puller.Running(info.HashPart())
+	if j == nil || j.Info().NarHash != info.NarHash {
+		return false, nil
+	}
+	sent := w.N
+	err := n.renderJob(ctx, j, part, w)
+	if errors.Is(err, pull.ErrFinished) {
+		return false, nil // valid now: rendered from castore
+	}
+	if err != nil && w.N == sent && ctx.Err() == nil {
+		// Nothing sent yet: a 404 sends the client to its next
+		// substituter.
+		err = fmt.Errorf("%s: %w (%w)", info.StorePath, pathinfo.ErrNotFound, err)
+	}
+	return true, err
+}
+
+// renderJob writes the part of a NAR being pulled: the spool's bytes, or
+// compressed on the fly for the .nar.zst and .nar.xz URLs.
+func (n *Node) renderJob(ctx context.Context, j *pull.Job, part nar.Part, w io.Writer) error {
+	var zw io.WriteCloser
+	switch part.Compression {
+	case nar.CompressionZstd:
+		r := n.store.NewReader()
+		defer r.Close()
+		zw = r.NewZstdWriter(w)
+	case nar.CompressionXz:
+		xw, err := nar.NewXzWriter(w)
+		if err != nil {
+			return err
+		}
+		zw = xw
+	default: // uncompressed
+		if part.N > 0 {
+			return j.Render(ctx, w, part.Off, part.N)
+		}
+		return j.Render(ctx, w, 0, -1)
+	}
+	if err := j.Render(ctx, zw, 0, -1); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+// upstreamBytes is the body bytes read from upstreams so far.
+func (n *Node) upstreamBytes() uint64 {
+	if n.up == nil {
+		return 0
+	}
+	return n.up.client.BytesReceived()
+}
