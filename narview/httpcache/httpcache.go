@@ -255,13 +255,12 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 			h.opts.Log.Error("serving NAR", "path", info.StorePath, "err", err)
 		}
 		if !started() && !gone {
+			// Whatever kept the node from sending the NAR, the client is
+			// told it is not here: Nix then takes it from its next
+			// substituter, where a 5xx would fail the substitution.
 			w.Header().Del("Content-Length")
 			w.Header().Del("Content-Range")
-			if errors.Is(err, pathinfo.ErrNotFound) {
-				http.Error(w, "no such path", http.StatusNotFound)
-			} else {
-				http.Error(w, "internal error", http.StatusInternalServerError)
-			}
+			http.Error(w, "no such path", http.StatusNotFound)
 			return
 		}
 		// The status line is gone; cut the connection so that the client

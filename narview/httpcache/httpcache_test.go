@@ -3,6 +3,7 @@ package httpcache
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -259,5 +260,28 @@ func TestNARWriterKeepsReadFrom(t *testing.T) {
 	}
 	if rec.readFroms != 1 {
 		t.Errorf("%d ReadFrom calls reached the ResponseWriter, want 1", rec.readFroms)
+	}
+}
+
+// failingPaths fails every NAR before its first byte, as a node does when
+// a path it announced cannot be delivered after all.
+type failingPaths struct{ *fakePaths }
+
+func (f failingPaths) NAR(ctx context.Context, info *pathinfo.Info, compression nar.Compression, w io.Writer) error {
+	return errors.New("disk on fire")
+}
+
+// TestNARFailureIsNotFound: a NAR the node cannot deliver is a 404, which
+// sends Nix to its next substituter, never a 5xx, which fails the
+// substitution.
+func TestNARFailureIsNotFound(t *testing.T) {
+	f := newFakePaths([]byte("nix-archive-1 and the rest"))
+	h := New(failingPaths{f}, Options{StoreDir: "/nix/store"})
+	for _, suffix := range []string{".nar", ".nar.zst"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", f.url(suffix), nil))
+		if rec.Code != http.StatusNotFound || rec.Header().Get("Content-Length") == fmt.Sprint(len(f.nar)) {
+			t.Errorf("GET %s of a NAR that fails: %d, Content-Length %q", suffix, rec.Code, rec.Header().Get("Content-Length"))
+		}
 	}
 }
