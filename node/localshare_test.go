@@ -15,9 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/p2pstore/p2pstore/config"
 	"github.com/p2pstore/p2pstore/narview/nar"
-
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -189,5 +190,44 @@ func TestCopyAheadRoom(t *testing.T) {
 	n.limit.max = 0
 	if !l.roomToCopyAhead(fmt.Sprintf("%032d", 7*fileKiB<<10)) {
 		t.Error("without a limit, a path is not copied ahead")
+	}
+}
+
+// TestLocalCompressedNAR: a .nar.zst of a local path not yet in castore
+// is the path's NAR once the node has copied it in; the catalog's record
+// (which has no tree) is not what the render reads.
+func TestLocalCompressedNAR(t *testing.T) {
+	dir := t.TempDir()
+	n, err := New(&config.Config{DataDir: filepath.Join(dir, "data"), StoreDir: "/nix/store",
+		DaemonSocket: filepath.Join(dir, "d.sock")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	tree := filepath.Join(dir, "tree")
+	os.MkdirAll(tree, 0o755)
+	os.WriteFile(filepath.Join(tree, "f"), bytes.Repeat([]byte("local contents "), 1000), 0o644)
+	var want bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&want), tree); err != nil {
+		t.Fatal(err)
+	}
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(want.Bytes())), NarSize: uint64(want.Len())}
+	src := &fakeLocal{nar: want.Bytes(), release: make(chan struct{})}
+	close(src.release)
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: context.Background()}
+	n.local = l
+	var got bytes.Buffer
+	if err := n.NAR(context.Background(), l.info(info.HashPart()), nar.CompressionZstd, &got); err != nil {
+		t.Fatal(err)
+	}
+	dec, err := zstd.NewReader(&got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
+	plain, err := io.ReadAll(dec)
+	if err != nil || !bytes.Equal(plain, want.Bytes()) {
+		t.Fatalf("the .nar.zst decodes to %d bytes (%v), want the NAR's %d", len(plain), err, want.Len())
 	}
 }

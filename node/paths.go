@@ -108,12 +108,15 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Par
 			return j.Render(ctx, cw, part)
 		}
 	}
-	if absent() {
+	// The index's record, not info: a path the local catalog or a pull
+	// job named (they know no tree) may have become valid meanwhile.
+	rec, err := n.index.Get(hash)
+	if !held || err != nil || rec.NarHash != info.NarHash {
 		return fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
 	}
 	r := n.store.NewReader()
 	defer r.Close()
-	return nar.RenderPart(ctx, cw, info.Root, r, part, zstdSplicer(r))
+	return nar.RenderPart(ctx, cw, rec.Root, r, part, zstdSplicer(r))
 }
 
 // zstdSplicer makes the zstd streams of NARs rendered through r.
