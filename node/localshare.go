@@ -68,10 +68,10 @@ type localPath struct {
 	info *pathinfo.Info
 }
 
-// startLocalShare opens the local store when local.share asks for it and
-// one is there, and watches it until ctx ends. It runs before the
-// servers start, so that n.local is set before anyone reads it.
-func (n *Node) startLocalShare(ctx context.Context) {
+// openLocalShare opens the local store when local.share asks for it and
+// one is there. It runs before the p2p side and the servers start, so
+// that n.local is set before anyone reads it; start then watches it.
+func (n *Node) openLocalShare(ctx context.Context) {
 	cfg := n.cfg
 	if !cfg.ShareLocal {
 		return
@@ -90,13 +90,22 @@ func (n *Node) startLocalShare(ctx context.Context) {
 		n.log.Warn("not sharing the local Nix store", "err", err)
 		return
 	}
-	l := &localShare{n: n, src: src, paths: map[string]localPath{}, behind: make(chan string, 1024),
+	n.local = &localShare{n: n, src: src, paths: map[string]localPath{}, behind: make(chan string, 1024),
 		wake: make(chan struct{}, 1), ctx: ctx}
-	n.local = l
-	n.wg.Add(2)
-	go l.watch(ctx, cfg.LocalPoll)
-	go l.ingestBehind(ctx)
 	n.log.Info("sharing the local Nix store", "from", src.Name())
+}
+
+// start watches the local store and copies its paths in, until ctx ends.
+// It runs once the p2p side is up (whether there are peers decides what
+// is copied ahead); openLocalShare runs before, so that peers' requests
+// find n.local set. Safe on a nil catalog.
+func (l *localShare) start(ctx context.Context) {
+	if l == nil {
+		return
+	}
+	l.n.wg.Add(2)
+	go l.watch(ctx, l.n.cfg.LocalPoll)
+	go l.ingestBehind(ctx)
 }
 
 // watch polls the store every interval until ctx ends.

@@ -209,6 +209,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	n.openLocalShare(ctx)
 	if len(n.cfg.P2PListen) > 0 {
 		p, err := n.startP2P(ctx)
 		if err != nil {
@@ -217,7 +218,7 @@ func (n *Node) Run(ctx context.Context) error {
 		n.p2p = p
 		defer p.close()
 	}
-	n.startLocalShare(ctx)
+	n.local.start(ctx)
 	// Before anything can write a record (the servers start below): see
 	// sharedCount.
 	snap, err := n.index.Snapshot()
