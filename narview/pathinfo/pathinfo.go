@@ -306,15 +306,21 @@ func (x *Index) Put(info *Info) error {
 		var old Info
 		delta := int64(info.NarSize)
 		pinned := int64(b2i(info.Pinned))
-		if prev := paths.Get(key); prev != nil && json.Unmarshal(prev, &old) == nil {
+		prev := paths.Get(key)
+		if prev != nil && json.Unmarshal(prev, &old) == nil {
 			delta -= int64(old.NarSize)
 			pinned -= int64(b2i(old.Pinned))
 		}
 		if err := paths.Put(key, v); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketUsed).Put(key, binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))); err != nil {
-			return err
+		// A new path counts as used now; a record replaced (pinned,
+		// unpinned, a signature added) keeps its last use, or unpin
+		// and gc would remove other paths before it.
+		if prev == nil {
+			if err := tx.Bucket(bucketUsed).Put(key, binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))); err != nil {
+				return err
+			}
 		}
 		meta := tx.Bucket(bucketMeta)
 		if err := addTo(meta, metaPinned, pinned); err != nil {

@@ -205,6 +205,9 @@ func TestUsedAndPinned(t *testing.T) {
 	if tot, _ := x.Totals(); tot.Pinned != 0 {
 		t.Fatalf("unpinned, still %d pinned", tot.Pinned)
 	}
+	if m := used(); m[a.HashPart()] != after[a.HashPart()] {
+		t.Fatalf("replacing a record (unpinning it) made it used at %d; it was last used at %d", m[a.HashPart()], after[a.HashPart()])
+	}
 	b.Pinned = true
 	if err := x.Put(b); err != nil {
 		t.Fatal(err)
