@@ -108,6 +108,15 @@ func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64
 		fmt.Sprintf("%x", root.Marshal()) + ";" + lists.String()
 }
 
+// encodeRecord makes the record a peer gets. What is this node's owner's
+// alone stays here: anonymous peers do not learn which paths were added
+// by hand.
+func encodeRecord(info *pathinfo.Info) ([]byte, error) {
+	out := *info
+	out.Private, out.Pinned = false, false
+	return json.Marshal(&out)
+}
+
 // decodeRecord parses a record, checking what can be checked without
 // knowing the store directory (the caller checks the rest with
 // Info.Validate) or the keys the caller trusts.

@@ -486,3 +486,22 @@ func FuzzClient(f *testing.F) {
 		}
 	})
 }
+
+// TestRecordKeepsOwnersMarks: a record sent to peers says nothing of
+// whether the owner pinned the path (or made it private), and reads back
+// as the same path.
+func TestRecordKeepsOwnersMarks(t *testing.T) {
+	in := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x",
+		Root: castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}, NarSize: 8, Pinned: true, Private: true}
+	b, err := encodeRecord(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("pinned")) || bytes.Contains(b, []byte("private")) {
+		t.Fatalf("the record peers get shows the owner's marks: %s", b)
+	}
+	out, err := decodeRecord(b)
+	if err != nil || out.StorePath != in.StorePath || out.NarSize != in.NarSize || !in.Pinned {
+		t.Fatalf("read back %+v, %v (and the node's own record kept its pin: %v)", out, err, in.Pinned)
+	}
+}
