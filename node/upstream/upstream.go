@@ -4,8 +4,10 @@
 //
 // Decisions:
 //   - Upstreams are asked in parallel; the first narinfo with a signature
-//     that verifies wins. Signatures that do not verify are dropped, never
-//     a reason to refuse the path (a rotated key leaves a stale one).
+//     that verifies wins. A signature that names a trusted key and does
+//     not verify is dropped, never a reason to refuse the path (a rotated
+//     key leaves a stale one); the others are kept as the upstream sent
+//     them (pathinfo.Info.DropBadSigs).
 //   - 404, 410 and 403 mean "not there" (S3 answers 403 for a missing
 //     key). Misses are remembered for MissTTL, errors for ErrorTTL, per
 //     upstream; a found path for FoundTTL, so that a lookup that finished
@@ -36,6 +38,7 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,8 +88,9 @@ const (
 	rememberedPaths = 64 << 10 // bound of each of the miss and found caches
 )
 
-// Path is a path an upstream offers: its metadata, with only the
-// signatures that verified, and where its NAR is.
+// Path is a path an upstream offers: its metadata, with the upstream's
+// signatures less those that name a trusted key and fail, and where its
+// NAR is.
 type Path struct {
 	Info        *pathinfo.Info
 	URL         string // absolute
@@ -329,13 +333,11 @@ func (c *Client) check(u *upstream, hash string, ni *narinfo.NarInfo) (*Path, er
 	if err := info.Validate(c.cfg.StoreDir); err != nil {
 		return nil, err
 	}
-	fp := info.Fingerprint()
-	for _, s := range ni.Sigs {
-		if narinfo.VerifyAny(fp, []string{s}, c.cfg.Keys) {
-			info.Sigs = append(info.Sigs, s)
-		}
-	}
-	if len(info.Sigs) == 0 {
+	// As everywhere in the node: the upstream's signatures stand, less
+	// those that name a trusted key and fail (a rotated key's).
+	info.Sigs = slices.Clone(ni.Sigs)
+	info.DropBadSigs(c.cfg.Keys)
+	if !info.TrustedBy(c.cfg.Keys) {
 		c.cfg.Log.Warn("upstream path not signed by a trusted key", "upstream", u.name, "path", ni.StorePath)
 		return nil, pathinfo.ErrNotFound
 	}
