@@ -571,12 +571,17 @@ type body struct {
 // open makes a request for the body from off.
 func (b *body) open() error {
 	ctx, stop := context.WithCancel(b.ctx)
+	// Armed before anything is read, the skip of a body read again
+	// included: the job's context never ends, so a read without it could
+	// wait forever.
+	idle := time.AfterFunc(b.c.cfg.IdleTimeout, stop)
 	rng := ""
 	if b.off > 0 {
 		rng = "bytes=" + strconv.FormatInt(b.off, 10) + "-"
 	}
 	resp, err := b.c.get(ctx, b.url, rng)
 	if err != nil {
+		idle.Stop()
 		stop()
 		return err
 	}
@@ -584,7 +589,7 @@ func (b *body) open() error {
 	case resp.StatusCode == http.StatusOK:
 		if b.off == 0 {
 			b.total = resp.ContentLength
-		} else if _, err = io.CopyN(io.Discard, resp.Body, b.off); err != nil {
+		} else if _, err = io.CopyN(io.Discard, &idleReader{r: resp.Body, idle: idle, timeout: b.c.cfg.IdleTimeout, received: &b.c.received}, b.off); err != nil {
 			// The upstream ignores ranges: the body again, skipped to
 			// where it broke.
 			err = fmt.Errorf("restarting the NAR at %d: %w", b.off, err)
@@ -597,13 +602,31 @@ func (b *body) open() error {
 		err = fmt.Errorf("%s: HTTP %s", b.url, resp.Status)
 	}
 	if err != nil {
+		idle.Stop()
 		resp.Body.Close()
 		stop()
 		return err
 	}
-	b.resp, b.stop = resp, stop
-	b.idle = time.AfterFunc(b.c.cfg.IdleTimeout, stop)
+	b.resp, b.stop, b.idle = resp, stop, idle
 	return nil
+}
+
+// idleReader restarts an idle timer at each byte it reads, and counts
+// them as received.
+type idleReader struct {
+	r        io.Reader
+	idle     *time.Timer
+	timeout  time.Duration
+	received *atomic.Uint64
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.idle.Reset(r.timeout)
+		r.received.Add(uint64(n))
+	}
+	return n, err
 }
 
 func (b *body) Read(p []byte) (int, error) {

@@ -645,3 +645,58 @@ func TestBreakerReprobes(t *testing.T) {
 		t.Fatalf("narinfo asked %d times after the breaker opened, want once (after the probe)", rt.hits("/"+f.hash+".narinfo")-before)
 	}
 }
+
+// An upstream that ignores ranges and stalls while the body is read again
+// up to where it broke: the idle timeout ends that read too.
+func TestStallWhileSkippingToResume(t *testing.T) {
+	f := newFixture(t, 12, 1<<20)
+	released := make(chan struct{})
+	var first atomic.Bool
+	first.Store(true)
+	rt := newRoutes()
+	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/a.nar", "none"))
+	rt.handle("/nar/a.nar", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(f.nar)))
+		if first.Swap(false) {
+			w.Write(f.nar[:len(f.nar)/2])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		w.Write(f.nar[:1000]) // Range ignored; then nothing
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-released:
+		}
+	})
+	s := serve(t, rt)
+	t.Cleanup(func() { close(released) }) // before the server closes
+	c, err := New(Config{URLs: []string{s.URL}, Keys: []narinfo.PublicKey{f.key.Public()}, StoreDir: storeDir,
+		IdleTimeout: 300 * time.Millisecond, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The context of a pull job: it never ends.
+	r, err := c.Open(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(r)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("a NAR whose upstream stalled read without error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still reading 10 s after the upstream stalled (idle timeout 300 ms)")
+	}
+}
