@@ -170,8 +170,11 @@ func (n *Node) renderPulling(ctx context.Context, info *pathinfo.Info, part nar.
 	return true, err
 }
 
-// renderJob writes the part of a NAR being pulled: the spool's bytes, or
-// compressed on the fly for the .nar.zst and .nar.xz URLs.
+// renderJob writes the part of a NAR being pulled from its spool: the
+// bytes as they are; for .nar.zst, uncompressed in raw zstd frames
+// (castore's ZstdWriter sends what is written to it so: only chunks it
+// splices go out as their stored frames, and the path has none yet); for
+// .nar.xz, compressed on the fly.
 func (n *Node) renderJob(ctx context.Context, j *pull.Job, part nar.Part, w io.Writer) error {
 	var zw io.WriteCloser
 	switch part.Compression {

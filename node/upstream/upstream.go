@@ -95,7 +95,6 @@ type Path struct {
 	Info        *pathinfo.Info
 	URL         string // absolute
 	Compression string // as the narinfo says; "" was read as bzip2
-	FileSize    uint64 // 0: unknown
 	Upstream    string
 }
 
@@ -345,8 +344,7 @@ func (c *Client) check(u *upstream, hash string, ni *narinfo.NarInfo) (*Path, er
 	if err != nil {
 		return nil, fmt.Errorf("narinfo URL: %w", err)
 	}
-	return &Path{Info: info, URL: u.base.ResolveReference(ref).String(), Compression: ni.Compression,
-		FileSize: ni.FileSize, Upstream: u.name}, nil
+	return &Path{Info: info, URL: u.base.ResolveReference(ref).String(), Compression: ni.Compression, Upstream: u.name}, nil
 }
 
 // supported says whether Open can decompress a NAR so compressed.
