@@ -23,7 +23,9 @@ import (
 // narinfoDeadline whatever the sources do: 404 when none has answered, and
 // the lookup goes on in the background for the next request. The narinfo
 // served for a pulled path is the node's (its URL and compression), with
-// the upstream's signatures unchanged.
+// the upstream's signatures unchanged. An upstream whose NAR of a path
+// came broken or wrong is left out of that path's lookups for a while
+// (pull.FailedRecently), so that another upstream's copy is used.
 
 // narinfoDeadline bounds the wait of a narinfo request for peers and
 // upstreams: Nix waits 300 s for a silent server, five times over.
@@ -43,13 +45,16 @@ func (n *Node) openUpstreams() error {
 	if len(n.cfg.Upstreams) == 0 {
 		return nil
 	}
-	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log})
-	if err != nil {
-		return fmt.Errorf("upstream.substituters: %w", err)
-	}
 	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log)
 	if err != nil {
 		return err
+	}
+	// An upstream that just sent a path's NAR broken or wrong is not asked
+	// for it again for a while: another may have it whole.
+	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log,
+		Skip: p.FailedRecently})
+	if err != nil {
+		return fmt.Errorf("upstream.substituters: %w", err)
 	}
 	n.up = &upstreams{client: c, puller: p}
 	return nil
@@ -90,7 +95,7 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 			answers <- answer{nil, err}
 			return
 		}
-		j, err := n.up.puller.Start(ctx, p.Info, func(ctx context.Context) (io.ReadCloser, error) {
+		j, err := n.up.puller.Start(ctx, p.Info, p.Upstream, func(ctx context.Context) (io.ReadCloser, error) {
 			return n.up.client.Open(ctx, p)
 		})
 		if err != nil {

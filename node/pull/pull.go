@@ -52,10 +52,11 @@ type Opener func(ctx context.Context) (io.ReadCloser, error)
 // its spool go: the path is valid, read it from the store.
 var ErrFinished = errors.New("pull: finished")
 
-// ErrFailedRecently is Start's answer for a path whose upstream sent a
-// broken or wrong NAR less than failMemory ago: a client retrying it gets
-// a 404 at once rather than another download of it. A failure of the
-// node's own (a full disk) is not remembered.
+// ErrFailedRecently is Start's answer for a path whose NAR this upstream
+// sent broken or wrong less than failMemory ago: a client retrying it gets
+// a 404 at once rather than another download of it. The failure is held
+// against that upstream alone (FailedRecently tells the lookup to ask the
+// others); one of the node's own (a full disk) is not remembered.
 var ErrFailedRecently = errors.New("pull: failed recently")
 
 const failMemory = 30 * time.Second
@@ -67,9 +68,12 @@ type Puller struct {
 	log *slog.Logger
 
 	mu     sync.Mutex
-	jobs   map[string]*Job      // running, by hash part
-	failed map[string]time.Time // hash parts whose pull failed: until
+	jobs   map[string]*Job       // running, by hash part
+	failed map[failure]time.Time // pulls that failed: until
 }
+
+// failure is a path whose NAR an upstream sent broken or wrong.
+type failure struct{ source, hash string }
 
 // New returns a Puller spooling into dir, which it makes.
 func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
@@ -79,34 +83,49 @@ func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[string]time.Time{}}, nil
+	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[failure]time.Time{}}, nil
 }
 
 // Start returns the job pulling the path, starting one with open if none
-// runs for its hash part.
-func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, open Opener) (*Job, error) {
+// runs for its hash part; source names the upstream open reads from.
+func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, source string, open Opener) (*Job, error) {
 	hash := info.HashPart()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if j := p.jobs[hash]; j != nil {
 		return j, nil
 	}
-	if until, ok := p.failed[hash]; ok {
-		if time.Now().Before(until) {
-			return nil, fmt.Errorf("%s: %w", info.StorePath, ErrFailedRecently)
-		}
-		delete(p.failed, hash)
+	if p.failedLocked(source, hash) {
+		return nil, fmt.Errorf("%s from %s: %w", info.StorePath, source, ErrFailedRecently)
 	}
 	f, err := os.CreateTemp(p.dir, hash+"-*.nar")
 	if err != nil {
 		return nil, err
 	}
 	os.Remove(f.Name())
-	j := &Job{p: p, info: info, hash: hash, f: f, refs: 1, done: make(chan struct{})}
+	j := &Job{p: p, info: info, hash: hash, source: source, f: f, refs: 1, done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	p.jobs[hash] = j
 	go j.run(context.WithoutCancel(ctx), open)
 	return j, nil
+}
+
+// FailedRecently reports whether the upstream named source sent the path
+// with this hash part broken or wrong less than failMemory ago.
+func (p *Puller) FailedRecently(source, hash string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failedLocked(source, hash)
+}
+
+func (p *Puller) failedLocked(source, hash string) bool {
+	k := failure{source, hash}
+	until, ok := p.failed[k]
+	if ok && !time.Now().Before(until) {
+		delete(p.failed, k)
+		return false
+	}
+	return ok
 }
 
 // Running returns the job for a hash part, if one runs.
@@ -118,10 +137,11 @@ func (p *Puller) Running(hash string) *Job {
 
 // Job is one path being pulled.
 type Job struct {
-	p    *Puller
-	info *pathinfo.Info
-	hash string
-	done chan struct{} // closed when the job has ended
+	p      *Puller
+	info   *pathinfo.Info
+	hash   string
+	source string        // the upstream
+	done   chan struct{} // closed when the job has ended
 
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when written, ended or err change
@@ -186,7 +206,7 @@ func (j *Job) run(ctx context.Context, open Opener) {
 				delete(j.p.failed, h)
 			}
 		}
-		j.p.failed[j.hash] = now.Add(failMemory)
+		j.p.failed[failure{j.source, j.hash}] = now.Add(failMemory)
 	}
 	j.p.mu.Unlock()
 	close(j.done)

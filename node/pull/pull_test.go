@@ -127,11 +127,11 @@ func TestStreamsWhileDownloadingAndHoldsTheLastByte(t *testing.T) {
 	p, dir := newPuller(t, a)
 	op := newPipeOpener()
 	ctx := context.Background()
-	j, err := p.Start(ctx, info, op.open)
+	j, err := p.Start(ctx, info, "up-a", op.open)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j2, _ := p.Start(ctx, info, op.open); j2 != j {
+	if j2, _ := p.Start(ctx, info, "up-a", op.open); j2 != j {
 		t.Fatal("a second Start made a second job")
 	}
 	w := newProgressWriter()
@@ -197,7 +197,7 @@ func TestRange(t *testing.T) {
 	nar, info := testNAR(100000)
 	p, _ := newPuller(t, &adder{gate: make(chan struct{})}) // never recorded: ranges short of the end still go
 	op := newPipeOpener()
-	j, _ := p.Start(context.Background(), info, op.open)
+	j, _ := p.Start(context.Background(), info, "up-a", op.open)
 	go op.w.Write(nar)
 	var b bytes.Buffer
 	if err := j.Render(context.Background(), &b, 1000, 5000); err != nil {
@@ -222,7 +222,7 @@ func TestFailures(t *testing.T) {
 			a := &adder{}
 			p, dir := newPuller(t, a)
 			op := newPipeOpener()
-			j, _ := p.Start(context.Background(), info, op.open)
+			j, _ := p.Start(context.Background(), info, "up-a", op.open)
 			w := newProgressWriter()
 			rendered := make(chan error, 1)
 			go func() { rendered <- j.Render(context.Background(), w, 0, -1) }()
@@ -242,8 +242,21 @@ func TestFailures(t *testing.T) {
 			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 				t.Fatalf("spool dir holds %d files", len(ents))
 			}
-			if _, err := p.Start(context.Background(), info, op.open); !errors.Is(err, ErrFailedRecently) {
+			if _, err := p.Start(context.Background(), info, "up-a", op.open); !errors.Is(err, ErrFailedRecently) {
 				t.Fatalf("a pull that just failed started again (%v)", err)
+			}
+			// Held against that upstream alone: another may send it.
+			if !p.FailedRecently("up-a", info.HashPart()) || p.FailedRecently("up-b", info.HashPart()) {
+				t.Fatal("FailedRecently does not name the upstream that failed, and it alone")
+			}
+			j, err := p.Start(context.Background(), info, "up-b", func(ctx context.Context) (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(nar)), nil
+			})
+			if err != nil {
+				t.Fatalf("another upstream's pull of the path: %v", err)
+			}
+			if err := j.Wait(context.Background()); err != nil {
+				t.Fatalf("another upstream's pull of the path: %v", err)
 			}
 		})
 	}
@@ -252,7 +265,7 @@ func TestFailures(t *testing.T) {
 func TestOpenFails(t *testing.T) {
 	_, info := testNAR(1000)
 	p, _ := newPuller(t, &adder{})
-	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+	j, _ := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("upstream down")
 	})
 	if err := j.Render(context.Background(), io.Discard, 0, -1); err == nil {
@@ -277,7 +290,7 @@ func (r *eofReader) Close() error { return nil }
 func TestLastBytesWithEOF(t *testing.T) {
 	nar, info := testNAR(1000)
 	p, _ := newPuller(t, &adder{})
-	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+	j, _ := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
 		return &eofReader{nar}, nil
 	})
 	if err := j.Wait(context.Background()); err != nil {

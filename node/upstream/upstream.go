@@ -70,6 +70,11 @@ type Config struct {
 	IdleTimeout time.Duration     // a NAR body that sends nothing this long is broken
 	Retries     int               // resumptions of one NAR body
 	BreakerOpen time.Duration     // first pause of a failing upstream before its re-probe
+
+	// Skip, when set, says an upstream (Path.Upstream) is not to be asked
+	// for a path now: it sent the path's NAR broken or wrong a moment
+	// ago, and another upstream may send it whole.
+	Skip func(upstream, hash string) bool
 }
 
 const (
@@ -95,7 +100,7 @@ type Path struct {
 	Info        *pathinfo.Info
 	URL         string // absolute
 	Compression string // as the narinfo says; "" was read as bzip2
-	Upstream    string
+	Upstream    string // the upstream's URL, as Config.Skip is told it
 }
 
 // Client asks upstream caches for paths.
@@ -195,7 +200,7 @@ func (c *Client) BytesReceived() uint64 { return c.received.Load() }
 // The lookup itself goes on after ctx ends (up to lookupTimeout), and
 // what it finds is kept for the next call.
 func (c *Client) Lookup(ctx context.Context, hash string) (*Path, error) {
-	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) {
+	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) && !c.skip(f.p.Upstream, hash) {
 		return f.p, nil
 	}
 	c.mu.Lock()
@@ -246,7 +251,7 @@ func (c *Client) lookup(ctx context.Context, hash string) (*Path, error) {
 		if until, ok := c.misses.Get(key); ok && now.Before(until) {
 			continue
 		}
-		if !c.available(u) {
+		if c.skip(u.name, hash) || !c.available(u) {
 			continue
 		}
 		asked++
@@ -279,6 +284,10 @@ func (c *Client) lookup(ctx context.Context, hash string) (*Path, error) {
 		}
 	}
 	return nil, fmt.Errorf("%s: no upstream has a trusted narinfo: %w", hash, pathinfo.ErrNotFound)
+}
+
+func (c *Client) skip(upstream, hash string) bool {
+	return c.cfg.Skip != nil && c.cfg.Skip(upstream, hash)
 }
 
 // narinfo fetches and checks one upstream's narinfo for a hash part.

@@ -700,3 +700,37 @@ func TestStallWhileSkippingToResume(t *testing.T) {
 		t.Fatal("still reading 10 s after the upstream stalled (idle timeout 300 ms)")
 	}
 }
+
+// An upstream that Skip names for a path (its NAR came broken) is not
+// asked for it: the lookup takes another's answer, even a slower one.
+func TestSkipUpstreamForPath(t *testing.T) {
+	f := newFixture(t, 13, 100)
+	fast, slow := newRoutes(), newRoutes()
+	fast.text("/"+f.hash+".narinfo", f.narinfo("nar/a.nar", "none"))
+	slow.handle("/"+f.hash+".narinfo", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond) // the fast one would win
+		io.WriteString(w, f.narinfo("nar/a.nar", "none"))
+	})
+	fs, ss := serve(t, fast), serve(t, slow)
+	var skipped atomic.Bool
+	c, err := New(Config{URLs: []string{fs.URL, ss.URL}, Keys: []narinfo.PublicKey{f.key.Public()}, StoreDir: storeDir,
+		Skip: func(upstream, hash string) bool { return skipped.Load() && upstream == fs.URL && hash == f.hash }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+	if err != nil || p.Upstream != fs.URL {
+		t.Fatalf("before the skip: %v, %+v; want the fast upstream's answer", err, p)
+	}
+	skipped.Store(true) // its NAR came broken
+	for range 2 {       // the found path, then a lookup
+		p, err = c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+		if err != nil || p.Upstream != ss.URL {
+			t.Fatalf("skipping the fast upstream: %v, %+v; want the slow one's answer", err, p)
+		}
+		c.Forget(f.hash)
+	}
+	if n := fast.hits("/" + f.hash + ".narinfo"); n != 1 {
+		t.Fatalf("the skipped upstream was asked %d times, want once", n)
+	}
+}
