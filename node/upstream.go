@@ -60,6 +60,14 @@ func (n *Node) openUpstreams() error {
 	return nil
 }
 
+// closeUpstreams ends the running pulls and waits for them: called
+// before the store closes, which they write.
+func (n *Node) closeUpstreams() {
+	if n.up != nil {
+		n.up.puller.Close()
+	}
+}
+
 // pulledPaths records what the pull jobs download, as an import does
 // (checked, stored, shared with peers when a shared key signed it), but
 // never signed by the node, whose upstream's signatures stand, nor pinned:

@@ -20,7 +20,9 @@
 //     response instead of ending a NAR that looks complete. The ingest
 //     checks the NAR again as it parses it, before the path is recorded.
 //   - A job runs on after the request that started it ends: others may
-//     join it, and the path is worth having.
+//     join it, and the path is worth having. Close ends the running jobs
+//     (their downloads, decoders and ingests) and waits for them, so that
+//     none adds a path once the node has closed its store.
 package pull
 
 import (
@@ -61,15 +63,21 @@ var ErrFailedRecently = errors.New("pull: failed recently")
 
 const failMemory = 30 * time.Second
 
+// ErrClosed is Start's answer once the Puller is closed.
+var ErrClosed = errors.New("pull: closed")
+
 // Puller runs pull jobs.
 type Puller struct {
 	dir string // spool files go here
 	add Adder
 	log *slog.Logger
 
+	wg sync.WaitGroup // the jobs' goroutines
+
 	mu     sync.Mutex
 	jobs   map[string]*Job       // running, by hash part
 	failed map[failure]time.Time // pulls that failed: until
+	closed bool
 }
 
 // failure is a path whose NAR an upstream sent broken or wrong.
@@ -92,6 +100,9 @@ func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, source string, 
 	hash := info.HashPart()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
 	if j := p.jobs[hash]; j != nil {
 		return j, nil
 	}
@@ -103,11 +114,30 @@ func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, source string, 
 		return nil, err
 	}
 	os.Remove(f.Name())
-	j := &Job{p: p, info: info, hash: hash, source: source, f: f, refs: 1, done: make(chan struct{})}
+	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	j := &Job{p: p, info: info, hash: hash, source: source, cancel: cancel, f: f, refs: 1, done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	p.jobs[hash] = j
-	go j.run(context.WithoutCancel(ctx), open)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		j.run(jctx, open)
+	}()
 	return j, nil
+}
+
+// Close ends the running jobs, which fail with context.Canceled, and
+// waits until they have let go of the upstream (its decoder process
+// included) and of the Adder. Start fails with ErrClosed from then on.
+func (p *Puller) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for _, j := range p.jobs {
+		j.cancel()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
 }
 
 // FailedRecently reports whether the upstream named source sent the path
@@ -140,8 +170,9 @@ type Job struct {
 	p      *Puller
 	info   *pathinfo.Info
 	hash   string
-	source string        // the upstream
-	done   chan struct{} // closed when the job has ended
+	source string             // the upstream
+	cancel context.CancelFunc // ends the job (Close)
+	done   chan struct{}      // closed when the job has ended
 
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when written, ended or err change
