@@ -645,3 +645,55 @@ func TestUpstreamThenPeer(t *testing.T) {
 		t.Errorf("B: %d bytes from peers, %d paths; want the closure's %d paths from A", s.P2PBytesReceived, s.Paths, len(all))
 	}
 }
+
+// TestUpstreamAndPeerOneDownload: node B may get a path from its upstream
+// and from peer A, which holds it; B downloads it from one of them only.
+func TestUpstreamAndPeerOneDownload(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "both", map[string][]byte{"f": bigPayload(4 << 20)})
+	up := startNginx(t, "127.0.0.100", staticCache(t, key, "zstd", p))
+	a := pullNode(t, "127.0.0.101", pub, up.url)
+	if code, text := a.get("/" + hashPart(p) + ".narinfo"); code != 200 {
+		t.Fatalf("A's narinfo: %d %s", code, text)
+	}
+	for deadline := time.Now().Add(30 * time.Second); a.status().Paths != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("A did not pull the path:\n%s", a.log)
+		}
+	}
+	b := newNodeAt(t, "127.0.0.102", "", "--bootstrap", a.p2pAddr(), "--upstream-public-key", pub, "--upstream", up.url)
+	b.start()
+	a.waitPeers(1)
+	a.waitAnnounced()
+	narsBefore := up.requests(t, "/nar/")
+
+	code, text := b.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("B's narinfo: %d %s", code, text)
+	}
+	if code, nar := b.get("/" + narinfoField(string(text), "URL")); code != 200 || len(nar) == 0 {
+		t.Fatalf("B's NAR: %d, %d bytes\n%s", code, len(nar), b.log)
+	}
+	pulled := func() bool { return strings.Contains(b.log.String(), "pulled a path") }
+	fetched := func() bool { return strings.Contains(b.log.String(), "msg=fetched") }
+	for deadline := time.Now().Add(30 * time.Second); b.status().Paths != 1 || !(pulled() || fetched()); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("B did not get the path:\n%s", b.log)
+		}
+	}
+	// The other download would have started with the first: it would end
+	// within a moment of it on loopback. A bounded wait for what must not
+	// happen.
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && !(pulled() && fetched()); time.Sleep(50 * time.Millisecond) {
+	}
+	nars := up.requests(t, "/nar/") - narsBefore
+	switch {
+	case pulled() && fetched():
+		t.Fatalf("B both pulled the path (%d NAR requests upstream) and fetched it from A:\n%s", nars, b.log)
+	case fetched() && nars != 0:
+		t.Fatalf("B fetched the path from A, and asked the upstream for its NAR %d times", nars)
+	case pulled() && nars != 1:
+		t.Fatalf("B pulled the path with %d NAR requests upstream, want 1", nars)
+	}
+}
