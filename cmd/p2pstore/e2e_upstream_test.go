@@ -697,3 +697,73 @@ func TestUpstreamAndPeerOneDownload(t *testing.T) {
 		t.Fatalf("B pulled the path with %d NAR requests upstream, want 1", nars)
 	}
 }
+
+// TestUpstreamBrokenThenGood: the first of two upstreams to answer sends
+// a NAR that does not match its NarHash; the next request for the path
+// gets it from the other, slower one, and the broken one is not asked
+// for it again.
+func TestUpstreamBrokenThenGood(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "twice", map[string][]byte{"f": bigPayload(1 << 20)})
+	cache := staticCache(t, key, "none", p)
+	bad := startBadUpstream(t, "127.0.0.103", cache, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		body = bytes.Clone(body)
+		body[bytes.Index(body, []byte("MARKER-TO-FLIP"))] ^= 1
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.Write(body)
+	})
+	// The good upstream answers narinfos later than the broken one.
+	files := http.FileServer(http.Dir(cache))
+	ln, err := net.Listen("tcp", "127.0.0.104:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".narinfo") {
+			time.Sleep(300 * time.Millisecond)
+		}
+		files.ServeHTTP(w, r)
+	})}
+	go good.Serve(ln)
+	t.Cleanup(func() { good.Close() })
+	n := pullNode(t, "127.0.0.1", pub, bad.url, "http://"+ln.Addr().String())
+
+	code, text := n.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo: %d %s", code, text)
+	}
+	resp, err := http.Get(n.url + "/" + narinfoField(string(text), "URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && err == nil {
+		t.Fatal("the broken NAR ended cleanly")
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(n.log.String(), "pulling a path failed"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken pull did not fail:\n%s", n.log)
+		}
+	}
+	if got := bad.narGets.Load(); got != 1 {
+		t.Fatalf("the broken upstream got %d NAR requests, want 1", got)
+	}
+
+	code, text = n.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo after the broken pull: %d %s\n%s", code, text, n.log)
+	}
+	if code, nar := n.get("/" + narinfoField(string(text), "URL")); code != 200 || len(nar) == 0 {
+		t.Fatalf("NAR after the broken pull: %d, %d bytes\n%s", code, len(nar), n.log)
+	}
+	for deadline := time.Now().Add(30 * time.Second); n.status().Paths != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the path did not become valid:\n%s", n.log)
+		}
+	}
+	if got := bad.narGets.Load(); got != 1 {
+		t.Errorf("the broken upstream got %d NAR requests, want 1", got)
+	}
+}
