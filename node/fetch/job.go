@@ -129,13 +129,13 @@ func (j *Job) run(ctx context.Context) {
 	}
 	for attempt := 0; ; attempt++ {
 		group, info := choose(cands)
-		if attempt == 0 && begun {
-			// Begin set info and closed started.
-		} else if attempt == 0 {
-			j.mu.Lock()
-			j.info = info
-			j.mu.Unlock()
-			close(j.started)
+		if attempt == 0 {
+			if !begun { // else Begin did this
+				j.mu.Lock()
+				j.info = info
+				j.mu.Unlock()
+				close(j.started)
+			}
 		} else if first := j.Info(); info.NarHash != first.NarHash {
 			// Another tree could only be another NAR: the narinfo already
 			// given out would not match it.
