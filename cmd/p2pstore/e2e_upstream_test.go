@@ -641,7 +641,13 @@ func TestUpstreamThenPeer(t *testing.T) {
 	if after := up.requests(t, "/"); after != before {
 		t.Errorf("the upstream got %d more requests while B served the closure; want none", after-before)
 	}
-	if s := b.status(); s.P2PBytesReceived == 0 || s.Paths != len(all) {
+	// A fetch job records its path once the path is checked, which may be
+	// a moment after its client has read the last byte.
+	s := b.status()
+	for deadline := time.Now().Add(10 * time.Second); s.Paths != len(all) && time.Now().Before(deadline); s = b.status() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s.P2PBytesReceived == 0 || s.Paths != len(all) {
 		t.Errorf("B: %d bytes from peers, %d paths; want the closure's %d paths from A", s.P2PBytesReceived, s.Paths, len(all))
 	}
 }
