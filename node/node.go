@@ -285,6 +285,7 @@ func (n *Node) Close() error {
 	if n.httpLn != nil {
 		n.httpLn.Close()
 	}
+	n.closeUpstreams() // before the store: pulls write it (upstream.go)
 	if n.index != nil {
 		n.index.Close()
 	}

@@ -6,24 +6,29 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/p2pstore/p2pstore/internal/counting"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/node/fetch"
 	"github.com/p2pstore/p2pstore/node/pull"
 	"github.com/p2pstore/p2pstore/node/upstream"
 )
 
 // Pull-through from upstream binary caches (upstream.substituters). A
 // path the node lacks is asked of its peers and of the upstreams at once;
-// the first trusted answer wins: a peer's starts the fetch job (p2p.go),
-// an upstream's the pull job (package pull), whose NAR streams to the
-// client as it downloads. A narinfo request is answered within
+// the first trusted answer wins, and only its job starts: a peer's the
+// fetch job (asked for with fetch.Find, begun with fetch.Begin), an
+// upstream's the pull job (package pull), whose NAR streams to the client
+// as it downloads; the other answer is dropped. A narinfo request is answered within
 // narinfoDeadline whatever the sources do: 404 when none has answered, and
 // the lookup goes on in the background for the next request. The narinfo
 // served for a pulled path is the node's (its URL and compression), with
-// the upstream's signatures unchanged.
+// the upstream's signatures unchanged. An upstream whose NAR of a path
+// came broken or wrong is left out of that path's lookups for a while
+// (pull.FailedRecently), so that another upstream's copy is used.
 
 // narinfoDeadline bounds the wait of a narinfo request for peers and
 // upstreams: Nix waits 300 s for a silent server, five times over.
@@ -36,6 +41,10 @@ const spoolDir = "spool"
 type upstreams struct {
 	client *upstream.Client
 	puller *pull.Puller
+	// starting is held while the winner of a lookup checks that no job
+	// gets the path and starts its own, so that two requests whose
+	// lookups different sources won start one job between them.
+	starting sync.Mutex
 }
 
 // openUpstreams sets the pull-through up when upstreams are configured.
@@ -43,16 +52,27 @@ func (n *Node) openUpstreams() error {
 	if len(n.cfg.Upstreams) == 0 {
 		return nil
 	}
-	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log})
-	if err != nil {
-		return fmt.Errorf("upstream.substituters: %w", err)
-	}
 	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log)
 	if err != nil {
 		return err
 	}
+	// An upstream that just sent a path's NAR broken or wrong is not asked
+	// for it again for a while: another may have it whole.
+	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log,
+		Skip: p.FailedRecently})
+	if err != nil {
+		return fmt.Errorf("upstream.substituters: %w", err)
+	}
 	n.up = &upstreams{client: c, puller: p}
 	return nil
+}
+
+// closeUpstreams ends the running pulls and waits for them: called
+// before the store closes, which they write.
+func (n *Node) closeUpstreams() {
+	if n.up != nil {
+		n.up.puller.Close()
+	}
 }
 
 // pulledPaths records what the pull jobs download, as an import does
@@ -69,53 +89,43 @@ func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Read
 }
 
 // infoElsewhere finds a path the index lacks: a pull already running for
-// it, else the first trusted answer of the peers and the upstreams (a
-// fetch already running is the peers' answer: fetch.Start waits for its
-// record, which a running fetch may not have yet).
+// it, else the first trusted answer of the peers and the upstreams. Only
+// the winner's job starts (a fetch job already running is the peers'
+// answer), so a path both have is downloaded once.
 func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	if j := n.up.puller.Running(hash); j != nil {
 		return j.Info(), nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, narinfoDeadline)
 	defer cancel()
+	// An answer's start begins its source's job, unless a job already
+	// gets the path.
 	type answer struct {
-		info *pathinfo.Info
-		err  error
+		start func() (*pathinfo.Info, error)
+		err   error
 	}
 	answers := make(chan answer, 2)
 	asked := 1
 	go func() {
 		p, err := n.up.client.Lookup(ctx, hash)
-		if err != nil {
-			answers <- answer{nil, err}
-			return
-		}
-		j, err := n.up.puller.Start(ctx, p.Info, func(ctx context.Context) (io.ReadCloser, error) {
-			return n.up.client.Open(ctx, p)
-		})
-		if err != nil {
-			answers <- answer{nil, err}
-			return
-		}
-		n.up.client.Forget(hash) // the job has it now
-		answers <- answer{j.Info(), nil}
+		answers <- answer{func() (*pathinfo.Info, error) { return n.startPull(ctx, p) }, err}
 	}()
 	if n.p2p != nil {
 		asked++
 		go func() {
-			j, err := n.p2p.fetch.Start(ctx, hash)
-			if err != nil {
-				answers <- answer{nil, err}
-				return
-			}
-			answers <- answer{j.Info(), nil}
+			fd, err := n.p2p.fetch.Find(ctx, hash)
+			answers <- answer{func() (*pathinfo.Info, error) { return n.startFetch(ctx, fd) }, err}
 		}()
 	}
 	var errs []error
 	for range asked {
 		a := <-answers
 		if a.err == nil {
-			return a.info, nil
+			info, err := a.start()
+			if err == nil {
+				return info, nil
+			}
+			a.err = err
 		}
 		if !errors.Is(a.err, pathinfo.ErrNotFound) && !errors.Is(a.err, pull.ErrFailedRecently) && ctx.Err() == nil {
 			n.log.Warn("looking a path up", "hash", hash, "err", a.err)
@@ -128,6 +138,57 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, narinfoDeadline, pathinfo.ErrNotFound)
 	}
 	return nil, fmt.Errorf("%s: %w (%w)", hash, pathinfo.ErrNotFound, errors.Join(errs...))
+}
+
+// startPull starts the pull of an upstream's answer, unless a job already
+// gets the path (another request's winner): one job per path.
+func (n *Node) startPull(ctx context.Context, p *upstream.Path) (*pathinfo.Info, error) {
+	hash := p.Info.HashPart()
+	if n.p2p != nil {
+		if j := n.p2p.fetch.Running(hash); j != nil {
+			info, err := j.Started(ctx)
+			if !errors.Is(err, pathinfo.ErrNotFound) {
+				return info, err
+			}
+			// The peers had no record: that job downloads nothing.
+		}
+	}
+	n.up.starting.Lock()
+	defer n.up.starting.Unlock()
+	if n.p2p != nil {
+		if j := n.p2p.fetch.Running(hash); j != nil && j.Info() != nil {
+			return j.Info(), nil
+		}
+	}
+	if info, err := n.index.Get(hash); err == nil {
+		return info, nil // a job got it meanwhile
+	}
+	j, err := n.up.puller.Start(ctx, p.Info, p.Upstream, func(ctx context.Context) (io.ReadCloser, error) {
+		return n.up.client.Open(ctx, p)
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.up.client.Forget(hash) // the job has it now
+	return j.Info(), nil
+}
+
+// startFetch starts the fetch of the peers' answer, unless a job already
+// gets the path.
+func (n *Node) startFetch(ctx context.Context, fd *fetch.Found) (*pathinfo.Info, error) {
+	hash := fd.Info().HashPart()
+	n.up.starting.Lock()
+	if j := n.up.puller.Running(hash); j != nil {
+		n.up.starting.Unlock()
+		return j.Info(), nil
+	}
+	if info, err := n.index.Get(hash); err == nil {
+		n.up.starting.Unlock()
+		return info, nil
+	}
+	j := n.p2p.fetch.Begin(fd)
+	n.up.starting.Unlock()
+	return j.Started(ctx)
 }
 
 // lookupElsewhere is infoElsewhere for callers that need the path valid
@@ -170,8 +231,11 @@ func (n *Node) renderPulling(ctx context.Context, info *pathinfo.Info, part nar.
 	return true, err
 }
 
-// renderJob writes the part of a NAR being pulled: the spool's bytes, or
-// compressed on the fly for the .nar.zst and .nar.xz URLs.
+// renderJob writes the part of a NAR being pulled from its spool: the
+// bytes as they are; for .nar.zst, uncompressed in raw zstd frames
+// (castore's ZstdWriter sends what is written to it so: only chunks it
+// splices go out as their stored frames, and the path has none yet); for
+// .nar.xz, compressed on the fly.
 func (n *Node) renderJob(ctx context.Context, j *pull.Job, part nar.Part, w io.Writer) error {
 	var zw io.WriteCloser
 	switch part.Compression {

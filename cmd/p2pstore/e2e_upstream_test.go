@@ -641,7 +641,135 @@ func TestUpstreamThenPeer(t *testing.T) {
 	if after := up.requests(t, "/"); after != before {
 		t.Errorf("the upstream got %d more requests while B served the closure; want none", after-before)
 	}
-	if s := b.status(); s.P2PBytesReceived == 0 || s.Paths != len(all) {
+	// A fetch job records its path once the path is checked, which may be
+	// a moment after its client has read the last byte.
+	s := b.status()
+	for deadline := time.Now().Add(10 * time.Second); s.Paths != len(all) && time.Now().Before(deadline); s = b.status() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s.P2PBytesReceived == 0 || s.Paths != len(all) {
 		t.Errorf("B: %d bytes from peers, %d paths; want the closure's %d paths from A", s.P2PBytesReceived, s.Paths, len(all))
+	}
+}
+
+// TestUpstreamAndPeerOneDownload: node B may get a path from its upstream
+// and from peer A, which holds it; B downloads it from one of them only.
+func TestUpstreamAndPeerOneDownload(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "both", map[string][]byte{"f": bigPayload(4 << 20)})
+	up := startNginx(t, "127.0.0.100", staticCache(t, key, "zstd", p))
+	a := pullNode(t, "127.0.0.101", pub, up.url)
+	if code, text := a.get("/" + hashPart(p) + ".narinfo"); code != 200 {
+		t.Fatalf("A's narinfo: %d %s", code, text)
+	}
+	for deadline := time.Now().Add(30 * time.Second); a.status().Paths != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("A did not pull the path:\n%s", a.log)
+		}
+	}
+	b := newNodeAt(t, "127.0.0.102", "", "--bootstrap", a.p2pAddr(), "--upstream-public-key", pub, "--upstream", up.url)
+	b.start()
+	a.waitPeers(1)
+	a.waitAnnounced()
+	narsBefore := up.requests(t, "/nar/")
+
+	code, text := b.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("B's narinfo: %d %s", code, text)
+	}
+	if code, nar := b.get("/" + narinfoField(string(text), "URL")); code != 200 || len(nar) == 0 {
+		t.Fatalf("B's NAR: %d, %d bytes\n%s", code, len(nar), b.log)
+	}
+	pulled := func() bool { return strings.Contains(b.log.String(), "pulled a path") }
+	fetched := func() bool { return strings.Contains(b.log.String(), "msg=fetched") }
+	for deadline := time.Now().Add(30 * time.Second); b.status().Paths != 1 || !(pulled() || fetched()); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("B did not get the path:\n%s", b.log)
+		}
+	}
+	// The other download would have started with the first: it would end
+	// within a moment of it on loopback. A bounded wait for what must not
+	// happen.
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && !(pulled() && fetched()); time.Sleep(50 * time.Millisecond) {
+	}
+	nars := up.requests(t, "/nar/") - narsBefore
+	switch {
+	case pulled() && fetched():
+		t.Fatalf("B both pulled the path (%d NAR requests upstream) and fetched it from A:\n%s", nars, b.log)
+	case fetched() && nars != 0:
+		t.Fatalf("B fetched the path from A, and asked the upstream for its NAR %d times", nars)
+	case pulled() && nars != 1:
+		t.Fatalf("B pulled the path with %d NAR requests upstream, want 1", nars)
+	}
+}
+
+// TestUpstreamBrokenThenGood: the first of two upstreams to answer sends
+// a NAR that does not match its NarHash; the next request for the path
+// gets it from the other, slower one, and the broken one is not asked
+// for it again.
+func TestUpstreamBrokenThenGood(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "twice", map[string][]byte{"f": bigPayload(1 << 20)})
+	cache := staticCache(t, key, "none", p)
+	bad := startBadUpstream(t, "127.0.0.103", cache, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		body = bytes.Clone(body)
+		body[bytes.Index(body, []byte("MARKER-TO-FLIP"))] ^= 1
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.Write(body)
+	})
+	// The good upstream answers narinfos later than the broken one.
+	files := http.FileServer(http.Dir(cache))
+	ln, err := net.Listen("tcp", "127.0.0.104:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, ".narinfo") {
+			time.Sleep(300 * time.Millisecond)
+		}
+		files.ServeHTTP(w, r)
+	})}
+	go good.Serve(ln)
+	t.Cleanup(func() { good.Close() })
+	n := pullNode(t, "127.0.0.1", pub, bad.url, "http://"+ln.Addr().String())
+
+	code, text := n.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo: %d %s", code, text)
+	}
+	resp, err := http.Get(n.url + "/" + narinfoField(string(text), "URL"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK && err == nil {
+		t.Fatal("the broken NAR ended cleanly")
+	}
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(n.log.String(), "pulling a path failed"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken pull did not fail:\n%s", n.log)
+		}
+	}
+	if got := bad.narGets.Load(); got != 1 {
+		t.Fatalf("the broken upstream got %d NAR requests, want 1", got)
+	}
+
+	code, text = n.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo after the broken pull: %d %s\n%s", code, text, n.log)
+	}
+	if code, nar := n.get("/" + narinfoField(string(text), "URL")); code != 200 || len(nar) == 0 {
+		t.Fatalf("NAR after the broken pull: %d, %d bytes\n%s", code, len(nar), n.log)
+	}
+	for deadline := time.Now().Add(30 * time.Second); n.status().Paths != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the path did not become valid:\n%s", n.log)
+		}
+	}
+	if got := bad.narGets.Load(); got != 1 {
+		t.Errorf("the broken upstream got %d NAR requests, want 1", got)
 	}
 }

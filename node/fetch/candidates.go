@@ -138,6 +138,19 @@ func (f *Fetcher) askRecord(ctx context.Context, src Source, hash string) (candi
 	return c, true
 }
 
+// choose picks the group of candidates to fetch from (bestGroup) and the
+// record to fetch: the one carrying the root signatures, if any does.
+func choose(cands []candidate) ([]candidate, *pathinfo.Info) {
+	group := bestGroup(cands)
+	info := group[0].info
+	for _, c := range group {
+		if c.rootTrusted {
+			info = c.info
+		}
+	}
+	return group, info
+}
+
 // bestGroup picks the candidates that agree on one tree: one whose root a
 // trusted key signed if any, else the most common.
 func bestGroup(cands []candidate) []candidate {

@@ -26,6 +26,10 @@
 // a slow or stalled source does not hold up the rest. Concurrent requests
 // for one path share one job.
 //
+// Start finds the record and starts the job at once; Find and Begin do it
+// in two steps for a caller that races the peers against sources of its
+// own and starts only the winner's job (find.go).
+//
 // Seams. The package declares what it needs and nothing more: a Source of
 // records, trees, chunk lists and chunks (a peer over the transfer
 // protocol is one, in package node), a Finder of sources, the Store it

@@ -131,6 +131,7 @@ type memSource struct {
 	errStalled bool
 
 	calls   atomic.Int32
+	records atomic.Int32 // Record calls
 	dropped atomic.Bool
 }
 
@@ -138,6 +139,7 @@ func (m *memSource) ID() string { return m.id }
 func (m *memSource) Drop()      { m.dropped.Store(true) }
 
 func (m *memSource) Record(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	m.records.Add(1)
 	if hash != m.seed.info.HashPart() {
 		return nil, transfer.ErrNotFound
 	}
@@ -650,5 +652,73 @@ func TestFetchReserves(t *testing.T) {
 	if calls.Load() != 1 || uint64(reserved.Load()) != st.ChunkBytes || !recordedAtRelease.Load() {
 		t.Fatalf("%d reservations of %d bytes for %d chunk bytes stored; recorded at release: %v",
 			calls.Load(), reserved.Load(), st.ChunkBytes, recordedAtRelease.Load())
+	}
+}
+
+// Find gets the record without starting a job, concurrent and later calls
+// share its search, and only Begin starts the one job.
+func TestFindThenBegin(t *testing.T) {
+	s := newSeed(t, true)
+	src := &memSource{id: "a", seed: s, gate: make(chan struct{})}
+	h := newHarness(t, s, src)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	founds := make([]*Found, 4)
+	for i := range founds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fd, err := h.f.Find(ctx, testHash)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			founds[i] = fd
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for _, fd := range founds {
+		if fd.Info().NarHash != s.info.NarHash {
+			t.Fatalf("found %s", fd.Info().NarHash)
+		}
+	}
+	if _, err := h.f.Find(ctx, testHash); err != nil {
+		t.Fatal(err)
+	}
+	if n := src.records.Load(); n != 1 {
+		t.Fatalf("the source was asked for the record %d times, want once", n)
+	}
+	if h.f.Running(testHash) != nil || src.calls.Load() != 0 {
+		t.Fatal("Find started a job")
+	}
+
+	j := h.f.Begin(founds[0])
+	if h.f.Running(testHash) != j || h.f.Begin(founds[1]) != j {
+		t.Fatal("Begin did not start one job for the path")
+	}
+	if info, err := j.Started(ctx); err != nil || info.NarHash != s.info.NarHash {
+		t.Fatalf("the job's record: %v", err)
+	}
+	if fd, err := h.f.Find(ctx, testHash); err != nil || fd.Info().NarHash != s.info.NarHash {
+		t.Fatalf("Find while the job runs: %v", err)
+	}
+	go release(src.gate, j)
+	if _, err := j.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.checkStored(t, s)
+	if n := src.records.Load(); n != 1 {
+		t.Fatalf("the source was asked for the record %d times, want once", n)
+	}
+
+	// Not found: no job either.
+	if _, err := h.f.Find(ctx, "1111111111111111111111111111111a"); !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("an unknown path: %v", err)
+	}
+	if h.f.Running("1111111111111111111111111111111a") != nil {
+		t.Fatal("Find of an unknown path left a job")
 	}
 }

@@ -97,6 +97,9 @@ type Fetcher struct {
 	jobs   map[string]*Job      // running, by hash part
 	bad    map[string]time.Time // penalised sources, until
 	misses map[string]time.Time // hash parts found nowhere, until
+	// searches are Find's, by hash part: running, or ended with records
+	// no job has taken yet.
+	searches map[string]*search
 }
 
 const (
@@ -110,7 +113,8 @@ func New(cfg Config, finder Finder, store Store, index Index, pub Publisher) *Fe
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Fetcher{cfg: cfg, finder: finder, store: store, index: index, pub: pub,
-		jobs: map[string]*Job{}, bad: map[string]time.Time{}, misses: map[string]time.Time{}}
+		jobs: map[string]*Job{}, bad: map[string]time.Time{}, misses: map[string]time.Time{},
+		searches: map[string]*search{}}
 }
 
 // Start returns the job fetching the path with this hash part, starting

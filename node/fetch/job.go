@@ -24,6 +24,7 @@ type Job struct {
 
 	started  chan struct{} // closed once info is set or the job has failed to start
 	startErr error
+	found    []candidate // the sources Find found (Begin); nil: the job finds them
 
 	mu        sync.Mutex
 	cond      *sync.Cond
@@ -75,6 +76,15 @@ func (j *Job) waitStarted(ctx context.Context) error {
 	}
 }
 
+// Started waits until the job has its record and returns it;
+// pathinfo.ErrNotFound when no source had a trusted one.
+func (j *Job) Started(ctx context.Context) (*pathinfo.Info, error) {
+	if err := j.waitStarted(ctx); err != nil {
+		return nil, err
+	}
+	return j.Info(), nil
+}
+
 // Info is the path being fetched.
 func (j *Job) Info() *pathinfo.Info {
 	j.mu.Lock()
@@ -107,25 +117,25 @@ func (j *Job) run(ctx context.Context) {
 			j.fail(j.err) // wake the readers
 		}
 	}()
-	cands := f.candidates(ctx, j.hash)
+	cands, begun := j.found, j.found != nil // begun: Begin gave out the record
+	j.found = nil
+	if !begun {
+		cands = f.candidates(ctx, j.hash)
+	}
 	if len(cands) == 0 {
 		j.startErr, j.err = pathinfo.ErrNotFound, pathinfo.ErrNotFound
 		close(j.started)
 		return
 	}
 	for attempt := 0; ; attempt++ {
-		group := bestGroup(cands)
-		info := group[0].info
-		for _, c := range group {
-			if c.rootTrusted {
-				info = c.info // the one carrying the root signatures
-			}
-		}
+		group, info := choose(cands)
 		if attempt == 0 {
-			j.mu.Lock()
-			j.info = info
-			j.mu.Unlock()
-			close(j.started)
+			if !begun { // else Begin did this
+				j.mu.Lock()
+				j.info = info
+				j.mu.Unlock()
+				close(j.started)
+			}
 		} else if first := j.Info(); info.NarHash != first.NarHash {
 			// Another tree could only be another NAR: the narinfo already
 			// given out would not match it.

@@ -20,7 +20,9 @@
 //     response instead of ending a NAR that looks complete. The ingest
 //     checks the NAR again as it parses it, before the path is recorded.
 //   - A job runs on after the request that started it ends: others may
-//     join it, and the path is worth having.
+//     join it, and the path is worth having. Close ends the running jobs
+//     (their downloads, decoders and ingests) and waits for them, so that
+//     none adds a path once the node has closed its store.
 package pull
 
 import (
@@ -52,13 +54,17 @@ type Opener func(ctx context.Context) (io.ReadCloser, error)
 // its spool go: the path is valid, read it from the store.
 var ErrFinished = errors.New("pull: finished")
 
-// ErrFailedRecently is Start's answer for a path whose upstream sent a
-// broken or wrong NAR less than failMemory ago: a client retrying it gets
-// a 404 at once rather than another download of it. A failure of the
-// node's own (a full disk) is not remembered.
+// ErrFailedRecently is Start's answer for a path whose NAR this upstream
+// sent broken or wrong less than failMemory ago: a client retrying it gets
+// a 404 at once rather than another download of it. The failure is held
+// against that upstream alone (FailedRecently tells the lookup to ask the
+// others); one of the node's own (a full disk) is not remembered.
 var ErrFailedRecently = errors.New("pull: failed recently")
 
 const failMemory = 30 * time.Second
+
+// ErrClosed is Start's answer once the Puller is closed.
+var ErrClosed = errors.New("pull: closed")
 
 // Puller runs pull jobs.
 type Puller struct {
@@ -66,10 +72,16 @@ type Puller struct {
 	add Adder
 	log *slog.Logger
 
+	wg sync.WaitGroup // the jobs' goroutines
+
 	mu     sync.Mutex
-	jobs   map[string]*Job      // running, by hash part
-	failed map[string]time.Time // hash parts whose pull failed: until
+	jobs   map[string]*Job       // running, by hash part
+	failed map[failure]time.Time // pulls that failed: until
+	closed bool
 }
+
+// failure is a path whose NAR an upstream sent broken or wrong.
+type failure struct{ source, hash string }
 
 // New returns a Puller spooling into dir, which it makes.
 func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
@@ -79,34 +91,71 @@ func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[string]time.Time{}}, nil
+	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[failure]time.Time{}}, nil
 }
 
 // Start returns the job pulling the path, starting one with open if none
-// runs for its hash part.
-func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, open Opener) (*Job, error) {
+// runs for its hash part; source names the upstream open reads from.
+func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, source string, open Opener) (*Job, error) {
 	hash := info.HashPart()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
 	if j := p.jobs[hash]; j != nil {
 		return j, nil
 	}
-	if until, ok := p.failed[hash]; ok {
-		if time.Now().Before(until) {
-			return nil, fmt.Errorf("%s: %w", info.StorePath, ErrFailedRecently)
-		}
-		delete(p.failed, hash)
+	if p.failedLocked(source, hash) {
+		return nil, fmt.Errorf("%s from %s: %w", info.StorePath, source, ErrFailedRecently)
 	}
 	f, err := os.CreateTemp(p.dir, hash+"-*.nar")
 	if err != nil {
 		return nil, err
 	}
 	os.Remove(f.Name())
-	j := &Job{p: p, info: info, hash: hash, f: f, refs: 1, done: make(chan struct{})}
+	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	j := &Job{p: p, info: info, hash: hash, source: source, cancel: cancel, f: f, refs: 1, done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
 	p.jobs[hash] = j
-	go j.run(context.WithoutCancel(ctx), open)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer cancel()
+		j.run(jctx, open)
+	}()
 	return j, nil
+}
+
+// Close ends the running jobs, which fail with context.Canceled, and
+// waits until they have let go of the upstream (its decoder process
+// included) and of the Adder. Start fails with ErrClosed from then on.
+func (p *Puller) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for _, j := range p.jobs {
+		j.cancel()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// FailedRecently reports whether the upstream named source sent the path
+// with this hash part broken or wrong less than failMemory ago.
+func (p *Puller) FailedRecently(source, hash string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failedLocked(source, hash)
+}
+
+func (p *Puller) failedLocked(source, hash string) bool {
+	k := failure{source, hash}
+	until, ok := p.failed[k]
+	if ok && !time.Now().Before(until) {
+		delete(p.failed, k)
+		return false
+	}
+	return ok
 }
 
 // Running returns the job for a hash part, if one runs.
@@ -118,10 +167,12 @@ func (p *Puller) Running(hash string) *Job {
 
 // Job is one path being pulled.
 type Job struct {
-	p    *Puller
-	info *pathinfo.Info
-	hash string
-	done chan struct{} // closed when the job has ended
+	p      *Puller
+	info   *pathinfo.Info
+	hash   string
+	source string             // the upstream
+	cancel context.CancelFunc // ends the job (Close)
+	done   chan struct{}      // closed when the job has ended
 
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when written, ended or err change
@@ -186,7 +237,7 @@ func (j *Job) run(ctx context.Context, open Opener) {
 				delete(j.p.failed, h)
 			}
 		}
-		j.p.failed[j.hash] = now.Add(failMemory)
+		j.p.failed[failure{j.source, j.hash}] = now.Add(failMemory)
 	}
 	j.p.mu.Unlock()
 	close(j.done)

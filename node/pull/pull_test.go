@@ -127,11 +127,11 @@ func TestStreamsWhileDownloadingAndHoldsTheLastByte(t *testing.T) {
 	p, dir := newPuller(t, a)
 	op := newPipeOpener()
 	ctx := context.Background()
-	j, err := p.Start(ctx, info, op.open)
+	j, err := p.Start(ctx, info, "up-a", op.open)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if j2, _ := p.Start(ctx, info, op.open); j2 != j {
+	if j2, _ := p.Start(ctx, info, "up-a", op.open); j2 != j {
 		t.Fatal("a second Start made a second job")
 	}
 	w := newProgressWriter()
@@ -197,7 +197,7 @@ func TestRange(t *testing.T) {
 	nar, info := testNAR(100000)
 	p, _ := newPuller(t, &adder{gate: make(chan struct{})}) // never recorded: ranges short of the end still go
 	op := newPipeOpener()
-	j, _ := p.Start(context.Background(), info, op.open)
+	j, _ := p.Start(context.Background(), info, "up-a", op.open)
 	go op.w.Write(nar)
 	var b bytes.Buffer
 	if err := j.Render(context.Background(), &b, 1000, 5000); err != nil {
@@ -222,7 +222,7 @@ func TestFailures(t *testing.T) {
 			a := &adder{}
 			p, dir := newPuller(t, a)
 			op := newPipeOpener()
-			j, _ := p.Start(context.Background(), info, op.open)
+			j, _ := p.Start(context.Background(), info, "up-a", op.open)
 			w := newProgressWriter()
 			rendered := make(chan error, 1)
 			go func() { rendered <- j.Render(context.Background(), w, 0, -1) }()
@@ -242,8 +242,21 @@ func TestFailures(t *testing.T) {
 			if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 				t.Fatalf("spool dir holds %d files", len(ents))
 			}
-			if _, err := p.Start(context.Background(), info, op.open); !errors.Is(err, ErrFailedRecently) {
+			if _, err := p.Start(context.Background(), info, "up-a", op.open); !errors.Is(err, ErrFailedRecently) {
 				t.Fatalf("a pull that just failed started again (%v)", err)
+			}
+			// Held against that upstream alone: another may send it.
+			if !p.FailedRecently("up-a", info.HashPart()) || p.FailedRecently("up-b", info.HashPart()) {
+				t.Fatal("FailedRecently does not name the upstream that failed, and it alone")
+			}
+			j, err := p.Start(context.Background(), info, "up-b", func(ctx context.Context) (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(nar)), nil
+			})
+			if err != nil {
+				t.Fatalf("another upstream's pull of the path: %v", err)
+			}
+			if err := j.Wait(context.Background()); err != nil {
+				t.Fatalf("another upstream's pull of the path: %v", err)
 			}
 		})
 	}
@@ -252,7 +265,7 @@ func TestFailures(t *testing.T) {
 func TestOpenFails(t *testing.T) {
 	_, info := testNAR(1000)
 	p, _ := newPuller(t, &adder{})
-	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+	j, _ := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
 		return nil, fmt.Errorf("upstream down")
 	})
 	if err := j.Render(context.Background(), io.Discard, 0, -1); err == nil {
@@ -277,10 +290,98 @@ func (r *eofReader) Close() error { return nil }
 func TestLastBytesWithEOF(t *testing.T) {
 	nar, info := testNAR(1000)
 	p, _ := newPuller(t, &adder{})
-	j, _ := p.Start(context.Background(), info, func(ctx context.Context) (io.ReadCloser, error) {
+	j, _ := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
 		return &eofReader{nar}, nil
 	})
 	if err := j.Wait(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// stalledReader sends some bytes, then nothing until its context ends
+// (an upstream that stopped sending, or its decoder process).
+type stalledReader struct {
+	ctx    context.Context
+	b      []byte
+	closed atomic.Bool
+}
+
+func (r *stalledReader) Read(p []byte) (int, error) {
+	if len(r.b) > 0 {
+		n := copy(p, r.b)
+		r.b = r.b[n:]
+		return n, nil
+	}
+	<-r.ctx.Done()
+	return 0, r.ctx.Err()
+}
+
+func (r *stalledReader) Close() error { r.closed.Store(true); return nil }
+
+// addRecorder tells when its AddPath has returned.
+type addRecorder struct {
+	adder
+	returned atomic.Bool
+}
+
+func (a *addRecorder) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
+	defer a.returned.Store(true)
+	return a.adder.AddPath(ctx, info, r)
+}
+
+func TestCloseEndsJobs(t *testing.T) {
+	nar, info := testNAR(1 << 20)
+	a := &addRecorder{}
+	p, dir := newPuller(t, a)
+	var r *stalledReader
+	j, err := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
+		r = &stalledReader{ctx: ctx, b: nar[:1000]}
+		return r, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := newProgressWriter()
+	rendered := make(chan error, 1)
+	go func() { rendered <- j.Render(context.Background(), w, 0, -1) }()
+	w.waitLen(t, 1000) // downloading, and stalled
+
+	closed := make(chan struct{})
+	go func() {
+		p.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waiting after 10 s")
+	}
+	// Once Close returns, nothing of the job is left running.
+	if !r.closed.Load() {
+		t.Fatal("Close returned before the job closed its upstream stream")
+	}
+	if !a.returned.Load() {
+		t.Fatal("Close returned before the job's ingest did")
+	}
+	if err := j.Wait(context.Background()); err == nil {
+		t.Fatal("a job ended by Close succeeded")
+	}
+	if err := <-rendered; err == nil {
+		t.Fatal("the client's render of a job ended by Close ended well")
+	}
+	if len(a.recorded) != 0 {
+		t.Fatal("a job ended by Close recorded its path")
+	}
+	if p.Running(info.HashPart()) != nil {
+		t.Fatal("a job ended by Close is still running")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("spool dir holds %d files", len(ents))
+	}
+	if _, err := p.Start(context.Background(), info, "up-a", (&pipeOpener{}).open); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Start after Close: %v, want ErrClosed", err)
+	}
+	if p.FailedRecently("up-a", info.HashPart()) {
+		t.Fatal("a job ended by Close was held against its upstream")
 	}
 }

@@ -4,8 +4,10 @@
 //
 // Decisions:
 //   - Upstreams are asked in parallel; the first narinfo with a signature
-//     that verifies wins. Signatures that do not verify are dropped, never
-//     a reason to refuse the path (a rotated key leaves a stale one).
+//     that verifies wins. A signature that names a trusted key and does
+//     not verify is dropped, never a reason to refuse the path (a rotated
+//     key leaves a stale one); the others are kept as the upstream sent
+//     them (pathinfo.Info.DropBadSigs).
 //   - 404, 410 and 403 mean "not there" (S3 answers 403 for a missing
 //     key). Misses are remembered for MissTTL, errors for ErrorTTL, per
 //     upstream; a found path for FoundTTL, so that a lookup that finished
@@ -36,6 +38,7 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -67,6 +70,11 @@ type Config struct {
 	IdleTimeout time.Duration     // a NAR body that sends nothing this long is broken
 	Retries     int               // resumptions of one NAR body
 	BreakerOpen time.Duration     // first pause of a failing upstream before its re-probe
+
+	// Skip, when set, says an upstream (Path.Upstream) is not to be asked
+	// for a path now: it sent the path's NAR broken or wrong a moment
+	// ago, and another upstream may send it whole.
+	Skip func(upstream, hash string) bool
 }
 
 const (
@@ -85,14 +93,14 @@ const (
 	rememberedPaths = 64 << 10 // bound of each of the miss and found caches
 )
 
-// Path is a path an upstream offers: its metadata, with only the
-// signatures that verified, and where its NAR is.
+// Path is a path an upstream offers: its metadata, with the upstream's
+// signatures less those that name a trusted key and fail, and where its
+// NAR is.
 type Path struct {
 	Info        *pathinfo.Info
 	URL         string // absolute
 	Compression string // as the narinfo says; "" was read as bzip2
-	FileSize    uint64 // 0: unknown
-	Upstream    string
+	Upstream    string // the upstream's URL, as Config.Skip is told it
 }
 
 // Client asks upstream caches for paths.
@@ -192,7 +200,7 @@ func (c *Client) BytesReceived() uint64 { return c.received.Load() }
 // The lookup itself goes on after ctx ends (up to lookupTimeout), and
 // what it finds is kept for the next call.
 func (c *Client) Lookup(ctx context.Context, hash string) (*Path, error) {
-	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) {
+	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) && !c.skip(f.p.Upstream, hash) {
 		return f.p, nil
 	}
 	c.mu.Lock()
@@ -243,7 +251,7 @@ func (c *Client) lookup(ctx context.Context, hash string) (*Path, error) {
 		if until, ok := c.misses.Get(key); ok && now.Before(until) {
 			continue
 		}
-		if !c.available(u) {
+		if c.skip(u.name, hash) || !c.available(u) {
 			continue
 		}
 		asked++
@@ -276,6 +284,10 @@ func (c *Client) lookup(ctx context.Context, hash string) (*Path, error) {
 		}
 	}
 	return nil, fmt.Errorf("%s: no upstream has a trusted narinfo: %w", hash, pathinfo.ErrNotFound)
+}
+
+func (c *Client) skip(upstream, hash string) bool {
+	return c.cfg.Skip != nil && c.cfg.Skip(upstream, hash)
 }
 
 // narinfo fetches and checks one upstream's narinfo for a hash part.
@@ -329,13 +341,11 @@ func (c *Client) check(u *upstream, hash string, ni *narinfo.NarInfo) (*Path, er
 	if err := info.Validate(c.cfg.StoreDir); err != nil {
 		return nil, err
 	}
-	fp := info.Fingerprint()
-	for _, s := range ni.Sigs {
-		if narinfo.VerifyAny(fp, []string{s}, c.cfg.Keys) {
-			info.Sigs = append(info.Sigs, s)
-		}
-	}
-	if len(info.Sigs) == 0 {
+	// As everywhere in the node: the upstream's signatures stand, less
+	// those that name a trusted key and fail (a rotated key's).
+	info.Sigs = slices.Clone(ni.Sigs)
+	info.DropBadSigs(c.cfg.Keys)
+	if !info.TrustedBy(c.cfg.Keys) {
 		c.cfg.Log.Warn("upstream path not signed by a trusted key", "upstream", u.name, "path", ni.StorePath)
 		return nil, pathinfo.ErrNotFound
 	}
@@ -343,8 +353,7 @@ func (c *Client) check(u *upstream, hash string, ni *narinfo.NarInfo) (*Path, er
 	if err != nil {
 		return nil, fmt.Errorf("narinfo URL: %w", err)
 	}
-	return &Path{Info: info, URL: u.base.ResolveReference(ref).String(), Compression: ni.Compression,
-		FileSize: ni.FileSize, Upstream: u.name}, nil
+	return &Path{Info: info, URL: u.base.ResolveReference(ref).String(), Compression: ni.Compression, Upstream: u.name}, nil
 }
 
 // supported says whether Open can decompress a NAR so compressed.
@@ -569,12 +578,17 @@ type body struct {
 // open makes a request for the body from off.
 func (b *body) open() error {
 	ctx, stop := context.WithCancel(b.ctx)
+	// Armed before anything is read, the skip of a body read again
+	// included: the job's context never ends, so a read without it could
+	// wait forever.
+	idle := time.AfterFunc(b.c.cfg.IdleTimeout, stop)
 	rng := ""
 	if b.off > 0 {
 		rng = "bytes=" + strconv.FormatInt(b.off, 10) + "-"
 	}
 	resp, err := b.c.get(ctx, b.url, rng)
 	if err != nil {
+		idle.Stop()
 		stop()
 		return err
 	}
@@ -582,7 +596,7 @@ func (b *body) open() error {
 	case resp.StatusCode == http.StatusOK:
 		if b.off == 0 {
 			b.total = resp.ContentLength
-		} else if _, err = io.CopyN(io.Discard, resp.Body, b.off); err != nil {
+		} else if _, err = io.CopyN(io.Discard, &idleReader{r: resp.Body, idle: idle, timeout: b.c.cfg.IdleTimeout, received: &b.c.received}, b.off); err != nil {
 			// The upstream ignores ranges: the body again, skipped to
 			// where it broke.
 			err = fmt.Errorf("restarting the NAR at %d: %w", b.off, err)
@@ -595,13 +609,31 @@ func (b *body) open() error {
 		err = fmt.Errorf("%s: HTTP %s", b.url, resp.Status)
 	}
 	if err != nil {
+		idle.Stop()
 		resp.Body.Close()
 		stop()
 		return err
 	}
-	b.resp, b.stop = resp, stop
-	b.idle = time.AfterFunc(b.c.cfg.IdleTimeout, stop)
+	b.resp, b.stop, b.idle = resp, stop, idle
 	return nil
+}
+
+// idleReader restarts an idle timer at each byte it reads, and counts
+// them as received.
+type idleReader struct {
+	r        io.Reader
+	idle     *time.Timer
+	timeout  time.Duration
+	received *atomic.Uint64
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	if n > 0 {
+		r.idle.Reset(r.timeout)
+		r.received.Add(uint64(n))
+	}
+	return n, err
 }
 
 func (b *body) Read(p []byte) (int, error) {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -314,8 +315,10 @@ func TestSignatures(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a bad extra signature beside a good one: %v", err)
 	}
-	if len(p.Info.Sigs) != 1 || p.Info.Sigs[0] != f.sig() {
-		t.Fatalf("kept signatures %q, want only the one that verifies", p.Info.Sigs)
+	// The upstream's signatures unchanged but for the stale one under a
+	// trusted key's name: the stranger's is not ours to drop.
+	if want := []string{f.sig(), strangerSig}; !slices.Equal(p.Info.Sigs, want) {
+		t.Fatalf("kept signatures %q, want %q", p.Info.Sigs, want)
 	}
 
 	// Only signatures that do not verify: not trusted, not there.
@@ -640,5 +643,94 @@ func TestBreakerReprobes(t *testing.T) {
 	}
 	if rt.hits("/"+f.hash+".narinfo") != before+1 {
 		t.Fatalf("narinfo asked %d times after the breaker opened, want once (after the probe)", rt.hits("/"+f.hash+".narinfo")-before)
+	}
+}
+
+// An upstream that ignores ranges and stalls while the body is read again
+// up to where it broke: the idle timeout ends that read too.
+func TestStallWhileSkippingToResume(t *testing.T) {
+	f := newFixture(t, 12, 1<<20)
+	released := make(chan struct{})
+	var first atomic.Bool
+	first.Store(true)
+	rt := newRoutes()
+	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/a.nar", "none"))
+	rt.handle("/nar/a.nar", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(f.nar)))
+		if first.Swap(false) {
+			w.Write(f.nar[:len(f.nar)/2])
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		w.Write(f.nar[:1000]) // Range ignored; then nothing
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-released:
+		}
+	})
+	s := serve(t, rt)
+	t.Cleanup(func() { close(released) }) // before the server closes
+	c, err := New(Config{URLs: []string{s.URL}, Keys: []narinfo.PublicKey{f.key.Public()}, StoreDir: storeDir,
+		IdleTimeout: 300 * time.Millisecond, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The context of a pull job: it never ends.
+	r, err := c.Open(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadAll(r)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		if err == nil {
+			t.Fatal("a NAR whose upstream stalled read without error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still reading 10 s after the upstream stalled (idle timeout 300 ms)")
+	}
+}
+
+// An upstream that Skip names for a path (its NAR came broken) is not
+// asked for it: the lookup takes another's answer, even a slower one.
+func TestSkipUpstreamForPath(t *testing.T) {
+	f := newFixture(t, 13, 100)
+	fast, slow := newRoutes(), newRoutes()
+	fast.text("/"+f.hash+".narinfo", f.narinfo("nar/a.nar", "none"))
+	slow.handle("/"+f.hash+".narinfo", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond) // the fast one would win
+		io.WriteString(w, f.narinfo("nar/a.nar", "none"))
+	})
+	fs, ss := serve(t, fast), serve(t, slow)
+	var skipped atomic.Bool
+	c, err := New(Config{URLs: []string{fs.URL, ss.URL}, Keys: []narinfo.PublicKey{f.key.Public()}, StoreDir: storeDir,
+		Skip: func(upstream, hash string) bool { return skipped.Load() && upstream == fs.URL && hash == f.hash }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+	if err != nil || p.Upstream != fs.URL {
+		t.Fatalf("before the skip: %v, %+v; want the fast upstream's answer", err, p)
+	}
+	skipped.Store(true) // its NAR came broken
+	for range 2 {       // the found path, then a lookup
+		p, err = c.Lookup(ctxTimeout(t, 5*time.Second), f.hash)
+		if err != nil || p.Upstream != ss.URL {
+			t.Fatalf("skipping the fast upstream: %v, %+v; want the slow one's answer", err, p)
+		}
+		c.Forget(f.hash)
+	}
+	if n := fast.hits("/" + f.hash + ".narinfo"); n != 1 {
+		t.Fatalf("the skipped upstream was asked %d times, want once", n)
 	}
 }
