@@ -218,6 +218,8 @@ func (n *Node) Run(ctx context.Context) error {
 		n.p2p = p
 		defer p.close()
 	}
+	// Before the p2p side closes: a pull that ends shares its path.
+	defer n.closeUpstreams()
 	n.local.start(ctx)
 	// Before anything can write a record (the servers start below): see
 	// sharedCount.
@@ -285,7 +287,7 @@ func (n *Node) Close() error {
 	if n.httpLn != nil {
 		n.httpLn.Close()
 	}
-	n.closeUpstreams() // before the store: pulls write it (upstream.go)
+	n.closeUpstreams() // before the store, which pulls write (also at the end of Run)
 	if n.index != nil {
 		n.index.Close()
 	}
