@@ -277,19 +277,35 @@ func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
 				"stored", st.ChunkBytes, "target", target, "max_bytes", n.limit.max)
 			return removed, nil
 		}
-		for _, v := range victims {
-			err := n.deletePath(v.hash)
-			n.limit.undoom(v.hash)
-			if err != nil {
-				return removed, err
-			}
-			removed++
-			n.log.Info("removed a least recently used path over storage.max_bytes", "hash", v.hash, "nar_size", v.narSize,
-				"last_used", time.Unix(0, v.lastUsed).UTC().Format(time.RFC3339))
+		k, err := n.removeVictims(victims, n.deletePath)
+		removed += k
+		if err != nil {
+			return removed, err
 		}
 		if _, err := n.collect(ctx); err != nil {
 			return removed, err
 		}
+	}
+	return removed, nil
+}
+
+// removeVictims deletes the records of doomed paths and undooms every
+// one of them, those after a failed deletion too (a path left doomed
+// could never be held again until a restart). It returns how many went.
+// del is deletePath but for tests.
+func (n *Node) removeVictims(victims []victim, del func(hash string) error) (removed int, err error) {
+	defer func() {
+		for _, v := range victims {
+			n.limit.undoom(v.hash)
+		}
+	}()
+	for _, v := range victims {
+		if err := del(v.hash); err != nil {
+			return removed, err
+		}
+		removed++
+		n.log.Info("removed a least recently used path over storage.max_bytes", "hash", v.hash, "nar_size", v.narSize,
+			"last_used", time.Unix(0, v.lastUsed).UTC().Format(time.RFC3339))
 	}
 	return removed, nil
 }

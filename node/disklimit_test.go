@@ -223,3 +223,34 @@ func TestPinRoundTrip(t *testing.T) {
 		t.Fatalf("unpinned, still %+v", tot)
 	}
 }
+
+// TestEvictFailureUndooms: when removing one victim fails, the victims
+// after it are undoomed too: they can be held again (a path left doomed
+// would be refused to every render until a restart).
+func TestEvictFailureUndooms(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	c := addFilePath(t, n, 3, false)
+	victims := n.limit.pickVictims([]victim{{hash: a, narSize: 1}, {hash: b, narSize: 1}, {hash: c, narSize: 1}}, 3)
+	if len(victims) != 3 {
+		t.Fatalf("doomed %d paths, want 3", len(victims))
+	}
+	failed := errors.New("disk failed")
+	removed, err := n.removeVictims(victims, func(hash string) error {
+		if hash == b {
+			return failed
+		}
+		return n.deletePath(hash)
+	})
+	if !errors.Is(err, failed) || removed != 1 {
+		t.Fatalf("removed %d, err %v; want 1 and the failure", removed, err)
+	}
+	for _, h := range []string{a, b, c} {
+		release, ok := n.limit.hold(h)
+		if !ok {
+			t.Fatalf("%s still doomed after the failed eviction", h)
+		}
+		release()
+	}
+}
