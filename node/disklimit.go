@@ -42,8 +42,11 @@ import (
 //     before it downloads them, and the node first collects what it must
 //     to fit them with everything else in flight; an import (pinned, its
 //     new bytes unknown until it ends) is collected for just after its
-//     commit, in the background. So the store passes the limit by at most
-//     the import in flight, or when pinned and in-use paths alone pass it.
+//     commit, in the background. Reservations claim at most half the
+//     limit together (maxReservedShare), so that large or many pulls
+//     never empty the store for bytes it mostly has. So the store passes
+//     the limit by at most the import in flight and what reservations
+//     claim over half of it, or when pinned and in-use paths alone pass it.
 //   - A collected path is simply absent: the next request for it asks the
 //     peers again.
 
@@ -171,10 +174,19 @@ func (n *Node) limitLoop(ctx context.Context) {
 	}
 }
 
+// maxReservedShare bounds what reservations may claim: 1/maxReservedShare
+// of the limit, one alone or all in flight together. A reservation counts
+// a path's whole NAR, though much of it may be chunks the store has (or
+// that the path's copy will find there): uncapped, one path as large as
+// the limit, or a few pulls at once, would make the limit remove every
+// unpinned path for bytes that are mostly not new. What a capped
+// reservation misses is collected just after the commit, as for imports.
+const maxReservedShare = 2
+
 // reserveSpace makes room for bytes about to be written (a fetch's
 // missing chunks): it collects least recently used paths until the store,
-// with every reservation in flight, fits the limit, and keeps the
-// reservation until release.
+// with every reservation in flight (capped, maxReservedShare), fits the
+// limit, and keeps the reservation until release.
 func (n *Node) reserveSpace(ctx context.Context, bytes uint64) (release func()) {
 	l := &n.limit
 	if l.max == 0 {
@@ -190,7 +202,7 @@ func (n *Node) reserveSpace(ctx context.Context, bytes uint64) (release func()) 
 		l.mu.Unlock()
 		n.wakeLimit()
 	}
-	target := l.max - min(inFlight, l.max)
+	target := l.max - min(inFlight, l.max/maxReservedShare)
 	if _, err := n.evict(ctx, target); err != nil && ctx.Err() == nil {
 		n.log.Error("making room under storage.max_bytes", "err", err)
 	}

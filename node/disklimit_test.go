@@ -254,3 +254,34 @@ func TestEvictFailureUndooms(t *testing.T) {
 		release()
 	}
 }
+
+// TestReserveCapped: a reservation as large as the limit, or several in
+// flight that add up to it, make room for half the limit at most: they
+// do not empty the store of its unpinned paths.
+func TestReserveCapped(t *testing.T) {
+	const max = 4 * fileKiB << 10
+	n := limitNode(t, max)
+	var hashes []string
+	for i := range 4 {
+		hashes = append(hashes, addFilePath(t, n, i+1, false))
+	}
+	release := n.reserveSpace(context.Background(), 10*max)
+	got := held(n, hashes...)
+	if got[hashes[0]] || got[hashes[1]] || !got[hashes[2]] || !got[hashes[3]] {
+		t.Fatalf("held %v after reserving ten times the limit; want the two most recent kept", got)
+	}
+	release()
+	for i := range 2 {
+		hashes[i] = addFilePath(t, n, i+10, false)
+	}
+	var releases []func()
+	for range 4 {
+		releases = append(releases, n.reserveSpace(context.Background(), fileKiB<<10))
+	}
+	if s := stored(t, n); s < max/2 {
+		t.Fatalf("stored %d after four reservations adding up to the limit %d; want half kept", s, max)
+	}
+	for _, r := range releases {
+		r()
+	}
+}
