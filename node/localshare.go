@@ -263,6 +263,9 @@ func (l *localShare) ingest(ctx context.Context, hash string) error {
 			return nil, pathinfo.ErrNotFound
 		}
 		ctx := l.ctx
+		// Room first, as for a pull: concurrent copies would pass the
+		// limit together otherwise.
+		defer l.n.reserveSpace(ctx, info.NarSize)()
 		pr, pw := io.Pipe()
 		dumped := make(chan error, 1)
 		go func() {

@@ -191,3 +191,36 @@ func TestCopyAheadRoom(t *testing.T) {
 		t.Error("without a limit, a path is not copied ahead")
 	}
 }
+
+// TestLocalIngestReserves: copying a local path into castore makes room
+// under storage.max_bytes before the copy, as a pull does.
+func TestLocalIngestReserves(t *testing.T) {
+	n := limitNode(t, 3*fileKiB<<10)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	c := addFilePath(t, n, 3, false)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("local contents"), 0o644)
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), filepath.Join(dir, "f")); err != nil {
+		t.Fatal(err)
+	}
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
+	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: context.Background()}
+	n.local = l
+	done := make(chan error, 1)
+	go func() { done <- l.ingest(context.Background(), info.HashPart()) }()
+	for deadline := time.Now().Add(5 * time.Second); src.dumps.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := held(n, a, b, c)
+	close(src.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got[a] || !got[b] || !got[c] {
+		t.Fatalf("held %v while the local path was copied into a full store; want the least recent removed first", got)
+	}
+}
