@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/p2pstore/p2pstore/castore"
@@ -283,5 +284,32 @@ func TestReserveCapped(t *testing.T) {
 	}
 	for _, r := range releases {
 		r()
+	}
+}
+
+// TestAddSignaturesDoomed: adding signatures to a path the limit is
+// removing fails as for an absent path, and writes nothing (the write
+// would bring back a record whose objects are collected).
+func TestAddSignaturesDoomed(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	p := "/nix/store/" + a + "-f"
+	const sig = "other.example-1:AAAA"
+	if !n.limit.doom(a) {
+		t.Fatal("doom refused")
+	}
+	err := daemonStore{n}.AddSignatures(context.Background(), p, []string{sig})
+	if !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Errorf("adding signatures to a doomed path: %v", err)
+	}
+	if info, _ := n.index.Get(a); info != nil && slices.Contains(info.Sigs, sig) {
+		t.Error("a doomed path's record was written")
+	}
+	n.limit.undoom(a)
+	if err := (daemonStore{n}).AddSignatures(context.Background(), p, []string{sig}); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := n.index.Get(a); info == nil || !slices.Contains(info.Sigs, sig) {
+		t.Errorf("signature not added: %+v", info)
 	}
 }

@@ -281,6 +281,17 @@ func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Read
 // AddSignatures adds signatures to a path, dropping any by a key the node
 // knows that does not verify.
 func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []string) error {
+	sp, err := storepath.Parse(d.n.cfg.StoreDir, path)
+	if err != nil {
+		return err
+	}
+	// Held from the read to the write, as SetPinned does: the write would
+	// bring back a record whose objects the limit removed in between.
+	release, ok := d.n.limit.hold(sp.Hash)
+	defer release()
+	if !ok {
+		return fmt.Errorf("%s: %w", path, pathinfo.ErrNotFound)
+	}
 	info, err := d.PathInfo(ctx, path, false)
 	if err != nil {
 		return err
