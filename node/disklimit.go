@@ -263,18 +263,18 @@ func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
 	defer n.limit.evictMu.Unlock()
 	removed := 0
 	for round := 0; round < evictRounds; round++ {
-		st, err := n.store.Stats()
+		stored, err := n.store.ChunkBytes()
 		if err != nil {
 			return removed, err
 		}
-		if st.ChunkBytes <= target {
+		if stored <= target {
 			return removed, nil
 		}
 		vs, err := n.lruUnpinned()
 		if err != nil {
 			return removed, err
 		}
-		victims := n.limit.pickVictims(vs, st.ChunkBytes-target)
+		victims := n.limit.pickVictims(vs, stored-target)
 		if len(victims) == 0 {
 			n.limit.mu.Lock()
 			quiet := time.Since(n.limit.warned) < time.Minute
@@ -286,7 +286,7 @@ func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
 				return removed, nil
 			}
 			n.log.Warn("the store is over storage.max_bytes, and the paths over it are pinned or in use",
-				"stored", st.ChunkBytes, "target", target, "max_bytes", n.limit.max)
+				"stored", stored, "target", target, "max_bytes", n.limit.max)
 			return removed, nil
 		}
 		k, err := n.removeVictims(victims, n.deletePath)

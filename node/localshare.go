@@ -59,6 +59,7 @@ type localShare struct {
 	ingesting singleflight.Group
 	behind    chan string     // hash parts HTTP clients were served, to ingest next
 	pending   []string        // hash parts of paths for peers, to ingest in time (under mu)
+	refused   []string        // pending paths there was no room for yet (under mu)
 	wake      chan struct{}   // pending has grown
 	ctx       context.Context // the node's run: ingestions outlive the request that started them
 }
@@ -161,6 +162,7 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 	l.mu.Lock()
 	l.scanned = l.scanned || err == nil
 	l.mu.Unlock()
+	l.retryRefused()
 	if len(fresh) > 0 {
 		select {
 		case l.wake <- struct{}{}:
@@ -331,7 +333,13 @@ func (l *localShare) ingestBehind(ctx context.Context) {
 				continue
 			}
 		}
-		if l.n.index.Has(hash) || (ahead && !l.roomToCopyAhead(hash)) {
+		if l.n.index.Has(hash) {
+			continue
+		}
+		if ahead && !l.roomToCopyAhead(hash) {
+			l.mu.Lock()
+			l.refused = append(l.refused, hash)
+			l.mu.Unlock()
 			continue
 		}
 		if err := l.ingest(ctx, hash); err != nil && ctx.Err() == nil && !errors.Is(err, pathinfo.ErrNotFound) {
@@ -353,8 +361,29 @@ func (l *localShare) roomToCopyAhead(hash string) bool {
 		return true
 	}
 	info := l.info(hash)
-	st, err := l.n.store.Stats()
-	return info != nil && err == nil && st.ChunkBytes+info.NarSize <= max/4*3
+	stored, err := l.n.store.ChunkBytes()
+	return info != nil && err == nil && stored+info.NarSize <= max/4*3
+}
+
+// retryRefused puts the paths refused for room back in the queue when
+// the store has room for copies ahead again (the limit made room for a
+// large pull, say); the ones that still do not fit are refused again, one
+// counter read each.
+func (l *localShare) retryRefused() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.refused) == 0 {
+		return
+	}
+	if stored, err := l.n.store.ChunkBytes(); err != nil || stored >= l.n.limit.max/4*3 {
+		return
+	}
+	l.pending = append(l.pending, l.refused...)
+	l.refused = nil
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
 }
 
 // nextPending takes the next path for peers still to ingest, or "".

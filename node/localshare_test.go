@@ -224,3 +224,52 @@ func TestLocalIngestReserves(t *testing.T) {
 		t.Fatalf("held %v while the local path was copied into a full store; want the least recent removed first", got)
 	}
 }
+
+// TestCopyAheadRetried: a path refused for copying ahead, for want of
+// room, is copied once the store has room again, not lost for good.
+func TestCopyAheadRetried(t *testing.T) {
+	n := limitNode(t, 4*fileKiB<<10)
+	for i := range 3 { // three quarters of the limit: no room to copy ahead
+		addFilePath(t, n, i+1, false)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("local contents"), 0o644)
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), filepath.Join(dir, "f")); err != nil {
+		t.Fatal(err)
+	}
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
+	hash := info.HashPart()
+	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	close(src.release)
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &localShare{n: n, src: src, paths: map[string]localPath{hash: {info: info}}, ctx: ctx,
+		behind: make(chan string, 1), wake: make(chan struct{}, 1), pending: []string{hash}}
+	n.local = l
+	n.wg.Add(1)
+	go l.ingestBehind(ctx)
+	defer func() { cancel(); n.wg.Wait() }()
+	refused := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.refused) == 1
+	}
+	for deadline := time.Now().Add(5 * time.Second); !refused() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n.index.Has(hash) {
+		t.Fatal("copied ahead with no room")
+	}
+	l.retryRefused() // still no room: nothing changes
+	if _, err := n.evict(context.Background(), 2*fileKiB<<10); err != nil {
+		t.Fatal(err)
+	}
+	l.retryRefused()
+	for deadline := time.Now().Add(5 * time.Second); !n.index.Has(hash) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !n.index.Has(hash) {
+		t.Fatal("a path refused for room was not copied once there was room")
+	}
+}
