@@ -37,7 +37,10 @@ import (
 //     nobody holds it, both under one mutex; a render that finds its path
 //     doomed treats it as gone (and fetches it again where it can). Fetch
 //     jobs hold castore leases on what they write until the path is
-//     recorded.
+//     recorded. Readers that cannot say when they end are kept for
+//     readGrace after each read (read): the store mount, whose kernel
+//     sends no opens or releases, and peers, whose object requests do not
+//     name the path (its record, asked first, does).
 //   - Within the limit: a fetch reserves the bytes of the chunks it lacks
 //     before it downloads them, and the node first collects what it must
 //     to fit them with everything else in flight; an import (pinned, its
@@ -54,6 +57,11 @@ import (
 // checked without a commit waking the collector.
 const usageFlush = 30 * time.Second
 
+// readGrace is how long a path read through the store mount, or whose
+// record a peer asked for, is kept after that read: long enough for a
+// client's next read, or a peer's next batch of objects.
+const readGrace = 2 * time.Minute
+
 // evictRounds bounds the collections one eviction runs: each removes
 // paths whose NAR sizes sum to what is over the limit, which frees less
 // when they share chunks with paths that stay.
@@ -67,6 +75,7 @@ type diskLimit struct {
 	mu       sync.Mutex
 	used     map[string]int64 // uses not yet in the index, unix nanoseconds by hash part
 	inUse    map[string]int   // paths held by renders and pin changes
+	reading  map[string]int64 // last read by the mount or a peer, unix nanoseconds by hash part
 	doomed   map[string]bool  // paths being removed
 	reserved uint64           // bytes fetches in flight are about to add
 	warned   time.Time        // when the node last said it could not meet the limit
@@ -77,6 +86,7 @@ type diskLimit struct {
 func (l *diskLimit) init(max uint64) {
 	l.max, l.wake = max, make(chan struct{}, 1)
 	l.used, l.inUse, l.doomed = map[string]int64{}, map[string]int{}, map[string]bool{}
+	l.reading = map[string]int64{}
 }
 
 // touch records a use of a path.
@@ -84,6 +94,15 @@ func (l *diskLimit) touch(hash string) {
 	now := time.Now().UnixNano()
 	l.mu.Lock()
 	l.used[hash] = now
+	l.mu.Unlock()
+}
+
+// read records a use of a path by a reader that cannot say when it
+// ends: the path is kept for readGrace after it.
+func (l *diskLimit) read(hash string) {
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	l.used[hash], l.reading[hash] = now, now
 	l.mu.Unlock()
 }
 
@@ -113,6 +132,9 @@ func (l *diskLimit) doom(hash string) bool {
 	if l.inUse[hash] > 0 || l.doomed[hash] {
 		return false
 	}
+	if t, ok := l.reading[hash]; ok && time.Since(time.Unix(0, t)) < readGrace {
+		return false
+	}
 	l.doomed[hash] = true
 	return true
 }
@@ -123,10 +145,16 @@ func (l *diskLimit) undoom(hash string) {
 	l.mu.Unlock()
 }
 
-// takeUsed returns the uses not yet written, and forgets them.
+// takeUsed returns the uses not yet written, and forgets them (and the
+// reads older than readGrace).
 func (l *diskLimit) takeUsed() map[string]int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for h, t := range l.reading {
+		if time.Since(time.Unix(0, t)) >= readGrace {
+			delete(l.reading, h)
+		}
+	}
 	m := l.used
 	l.used = map[string]int64{}
 	return m

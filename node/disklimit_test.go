@@ -313,3 +313,31 @@ func TestAddSignaturesDoomed(t *testing.T) {
 		t.Errorf("signature not added: %+v", info)
 	}
 }
+
+// TestReadKeeps: a path read through the store mount, or whose record a
+// peer asked for, is not removed for readGrace after the read (such
+// readers cannot say when they are done); after it, it can go.
+func TestReadKeeps(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	mountSource{n.store, n}.Reading(a)
+	if _, err := n.evict(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(n, a, b); !got[a] || got[b] {
+		t.Fatalf("held %v after a read of a and a limit of 0", got)
+	}
+	n.limit.mu.Lock()
+	n.limit.reading[a] -= int64(readGrace)
+	n.limit.mu.Unlock()
+	if _, err := n.evict(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.index.Has(a) {
+		t.Fatal("a read longer ago than readGrace is still kept")
+	}
+	if n.limit.takeUsed(); len(n.limit.reading) != 0 {
+		t.Fatalf("old reads not forgotten: %v", n.limit.reading)
+	}
+}

@@ -323,6 +323,10 @@ func (m mountSource) Path(ctx context.Context, hash string) (*pathinfo.Info, err
 	return info, err
 }
 
+// Reading keeps a path read through the mount for a while (readGrace):
+// the mount cannot say when a reader is done.
+func (m mountSource) Reading(hash string) { m.n.limit.read(hash) }
+
 func (m mountSource) Paths(ctx context.Context) ([]string, error) {
 	var out []string
 	err := m.n.index.ForEach(func(info *pathinfo.Info) error {
