@@ -391,9 +391,12 @@ type PinResult struct {
 	Unchanged int      `json:"unchanged"` // paths that were so already
 }
 
-// SetPinned pins or unpins store paths the node holds. Every path is
-// checked first: one the node lacks fails the request, and nothing
-// changes.
+// SetPinned pins or unpins store paths the node holds, all or none: a
+// path the node lacks, or that the limit is removing, fails the request
+// before anything changes (every path is held from its check to the
+// writes, so that the limit cannot remove it in between: a write would
+// bring back a record whose objects are gone). A write that fails puts
+// back the pins written before it.
 func (n *Node) SetPinned(ctx context.Context, paths []string, pin bool) (*PinResult, error) {
 	var hashes []string
 	for _, p := range paths {
@@ -401,39 +404,44 @@ func (n *Node) SetPinned(ctx context.Context, paths []string, pin bool) (*PinRes
 		if err != nil {
 			return nil, badInput("%v", err)
 		}
-		if info, err := n.index.Get(sp.Hash); err != nil || info.StorePath != p {
-			return nil, fmt.Errorf("%s: %w on this node", p, pathinfo.ErrNotFound)
-		}
 		hashes = append(hashes, sp.Hash)
 	}
-	res := &PinResult{Changed: []string{}}
+	var infos []*pathinfo.Info
+	seen := map[string]bool{}
 	for i, h := range hashes {
-		// Held, so that the limit cannot remove it between the read and
-		// the write (the write would bring back a record whose objects
-		// are gone).
 		release, ok := n.limit.hold(h)
+		defer release()
 		info, err := n.index.Get(h)
-		if !ok || errors.Is(err, pathinfo.ErrNotFound) {
-			release()
-			return res, fmt.Errorf("%s: %w on this node (removed just now)", paths[i], pathinfo.ErrNotFound)
+		if err != nil && !errors.Is(err, pathinfo.ErrNotFound) {
+			return nil, err
 		}
-		if err != nil {
-			release()
-			return res, err
+		if !ok || err != nil || info.StorePath != paths[i] {
+			return nil, fmt.Errorf("%s: %w on this node", paths[i], pathinfo.ErrNotFound)
 		}
+		if !seen[h] { // a path named twice is written once
+			seen[h] = true
+			infos = append(infos, info)
+		}
+	}
+	res := &PinResult{Changed: []string{}}
+	var written []*pathinfo.Info
+	for _, info := range infos {
 		if info.Pinned == pin {
 			res.Unchanged++
-		} else {
-			info.Pinned = pin
-			err = n.putPath(info)
-			if err == nil {
-				res.Changed = append(res.Changed, info.StorePath)
+			continue
+		}
+		info.Pinned = pin
+		if err := n.putPath(info); err != nil {
+			for _, w := range written {
+				w.Pinned = !pin
+				if err := n.putPath(w); err != nil {
+					n.log.Error("putting a pin back after a failed pin change", "path", w.StorePath, "err", err)
+				}
 			}
+			return nil, err
 		}
-		release()
-		if err != nil {
-			return res, err
-		}
+		written = append(written, info)
+		res.Changed = append(res.Changed, info.StorePath)
 	}
 	if !pin {
 		n.wakeLimit()

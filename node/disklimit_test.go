@@ -341,3 +341,27 @@ func TestReadKeeps(t *testing.T) {
 		t.Fatalf("old reads not forgotten: %v", n.limit.reading)
 	}
 }
+
+// TestPinAllOrNothing: when one of the paths is being removed by the
+// limit, a pin request fails and changes none of them, those before it
+// included.
+func TestPinAllOrNothing(t *testing.T) {
+	n := limitNode(t, 0)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	if !n.limit.doom(b) {
+		t.Fatal("doom refused")
+	}
+	_, err := n.SetPinned(context.Background(), []string{"/nix/store/" + a + "-f", "/nix/store/" + b + "-f"}, true)
+	if !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("pin with a path being removed: %v", err)
+	}
+	if tot, _ := n.index.Totals(); tot.Pinned != 0 {
+		t.Fatalf("a failed pin changed %d paths", tot.Pinned)
+	}
+	n.limit.undoom(b)
+	res, err := n.SetPinned(context.Background(), []string{"/nix/store/" + a + "-f", "/nix/store/" + a + "-f"}, true)
+	if err != nil || len(res.Changed) != 1 || res.Unchanged != 0 {
+		t.Fatalf("pin of a path named twice: %+v, %v", res, err)
+	}
+}
