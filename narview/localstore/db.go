@@ -254,7 +254,8 @@ func (d *DB) Dump(ctx context.Context, path string, w io.Writer) error {
 	return dumpUnder(ctx, d.root, d.storeDir, path, w)
 }
 
-// dumpUnder dumps a store path that lies under root on disk.
+// dumpUnder dumps a store path that lies under root on disk: the one way
+// this package dumps NARs from files (localSource, DB and DaemonWatch).
 func dumpUnder(ctx context.Context, root, storeDir, path string, w io.Writer) error {
 	sp, err := storepath.Parse(storeDir, path)
 	if err != nil {
