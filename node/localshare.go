@@ -46,6 +46,12 @@ import (
 // without it, BENCHMARKS.md).
 // Then it is an ordinary path of the node, kept even if the local store
 // deletes it.
+//
+// The catalog keeps, per path, only what serving its NAR needs (store
+// path, NarHash, NarSize: ~200 bytes, against ~1 KB for a whole info with
+// its references and signatures); a narinfo or an ingestion reads the
+// whole info from the store again (localstore.Watcher.Info), checking
+// that it still matches and is still trusted.
 
 // localShare is the catalog of the local store's signed paths.
 type localShare struct {
@@ -64,9 +70,15 @@ type localShare struct {
 	ctx       context.Context // the node's run: ingestions outlive the request that started them
 }
 
-// localPath is a catalogued path.
+// localPath is a catalogued path: what rendering its NAR needs.
 type localPath struct {
-	info *pathinfo.Info
+	storePath string
+	narHash   storepath.NarHash
+	narSize   uint64
+}
+
+func catalogued(info *pathinfo.Info) localPath {
+	return localPath{storePath: info.StorePath, narHash: info.NarHash, narSize: info.NarSize}
 }
 
 // startLocalShare opens the local store when local.share asks for it and
@@ -142,7 +154,7 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 		}
 		l.mu.Lock()
 		_, had := l.paths[hash]
-		l.paths[hash] = localPath{info: info}
+		l.paths[hash] = catalogued(info)
 		l.mu.Unlock()
 		if !had {
 			added++
@@ -192,21 +204,44 @@ func (l *localShare) drop(hash string) {
 	l.mu.Unlock()
 }
 
-// info returns a catalogued path's info, or nil. Safe on a nil catalog.
+// entry returns a catalogued path's entry.
+func (l *localShare) entry(hash string) (localPath, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	lp, ok := l.paths[hash]
+	return lp, ok
+}
+
+// info returns a catalogued path's info, read from the store again, or
+// nil. A path gone from the store leaves the catalog; one whose info no
+// longer matches its entry (registered again, a signature removed) is
+// nil until the next poll puts it right. Safe on a nil catalog.
 func (l *localShare) info(hash string) *pathinfo.Info {
 	if l == nil {
 		return nil
 	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	info := l.paths[hash].info
-	if info == nil {
+	lp, ok := l.entry(hash)
+	if !ok {
 		return nil
 	}
-	c := *info
-	c.References = append([]string(nil), info.References...)
-	c.Sigs = append([]string(nil), info.Sigs...)
-	return &c
+	ctx := l.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	info, err := l.src.Info(ctx, lp.storePath)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		l.drop(hash)
+		return nil
+	}
+	if err != nil {
+		l.n.log.Warn("reading a local path's info", "path", lp.storePath, "err", err)
+		return nil
+	}
+	if info.StorePath != lp.storePath || info.NarHash != lp.narHash || info.NarSize != lp.narSize ||
+		info.Validate(l.n.cfg.StoreDir) != nil || !l.trust(info) {
+		return nil
+	}
+	return info
 }
 
 // has reports whether a path is catalogued.
@@ -360,9 +395,9 @@ func (l *localShare) roomToCopyAhead(hash string) bool {
 	if max == 0 {
 		return true
 	}
-	info := l.info(hash)
+	lp, ok := l.entry(hash)
 	stored, err := l.n.store.ChunkBytes()
-	return info != nil && err == nil && stored+info.NarSize <= max/4*3
+	return ok && err == nil && stored+lp.narSize <= max/4*3
 }
 
 // retryRefused puts the paths refused for room back in the queue when
@@ -407,30 +442,30 @@ func (l *localShare) render(ctx context.Context, info *pathinfo.Info, part nar.P
 		return false, nil
 	}
 	hash := info.HashPart()
-	cat := l.info(hash)
-	if cat == nil || cat.NarHash != info.NarHash {
+	cat, ok := l.entry(hash)
+	if !ok || cat.narHash != info.NarHash {
 		return false, nil
 	}
 	if part.Compression != nar.CompressionNone {
 		return false, l.ingest(ctx, hash)
 	}
-	off, end := int64(0), int64(cat.NarSize)
+	off, end := int64(0), int64(cat.narSize)
 	if part.N > 0 {
 		off, end = part.Off, part.Off+part.N
 	}
-	cw := &checkedNAR{w: w, h: sha256.New(), size: int64(cat.NarSize), off: off, end: end}
-	if err := l.src.Dump(ctx, cat.StorePath, cw); err != nil {
+	cw := &checkedNAR{w: w, h: sha256.New(), size: int64(cat.narSize), off: off, end: end}
+	if err := l.src.Dump(ctx, cat.storePath, cw); err != nil {
 		if l.vanished(hash, err) {
-			return true, fmt.Errorf("%s: %w", cat.StorePath, pathinfo.ErrNotFound)
+			return true, fmt.Errorf("%s: %w", cat.storePath, pathinfo.ErrNotFound)
 		}
 		if errors.Is(err, errNarMismatch) {
 			l.drop(hash)
 		}
 		return true, err
 	}
-	if err := cw.finish(cat.NarHash); err != nil {
+	if err := cw.finish(cat.narHash); err != nil {
 		l.drop(hash)
-		l.n.log.Error("a local path does not match its NarHash; no longer shared", "path", cat.StorePath, "err", err)
+		l.n.log.Error("a local path does not match its NarHash; no longer shared", "path", cat.storePath, "err", err)
 		return true, err
 	}
 	select {

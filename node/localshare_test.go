@@ -102,16 +102,39 @@ func TestLocalTrust(t *testing.T) {
 	}
 }
 
+// signedLocal returns the info of a local path of this NAR, signed by a
+// key the node trusts.
+func signedLocal(t *testing.T, n *Node, nar []byte) *pathinfo.Info {
+	t.Helper()
+	key, err := narinfo.GenerateKey("local-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.keys = append(n.keys, key.Public())
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(nar)), NarSize: uint64(len(nar))}
+	info.Sigs = []string{key.Sign(info.Fingerprint())}
+	return info
+}
+
 // fakeLocal is a local store of one path whose dumps wait for release.
 type fakeLocal struct {
+	info    *pathinfo.Info
 	nar     []byte
 	dumps   atomic.Int32
 	release chan struct{}
 }
 
 func (f *fakeLocal) Poll(context.Context, func(*pathinfo.Info) error, func(string)) error { return nil }
-func (f *fakeLocal) Name() string                                                         { return "fake" }
-func (f *fakeLocal) Close() error                                                         { return nil }
+func (f *fakeLocal) Info(_ context.Context, path string) (*pathinfo.Info, error) {
+	if f.info == nil || f.info.StorePath != path {
+		return nil, pathinfo.ErrNotFound
+	}
+	c := *f.info
+	return &c, nil
+}
+func (f *fakeLocal) Name() string { return "fake" }
+func (f *fakeLocal) Close() error { return nil }
 func (f *fakeLocal) Dump(ctx context.Context, path string, w io.Writer) error {
 	f.dumps.Add(1)
 	<-f.release
@@ -136,12 +159,11 @@ func TestLocalIngestOnce(t *testing.T) {
 	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), tree); err != nil {
 		t.Fatal(err)
 	}
-	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
-		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
-	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	info := signedLocal(t, n, buf.Bytes())
+	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: ctx}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: ctx}
 	n.local = l
 
 	const askers = 8
@@ -178,7 +200,7 @@ func TestCopyAheadRoom(t *testing.T) {
 	n.local = l
 	for _, size := range []uint64{5 * fileKiB << 10, 7 * fileKiB << 10} {
 		info := &pathinfo.Info{StorePath: fmt.Sprintf("/nix/store/%032d-local", size), NarSize: size}
-		l.paths[info.HashPart()] = localPath{info: info}
+		l.paths[info.HashPart()] = catalogued(info)
 	}
 	if !l.roomToCopyAhead(fmt.Sprintf("%032d", 5*fileKiB<<10)) {
 		t.Error("a path that fits in three quarters of the limit is not copied ahead")
@@ -205,10 +227,9 @@ func TestLocalIngestReserves(t *testing.T) {
 	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), filepath.Join(dir, "f")); err != nil {
 		t.Fatal(err)
 	}
-	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
-		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
-	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
-	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: context.Background()}
+	info := signedLocal(t, n, buf.Bytes())
+	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: context.Background()}
 	n.local = l
 	done := make(chan error, 1)
 	go func() { done <- l.ingest(context.Background(), info.HashPart()) }()
@@ -238,13 +259,12 @@ func TestCopyAheadRetried(t *testing.T) {
 	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), filepath.Join(dir, "f")); err != nil {
 		t.Fatal(err)
 	}
-	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
-		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
+	info := signedLocal(t, n, buf.Bytes())
 	hash := info.HashPart()
-	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
 	close(src.release)
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &localShare{n: n, src: src, paths: map[string]localPath{hash: {info: info}}, ctx: ctx,
+	l := &localShare{n: n, src: src, paths: map[string]localPath{hash: catalogued(info)}, ctx: ctx,
 		behind: make(chan string, 1), wake: make(chan struct{}, 1), pending: []string{hash}}
 	n.local = l
 	n.wg.Add(1)
@@ -271,5 +291,27 @@ func TestCopyAheadRetried(t *testing.T) {
 	}
 	if !n.index.Has(hash) {
 		t.Fatal("a path refused for room was not copied once there was room")
+	}
+}
+
+// TestLocalInfoReadAgain: the catalog keeps no whole infos: a path's info
+// is read from the store when asked for, so it says what the store says
+// now (a signature removed: no longer served; the path gone: dropped).
+func TestLocalInfoReadAgain(t *testing.T) {
+	n := limitNode(t, 0)
+	info := signedLocal(t, n, []byte("nar"))
+	src := &fakeLocal{info: info}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}}
+	hash := info.HashPart()
+	if got := l.info(hash); got == nil || !slices.Equal(got.Sigs, info.Sigs) {
+		t.Fatalf("info %+v", got)
+	}
+	src.info = &pathinfo.Info{StorePath: info.StorePath, NarHash: info.NarHash, NarSize: info.NarSize}
+	if got := l.info(hash); got != nil {
+		t.Fatalf("a path whose signature is gone from the store: %+v", got)
+	}
+	src.info = nil
+	if got := l.info(hash); got != nil || l.has(hash) {
+		t.Fatalf("a path gone from the store: %+v, catalogued %v", got, l.has(hash))
 	}
 }

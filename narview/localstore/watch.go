@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/p2pstore/p2pstore/narview/daemon"
@@ -50,6 +51,7 @@ func WatchDaemon(socket, storeDir string) (*DaemonWatch, error) {
 // fails (the daemon restarted) is dropped and dialled again; each call
 // has daemonCallTimeout, and the poll's context closes the connection.
 type DaemonWatch struct {
+	mu               sync.Mutex     // one call at a time: Info comes during polls
 	c                *daemon.Client // nil after a failure: dialled at the next call
 	socket, storeDir string
 	seen             map[string]bool
@@ -58,6 +60,12 @@ type DaemonWatch struct {
 func (w *DaemonWatch) Name() string { return "the nix-daemon at " + w.socket }
 
 func (w *DaemonWatch) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.closeConn()
+}
+
+func (w *DaemonWatch) closeConn() error {
 	if w.c == nil {
 		return nil
 	}
@@ -74,6 +82,8 @@ func (w *DaemonWatch) call(ctx context.Context, f func(*daemon.Client) error) er
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.c == nil {
 		c, err := daemon.Dial(w.socket)
 		if err != nil {
@@ -95,7 +105,7 @@ func (w *DaemonWatch) call(ctx context.Context, f func(*daemon.Client) error) er
 	}
 	var derr *daemon.DaemonError
 	if err != nil && !errors.Is(err, pathinfo.ErrNotFound) && !errors.As(err, &derr) {
-		w.Close()
+		w.closeConn()
 	}
 	if err != nil {
 		return fmt.Errorf("nix-daemon: %w", err)
@@ -106,9 +116,11 @@ func (w *DaemonWatch) call(ctx context.Context, f func(*daemon.Client) error) er
 func (w *DaemonWatch) Poll(ctx context.Context, put func(*pathinfo.Info) error, gone func(string)) error {
 	var all []string
 	list := func(c *daemon.Client) (err error) { all, err = c.QueryAllValidPaths(); return err }
+	w.mu.Lock()
 	hadConn := w.c != nil
+	w.mu.Unlock()
 	err := w.call(ctx, list)
-	if err != nil && hadConn && w.c == nil && !errors.Is(err, errNoAnswer) && ctx.Err() == nil {
+	if err != nil && hadConn && !w.connected() && !errors.Is(err, errNoAnswer) && ctx.Err() == nil {
 		err = w.call(ctx, list) // once more on a new connection: the daemon may have restarted
 	}
 	if err != nil {
@@ -142,6 +154,23 @@ func (w *DaemonWatch) Poll(ctx context.Context, put func(*pathinfo.Info) error, 
 		w.seen[p] = true
 	}
 	return nil
+}
+
+// connected reports whether a connection is open.
+func (w *DaemonWatch) connected() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.c != nil
+}
+
+// Info asks the daemon for one valid path's info.
+func (w *DaemonWatch) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
+	var info *pathinfo.Info
+	err := w.call(ctx, func(c *daemon.Client) (err error) { info, err = c.QueryPathInfo(path); return err })
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		return nil, pathinfo.ErrNotFound
+	}
+	return info, err
 }
 
 // Dump reads the files of the system's store (the daemon's store is the
