@@ -42,7 +42,8 @@ import (
 //     sends no opens or releases, and peers, whose object requests do not
 //     name the path (its record, asked first, does).
 //   - Within the limit: a fetch reserves the bytes of the chunks it lacks
-//     before it downloads them, and the node first collects what it must
+//     before it downloads them (a pull from an upstream, or a copy of a
+//     local store path, its NarSize), and the node first collects what it must
 //     to fit them with everything else in flight; an import (pinned, its
 //     new bytes unknown until it ends) is collected for just after its
 //     commit, in the background. Reservations claim at most half the

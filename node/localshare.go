@@ -43,7 +43,9 @@ import (
 // client. With local.copy_ahead, the paths peers may get are copied in the
 // background from the start, so that a peer's first request does not wait
 // for the copy (a peer's client took 1.43x as long for a path of 191 MB
-// without it, BENCHMARKS.md).
+// without it, BENCHMARKS.md). Under storage.max_bytes, copies ahead stop
+// at three quarters of it; those refused are tried again once a poll finds
+// room. Every copy reserves its room first, as a pull does.
 // Then it is an ordinary path of the node, kept even if the local store
 // deletes it.
 //
