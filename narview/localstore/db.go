@@ -156,7 +156,7 @@ func (d *DB) Poll(ctx context.Context, put func(*pathinfo.Info) error, gone func
 		if old, ok := d.rows[p]; ok && old == r {
 			continue
 		}
-		info, err := d.Info(ctx, p)
+		info, err := d.info(ctx, d.conn, p)
 		switch {
 		case errors.Is(err, pathinfo.ErrNotFound):
 			continue // gone since the listing: the next poll sees it
@@ -211,6 +211,16 @@ func (d *DB) list(ctx context.Context) (map[string]row, error) {
 // Info reads one valid path's info, or pathinfo.ErrNotFound, with the
 // queries Nix itself makes, on a connection of its own (not the poll's).
 func (d *DB) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
+	return d.info(ctx, d.db, path)
+}
+
+// querier is a connection, or the pool.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (d *DB) info(ctx context.Context, q querier, path string) (*pathinfo.Info, error) {
 	var (
 		id           int64
 		hash         string
@@ -223,7 +233,7 @@ func (d *DB) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
 			return fmt.Errorf("%w: %s: %s of %s: %v", errRow, d.file, what, path, err)
 		}
 	)
-	err := d.db.QueryRowContext(ctx,
+	err := q.QueryRowContext(ctx,
 		"select id, hash, registrationTime, deriver, narSize, sigs, ca from ValidPaths where path = ?", path).
 		Scan(&id, &hash, &regTime, &deriver, &narSize, &sigs, &ca)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -241,7 +251,7 @@ func (d *DB) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
 	info.Deriver = deriver.String
 	info.CA = ca.String
 	info.Sigs = strings.Fields(sigs.String)
-	rows, err := d.db.QueryContext(ctx,
+	rows, err := q.QueryContext(ctx,
 		"select path from Refs join ValidPaths on reference = id where referrer = ? order by path", id)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", d.file, err)
