@@ -428,6 +428,18 @@ func (s *Store) Stats() (Stats, error) {
 	return st, err
 }
 
+// ChunkBytes returns Stats().ChunkBytes alone: one counter read, where
+// Stats walks the pages of four buckets, for callers that ask often (the
+// disk limit, at every commit and reservation).
+func (s *Store) ChunkBytes() (uint64, error) {
+	var n uint64
+	err := s.db.View(func(tx *bolt.Tx) error {
+		n = getCounter(tx.Bucket(bucketMeta), metaChunkBytes)
+		return nil
+	})
+	return n, err
+}
+
 func getCounter(b *bolt.Bucket, key []byte) uint64 {
 	if v := b.Get(key); len(v) == 8 {
 		return binary.BigEndian.Uint64(v)

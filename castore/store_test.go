@@ -98,6 +98,9 @@ func TestStoreDedup(t *testing.T) {
 	if st.ChunkBytes != uint64(len(data)) {
 		t.Fatalf("store holds %d chunk bytes, want %d", st.ChunkBytes, len(data))
 	}
+	if n, err := s.ChunkBytes(); err != nil || n != st.ChunkBytes {
+		t.Fatalf("ChunkBytes %d, %v; Stats says %d", n, err, st.ChunkBytes)
+	}
 }
 
 // TestStoreCrashTail simulates a crash after chunk bytes were appended but

@@ -37,19 +37,31 @@ import (
 //     nobody holds it, both under one mutex; a render that finds its path
 //     doomed treats it as gone (and fetches it again where it can). Fetch
 //     jobs hold castore leases on what they write until the path is
-//     recorded.
+//     recorded. Readers that cannot say when they end are kept for
+//     readGrace after each read (read): the store mount, whose kernel
+//     sends no opens or releases, and peers, whose object requests do not
+//     name the path (its record, asked first, does).
 //   - Within the limit: a fetch reserves the bytes of the chunks it lacks
-//     before it downloads them, and the node first collects what it must
+//     before it downloads them (a pull from an upstream, or a copy of a
+//     local store path, its NarSize), and the node first collects what it must
 //     to fit them with everything else in flight; an import (pinned, its
 //     new bytes unknown until it ends) is collected for just after its
-//     commit, in the background. So the store passes the limit by at most
-//     the import in flight, or when pinned and in-use paths alone pass it.
+//     commit, in the background. Reservations claim at most half the
+//     limit together (maxReservedShare), so that large or many pulls
+//     never empty the store for bytes it mostly has. So the store passes
+//     the limit by at most the import in flight and what reservations
+//     claim over half of it, or when pinned and in-use paths alone pass it.
 //   - A collected path is simply absent: the next request for it asks the
 //     peers again.
 
 // usageFlush is how often uses are written to the index, and the limit
 // checked without a commit waking the collector.
 const usageFlush = 30 * time.Second
+
+// readGrace is how long a path read through the store mount, or whose
+// record a peer asked for, is kept after that read: long enough for a
+// client's next read, or a peer's next batch of objects.
+const readGrace = 2 * time.Minute
 
 // evictRounds bounds the collections one eviction runs: each removes
 // paths whose NAR sizes sum to what is over the limit, which frees less
@@ -64,6 +76,7 @@ type diskLimit struct {
 	mu       sync.Mutex
 	used     map[string]int64 // uses not yet in the index, unix nanoseconds by hash part
 	inUse    map[string]int   // paths held by renders and pin changes
+	reading  map[string]int64 // last read by the mount or a peer, unix nanoseconds by hash part
 	doomed   map[string]bool  // paths being removed
 	reserved uint64           // bytes fetches in flight are about to add
 	warned   time.Time        // when the node last said it could not meet the limit
@@ -74,6 +87,7 @@ type diskLimit struct {
 func (l *diskLimit) init(max uint64) {
 	l.max, l.wake = max, make(chan struct{}, 1)
 	l.used, l.inUse, l.doomed = map[string]int64{}, map[string]int{}, map[string]bool{}
+	l.reading = map[string]int64{}
 }
 
 // touch records a use of a path.
@@ -81,6 +95,15 @@ func (l *diskLimit) touch(hash string) {
 	now := time.Now().UnixNano()
 	l.mu.Lock()
 	l.used[hash] = now
+	l.mu.Unlock()
+}
+
+// read records a use of a path by a reader that cannot say when it
+// ends: the path is kept for readGrace after it.
+func (l *diskLimit) read(hash string) {
+	now := time.Now().UnixNano()
+	l.mu.Lock()
+	l.used[hash], l.reading[hash] = now, now
 	l.mu.Unlock()
 }
 
@@ -110,6 +133,9 @@ func (l *diskLimit) doom(hash string) bool {
 	if l.inUse[hash] > 0 || l.doomed[hash] {
 		return false
 	}
+	if t, ok := l.reading[hash]; ok && time.Since(time.Unix(0, t)) < readGrace {
+		return false
+	}
 	l.doomed[hash] = true
 	return true
 }
@@ -120,10 +146,16 @@ func (l *diskLimit) undoom(hash string) {
 	l.mu.Unlock()
 }
 
-// takeUsed returns the uses not yet written, and forgets them.
+// takeUsed returns the uses not yet written, and forgets them (and the
+// reads older than readGrace).
 func (l *diskLimit) takeUsed() map[string]int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for h, t := range l.reading {
+		if time.Since(time.Unix(0, t)) >= readGrace {
+			delete(l.reading, h)
+		}
+	}
 	m := l.used
 	l.used = map[string]int64{}
 	return m
@@ -171,10 +203,19 @@ func (n *Node) limitLoop(ctx context.Context) {
 	}
 }
 
+// maxReservedShare bounds what reservations may claim: 1/maxReservedShare
+// of the limit, one alone or all in flight together. A reservation counts
+// a path's whole NAR, though much of it may be chunks the store has (or
+// that the path's copy will find there): uncapped, one path as large as
+// the limit, or a few pulls at once, would make the limit remove every
+// unpinned path for bytes that are mostly not new. What a capped
+// reservation misses is collected just after the commit, as for imports.
+const maxReservedShare = 2
+
 // reserveSpace makes room for bytes about to be written (a fetch's
 // missing chunks): it collects least recently used paths until the store,
-// with every reservation in flight, fits the limit, and keeps the
-// reservation until release.
+// with every reservation in flight (capped, maxReservedShare), fits the
+// limit, and keeps the reservation until release.
 func (n *Node) reserveSpace(ctx context.Context, bytes uint64) (release func()) {
 	l := &n.limit
 	if l.max == 0 {
@@ -190,7 +231,7 @@ func (n *Node) reserveSpace(ctx context.Context, bytes uint64) (release func()) 
 		l.mu.Unlock()
 		n.wakeLimit()
 	}
-	target := l.max - min(inFlight, l.max)
+	target := l.max - min(inFlight, l.max/maxReservedShare)
 	if _, err := n.evict(ctx, target); err != nil && ctx.Err() == nil {
 		n.log.Error("making room under storage.max_bytes", "err", err)
 	}
@@ -251,18 +292,18 @@ func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
 	defer n.limit.evictMu.Unlock()
 	removed := 0
 	for round := 0; round < evictRounds; round++ {
-		st, err := n.store.Stats()
+		stored, err := n.store.ChunkBytes()
 		if err != nil {
 			return removed, err
 		}
-		if st.ChunkBytes <= target {
+		if stored <= target {
 			return removed, nil
 		}
 		vs, err := n.lruUnpinned()
 		if err != nil {
 			return removed, err
 		}
-		victims := n.limit.pickVictims(vs, st.ChunkBytes-target)
+		victims := n.limit.pickVictims(vs, stored-target)
 		if len(victims) == 0 {
 			n.limit.mu.Lock()
 			quiet := time.Since(n.limit.warned) < time.Minute
@@ -274,22 +315,38 @@ func (n *Node) evict(ctx context.Context, target uint64) (int, error) {
 				return removed, nil
 			}
 			n.log.Warn("the store is over storage.max_bytes, and the paths over it are pinned or in use",
-				"stored", st.ChunkBytes, "target", target, "max_bytes", n.limit.max)
+				"stored", stored, "target", target, "max_bytes", n.limit.max)
 			return removed, nil
 		}
-		for _, v := range victims {
-			err := n.deletePath(v.hash)
-			n.limit.undoom(v.hash)
-			if err != nil {
-				return removed, err
-			}
-			removed++
-			n.log.Info("removed a least recently used path over storage.max_bytes", "hash", v.hash, "nar_size", v.narSize,
-				"last_used", time.Unix(0, v.lastUsed).UTC().Format(time.RFC3339))
+		k, err := n.removeVictims(victims, n.deletePath)
+		removed += k
+		if err != nil {
+			return removed, err
 		}
 		if _, err := n.collect(ctx); err != nil {
 			return removed, err
 		}
+	}
+	return removed, nil
+}
+
+// removeVictims deletes the records of doomed paths and undooms every
+// one of them, those after a failed deletion too (a path left doomed
+// could never be held again until a restart). It returns how many went.
+// del is deletePath but for tests.
+func (n *Node) removeVictims(victims []victim, del func(hash string) error) (removed int, err error) {
+	defer func() {
+		for _, v := range victims {
+			n.limit.undoom(v.hash)
+		}
+	}()
+	for _, v := range victims {
+		if err := del(v.hash); err != nil {
+			return removed, err
+		}
+		removed++
+		n.log.Info("removed a least recently used path over storage.max_bytes", "hash", v.hash, "nar_size", v.narSize,
+			"last_used", time.Unix(0, v.lastUsed).UTC().Format(time.RFC3339))
 	}
 	return removed, nil
 }
@@ -335,9 +392,12 @@ type PinResult struct {
 	Unchanged int      `json:"unchanged"` // paths that were so already
 }
 
-// SetPinned pins or unpins store paths the node holds. Every path is
-// checked first: one the node lacks fails the request, and nothing
-// changes.
+// SetPinned pins or unpins store paths the node holds, all or none: a
+// path the node lacks, or that the limit is removing, fails the request
+// before anything changes (every path is held from its check to the
+// writes, so that the limit cannot remove it in between: a write would
+// bring back a record whose objects are gone). A write that fails puts
+// back the pins written before it.
 func (n *Node) SetPinned(ctx context.Context, paths []string, pin bool) (*PinResult, error) {
 	var hashes []string
 	for _, p := range paths {
@@ -345,39 +405,44 @@ func (n *Node) SetPinned(ctx context.Context, paths []string, pin bool) (*PinRes
 		if err != nil {
 			return nil, badInput("%v", err)
 		}
-		if info, err := n.index.Get(sp.Hash); err != nil || info.StorePath != p {
-			return nil, fmt.Errorf("%s: %w on this node", p, pathinfo.ErrNotFound)
-		}
 		hashes = append(hashes, sp.Hash)
 	}
-	res := &PinResult{Changed: []string{}}
+	var infos []*pathinfo.Info
+	seen := map[string]bool{}
 	for i, h := range hashes {
-		// Held, so that the limit cannot remove it between the read and
-		// the write (the write would bring back a record whose objects
-		// are gone).
 		release, ok := n.limit.hold(h)
+		defer release()
 		info, err := n.index.Get(h)
-		if !ok || errors.Is(err, pathinfo.ErrNotFound) {
-			release()
-			return res, fmt.Errorf("%s: %w on this node (removed just now)", paths[i], pathinfo.ErrNotFound)
+		if err != nil && !errors.Is(err, pathinfo.ErrNotFound) {
+			return nil, err
 		}
-		if err != nil {
-			release()
-			return res, err
+		if !ok || err != nil || info.StorePath != paths[i] {
+			return nil, fmt.Errorf("%s: %w on this node", paths[i], pathinfo.ErrNotFound)
 		}
+		if !seen[h] { // a path named twice is written once
+			seen[h] = true
+			infos = append(infos, info)
+		}
+	}
+	res := &PinResult{Changed: []string{}}
+	var written []*pathinfo.Info
+	for _, info := range infos {
 		if info.Pinned == pin {
 			res.Unchanged++
-		} else {
-			info.Pinned = pin
-			err = n.putPath(info)
-			if err == nil {
-				res.Changed = append(res.Changed, info.StorePath)
+			continue
+		}
+		info.Pinned = pin
+		if err := n.putPath(info); err != nil {
+			for _, w := range written {
+				w.Pinned = !pin
+				if err := n.putPath(w); err != nil {
+					n.log.Error("putting a pin back after a failed pin change", "path", w.StorePath, "err", err)
+				}
 			}
+			return nil, err
 		}
-		release()
-		if err != nil {
-			return res, err
-		}
+		written = append(written, info)
+		res.Changed = append(res.Changed, info.StorePath)
 	}
 	if !pin {
 		n.wakeLimit()

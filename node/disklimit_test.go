@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/p2pstore/p2pstore/castore"
@@ -221,5 +222,146 @@ func TestPinRoundTrip(t *testing.T) {
 	}
 	if tot, _ := n.index.Totals(); tot.Pinned != 0 {
 		t.Fatalf("unpinned, still %+v", tot)
+	}
+}
+
+// TestEvictFailureUndooms: when removing one victim fails, the victims
+// after it are undoomed too: they can be held again (a path left doomed
+// would be refused to every render until a restart).
+func TestEvictFailureUndooms(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	c := addFilePath(t, n, 3, false)
+	victims := n.limit.pickVictims([]victim{{hash: a, narSize: 1}, {hash: b, narSize: 1}, {hash: c, narSize: 1}}, 3)
+	if len(victims) != 3 {
+		t.Fatalf("doomed %d paths, want 3", len(victims))
+	}
+	failed := errors.New("disk failed")
+	removed, err := n.removeVictims(victims, func(hash string) error {
+		if hash == b {
+			return failed
+		}
+		return n.deletePath(hash)
+	})
+	if !errors.Is(err, failed) || removed != 1 {
+		t.Fatalf("removed %d, err %v; want 1 and the failure", removed, err)
+	}
+	for _, h := range []string{a, b, c} {
+		release, ok := n.limit.hold(h)
+		if !ok {
+			t.Fatalf("%s still doomed after the failed eviction", h)
+		}
+		release()
+	}
+}
+
+// TestReserveCapped: a reservation as large as the limit, or several in
+// flight that add up to it, make room for half the limit at most: they
+// do not empty the store of its unpinned paths.
+func TestReserveCapped(t *testing.T) {
+	const max = 4 * fileKiB << 10
+	n := limitNode(t, max)
+	var hashes []string
+	for i := range 4 {
+		hashes = append(hashes, addFilePath(t, n, i+1, false))
+	}
+	release := n.reserveSpace(context.Background(), 10*max)
+	got := held(n, hashes...)
+	if got[hashes[0]] || got[hashes[1]] || !got[hashes[2]] || !got[hashes[3]] {
+		t.Fatalf("held %v after reserving ten times the limit; want the two most recent kept", got)
+	}
+	release()
+	for i := range 2 {
+		hashes[i] = addFilePath(t, n, i+10, false)
+	}
+	var releases []func()
+	for range 4 {
+		releases = append(releases, n.reserveSpace(context.Background(), fileKiB<<10))
+	}
+	if s := stored(t, n); s < max/2 {
+		t.Fatalf("stored %d after four reservations adding up to the limit %d; want half kept", s, max)
+	}
+	for _, r := range releases {
+		r()
+	}
+}
+
+// TestAddSignaturesDoomed: adding signatures to a path the limit is
+// removing fails as for an absent path, and writes nothing (the write
+// would bring back a record whose objects are collected).
+func TestAddSignaturesDoomed(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	p := "/nix/store/" + a + "-f"
+	const sig = "other.example-1:AAAA"
+	if !n.limit.doom(a) {
+		t.Fatal("doom refused")
+	}
+	err := daemonStore{n}.AddSignatures(context.Background(), p, []string{sig})
+	if !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Errorf("adding signatures to a doomed path: %v", err)
+	}
+	if info, _ := n.index.Get(a); info != nil && slices.Contains(info.Sigs, sig) {
+		t.Error("a doomed path's record was written")
+	}
+	n.limit.undoom(a)
+	if err := (daemonStore{n}).AddSignatures(context.Background(), p, []string{sig}); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := n.index.Get(a); info == nil || !slices.Contains(info.Sigs, sig) {
+		t.Errorf("signature not added: %+v", info)
+	}
+}
+
+// TestReadKeeps: a path read through the store mount, or whose record a
+// peer asked for, is not removed for readGrace after the read (such
+// readers cannot say when they are done); after it, it can go.
+func TestReadKeeps(t *testing.T) {
+	n := limitNode(t, 1)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	mountSource{n.store, n}.Reading(a)
+	if _, err := n.evict(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := held(n, a, b); !got[a] || got[b] {
+		t.Fatalf("held %v after a read of a and a limit of 0", got)
+	}
+	n.limit.mu.Lock()
+	n.limit.reading[a] -= int64(readGrace)
+	n.limit.mu.Unlock()
+	if _, err := n.evict(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n.index.Has(a) {
+		t.Fatal("a read longer ago than readGrace is still kept")
+	}
+	if n.limit.takeUsed(); len(n.limit.reading) != 0 {
+		t.Fatalf("old reads not forgotten: %v", n.limit.reading)
+	}
+}
+
+// TestPinAllOrNothing: when one of the paths is being removed by the
+// limit, a pin request fails and changes none of them, those before it
+// included.
+func TestPinAllOrNothing(t *testing.T) {
+	n := limitNode(t, 0)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	if !n.limit.doom(b) {
+		t.Fatal("doom refused")
+	}
+	_, err := n.SetPinned(context.Background(), []string{"/nix/store/" + a + "-f", "/nix/store/" + b + "-f"}, true)
+	if !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("pin with a path being removed: %v", err)
+	}
+	if tot, _ := n.index.Totals(); tot.Pinned != 0 {
+		t.Fatalf("a failed pin changed %d paths", tot.Pinned)
+	}
+	n.limit.undoom(b)
+	res, err := n.SetPinned(context.Background(), []string{"/nix/store/" + a + "-f", "/nix/store/" + a + "-f"}, true)
+	if err != nil || len(res.Changed) != 1 || res.Unchanged != 0 {
+		t.Fatalf("pin of a path named twice: %+v, %v", res, err)
 	}
 }

@@ -43,9 +43,17 @@ import (
 // client. With local.copy_ahead, the paths peers may get are copied in the
 // background from the start, so that a peer's first request does not wait
 // for the copy (a peer's client took 1.43x as long for a path of 191 MB
-// without it, BENCHMARKS.md).
+// without it, BENCHMARKS.md). Under storage.max_bytes, copies ahead stop
+// at three quarters of it; those refused are tried again once a poll finds
+// room. Every copy reserves its room first, as a pull does.
 // Then it is an ordinary path of the node, kept even if the local store
 // deletes it.
+//
+// The catalog keeps, per path, only what serving its NAR needs (store
+// path, NarHash, NarSize: ~200 bytes, against ~1 KB for a whole info with
+// its references and signatures); a narinfo or an ingestion reads the
+// whole info from the store again (localstore.Watcher.Info), checking
+// that it still matches and is still trusted.
 
 // localShare is the catalog of the local store's signed paths.
 type localShare struct {
@@ -59,13 +67,20 @@ type localShare struct {
 	ingesting singleflight.Group
 	behind    chan string     // hash parts HTTP clients were served, to ingest next
 	pending   []string        // hash parts of paths for peers, to ingest in time (under mu)
+	refused   []string        // pending paths there was no room for yet (under mu)
 	wake      chan struct{}   // pending has grown
 	ctx       context.Context // the node's run: ingestions outlive the request that started them
 }
 
-// localPath is a catalogued path.
+// localPath is a catalogued path: what rendering its NAR needs.
 type localPath struct {
-	info *pathinfo.Info
+	storePath string
+	narHash   storepath.NarHash
+	narSize   uint64
+}
+
+func catalogued(info *pathinfo.Info) localPath {
+	return localPath{storePath: info.StorePath, narHash: info.NarHash, narSize: info.NarSize}
 }
 
 // openLocalShare opens the local store when local.share asks for it and
@@ -150,7 +165,7 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 		}
 		l.mu.Lock()
 		_, had := l.paths[hash]
-		l.paths[hash] = localPath{info: info}
+		l.paths[hash] = catalogued(info)
 		l.mu.Unlock()
 		if !had {
 			added++
@@ -170,6 +185,7 @@ func (l *localShare) poll(ctx context.Context) (int, error) {
 	l.mu.Lock()
 	l.scanned = l.scanned || err == nil
 	l.mu.Unlock()
+	l.retryRefused()
 	if len(fresh) > 0 {
 		select {
 		case l.wake <- struct{}{}:
@@ -199,21 +215,44 @@ func (l *localShare) drop(hash string) {
 	l.mu.Unlock()
 }
 
-// info returns a catalogued path's info, or nil. Safe on a nil catalog.
+// entry returns a catalogued path's entry.
+func (l *localShare) entry(hash string) (localPath, bool) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	lp, ok := l.paths[hash]
+	return lp, ok
+}
+
+// info returns a catalogued path's info, read from the store again, or
+// nil. A path gone from the store leaves the catalog; one whose info no
+// longer matches its entry (registered again, a signature removed) is
+// nil until the next poll puts it right. Safe on a nil catalog.
 func (l *localShare) info(hash string) *pathinfo.Info {
 	if l == nil {
 		return nil
 	}
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	info := l.paths[hash].info
-	if info == nil {
+	lp, ok := l.entry(hash)
+	if !ok {
 		return nil
 	}
-	c := *info
-	c.References = append([]string(nil), info.References...)
-	c.Sigs = append([]string(nil), info.Sigs...)
-	return &c
+	ctx := l.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	info, err := l.src.Info(ctx, lp.storePath)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		l.drop(hash)
+		return nil
+	}
+	if err != nil {
+		l.n.log.Warn("reading a local path's info", "path", lp.storePath, "err", err)
+		return nil
+	}
+	if info.StorePath != lp.storePath || info.NarHash != lp.narHash || info.NarSize != lp.narSize ||
+		info.Validate(l.n.cfg.StoreDir) != nil || !l.trust(info) {
+		return nil
+	}
+	return info
 }
 
 // has reports whether a path is catalogued.
@@ -272,6 +311,9 @@ func (l *localShare) ingest(ctx context.Context, hash string) error {
 			return nil, pathinfo.ErrNotFound
 		}
 		ctx := l.ctx
+		// Room first, as for a pull: concurrent copies would pass the
+		// limit together otherwise.
+		defer l.n.reserveSpace(ctx, info.NarSize)()
 		pr, pw := io.Pipe()
 		dumped := make(chan error, 1)
 		go func() {
@@ -337,7 +379,13 @@ func (l *localShare) ingestBehind(ctx context.Context) {
 				continue
 			}
 		}
-		if l.n.index.Has(hash) || (ahead && !l.roomToCopyAhead(hash)) {
+		if l.n.index.Has(hash) {
+			continue
+		}
+		if ahead && !l.roomToCopyAhead(hash) {
+			l.mu.Lock()
+			l.refused = append(l.refused, hash)
+			l.mu.Unlock()
 			continue
 		}
 		if err := l.ingest(ctx, hash); err != nil && ctx.Err() == nil && !errors.Is(err, pathinfo.ErrNotFound) {
@@ -358,9 +406,30 @@ func (l *localShare) roomToCopyAhead(hash string) bool {
 	if max == 0 {
 		return true
 	}
-	info := l.info(hash)
-	st, err := l.n.store.Stats()
-	return info != nil && err == nil && st.ChunkBytes+info.NarSize <= max/4*3
+	lp, ok := l.entry(hash)
+	stored, err := l.n.store.ChunkBytes()
+	return ok && err == nil && stored+lp.narSize <= max/4*3
+}
+
+// retryRefused puts the paths refused for room back in the queue when
+// the store has room for copies ahead again (the limit made room for a
+// large pull, say); the ones that still do not fit are refused again, one
+// counter read each.
+func (l *localShare) retryRefused() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.refused) == 0 {
+		return
+	}
+	if stored, err := l.n.store.ChunkBytes(); err != nil || stored >= l.n.limit.max/4*3 {
+		return
+	}
+	l.pending = append(l.pending, l.refused...)
+	l.refused = nil
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
 }
 
 // nextPending takes the next path for peers still to ingest, or "".
@@ -384,30 +453,30 @@ func (l *localShare) render(ctx context.Context, info *pathinfo.Info, part nar.P
 		return false, nil
 	}
 	hash := info.HashPart()
-	cat := l.info(hash)
-	if cat == nil || cat.NarHash != info.NarHash {
+	cat, ok := l.entry(hash)
+	if !ok || cat.narHash != info.NarHash {
 		return false, nil
 	}
 	if part.Compression != nar.CompressionNone {
 		return false, l.ingest(ctx, hash)
 	}
-	off, end := int64(0), int64(cat.NarSize)
+	off, end := int64(0), int64(cat.narSize)
 	if part.N > 0 {
 		off, end = part.Off, part.Off+part.N
 	}
-	cw := &checkedNAR{w: w, h: sha256.New(), size: int64(cat.NarSize), off: off, end: end}
-	if err := l.src.Dump(ctx, cat.StorePath, cw); err != nil {
+	cw := &checkedNAR{w: w, h: sha256.New(), size: int64(cat.narSize), off: off, end: end}
+	if err := l.src.Dump(ctx, cat.storePath, cw); err != nil {
 		if l.vanished(hash, err) {
-			return true, fmt.Errorf("%s: %w", cat.StorePath, pathinfo.ErrNotFound)
+			return true, fmt.Errorf("%s: %w", cat.storePath, pathinfo.ErrNotFound)
 		}
 		if errors.Is(err, errNarMismatch) {
 			l.drop(hash)
 		}
 		return true, err
 	}
-	if err := cw.finish(cat.NarHash); err != nil {
+	if err := cw.finish(cat.narHash); err != nil {
 		l.drop(hash)
-		l.n.log.Error("a local path does not match its NarHash; no longer shared", "path", cat.StorePath, "err", err)
+		l.n.log.Error("a local path does not match its NarHash; no longer shared", "path", cat.storePath, "err", err)
 		return true, err
 	}
 	select {

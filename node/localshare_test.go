@@ -103,16 +103,39 @@ func TestLocalTrust(t *testing.T) {
 	}
 }
 
+// signedLocal returns the info of a local path of this NAR, signed by a
+// key the node trusts.
+func signedLocal(t *testing.T, n *Node, nar []byte) *pathinfo.Info {
+	t.Helper()
+	key, err := narinfo.GenerateKey("local-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.keys = append(n.keys, key.Public())
+	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
+		NarHash: storepath.NarHash(sha256.Sum256(nar)), NarSize: uint64(len(nar))}
+	info.Sigs = []string{key.Sign(info.Fingerprint())}
+	return info
+}
+
 // fakeLocal is a local store of one path whose dumps wait for release.
 type fakeLocal struct {
+	info    *pathinfo.Info
 	nar     []byte
 	dumps   atomic.Int32
 	release chan struct{}
 }
 
 func (f *fakeLocal) Poll(context.Context, func(*pathinfo.Info) error, func(string)) error { return nil }
-func (f *fakeLocal) Name() string                                                         { return "fake" }
-func (f *fakeLocal) Close() error                                                         { return nil }
+func (f *fakeLocal) Info(_ context.Context, path string) (*pathinfo.Info, error) {
+	if f.info == nil || f.info.StorePath != path {
+		return nil, pathinfo.ErrNotFound
+	}
+	c := *f.info
+	return &c, nil
+}
+func (f *fakeLocal) Name() string { return "fake" }
+func (f *fakeLocal) Close() error { return nil }
 func (f *fakeLocal) Dump(ctx context.Context, path string, w io.Writer) error {
 	f.dumps.Add(1)
 	<-f.release
@@ -137,12 +160,11 @@ func TestLocalIngestOnce(t *testing.T) {
 	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), tree); err != nil {
 		t.Fatal(err)
 	}
-	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
-		NarHash: storepath.NarHash(sha256.Sum256(buf.Bytes())), NarSize: uint64(buf.Len())}
-	src := &fakeLocal{nar: buf.Bytes(), release: make(chan struct{})}
+	info := signedLocal(t, n, buf.Bytes())
+	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: ctx}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: ctx}
 	n.local = l
 
 	const askers = 8
@@ -179,7 +201,7 @@ func TestCopyAheadRoom(t *testing.T) {
 	n.local = l
 	for _, size := range []uint64{5 * fileKiB << 10, 7 * fileKiB << 10} {
 		info := &pathinfo.Info{StorePath: fmt.Sprintf("/nix/store/%032d-local", size), NarSize: size}
-		l.paths[info.HashPart()] = localPath{info: info}
+		l.paths[info.HashPart()] = catalogued(info)
 	}
 	if !l.roomToCopyAhead(fmt.Sprintf("%032d", 5*fileKiB<<10)) {
 		t.Error("a path that fits in three quarters of the limit is not copied ahead")
@@ -211,11 +233,10 @@ func TestLocalCompressedNAR(t *testing.T) {
 	if err := nar.Dump(context.Background(), nar.NewWriter(&want), tree); err != nil {
 		t.Fatal(err)
 	}
-	info := &pathinfo.Info{StorePath: "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-local",
-		NarHash: storepath.NarHash(sha256.Sum256(want.Bytes())), NarSize: uint64(want.Len())}
-	src := &fakeLocal{nar: want.Bytes(), release: make(chan struct{})}
+	info := signedLocal(t, n, want.Bytes())
+	src := &fakeLocal{info: info, nar: want.Bytes(), release: make(chan struct{})}
 	close(src.release)
-	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): {info: info}}, ctx: context.Background()}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: context.Background()}
 	n.local = l
 	var got bytes.Buffer
 	if err := n.NAR(context.Background(), l.info(info.HashPart()), nar.CompressionZstd, &got); err != nil {
@@ -229,5 +250,107 @@ func TestLocalCompressedNAR(t *testing.T) {
 	plain, err := io.ReadAll(dec)
 	if err != nil || !bytes.Equal(plain, want.Bytes()) {
 		t.Fatalf("the .nar.zst decodes to %d bytes (%v), want the NAR's %d", len(plain), err, want.Len())
+	}
+}
+
+// TestLocalIngestReserves: copying a local path into castore makes room
+// under storage.max_bytes before the copy, as a pull does.
+func TestLocalIngestReserves(t *testing.T) {
+	n := limitNode(t, 3*fileKiB<<10)
+	a := addFilePath(t, n, 1, false)
+	b := addFilePath(t, n, 2, false)
+	c := addFilePath(t, n, 3, false)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("local contents"), 0o644)
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), filepath.Join(dir, "f")); err != nil {
+		t.Fatal(err)
+	}
+	info := signedLocal(t, n, buf.Bytes())
+	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: context.Background()}
+	n.local = l
+	done := make(chan error, 1)
+	go func() { done <- l.ingest(context.Background(), info.HashPart()) }()
+	for deadline := time.Now().Add(5 * time.Second); src.dumps.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := held(n, a, b, c)
+	close(src.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got[a] || !got[b] || !got[c] {
+		t.Fatalf("held %v while the local path was copied into a full store; want the least recent removed first", got)
+	}
+}
+
+// TestCopyAheadRetried: a path refused for copying ahead, for want of
+// room, is copied once the store has room again, not lost for good.
+func TestCopyAheadRetried(t *testing.T) {
+	n := limitNode(t, 4*fileKiB<<10)
+	for i := range 3 { // three quarters of the limit: no room to copy ahead
+		addFilePath(t, n, i+1, false)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("local contents"), 0o644)
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), filepath.Join(dir, "f")); err != nil {
+		t.Fatal(err)
+	}
+	info := signedLocal(t, n, buf.Bytes())
+	hash := info.HashPart()
+	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
+	close(src.release)
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &localShare{n: n, src: src, paths: map[string]localPath{hash: catalogued(info)}, ctx: ctx,
+		behind: make(chan string, 1), wake: make(chan struct{}, 1), pending: []string{hash}}
+	n.local = l
+	n.wg.Add(1)
+	go l.ingestBehind(ctx)
+	defer func() { cancel(); n.wg.Wait() }()
+	refused := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.refused) == 1
+	}
+	for deadline := time.Now().Add(5 * time.Second); !refused() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n.index.Has(hash) {
+		t.Fatal("copied ahead with no room")
+	}
+	l.retryRefused() // still no room: nothing changes
+	if _, err := n.evict(context.Background(), 2*fileKiB<<10); err != nil {
+		t.Fatal(err)
+	}
+	l.retryRefused()
+	for deadline := time.Now().Add(5 * time.Second); !n.index.Has(hash) && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !n.index.Has(hash) {
+		t.Fatal("a path refused for room was not copied once there was room")
+	}
+}
+
+// TestLocalInfoReadAgain: the catalog keeps no whole infos: a path's info
+// is read from the store when asked for, so it says what the store says
+// now (a signature removed: no longer served; the path gone: dropped).
+func TestLocalInfoReadAgain(t *testing.T) {
+	n := limitNode(t, 0)
+	info := signedLocal(t, n, []byte("nar"))
+	src := &fakeLocal{info: info}
+	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}}
+	hash := info.HashPart()
+	if got := l.info(hash); got == nil || !slices.Equal(got.Sigs, info.Sigs) {
+		t.Fatalf("info %+v", got)
+	}
+	src.info = &pathinfo.Info{StorePath: info.StorePath, NarHash: info.NarHash, NarSize: info.NarSize}
+	if got := l.info(hash); got != nil {
+		t.Fatalf("a path whose signature is gone from the store: %+v", got)
+	}
+	src.info = nil
+	if got := l.info(hash); got != nil || l.has(hash) {
+		t.Fatalf("a path gone from the store: %+v, catalogued %v", got, l.has(hash))
 	}
 }

@@ -335,7 +335,7 @@ func (t transferSource) Record(ctx context.Context, hash string) (*pathinfo.Info
 	if err != nil {
 		return nil, err
 	}
-	t.n.limit.touch(hash)
+	t.n.limit.read(hash) // the peer's object requests that follow do not name it
 	return info, nil
 }
 

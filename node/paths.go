@@ -284,6 +284,17 @@ func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Read
 // AddSignatures adds signatures to a path, dropping any by a key the node
 // knows that does not verify.
 func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []string) error {
+	sp, err := storepath.Parse(d.n.cfg.StoreDir, path)
+	if err != nil {
+		return err
+	}
+	// Held from the read to the write, as SetPinned does: the write would
+	// bring back a record whose objects the limit removed in between.
+	release, ok := d.n.limit.hold(sp.Hash)
+	defer release()
+	if !ok {
+		return fmt.Errorf("%s: %w", path, pathinfo.ErrNotFound)
+	}
 	info, err := d.PathInfo(ctx, path, false)
 	if err != nil {
 		return err
@@ -314,6 +325,10 @@ func (m mountSource) Path(ctx context.Context, hash string) (*pathinfo.Info, err
 	}
 	return info, err
 }
+
+// Reading keeps a path read through the mount for a while (readGrace):
+// the mount cannot say when a reader is done.
+func (m mountSource) Reading(hash string) { m.n.limit.read(hash) }
 
 func (m mountSource) Paths(ctx context.Context) ([]string, error) {
 	var out []string

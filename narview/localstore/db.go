@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net/url"
 	"os"
@@ -38,6 +39,9 @@ type Watcher interface {
 	// Poll calls put for each path that is new or whose info changed (a
 	// signature added), and gone for each that is no longer valid.
 	Poll(ctx context.Context, put func(*pathinfo.Info) error, gone func(path string)) error
+	// Info reads one valid path's info, or pathinfo.ErrNotFound, so that
+	// the caller need not keep whole infos in memory. Safe during a Poll.
+	Info(ctx context.Context, path string) (*pathinfo.Info, error)
 	// Dump writes the NAR of a store path, read from the store's files.
 	Dump(ctx context.Context, path string, w io.Writer) error
 	Name() string
@@ -50,17 +54,18 @@ type Watcher interface {
 type DB struct {
 	root, storeDir, file string
 	db                   *sql.DB
-	conn                 *sql.Conn // one connection, so that data_version is its own
+	conn                 *sql.Conn // one connection for polls, so that data_version is its own
 	version              int64     // data_version at the last full listing
 	listed               bool
 	rows                 map[string]row // path -> what the last listing saw
 }
 
 // row is a ValidPaths row as a poll compares it: a path registered again
-// gets a new id, a path signed since has other sigs.
+// gets a new id, a path signed since has other sigs (kept as their hash:
+// one row per valid path stays in memory).
 type row struct {
 	id   int64
-	sigs string
+	sigs uint64
 }
 
 // DBFile returns where the database of the store under root lies.
@@ -93,6 +98,10 @@ func OpenDB(ctx context.Context, root, storeDir string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Polls hold one connection; Info, asked by requests during a poll,
+	// takes another.
+	db.SetMaxOpenConns(3)
+	db.SetMaxIdleConns(2)
 	d := &DB{root: root, storeDir: storeDir, file: file, db: db, rows: map[string]row{}}
 	if d.conn, err = db.Conn(ctx); err == nil {
 		var n int64
@@ -147,7 +156,7 @@ func (d *DB) Poll(ctx context.Context, put func(*pathinfo.Info) error, gone func
 		if old, ok := d.rows[p]; ok && old == r {
 			continue
 		}
-		info, err := d.Info(ctx, p)
+		info, err := d.info(ctx, d.conn, p)
 		switch {
 		case errors.Is(err, pathinfo.ErrNotFound):
 			continue // gone since the listing: the next poll sees it
@@ -188,7 +197,9 @@ func (d *DB) list(ctx context.Context) (map[string]row, error) {
 		if err := rows.Scan(&r.id, &p, &sigs); err != nil {
 			return nil, fmt.Errorf("%s: %w", d.file, err)
 		}
-		r.sigs = sigs.String
+		h := fnv.New64a()
+		h.Write([]byte(sigs.String))
+		r.sigs = h.Sum64()
 		out[p] = r
 	}
 	if err := rows.Err(); err != nil {
@@ -198,8 +209,18 @@ func (d *DB) list(ctx context.Context) (map[string]row, error) {
 }
 
 // Info reads one valid path's info, or pathinfo.ErrNotFound, with the
-// queries Nix itself makes.
+// queries Nix itself makes, on a connection of its own (not the poll's).
 func (d *DB) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
+	return d.info(ctx, d.db, path)
+}
+
+// querier is a connection, or the pool.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (d *DB) info(ctx context.Context, q querier, path string) (*pathinfo.Info, error) {
 	var (
 		id           int64
 		hash         string
@@ -212,7 +233,7 @@ func (d *DB) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
 			return fmt.Errorf("%w: %s: %s of %s: %v", errRow, d.file, what, path, err)
 		}
 	)
-	err := d.conn.QueryRowContext(ctx,
+	err := q.QueryRowContext(ctx,
 		"select id, hash, registrationTime, deriver, narSize, sigs, ca from ValidPaths where path = ?", path).
 		Scan(&id, &hash, &regTime, &deriver, &narSize, &sigs, &ca)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -230,7 +251,7 @@ func (d *DB) Info(ctx context.Context, path string) (*pathinfo.Info, error) {
 	info.Deriver = deriver.String
 	info.CA = ca.String
 	info.Sigs = strings.Fields(sigs.String)
-	rows, err := d.conn.QueryContext(ctx,
+	rows, err := q.QueryContext(ctx,
 		"select path from Refs join ValidPaths on reference = id where referrer = ? order by path", id)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", d.file, err)
@@ -254,7 +275,8 @@ func (d *DB) Dump(ctx context.Context, path string, w io.Writer) error {
 	return dumpUnder(ctx, d.root, d.storeDir, path, w)
 }
 
-// dumpUnder dumps a store path that lies under root on disk.
+// dumpUnder dumps a store path that lies under root on disk: the one way
+// this package dumps NARs from files (localSource, DB and DaemonWatch).
 func dumpUnder(ctx context.Context, root, storeDir, path string, w io.Writer) error {
 	sp, err := storepath.Parse(storeDir, path)
 	if err != nil {

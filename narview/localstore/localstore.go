@@ -23,7 +23,6 @@ import (
 	"strings"
 
 	"github.com/p2pstore/p2pstore/narview/daemon"
-	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -102,7 +101,7 @@ func (localSource) Name() string { return "the local Nix store" }
 func (localSource) Close() error { return nil }
 
 func (localSource) Dump(ctx context.Context, path string, w io.Writer) error {
-	return nar.Dump(ctx, nar.NewWriter(w), path)
+	return dumpUnder(ctx, "/", filepath.Dir(path), path, w)
 }
 
 // Query asks Nix for the info of paths, and with recursive of their whole

@@ -9,7 +9,9 @@
 // path is immutable, so the kernel may cache entries, attributes and pages
 // for as long as it likes; the top level is looked up afresh each time, so
 // a new path shows at once. Files have the store's mtime of 1 and modes
-// 0444/0555, directories 0555, as in a real store.
+// 0444/0555, directories 0555, as in a real store. Every lookup and read
+// tells the source which path is read (Source.Reading), so that the node
+// does not remove a path under its reader.
 package mount
 
 import (
@@ -40,6 +42,11 @@ type Source interface {
 	Path(ctx context.Context, hash string) (*pathinfo.Info, error)
 	// Paths lists the basenames of all valid paths.
 	Paths(ctx context.Context) ([]string, error)
+	// Reading says that the path with this hash part is being read. The
+	// kernel sends no opens or releases (fileNode.Open), so the node
+	// cannot hold a path from open to release: it keeps it for a while
+	// after each read instead.
+	Reading(hash string)
 	Directory(d castore.Digest) (*castore.Directory, error)
 	BlobChunks(d castore.Digest, size uint64) ([]castore.ChunkRef, error)
 	ReadBlobAt(refs []castore.ChunkRef, p []byte, off int64) (int, error)
@@ -121,7 +128,8 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if err != nil {
 		return nil, syscall.EIO
 	}
-	return newChild(ctx, &r.Inode, r.src, info.Root, out), 0
+	r.src.Reading(sp.Hash)
+	return newChild(ctx, &r.Inode, r.src, sp.Hash, info.Root, out), 0
 }
 
 func (r *rootNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
@@ -159,21 +167,23 @@ func boolByte(b bool) byte {
 	return 0
 }
 
-// newChild makes (or finds) the inode for a castore node and fills out its
-// entry.
-func newChild(ctx context.Context, parent *fs.Inode, src Source, n castore.Node, out *fuse.EntryOut) *fs.Inode {
+// newChild makes (or finds) the inode for a castore node of the path with
+// hash part hash, and fills out its entry. An inode found is shared with
+// the path it was made for (equal content): reading it keeps that path,
+// whose objects are the same.
+func newChild(ctx context.Context, parent *fs.Inode, src Source, hash string, n castore.Node, out *fuse.EntryOut) *fs.Inode {
 	var child fs.InodeEmbedder
 	var mode uint32
 	var size uint64
 	switch n.Type {
 	case castore.TypeDirectory:
-		child, mode = &dirNode{src: src, digest: n.Digest}, syscall.S_IFDIR|0o555
+		child, mode = &dirNode{src: src, hash: hash, digest: n.Digest}, syscall.S_IFDIR|0o555
 	case castore.TypeFile:
 		mode, size = syscall.S_IFREG|0o444, n.Size
 		if n.Executable {
 			mode |= 0o111
 		}
-		child = &fileNode{src: src, digest: n.Digest, size: n.Size, mode: mode}
+		child = &fileNode{src: src, hash: hash, digest: n.Digest, size: n.Size, mode: mode}
 	default:
 		child, mode, size = &symlinkNode{target: n.Target}, syscall.S_IFLNK|0o777, uint64(len(n.Target))
 	}
@@ -187,6 +197,7 @@ func newChild(ctx context.Context, parent *fs.Inode, src Source, n castore.Node,
 type dirNode struct {
 	fs.Inode
 	src    Source
+	hash   string // of the store path it was made for
 	digest castore.Digest
 
 	once sync.Once
@@ -213,6 +224,7 @@ func (d *dirNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOu
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	d.src.Reading(d.hash)
 	dir, errno := d.load()
 	if errno != 0 {
 		return nil, errno
@@ -220,14 +232,14 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	key := []byte(name)
 	if i := sort.Search(len(dir.Directories), func(i int) bool { return bytes.Compare(dir.Directories[i].Name, key) >= 0 }); i < len(dir.Directories) && bytes.Equal(dir.Directories[i].Name, key) {
 		e := dir.Directories[i]
-		return newChild(ctx, &d.Inode, d.src, castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}, out), 0
+		return newChild(ctx, &d.Inode, d.src, d.hash, castore.Node{Type: castore.TypeDirectory, Digest: e.Digest, Size: e.Size}, out), 0
 	}
 	if i := sort.Search(len(dir.Files), func(i int) bool { return bytes.Compare(dir.Files[i].Name, key) >= 0 }); i < len(dir.Files) && bytes.Equal(dir.Files[i].Name, key) {
 		e := dir.Files[i]
-		return newChild(ctx, &d.Inode, d.src, castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}, out), 0
+		return newChild(ctx, &d.Inode, d.src, d.hash, castore.Node{Type: castore.TypeFile, Digest: e.Digest, Size: e.Size, Executable: e.Executable}, out), 0
 	}
 	if i := sort.Search(len(dir.Symlinks), func(i int) bool { return bytes.Compare(dir.Symlinks[i].Name, key) >= 0 }); i < len(dir.Symlinks) && bytes.Equal(dir.Symlinks[i].Name, key) {
-		return newChild(ctx, &d.Inode, d.src, castore.Node{Type: castore.TypeSymlink, Target: dir.Symlinks[i].Target}, out), 0
+		return newChild(ctx, &d.Inode, d.src, d.hash, castore.Node{Type: castore.TypeSymlink, Target: dir.Symlinks[i].Target}, out), 0
 	}
 	return nil, syscall.ENOENT
 }
@@ -235,6 +247,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 // OpendirHandle lists the directory and lets the kernel cache the
 // listing: it never changes.
 func (d *dirNode) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	d.src.Reading(d.hash)
 	dir, errno := d.load()
 	if errno != 0 {
 		return nil, 0, errno
@@ -287,6 +300,7 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 type fileNode struct {
 	fs.Inode
 	src    Source
+	hash   string // of the store path it was made for
 	digest castore.Digest
 	size   uint64
 	mode   uint32
@@ -322,6 +336,7 @@ func (f *fileNode) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno {
 }
 
 func (f *fileNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.src.Reading(f.hash)
 	f.once.Do(func() { f.refs, f.err = f.src.BlobChunks(f.digest, f.size) })
 	if f.err != nil {
 		return nil, syscall.EIO

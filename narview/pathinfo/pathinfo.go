@@ -11,7 +11,8 @@
 // For the disk limit, the index also keeps when each path was last used
 // (bucket "used": 8 bytes of unix nanoseconds, apart from the records so
 // that the node's batches of use times rewrite no JSON; Put counts as a
-// use) and how many records are pinned (Info.Pinned).
+// use) and how many records are pinned (Info.Pinned). Records written
+// before the limit existed are pinned once, on opening (migratePins).
 package pathinfo
 
 import (
@@ -208,6 +209,9 @@ var (
 	bucketUsed  = []byte("used")      // hash part -> last use, unix nanoseconds
 	metaNarSize = []byte("nar_bytes") // sum of NarSize over all paths
 	metaPinned  = []byte("pinned")    // number of pinned paths
+	// metaPinsMigrated is set once the records of an index written before
+	// pins existed are pinned (migratePins).
+	metaPinsMigrated = []byte("pins_migrated")
 )
 
 // Index is the path index. Decoded records are cached: a narinfo request
@@ -245,13 +249,63 @@ func Open(file string) (*Index, error) {
 				return err
 			}
 		}
-		return nil
+		return migratePins(tx)
 	})
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
 	return &Index{db: db, cache: cache.New[string, *Info](cachePaths)}, nil
+}
+
+// migratePins pins, once, the records that have no last use: those
+// written before the disk limit existed (Put always records a use). They
+// were imported by hand or fetched, which the old records do not say;
+// pinned is the safe side, where a limit set on upgrading would otherwise
+// remove them first, as never used. Their use is set to now, should their
+// owner unpin them.
+func migratePins(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta.Get(metaPinsMigrated) != nil {
+		return nil
+	}
+	paths, times := tx.Bucket(bucketPaths), tx.Bucket(bucketUsed)
+	now := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
+	var old [][]byte
+	err := paths.ForEach(func(k, _ []byte) error {
+		if times.Get(k) == nil {
+			old = append(old, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	pinned := int64(0)
+	for _, k := range old {
+		var info Info
+		if err := json.Unmarshal(paths.Get(k), &info); err != nil {
+			return fmt.Errorf("pathinfo: record %s: %w", k, err)
+		}
+		if !info.Pinned {
+			info.Pinned = true
+			pinned++
+			v, err := json.Marshal(&info)
+			if err != nil {
+				return err
+			}
+			if err := paths.Put(k, v); err != nil {
+				return err
+			}
+		}
+		if err := times.Put(k, now); err != nil {
+			return err
+		}
+	}
+	if err := addTo(meta, metaPinned, pinned); err != nil {
+		return err
+	}
+	return meta.Put(metaPinsMigrated, []byte{1})
 }
 
 // Close closes the index.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 )
@@ -220,5 +222,71 @@ func TestUsedAndPinned(t *testing.T) {
 	}
 	if m := used(); len(m) != 1 {
 		t.Fatalf("used %v after a delete", m)
+	}
+}
+
+// TestMigratePins: the records of an index written before pins and uses
+// existed are pinned on opening, once: they are not the limit's first
+// victims, and a record unpinned later stays so.
+func TestMigratePins(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "paths.db")
+	a, b := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50)
+	// The index as an older version wrote it: records, no uses, no pins.
+	db, err := bolt.Open(file, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		paths, err := tx.CreateBucket(bucketPaths)
+		if err != nil {
+			return err
+		}
+		for _, in := range []*Info{a, b} {
+			v, _ := json.Marshal(in)
+			if err := paths.Put([]byte(in.HashPart()), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []*Info{a, b} {
+		if got, err := x.Get(in.HashPart()); err != nil || !got.Pinned {
+			t.Errorf("%s after the migration: %+v, %v", in.HashPart(), got, err)
+		}
+	}
+	if tot, _ := x.Totals(); tot.Pinned != 2 {
+		t.Errorf("pinned %d after the migration, want 2", tot.Pinned)
+	}
+	x.ForEachUsed(func(info *Info, lastUsed int64) error {
+		if lastUsed == 0 {
+			t.Errorf("%s has no use after the migration", info.HashPart())
+		}
+		return nil
+	})
+	b.Pinned = false
+	c := sample("00000000000000000000000000000000", 10)
+	if err := x.Put(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.Put(c); err != nil {
+		t.Fatal(err)
+	}
+	x.Close()
+	if x, err = Open(file); err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	for _, in := range []*Info{b, c} {
+		if got, _ := x.Get(in.HashPart()); got == nil || got.Pinned {
+			t.Errorf("%s pinned again on reopening: %+v", in.HashPart(), got)
+		}
 	}
 }
