@@ -222,6 +222,23 @@ func (c *Client) get(ctx context.Context, path string, out any) error {
 	return c.do(req, out)
 }
 
+// post sends in (nil for no body) as JSON and decodes the answer into out.
+func (c *Client) post(ctx context.Context, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore"+path, body)
+	if err != nil {
+		return err
+	}
+	return c.do(req, out)
+}
+
 // Status returns the node's status.
 func (c *Client) Status(ctx context.Context) (*Status, error) {
 	var s Status
@@ -280,12 +297,8 @@ type VerifyReport struct {
 
 // Verify asks the node to check every object against its digest.
 func (c *Client) Verify(ctx context.Context) (*VerifyReport, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/verify", nil)
-	if err != nil {
-		return nil, err
-	}
 	var rep VerifyReport
-	return &rep, c.do(req, &rep)
+	return &rep, c.post(ctx, "/api/v1/verify", nil, &rep)
 }
 
 var _ = time.Second
@@ -468,14 +481,6 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 
 // Fetch asks the node to fetch paths from peers.
 func (c *Client) Fetch(ctx context.Context, req *FetchRequest) (*FetchResult, error) {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/fetch", bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
 	var res FetchResult
-	return &res, c.do(hr, &res)
+	return &res, c.post(ctx, "/api/v1/fetch", req, &res)
 }

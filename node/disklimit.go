@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -472,16 +471,8 @@ func (n *Node) servePin(w http.ResponseWriter, r *http.Request) {
 
 // Pin asks the node to pin (or unpin) paths.
 func (c *Client) Pin(ctx context.Context, req *PinRequest) (*PinResult, error) {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/pin", bytes.NewReader(b))
-	if err != nil {
-		return nil, err
-	}
 	var res PinResult
-	return &res, c.do(hr, &res)
+	return &res, c.post(ctx, "/api/v1/pin", req, &res)
 }
 
 // limitStatus adds the limit and the pin counts to a status.

@@ -90,10 +90,6 @@ func (n *Node) serveGC(w http.ResponseWriter, r *http.Request) {
 
 // GC asks the node to collect garbage now.
 func (c *Client) GC(ctx context.Context) (*GCReport, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://p2pstore/api/v1/gc", nil)
-	if err != nil {
-		return nil, err
-	}
 	var rep GCReport
-	return &rep, c.do(req, &rep)
+	return &rep, c.post(ctx, "/api/v1/gc", nil, &rep)
 }
