@@ -1392,7 +1392,7 @@ bench_upstream_faults() {
   stop_pull_node
   ((wrong == 0)) || note "upstream-faults: $wrong of $((HUNG_HITS + HUNG_MISSES)) narinfo GETs got another status than 200 (hit) or 404 (miss); see $LOGS/node-pull.log"
   row "$((HUNG_HITS + HUNG_MISSES)) narinfo GETs ($HUNG_HITS hits, $HUNG_MISSES misses) via a cold node with a hung and a working upstream: the slowest (curl)" \
-    "$(fmt '%.2f s' "$max")" "—" "—" "≤ 2 s" "$(met ceiling "$max" 2)"
+    "$(fmt '%.3f s' "$max")" "—" "—" "≤ 2 s" "$(met ceiling "$max" 2)"
 
   log "upstream-faults: nix-store -r go1.25.0, substituters node + upstream, node with and without a hung upstream, $RUNS runs each"
   for ((i = 1; i <= RUNS; i++)); do
