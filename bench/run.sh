@@ -2,7 +2,8 @@
 # Benchmarks a p2pstore node side by side with nginx serving the same store
 # paths as a static Nix binary cache, and prints a Markdown table.
 #
-#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|all]...   (default: all)
+#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|upstream-dedup|upstream-faults|all]...
+#                (default: all)
 #
 #   serve    NAR throughput over loopback with bench/httpclient: one GET on
 #            a fresh connection, and GETs on 16 connections for
@@ -39,6 +40,15 @@
 #            warm node; four clients at once through a cold node (the
 #            upstream's bytes sent, the last client's time); the node's
 #            peak RSS
+#   upstream-dedup  a pull-through node pulls go1.25.0 then go1.25.1 from
+#            the zstd upstream: the new bytes it stores for go1.25.1; a
+#            second node (no upstream, knowing the first) that holds
+#            go1.25.0 fetches go1.25.1 from the first: the bytes it moves
+#   upstream-faults  a node with two upstreams, one that accepts
+#            connections and never answers and the working zstd one: the
+#            slowest of 50 narinfo answers (hits and misses), and
+#            `nix-store -r` of go1.25.0 with substituters "node, working
+#            upstream" against the same through a node without the hung one
 #
 # Environment:
 #   BENCH_DIR      scratch dir, on tmpfs (default /dev/shm/p2pstore-bench);
@@ -52,7 +62,9 @@
 #   UPSTREAM_RATE  nginx limit_rate of the upstream section's cache, bytes/s
 #                  per connection (12500k: 100 mbit; 0 for no cap)
 #   NODE_PORT, NGINX_PORT, P2P_PORT, SSH_PORT   loopback ports (17480-17483;
-#                  the base node takes NODE_PORT+20 and P2P_PORT+20)
+#                  the base node takes NODE_PORT+20 and P2P_PORT+20, the
+#                  upstream sections NODE_PORT+30/+40/+50, NGINX_PORT+30,
+#                  P2P_PORT+30/+50)
 #
 # Run as root: scripts/nix-env.sh may install Nix, and nginx, curl (and
 # openssh-server for daemon) are installed with apt-get when missing.
@@ -135,7 +147,7 @@ cleanup() {
   # The stores and caches are a gigabyte of RAM on tmpfs; keep only the
   # logs and the results unless asked to keep everything.
   if [ -z "${BENCH_KEEP:-}" ] && [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
-    rm -rf "$BENCH_DIR"/{node,node-base,node-pull,base-src,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
+    rm -rf "$BENCH_DIR"/{node,node-base,node-pull,node-pull2,hung-src,base-src,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
   fi
   exit "$rc"
 }
@@ -1100,14 +1112,16 @@ PULL_URL=http://127.0.0.1:$PULL_PORT
 PULL_SOCK=$BENCH_DIR/node-pull.sock
 PULL_PID=""
 
-# start_pull_node COMP: a node with an empty data dir pulling through from
-# nginx's COMP cache (signed with the bench key).
+# start_pull_node COMP [ARGS...]: a node with an empty data dir pulling
+# through from nginx's COMP cache (signed with the bench key); ARGS are
+# more serve flags (another --upstream is listed before nginx's).
 start_pull_node() {
+  local comp=$1; shift
   rm -rf "$BENCH_DIR/node-pull"
   port_free "$PULL_PORT" || die "port $PULL_PORT is in use; set NODE_PORT"
   P2PSTORE_DATA_DIR=$BENCH_DIR/node-pull "$BIN" serve --http-listen "127.0.0.1:$PULL_PORT" \
     --daemon-socket "$PULL_SOCK" --p2p-listen "/ip4/127.0.0.1/tcp/$((P2P_PORT + 30))" --mdns=false \
-    --upstream "$UPSTREAM_URL/$1" --upstream-public-key "$PUBKEY" >>"$LOGS/node-pull.log" 2>&1 &
+    "$@" --upstream "$UPSTREAM_URL/$comp" --upstream-public-key "$PUBKEY" >>"$LOGS/node-pull.log" 2>&1 &
   PULL_PID=$!
   PIDS+=("$PULL_PID")
   wait_for "the pull-through node" "$PULL_PID" "$BIN" status --daemon-socket "$PULL_SOCK"
@@ -1119,19 +1133,21 @@ stop_pull_node() {
   PULL_PID=""
 }
 
-# substitute_once SUBSTITUTER NAME: sets SUB_SECONDS to the time of
-# `nix-store -r` of go1.25.0 into a fresh client store (narHash checked).
+# substitute_once SUBSTITUTERS NAME [PATH]: sets SUB_SECONDS to the time
+# of `nix-store -r` of PATH (go1.25.0) into a fresh client store (narHash
+# checked against /nix/store's).
 substitute_once() {
-  local url=$1 name=$2 client=$BENCH_DIR/client-$2 t0 t1 got
+  local url=$1 name=$2 path=${3:-$GO0} client=$BENCH_DIR/client-$2 t0 t1 got want=$SRC_NARHASH
+  [ "$path" = "$GO0" ] || want=$(nar_hash "$path")
   chmod -R u+w "$client" 2>/dev/null || true
   rm -rf "$client" "$XDG_CACHE_HOME/$name"
   t0=$(now)
-  XDG_CACHE_HOME=$XDG_CACHE_HOME/$name nix-store --store "$client" -r "$GO0" \
+  XDG_CACHE_HOME=$XDG_CACHE_HOME/$name nix-store --store "$client" -r "$path" \
     --option substituters "$url" --option trusted-public-keys "$PUBKEY" \
     >>"$LOGS/upstream-$name.log" 2>&1 || die "nix-store -r from $url failed; see $LOGS/upstream-$name.log"
   t1=$(now)
-  got=$(nar_hash --store "$client" "$GO0")
-  [ "$got" = "$SRC_NARHASH" ] || die "client store from $url has narHash $got, not $SRC_NARHASH"
+  got=$(nar_hash --store "$client" "$path")
+  [ "$got" = "$want" ] || die "client store from $url has narHash $got, not $want"
   chmod -R u+w "$client" && rm -rf "$client"
   SUB_SECONDS=$(elapsed "$t0" "$t1")
 }
@@ -1193,17 +1209,216 @@ bench_upstream() {
     "$(met ceiling "$(calc "$rss/1024")" 150)"
 }
 
+# ---------------------------------------------------------------- upstream-dedup
+
+# A second pull-through node, with no upstream of its own: it knows the
+# first (PULL) by --bootstrap and trusts the upstream's key.
+PULL2_PORT=$((NODE_PORT + 50))
+PULL2_SOCK=$BENCH_DIR/node-pull2.sock
+PULL2_PID=""
+
+# pull_status SOCK: a node's status, as JSON.
+pull_status() { "$BIN" status --json --daemon-socket "$1"; }
+
+# wait_paths SOCK N: waits (bounded, 120 s) until the node counts N valid
+# paths: a client gets its last byte once the NAR's hash checks out, which
+# may be before the ingest into castore has recorded the path.
+wait_paths() {
+  local i
+  for ((i = 0; i < 1200; i++)); do
+    [ "$(pull_status "$1" | json_num paths)" -ge "$2" ] && return 0
+    sleep 0.1
+  done
+  die "the node at $1 did not count $2 paths within 120 s"
+}
+
+start_pull2_node() {
+  local addr i
+  addr=$(pull_status "$PULL_SOCK" | grep -o '"/ip4/127.0.0.1/tcp/[^"]*"' | head -n1 | tr -d '"')
+  [ -n "$addr" ] || die "the pull-through node has no loopback libp2p address"
+  rm -rf "$BENCH_DIR/node-pull2"
+  port_free "$PULL2_PORT" || die "port $PULL2_PORT is in use; set NODE_PORT"
+  P2PSTORE_DATA_DIR=$BENCH_DIR/node-pull2 "$BIN" serve --http-listen "127.0.0.1:$PULL2_PORT" \
+    --daemon-socket "$PULL2_SOCK" --p2p-listen "/ip4/127.0.0.1/tcp/$((P2P_PORT + 50))" --mdns=false \
+    --bootstrap "$addr" --upstream-public-key "$PUBKEY" >>"$LOGS/node-pull2.log" 2>&1 &
+  PULL2_PID=$!
+  PIDS+=("$PULL2_PID")
+  wait_for "the second pull-through node" "$PULL2_PID" "$BIN" status --daemon-socket "$PULL2_SOCK"
+  for ((i = 0; i < 100; i++)); do
+    [ "$(pull_status "$PULL2_SOCK" | json_num peers)" -ge 1 ] && return 0
+    sleep 0.1
+  done
+  die "the second pull-through node did not connect to the first; see $LOGS/node-pull2.log"
+}
+
+stop_pull2_node() {
+  kill -TERM "$PULL2_PID" 2>/dev/null || true
+  wait "$PULL2_PID" 2>/dev/null || true
+  PULL2_PID=""
+}
+
+UPSTREAM_GO1_READY=""
+# Adds go1.25.1 to nginx's zstd cache, beside go1.25.0.
+setup_upstream_dedup() {
+  [ -z "$UPSTREAM_GO1_READY" ] || return 0
+  UPSTREAM_GO1_READY=1
+  start_nginx
+  log "adding go1.25.1 to the static zstd cache"
+  static_cache zstd "$GO1"
+}
+
+# bench_upstream_dedup: one run (byte counts do not vary with load).
+bench_upstream_dedup() {
+  setup_upstream_dedup
+  local nar before after stored moved out
+  nar=$(nix path-info --json "$GO1" | grep -o '"narSize":[0-9]*' | head -n1 | cut -d: -f2)
+  log "upstream-dedup: a node pulls go1.25.0, then go1.25.1, through from the zstd upstream"
+  start_pull_node zstd
+  substitute_once "$PULL_URL" dedup-go0
+  wait_paths "$PULL_SOCK" 1
+  before=$(pull_status "$PULL_SOCK")
+  substitute_once "$PULL_URL" dedup-go1 "$GO1"
+  wait_paths "$PULL_SOCK" 2
+  after=$(pull_status "$PULL_SOCK")
+  stored=$(($(json_num bytes_stored <<<"$after") - $(json_num bytes_stored <<<"$before")))
+  log "  go1.25.1: $stored new bytes stored of a $nar-byte NAR"
+  row "go1.25.1 after go1.25.0, pulled through a node (zstd upstream): new bytes stored (status bytes_stored)" \
+    "$(fmt '%.1f MB' "$(calc "$stored/1e6")") of $(fmt '%.1f MB' "$(calc "$nar/1e6")")" \
+    "ncps: 100% (whole NAR), as measured in the issue" \
+    "$(fmt '%.1f%%' "$(calc "100*$stored/$nar")")" "≤ 32%" "$(met ceiling "$(calc "100*$stored/$nar")" 32)"
+
+  log "upstream-dedup: a second node holding go1.25.0 fetches go1.25.1 from the first"
+  start_pull2_node
+  "$BIN" fetch --daemon-socket "$PULL2_SOCK" --json "$GO0" >>"$LOGS/fetch.log" 2>&1 \
+    || die "the second node's fetch of go1.25.0 failed; see $LOGS/node-pull2.log"
+  before=$(pull_status "$PULL2_SOCK")
+  out=$("$BIN" fetch --daemon-socket "$PULL2_SOCK" --json "$GO1" 2>>"$LOGS/fetch.log") \
+    || die "the second node's fetch of go1.25.1 failed; see $LOGS/node-pull2.log"
+  after=$(pull_status "$PULL2_SOCK")
+  moved=$(($(json_num p2p_bytes_received <<<"$after") - $(json_num p2p_bytes_received <<<"$before")))
+  log "  go1.25.1: $moved p2p bytes received (fetch says $(json_num bytes_received <<<"$out"))"
+  stop_pull2_node
+  stop_pull_node
+  row "the same go1.25.1 fetched from that node by a second one holding go1.25.0: bytes moved (status p2p_bytes_received)" \
+    "$(fmt '%.1f MB' "$(calc "$moved/1e6")") of $(fmt '%.1f MB' "$(calc "$nar/1e6")")" \
+    "ncps: 100% (whole NAR), as measured in the issue" \
+    "$(fmt '%.1f%%' "$(calc "100*$moved/$nar")")" "≤ 32%" "$(met ceiling "$(calc "100*$moved/$nar")" 32)"
+}
+
+# ---------------------------------------------------------------- upstream-faults
+
+HUNG_PORT=$((NODE_PORT + 40))
+HUNG_PID=""
+HUNG_HITS=25   # narinfo GETs of paths the working upstream has
+HUNG_MISSES=25 # and of hashes nobody has
+
+# start_hung_upstream: a listener that accepts connections and never
+# answers; it holds them open, and exits by itself after an hour at most.
+start_hung_upstream() {
+  [ -z "$HUNG_PID" ] || return 0
+  port_free "$HUNG_PORT" || die "port $HUNG_PORT is in use; set NODE_PORT"
+  python3 -c '
+import signal, socket, sys
+signal.alarm(3600)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(128)
+held = []
+while True:
+    held.append(s.accept()[0])
+' "$HUNG_PORT" >"$LOGS/hung.log" 2>&1 &
+  HUNG_PID=$!
+  PIDS+=("$HUNG_PID")
+  wait_for "the hung upstream" "$HUNG_PID" bash -c "exec 3<>/dev/tcp/127.0.0.1/$HUNG_PORT"
+}
+
+HUNG_READY=""
+# The hung upstream, and small paths in nginx's zstd cache for narinfo hits.
+setup_upstream_faults() {
+  [ -z "$HUNG_READY" ] || return 0
+  HUNG_READY=1
+  start_nginx
+  start_hung_upstream
+  log "adding $((HUNG_HITS - 1)) small store paths to the static zstd cache"
+  local src=$BENCH_DIR/hung-src i dirs=()
+  for ((i = 1; i < HUNG_HITS; i++)); do
+    mkdir -p "$src/p2pstore-bench-hung-$i"
+    echo "$i" >"$src/p2pstore-bench-hung-$i/index"
+    dirs+=("$src/p2pstore-bench-hung-$i")
+  done
+  mapfile -t HUNG_PATHS < <(nix-store --add "${dirs[@]}")
+  ((${#HUNG_PATHS[@]} == HUNG_HITS - 1)) || die "nix-store --add made ${#HUNG_PATHS[@]} paths"
+  static_cache zstd "${HUNG_PATHS[@]}"
+  HUNG_PATHS+=("$GO0")
+}
+
+# random_hash: a store path hash part that no cache has.
+random_hash() {
+  od -An -tu1 -N32 /dev/urandom | awk -v a=0123456789abcdfghijklmnpqrsvwxyz \
+    '{ for (i = 1; i <= NF; i++) printf "%s", substr(a, $i % 32 + 1, 1) } END { print "" }'
+}
+
+# hung_once WITH|WITHOUT NAME: the seconds of `nix-store -r` of go1.25.0
+# with substituters "node, working upstream", through a cold node with or
+# without the hung upstream beside the working one.
+hung_once() {
+  if [ "$1" = with ]; then
+    start_pull_node zstd --upstream "http://127.0.0.1:$HUNG_PORT"
+  else
+    start_pull_node zstd
+  fi
+  substitute_once "$PULL_URL $UPSTREAM_URL/zstd" "$2"
+  stop_pull_node
+}
+
+bench_upstream_faults() {
+  setup_upstream_faults
+  local i h code secs want max=0 wrong=0 with=() without=() side ratio
+  log "upstream-faults: $((HUNG_HITS + HUNG_MISSES)) narinfo GETs through a cold node with a hung and a working upstream"
+  start_pull_node zstd --upstream "http://127.0.0.1:$HUNG_PORT"
+  for ((i = 0; i < HUNG_HITS + HUNG_MISSES; i++)); do
+    # Hits and misses alternate; each a curl of its own, bounded.
+    if ((i % 2 == 0)); then
+      h=$(hash_part "${HUNG_PATHS[i / 2]}") want=200
+    else
+      h=$(random_hash) want=404
+    fi
+    read -r code secs < <(curl -s -o /dev/null --max-time 30 -w '%{http_code} %{time_total}\n' "$PULL_URL/$h.narinfo" || true)
+    log "  $h.narinfo: $code in $secs s"
+    [ "$code" = "$want" ] || wrong=$((wrong + 1))
+    max=$(best max "$max" "$secs")
+  done
+  stop_pull_node
+  ((wrong == 0)) || note "upstream-faults: $wrong of $((HUNG_HITS + HUNG_MISSES)) narinfo GETs got another status than 200 (hit) or 404 (miss); see $LOGS/node-pull.log"
+  row "$((HUNG_HITS + HUNG_MISSES)) narinfo GETs ($HUNG_HITS hits, $HUNG_MISSES misses) via a cold node with a hung and a working upstream: the slowest (curl)" \
+    "$(fmt '%.3f s' "$max")" "—" "—" "≤ 2 s" "$(met ceiling "$max" 2)"
+
+  log "upstream-faults: nix-store -r go1.25.0, substituters node + upstream, node with and without a hung upstream, $RUNS runs each"
+  for ((i = 1; i <= RUNS; i++)); do
+    # Alternate which goes first, so the noise of a busy machine falls on both.
+    for side in $( ((i % 2)) && echo with without || echo without with); do
+      hung_once "$side" "hung-$side"
+      if [ "$side" = with ]; then with+=("$SUB_SECONDS"); else without+=("$SUB_SECONDS"); fi
+      log "  run $i $side the hung upstream: $SUB_SECONDS s"
+    done
+  done
+  ratio=$(calc "$(best min "${with[@]}")/$(best min "${without[@]}")")
+  row "nix-store -r go1.25.0, substituters \"node, working upstream\", the node with a hung upstream too (peer: the node without it)" \
+    "$(fmt '%.2f s' "$(best min "${with[@]}")")" "$(fmt '%.2f s' "$(best min "${without[@]}")")" "$(fmt '%.2f' "$ratio")" "≤ 1.2" "$(met ceiling "$ratio" 1.2)"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | upstream-dedup | upstream-faults | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream upstream-dedup upstream-faults); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
@@ -1211,6 +1426,8 @@ main() {
   for w in "${what[@]}"; do
     case $w in
       serve | e2e | upstream) start_nginx ;;
+      upstream-dedup) setup_upstream_dedup ;;
+      upstream-faults) setup_upstream_faults ;;
       narinfo) start_base && make_narinfo_paths ;;
       closure) start_base && make_closure_paths ;;
       dedup | load) start_node ;;
@@ -1220,7 +1437,7 @@ main() {
   done
   wait_node_idle
   LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-  for w in "${what[@]}"; do "bench_$w"; done
+  for w in "${what[@]}"; do "bench_${w//-/_}"; done
 
   if [ -n "$NODE_PID" ]; then
     # The 16-connection runs cut the connections still mid-NAR when their
