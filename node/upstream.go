@@ -31,8 +31,10 @@ import (
 // (pull.FailedRecently), so that another upstream's copy is used.
 
 // narinfoDeadline bounds the wait of a narinfo request for peers and
-// upstreams: Nix waits 300 s for a silent server, five times over.
-const narinfoDeadline = 2 * time.Second
+// upstreams: Nix waits 300 s for a silent server, five times over. Below
+// the 2 s the node promises, with room for the answer itself (at exactly
+// 2 s the answers to a hung upstream took 2.002-2.005 s, BENCHMARKS.md).
+const narinfoDeadline = 1500 * time.Millisecond
 
 // spoolDir (under data_dir) holds the NARs being pulled.
 const spoolDir = "spool"
