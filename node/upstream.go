@@ -21,8 +21,10 @@ import (
 // path the node lacks is asked of its peers and of the upstreams at once;
 // the first trusted answer wins, and only its job starts: a peer's the
 // fetch job (asked for with fetch.Find, begun with fetch.Begin), an
-// upstream's the pull job (package pull), whose NAR streams to the client
-// as it downloads; the other answer is dropped. A narinfo request is answered within
+// upstream's the pull job (package pull), at the path's first NAR request
+// (a narinfo alone downloads nothing from upstream), whose NAR streams to
+// the client as it downloads; the other answer is dropped. A narinfo
+// request is answered within
 // narinfoDeadline whatever the sources do: 404 when none has answered, and
 // the lookup goes on in the background for the next request. The narinfo
 // served for a pulled path is the node's (its URL and compression), with
@@ -110,7 +112,7 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 	asked := 1
 	go func() {
 		p, err := n.up.client.Lookup(ctx, hash)
-		answers <- answer{func() (*pathinfo.Info, error) { return n.startPull(ctx, p) }, err}
+		answers <- answer{func() (*pathinfo.Info, error) { return n.foundUpstream(ctx, p) }, err}
 	}()
 	if n.p2p != nil {
 		asked++
@@ -140,6 +142,56 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, narinfoDeadline, pathinfo.ErrNotFound)
 	}
 	return nil, fmt.Errorf("%s: %w (%w)", hash, pathinfo.ErrNotFound, errors.Join(errs...))
+}
+
+// foundUpstream answers a narinfo with an upstream's answer, without
+// downloading anything yet: the pull starts with the path's first NAR
+// request (pullFor), which Nix sends right after the narinfo, so that a
+// client that only asks narinfos (nix path-info, a dry run) costs the
+// upstream nothing more. A job that already gets the path answers
+// instead.
+func (n *Node) foundUpstream(ctx context.Context, p *upstream.Path) (*pathinfo.Info, error) {
+	hash := p.Info.HashPart()
+	if j := n.up.puller.Running(hash); j != nil {
+		return j.Info(), nil
+	}
+	if n.p2p != nil {
+		if j := n.p2p.fetch.Running(hash); j != nil {
+			info, err := j.Started(ctx)
+			if !errors.Is(err, pathinfo.ErrNotFound) {
+				return info, err
+			}
+		}
+	}
+	if info, err := n.index.Get(hash); err == nil {
+		return info, nil
+	}
+	info := *p.Info
+	return &info, nil
+}
+
+// pullFor starts the pull of a path an upstream was found to have (in
+// the last upstream.Client FoundTTL), for its first NAR request or daemon
+// lookup, unless the peers are fetching it; it returns the running pull,
+// or nil.
+func (n *Node) pullFor(ctx context.Context, hash string) *pull.Job {
+	if j := n.up.puller.Running(hash); j != nil {
+		return j
+	}
+	if n.p2p != nil && n.p2p.fetch.Running(hash) != nil {
+		return nil
+	}
+	p := n.up.client.Cached(hash)
+	if p == nil {
+		return nil
+	}
+	if _, err := n.startPull(ctx, p); err != nil {
+		if !errors.Is(err, pull.ErrFailedRecently) {
+			n.log.Warn("starting a pull", "path", p.Info.StorePath, "err", err)
+		}
+		return nil
+	}
+	return n.up.puller.Running(hash)
 }
 
 // startPull starts the pull of an upstream's answer, unless a job already
@@ -199,6 +251,9 @@ func (n *Node) lookupElsewhere(ctx context.Context, hash string) (*pathinfo.Info
 	if _, err := n.infoElsewhere(ctx, hash); err != nil {
 		return nil, err
 	}
+	if !n.index.Has(hash) {
+		n.pullFor(ctx, hash)
+	}
 	if j := n.up.puller.Running(hash); j != nil {
 		if err := j.Wait(ctx); err != nil {
 			return nil, err
@@ -216,7 +271,7 @@ func (n *Node) lookupElsewhere(ctx context.Context, hash string) (*pathinfo.Info
 // renderPulling renders a NAR from its pull job, when one runs for it,
 // and reports whether it did.
 func (n *Node) renderPulling(ctx context.Context, info *pathinfo.Info, part nar.Part, w *counting.Writer) (bool, error) {
-	j := n.up.puller.Running(info.HashPart())
+	j := n.pullFor(ctx, info.HashPart())
 	if j == nil || j.Info().NarHash != info.NarHash {
 		return false, nil
 	}

@@ -660,8 +660,12 @@ func TestUpstreamAndPeerOneDownload(t *testing.T) {
 	p := addTree(t, "both", map[string][]byte{"f": bigPayload(4 << 20)})
 	up := startNginx(t, "127.0.0.100", staticCache(t, key, "zstd", p))
 	a := pullNode(t, "127.0.0.101", pub, up.url)
-	if code, text := a.get("/" + hashPart(p) + ".narinfo"); code != 200 {
+	code, text := a.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
 		t.Fatalf("A's narinfo: %d %s", code, text)
+	}
+	if code, nar := a.get("/" + narinfoField(string(text), "URL")); code != 200 || len(nar) == 0 {
+		t.Fatalf("A's NAR: %d, %d bytes\n%s", code, len(nar), a.log)
 	}
 	for deadline := time.Now().Add(30 * time.Second); a.status().Paths != 1; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -674,7 +678,7 @@ func TestUpstreamAndPeerOneDownload(t *testing.T) {
 	a.waitAnnounced()
 	narsBefore := up.requests(t, "/nar/")
 
-	code, text := b.get("/" + hashPart(p) + ".narinfo")
+	code, text = b.get("/" + hashPart(p) + ".narinfo")
 	if code != 200 {
 		t.Fatalf("B's narinfo: %d %s", code, text)
 	}
@@ -771,5 +775,35 @@ func TestUpstreamBrokenThenGood(t *testing.T) {
 	}
 	if got := bad.narGets.Load(); got != 1 {
 		t.Errorf("the broken upstream got %d NAR requests, want 1", got)
+	}
+}
+
+// TestUpstreamNarinfoDownloadsNothing: a narinfo answered from an
+// upstream does not make the node download the NAR (a client that only
+// asks narinfos, such as nix path-info, costs the upstream nothing more);
+// the first NAR request does, and gets the path.
+func TestUpstreamNarinfoDownloadsNothing(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "narinfo-only", map[string][]byte{"f": []byte(fmt.Sprint(time.Now().UnixNano()))})
+	up := startNginx(t, "127.0.0.43", staticCache(t, key, "zstd", p))
+	n := pullNode(t, "127.0.0.44", pub, up.url)
+	code, text := n.get("/" + hashPart(p) + ".narinfo")
+	if code != 200 {
+		t.Fatalf("narinfo through the node: %d", code)
+	}
+	// Nothing to wait for but time: a pull would start within
+	// milliseconds of the answer.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if got := up.requests(t, "/nar/"); got != 0 {
+			t.Fatalf("the node asked the upstream for %d NARs after a narinfo alone", got)
+		}
+	}
+	code, nar := n.get("/" + narinfoField(string(text), "URL"))
+	if code != 200 || !bytes.Equal(nar, nixtest.Output(t, "nix-store", "--dump", p)) {
+		t.Fatalf("NAR through the node: %d, %d bytes", code, len(nar))
+	}
+	if got := up.requests(t, "/nar/"); got != 1 {
+		t.Errorf("the upstream got %d NAR requests for one NAR; want 1", got)
 	}
 }

@@ -200,8 +200,8 @@ func (c *Client) BytesReceived() uint64 { return c.received.Load() }
 // The lookup itself goes on after ctx ends (up to lookupTimeout), and
 // what it finds is kept for the next call.
 func (c *Client) Lookup(ctx context.Context, hash string) (*Path, error) {
-	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) && !c.skip(f.p.Upstream, hash) {
-		return f.p, nil
+	if p := c.Cached(hash); p != nil {
+		return p, nil
 	}
 	c.mu.Lock()
 	l := c.lookups[hash]
@@ -217,6 +217,15 @@ func (c *Client) Lookup(ctx context.Context, hash string) (*Path, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// Cached returns the path a lookup found and no pull has taken yet (for
+// FoundTTL), without asking the upstreams; nil when there is none.
+func (c *Client) Cached(hash string) *Path {
+	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) && !c.skip(f.p.Upstream, hash) {
+		return f.p
+	}
+	return nil
 }
 
 // Forget drops a found path (once it is pulled, or its pull failed).
