@@ -240,8 +240,11 @@ func (j *Job) run(ctx context.Context, open Opener) {
 		j.p.failed[failure{j.source, j.hash}] = now.Add(failMemory)
 	}
 	j.p.mu.Unlock()
-	close(j.done)
+	// The job's own hold on the spool goes before done: a Render after
+	// Wait then finds the job finished (ErrFinished) rather than racing
+	// this release.
 	j.release()
+	close(j.done)
 }
 
 // download copies the decompressed NAR into the spool, NarSize bytes.
