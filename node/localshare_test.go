@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/p2pstore/p2pstore/config"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -118,6 +116,20 @@ func signedLocal(t *testing.T, n *Node, nar []byte) *pathinfo.Info {
 	return info
 }
 
+// treeNAR returns the NAR of a directory holding one file f.
+func treeNAR(t *testing.T, contents []byte) []byte {
+	t.Helper()
+	tree := t.TempDir()
+	if err := os.WriteFile(filepath.Join(tree, "f"), contents, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), tree); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
 // fakeLocal is a local store of one path whose dumps wait for release.
 type fakeLocal struct {
 	info    *pathinfo.Info
@@ -146,22 +158,10 @@ func (f *fakeLocal) Dump(ctx context.Context, path string, w io.Writer) error {
 // TestLocalIngestOnce: peers asking at once for a local path not yet in
 // castore share one ingestion, which makes the path valid.
 func TestLocalIngestOnce(t *testing.T) {
-	dir := t.TempDir()
-	n, err := New(&config.Config{DataDir: filepath.Join(dir, "data"), StoreDir: "/nix/store",
-		DaemonSocket: filepath.Join(dir, "d.sock")}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	tree := filepath.Join(dir, "tree")
-	os.MkdirAll(tree, 0o755)
-	os.WriteFile(filepath.Join(tree, "f"), []byte("local contents"), 0o644)
-	var buf bytes.Buffer
-	if err := nar.Dump(context.Background(), nar.NewWriter(&buf), tree); err != nil {
-		t.Fatal(err)
-	}
-	info := signedLocal(t, n, buf.Bytes())
-	src := &fakeLocal{info: info, nar: buf.Bytes(), release: make(chan struct{})}
+	n := limitNode(t, 0)
+	narBytes := treeNAR(t, []byte("local contents"))
+	info := signedLocal(t, n, narBytes)
+	src := &fakeLocal{info: info, nar: narBytes, release: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: ctx}
@@ -219,22 +219,10 @@ func TestCopyAheadRoom(t *testing.T) {
 // is the path's NAR once the node has copied it in; the catalog's record
 // (which has no tree) is not what the render reads.
 func TestLocalCompressedNAR(t *testing.T) {
-	dir := t.TempDir()
-	n, err := New(&config.Config{DataDir: filepath.Join(dir, "data"), StoreDir: "/nix/store",
-		DaemonSocket: filepath.Join(dir, "d.sock")}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	tree := filepath.Join(dir, "tree")
-	os.MkdirAll(tree, 0o755)
-	os.WriteFile(filepath.Join(tree, "f"), bytes.Repeat([]byte("local contents "), 1000), 0o644)
-	var want bytes.Buffer
-	if err := nar.Dump(context.Background(), nar.NewWriter(&want), tree); err != nil {
-		t.Fatal(err)
-	}
-	info := signedLocal(t, n, want.Bytes())
-	src := &fakeLocal{info: info, nar: want.Bytes(), release: make(chan struct{})}
+	n := limitNode(t, 0)
+	want := treeNAR(t, bytes.Repeat([]byte("local contents "), 1000))
+	info := signedLocal(t, n, want)
+	src := &fakeLocal{info: info, nar: want, release: make(chan struct{})}
 	close(src.release)
 	l := &localShare{n: n, src: src, paths: map[string]localPath{info.HashPart(): catalogued(info)}, ctx: context.Background()}
 	n.local = l
@@ -248,8 +236,8 @@ func TestLocalCompressedNAR(t *testing.T) {
 	}
 	defer dec.Close()
 	plain, err := io.ReadAll(dec)
-	if err != nil || !bytes.Equal(plain, want.Bytes()) {
-		t.Fatalf("the .nar.zst decodes to %d bytes (%v), want the NAR's %d", len(plain), err, want.Len())
+	if err != nil || !bytes.Equal(plain, want) {
+		t.Fatalf("the .nar.zst decodes to %d bytes (%v), want the NAR's %d", len(plain), err, len(want))
 	}
 }
 

@@ -82,16 +82,7 @@ func TestDBMatchesNix(t *testing.T) {
 	if len(put) != 2 || len(gone) != 0 {
 		t.Fatalf("first poll put %d paths and removed %v, want the 2 of the store", len(put), gone)
 	}
-	var want []struct {
-		Path             string   `json:"path"`
-		NarHash          string   `json:"narHash"`
-		NarSize          uint64   `json:"narSize"`
-		References       []string `json:"references"`
-		Deriver          string   `json:"deriver"`
-		Signatures       []string `json:"signatures"`
-		CA               string   `json:"ca"`
-		RegistrationTime int64    `json:"registrationTime"`
-	}
+	var want []nixPathInfo // as Nix reports them
 	out := nixtest.Output(t, "nix", "path-info", "--store", root, "--json", top, leaf)
 	if err := json.Unmarshal(out, &want); err != nil {
 		t.Fatal(err)
