@@ -151,23 +151,32 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 // upstream nothing more. A job that already gets the path answers
 // instead.
 func (n *Node) foundUpstream(ctx context.Context, p *upstream.Path) (*pathinfo.Info, error) {
-	hash := p.Info.HashPart()
+	if info, ok, err := n.gotten(ctx, p.Info.HashPart()); ok {
+		return info, err
+	}
+	info := *p.Info
+	return &info, nil
+}
+
+// gotten answers for a path that a running job gets or the index holds
+// (ok), so that a second job is not started for it: one job per path. A
+// fetch whose peers turned out to have no record does not count.
+func (n *Node) gotten(ctx context.Context, hash string) (info *pathinfo.Info, ok bool, err error) {
 	if j := n.up.puller.Running(hash); j != nil {
-		return j.Info(), nil
+		return j.Info(), true, nil
 	}
 	if n.p2p != nil {
 		if j := n.p2p.fetch.Running(hash); j != nil {
 			info, err := j.Started(ctx)
 			if !errors.Is(err, pathinfo.ErrNotFound) {
-				return info, err
+				return info, true, err
 			}
 		}
 	}
 	if info, err := n.index.Get(hash); err == nil {
-		return info, nil
+		return info, true, nil
 	}
-	info := *p.Info
-	return &info, nil
+	return nil, false, nil
 }
 
 // pullFor starts the pull of a path an upstream was found to have (in
@@ -198,14 +207,8 @@ func (n *Node) pullFor(ctx context.Context, hash string) *pull.Job {
 // gets the path (another request's winner): one job per path.
 func (n *Node) startPull(ctx context.Context, p *upstream.Path) (*pathinfo.Info, error) {
 	hash := p.Info.HashPart()
-	if n.p2p != nil {
-		if j := n.p2p.fetch.Running(hash); j != nil {
-			info, err := j.Started(ctx)
-			if !errors.Is(err, pathinfo.ErrNotFound) {
-				return info, err
-			}
-			// The peers had no record: that job downloads nothing.
-		}
+	if info, ok, err := n.gotten(ctx, hash); ok {
+		return info, err
 	}
 	n.up.starting.Lock()
 	defer n.up.starting.Unlock()
