@@ -35,6 +35,7 @@ type Config struct {
 	Upstreams          []string
 	UpstreamPublicKeys []string
 	MaxBytes           int64
+	NARCacheBytes      int64 // rendered NARs kept as files (storage.nar_cache_bytes), after the default
 	MountDir           string
 	MaxUploadRate      int64 // bytes per second, 0 for no cap
 	// The local Nix store the node shares (local.*): the signed paths of
@@ -66,6 +67,7 @@ var settings = []setting{
 	{"upstream.substituters", "upstream", "binary cache to pull paths through from when no peer has them, e.g. https://cache.nixos.org (repeatable)", []string{}},
 	{"upstream.public_keys", "upstream-public-key", "key whose signatures make a path trusted, as trust.public_keys (repeatable; pulled paths need one, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=)", []string{}},
 	{"storage.max_bytes", "max-bytes", "stored chunk bytes to keep the store under, by removing the least recently used unpinned paths (k/M/G/T suffixes, 0 for no limit)", "0"},
+	{"storage.nar_cache_bytes", "nar-cache-bytes", "disk for the uncompressed NARs asked for more than once, kept as files and served as a static cache serves them (k/M/G/T suffixes, 0 for none; default 2G, or a quarter of storage.max_bytes when that is less)", ""},
 	{"mount.dir", "mount", "mount a read-only FUSE view of the store here", ""},
 	{"p2p.max_upload_rate", "max-upload-rate", "cap on bytes/s sent to peers (k/M/G suffixes, 0 for no cap)", "0"},
 	{"local.share", "share-local", "share the signed paths of the local Nix store, when there is one (see local.root)", true},
@@ -142,6 +144,9 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	if c.MaxBytes, err = ParseSize(v.GetString("storage.max_bytes")); err != nil {
 		return nil, fmt.Errorf("storage.max_bytes: %w", err)
 	}
+	if c.NARCacheBytes, err = narCacheBytes(v.GetString("storage.nar_cache_bytes"), c.MaxBytes); err != nil {
+		return nil, fmt.Errorf("storage.nar_cache_bytes: %w", err)
+	}
 	if c.MaxUploadRate, err = ParseSize(v.GetString("p2p.max_upload_rate")); err != nil {
 		return nil, fmt.Errorf("p2p.max_upload_rate: %w", err)
 	}
@@ -149,6 +154,22 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 		return nil, err
 	}
 	return c, c.validate()
+}
+
+// defaultNARCache is storage.nar_cache_bytes when unset and the store has
+// no limit: room for the hot NARs of a LAN (a Go toolchain's is 190 MB).
+const defaultNARCache = 2 << 30
+
+// narCacheBytes is storage.nar_cache_bytes: as set, or by default 2 GiB
+// but at most a quarter of storage.max_bytes.
+func narCacheBytes(s string, maxBytes int64) (int64, error) {
+	if strings.TrimSpace(s) != "" {
+		return ParseSize(s)
+	}
+	if maxBytes > 0 {
+		return min(defaultNARCache, maxBytes/4), nil
+	}
+	return defaultNARCache, nil
 }
 
 // loadLocal reads the local.* settings.
@@ -210,7 +231,7 @@ func (c *Config) validate() error {
 	if c.SignImports && c.SignKeyFile == "" {
 		return errors.New("sign.imports: the node has no key to sign with (set sign.key_file)")
 	}
-	if c.MaxBytes < 0 || c.MaxUploadRate < 0 {
+	if c.MaxBytes < 0 || c.MaxUploadRate < 0 || c.NARCacheBytes < 0 {
 		return errors.New("sizes and rates must not be negative")
 	}
 	return nil

@@ -74,6 +74,12 @@ type Status struct {
 	// (local.share), and whether the first scan of that store is done.
 	LocalShared  int  `json:"local_shared"`
 	LocalScanned bool `json:"local_scanned"`
+	// The cache of hot NARs kept as files (storage.nar_cache_bytes), and
+	// the NAR responses it served.
+	NARCacheBytes   int64  `json:"nar_cache_bytes"`
+	NARCacheMax     int64  `json:"nar_cache_max"`
+	NARCacheEntries int    `json:"nar_cache_entries"`
+	NARCacheHits    uint64 `json:"nar_cache_hits"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -333,6 +339,8 @@ func (n *Node) status() (*Status, error) {
 	}
 	n.limitStatus(s, tot)
 	s.LocalShared, s.LocalScanned = n.local.counts()
+	nc := n.narCacheStats()
+	s.NARCacheBytes, s.NARCacheMax, s.NARCacheEntries, s.NARCacheHits = nc.Bytes, nc.Max, nc.Entries, nc.Hits
 	if tot.NarBytes > 0 {
 		s.DedupRatio = float64(st.ChunkBytes) / float64(tot.NarBytes)
 	}

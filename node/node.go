@@ -44,6 +44,7 @@ import (
 	"github.com/p2pstore/p2pstore/narview/daemon"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/mount"
+	"github.com/p2pstore/p2pstore/narview/narcache"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
@@ -58,6 +59,10 @@ type Node struct {
 	keys    []narinfo.PublicKey // trusted (trust.go)
 	lock    *os.File
 	metrics *metrics
+	// bg is Run's context, for work a request starts and that outlives
+	// it (filling the NAR cache).
+	bg       context.Context
+	narCache *narcache.Cache // nil when storage.nar_cache_bytes is 0
 
 	compress       chan struct{} // wakes the background compressor
 	importsRunning atomic.Int64
@@ -84,7 +89,7 @@ const (
 // New opens the node's stores under cfg.DataDir and binds its listeners;
 // Run serves them.
 func New(cfg *config.Config, log *slog.Logger) (*Node, error) {
-	n := &Node{cfg: cfg, log: log, compress: make(chan struct{}, 1)}
+	n := &Node{cfg: cfg, log: log, compress: make(chan struct{}, 1), bg: context.Background()}
 	n.limit.init(uint64(cfg.MaxBytes))
 	if err := n.open(); err != nil {
 		n.Close()
@@ -125,6 +130,9 @@ func (n *Node) open() error {
 		return err
 	}
 	if n.index, err = pathinfo.Open(filepath.Join(cfg.DataDir, indexFile)); err != nil {
+		return err
+	}
+	if err := n.openNARCache(); err != nil {
 		return err
 	}
 	n.metrics = newMetrics(n)
@@ -209,6 +217,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	n.bg = ctx
 	n.openLocalShare(ctx)
 	if len(n.cfg.P2PListen) > 0 {
 		p, err := n.startP2P(ctx)

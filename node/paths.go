@@ -84,6 +84,9 @@ func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Par
 	hash := info.HashPart()
 	release, held := n.limit.hold(hash)
 	defer release()
+	if ok, err := n.renderCached(ctx, info, part, cw); ok {
+		return err
+	}
 	absent := func() bool { return !held || !n.index.Has(hash) }
 	if n.local != nil && absent() {
 		if ok, err := n.local.render(ctx, info, part, cw); ok || err != nil {

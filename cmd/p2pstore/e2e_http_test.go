@@ -296,3 +296,98 @@ func TestNARRangeWhileFetching(t *testing.T) {
 	}
 	c.checkServedNAR(p)
 }
+
+// waitNARCached waits (bounded) until the node's NAR cache holds want NARs.
+func (n *nodeProc) waitNARCached(want int) {
+	n.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for n.status().NARCacheEntries != want {
+		if time.Now().After(deadline) {
+			n.t.Fatalf("NAR cache holds %d NARs after 30 s, want %d\n%s", n.status().NARCacheEntries, want, n.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestNARCache: a NAR asked for twice is kept as a file, and later
+// responses (a real Nix client's copy, ranges, after a restart) come from
+// it with the bytes of nix-store --dump. A store whose bytes no longer
+// render the path's NarHash is never cached, and says so in the log.
+func TestNARCache(t *testing.T) {
+	nixtest.Require(t)
+	n := newNode(t)
+	n.args = append(n.args, "--nar-cache-bytes", "32M")
+	n.start()
+	files := edgeFiles()
+	p := addTree(t, "narcache", files)
+	n.run("import", "--sign", p)
+	dump := nixtest.Output(t, "nix-store", "--dump", p)
+	url := n.narURL(p)
+	for i := 0; i < 2; i++ {
+		if _, body := getRange(t, url, ""); !bytes.Equal(body, dump) {
+			t.Fatalf("GET %d: not the NAR", i)
+		}
+	}
+	n.waitNARCached(1)
+	if s := n.status(); s.NARCacheBytes != int64(len(dump)) || s.NARCacheHits != 0 {
+		t.Fatalf("cache holds %d bytes with %d hits, want %d and 0", s.NARCacheBytes, s.NARCacheHits, len(dump))
+	}
+
+	pub := n.status().PublicKey
+	client := filepath.Join(t.TempDir(), "client")
+	nixtest.Output(t, "nix", "copy", "--from", n.url, "--to", client, "--option", "trusted-public-keys", pub, p)
+	if got, want := pathInfo(t, client, p)[p].NarHash, pathInfo(t, "", p)[p].NarHash; got != want {
+		t.Fatalf("client recorded %s, want %s", got, want)
+	}
+	big := bytes.Index(dump, files["big"][:4096])
+	resp, body := getRange(t, url, fmt.Sprintf("bytes=%d-%d", big+1000, big+500000))
+	if resp.StatusCode != 206 || !bytes.Equal(body, dump[big+1000:big+500001]) {
+		t.Fatalf("range from the cache: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if s := n.status(); s.NARCacheHits != 2 {
+		t.Fatalf("%d responses from the cache, want 2 (the copy and the range)", s.NARCacheHits)
+	}
+
+	// The cache outlives a restart.
+	n.stop()
+	n.start()
+	n.waitNARCached(1)
+	url = n.narURL(p) // a new port
+	if _, body := getRange(t, url, ""); !bytes.Equal(body, dump) {
+		t.Fatal("after a restart: not the NAR")
+	}
+	if s := n.status(); s.NARCacheHits != 1 {
+		t.Fatalf("after a restart: %d responses from the cache, want 1", s.NARCacheHits)
+	}
+
+	// A flipped byte in the store: the render no longer matches the
+	// NarHash, so it is never cached.
+	q := addTree(t, "narcache-rot", map[string][]byte{"f": bytes.Repeat([]byte("rot"), 200000)})
+	n.run("import", "--sign", q)
+	n.stop()
+	packs, _ := filepath.Glob(filepath.Join(n.dir, "data", "castore", "packs", "*.pack"))
+	for _, pack := range packs {
+		f, err := os.OpenFile(pack, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, _ := f.Stat()
+		// The last chunk written is q's.
+		f.WriteAt([]byte{'X'}, info.Size()-100)
+		f.Close()
+	}
+	n.start()
+	qURL := n.narURL(q)
+	getRange(t, qURL, "")
+	getRange(t, qURL, "")
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(n.log.String(), "do not render to its NarHash") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the damaged path was not reported:\n%s", n.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s := n.status(); s.NARCacheEntries != 1 {
+		t.Fatalf("cache holds %d NARs, want 1 (the damaged one refused)", s.NARCacheEntries)
+	}
+}

@@ -48,6 +48,9 @@ func statusCommand() *cobra.Command {
 			if s.LocalScanned || s.LocalShared > 0 {
 				fmt.Printf("local store:    %d signed paths shared from the local Nix store\n", s.LocalShared)
 			}
+			if s.NARCacheMax > 0 {
+				fmt.Printf("NAR cache:      %s of %s in %d NARs, %d responses served from it\n", humanBytes(uint64(s.NARCacheBytes)), humanBytes(uint64(s.NARCacheMax)), s.NARCacheEntries, s.NARCacheHits)
+			}
 			fmt.Printf("logical bytes:  %s (sum of NAR sizes)\n", humanBytes(s.BytesLogical))
 			fmt.Printf("stored bytes:   %s (%d chunks)\n", humanBytes(s.BytesStored), s.Chunks)
 			if s.MaxBytes > 0 {
