@@ -103,7 +103,7 @@ func (s *Signature) String() string { return string(sexp.Advanced(s.expr)) }
 
 // SignHash signs a SHA-256 hash as Guix's `guix publish` does, with
 // libgcrypt's deterministic nonce: the same key and hash give the same
-// signature.
+// signature. k must come from GenerateKey or ParseSecretKey.
 func (k SecretKey) SignHash(h [sha256.Size]byte) *Signature {
 	r, s := ecdsaSign(k.d, k.scalar, h)
 	expr := sexp.List{sexp.Atom("signature"),
