@@ -3,6 +3,7 @@ module github.com/p2pstore/p2pstore
 go 1.26.8
 
 require (
+	filippo.io/edwards25519 v1.2.0
 	github.com/felixge/httpsnoop v1.0.4
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/ipfs/go-cid v0.6.2
