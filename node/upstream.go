@@ -56,7 +56,7 @@ func (n *Node) openUpstreams() error {
 	if len(n.cfg.Upstreams) == 0 {
 		return nil
 	}
-	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log)
+	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, pulledPaths{n}, n.log)
 	if err != nil {
 		return err
 	}
@@ -90,6 +90,16 @@ func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Read
 	defer p.n.reserveSpace(ctx, info.NarSize)()
 	_, err := p.n.addPath(ctx, info, r, false, false)
 	return err
+}
+
+// KeepNAR adopts the NAR a pull spooled (checked) as the path's file in
+// the NAR cache, when the node has one.
+func (p pulledPaths) KeepNAR(name string, info *pathinfo.Info) {
+	if c := p.n.narCache; c != nil {
+		if err := c.Adopt(name, info.NarHash, int64(info.NarSize)); err != nil {
+			p.n.log.Debug("not caching a pulled NAR", "path", info.StorePath, "err", err)
+		}
+	}
 }
 
 // infoElsewhere finds a path the index lacks: a pull already running for

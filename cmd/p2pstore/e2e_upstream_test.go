@@ -220,6 +220,10 @@ func TestUpstreamPullThrough(t *testing.T) {
 			if ents, _ := os.ReadDir(filepath.Join(n.dir, "data", "spool")); len(ents) != 0 {
 				t.Errorf("the spool holds %d files", len(ents))
 			}
+			// The checked spools became the NAR cache's files.
+			if s := n.status(); s.NARCacheEntries != len(all) || s.NARCacheHits != 0 {
+				t.Errorf("NAR cache: %d NARs, %d hits; want the %d pulled, 0 hits", s.NARCacheEntries, s.NARCacheHits, len(all))
+			}
 			// A second client is served from the node's store: no more
 			// NAR requests upstream.
 			before := up.requests(t, "/nar/")
@@ -228,6 +232,9 @@ func TestUpstreamPullThrough(t *testing.T) {
 			}
 			if after := up.requests(t, "/nar/"); after != before || before != len(all) {
 				t.Errorf("NAR requests upstream: %d for the first client, %d after the second; want %d, then none", before, after, len(all))
+			}
+			if s := n.status(); s.NARCacheHits != uint64(len(all)) {
+				t.Errorf("the second client got %d of its %d NARs from the NAR cache", s.NARCacheHits, len(all))
 			}
 		})
 	}
@@ -425,6 +432,9 @@ func TestUpstreamBrokenNAR(t *testing.T) {
 			}
 			if ents, _ := os.ReadDir(filepath.Join(n.dir, "data", "spool")); len(ents) != 0 {
 				t.Errorf("the spool holds %d files", len(ents))
+			}
+			if s.NARCacheEntries != 0 {
+				t.Errorf("a broken pull left %d NARs in the NAR cache", s.NARCacheEntries)
 			}
 			if !strings.Contains(n.log.String(), "pulling a path failed") {
 				t.Errorf("no failure in the node log:\n%s", n.log)

@@ -244,9 +244,57 @@ func (c *Cache) Fill(ctx context.Context, h storepath.NarHash, size int64, rende
 	}
 	kept = true
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[h] != nil { // adopted meanwhile: the same bytes
+		c.size -= size
+		return nil
+	}
 	c.entries[h] = c.lru.PushFront(&entry{h, size})
 	c.stats.Fills++
+	return nil
+}
+
+// Adopt takes the file at name, which the caller has checked to be
+// exactly size bytes with NarHash h (a pull's spool), as that NAR's
+// file, when it fits; it renames it into the cache, on the same file
+// system. It does nothing when the cache has the NAR or it is over half
+// the cache.
+func (c *Cache) Adopt(name string, h storepath.NarHash, size int64) error {
+	c.mu.Lock()
+	if c.entries[h] != nil || size <= 0 || size > c.max/2 {
+		c.mu.Unlock()
+		return nil
+	}
+	c.evictLocked(size)
+	c.size += size
 	c.mu.Unlock()
+	err := func() error {
+		f, err := os.Open(name)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if fi, err := f.Stat(); err != nil || fi.Size() != size {
+			return fmt.Errorf("adopting %s: not %d bytes", name, size)
+		}
+		// Synced before the rename, as a fill.
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		return os.Rename(name, c.path(h))
+	}()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.size -= size
+		return err
+	}
+	if c.entries[h] != nil { // filled meanwhile
+		c.size -= size
+		return nil
+	}
+	c.entries[h] = c.lru.PushFront(&entry{h, size})
+	c.stats.Fills++
 	return nil
 }
 

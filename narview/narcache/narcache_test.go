@@ -201,3 +201,44 @@ func TestReopenKeepsWholeFilesOnly(t *testing.T) {
 		t.Fatal("a NAR over the bound kept")
 	}
 }
+
+func TestAdopt(t *testing.T) {
+	dir := t.TempDir()
+	c, err := Open(filepath.Join(dir, "cache"), 2500, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool := func(nar []byte) string {
+		name := filepath.Join(dir, "spool.nar")
+		if err := os.WriteFile(name, nar, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return name
+	}
+	a, ha := narOf('a', 1000)
+	if err := c.Adopt(spool(a), ha, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, c, ha); !bytes.Equal(got, a) {
+		t.Fatal("adopted bytes differ")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "spool.nar")); !os.IsNotExist(err) {
+		t.Fatal("the spool was copied, not renamed")
+	}
+	// A file of the wrong size is refused and leaves the cache as it was.
+	b, hb := narOf('b', 1000)
+	if err := c.Adopt(spool(b[:900]), hb, 1000); err == nil {
+		t.Fatal("a short spool adopted")
+	}
+	if s := c.Stats(); s.Entries != 1 || s.Bytes != 1000 {
+		t.Fatalf("after a refused adoption: %+v", s)
+	}
+	// Over half the cache: left where it is.
+	big, hbig := narOf('x', 1300)
+	if err := c.Adopt(spool(big), hbig, 1300); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Open(hbig); ok {
+		t.Fatal("a NAR over half the cache adopted")
+	}
+}

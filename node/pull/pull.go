@@ -9,9 +9,13 @@
 // for the whole path, and one that joins late reads from the start.
 //
 // Decisions:
-//   - The spool file is unlinked as soon as it is made: a crash leaves
-//     nothing behind, and readers keep it through the job's descriptor
-//     until the last one is done.
+//   - The spool is a named file in the Puller's directory while its job
+//     runs (New removes what a crash left there). A job that ends with
+//     the path valid hands the file to its Keeper (the node's NAR cache
+//     adopts it as the path's NAR, so the next clients get it by
+//     sendfile, with no render); otherwise it is removed. Readers keep
+//     it through the job's descriptor until the last one is done,
+//     whatever happened to its name.
 //   - A client never gets the last byte of the NAR before the whole NAR
 //     has been checked against the signed NarHash and NarSize (hashed as
 //     it is spooled, so that clients do not wait for the slower ingest):
@@ -33,6 +37,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -45,6 +50,13 @@ import (
 // info's NarHash and NarSize; nothing is recorded when it fails.
 type Adder interface {
 	AddPath(ctx context.Context, info *pathinfo.Info, nar io.Reader) error
+}
+
+// Keeper takes the spool file of a path pulled whole and valid: the file
+// at name holds exactly the NAR of info (checked against NarHash and
+// NarSize). It may rename it away; the Puller removes what it leaves.
+type Keeper interface {
+	KeepNAR(name string, info *pathinfo.Info)
 }
 
 // Opener opens a path's NAR upstream, decompressed.
@@ -68,9 +80,10 @@ var ErrClosed = errors.New("pull: closed")
 
 // Puller runs pull jobs.
 type Puller struct {
-	dir string // spool files go here
-	add Adder
-	log *slog.Logger
+	dir  string // spool files go here
+	add  Adder
+	keep Keeper // nil: spools are removed
+	log  *slog.Logger
 
 	wg sync.WaitGroup // the jobs' goroutines
 
@@ -83,16 +96,25 @@ type Puller struct {
 // failure is a path whose NAR an upstream sent broken or wrong.
 type failure struct{ source, hash string }
 
-// New returns a Puller spooling into dir, which it makes.
-func New(dir string, add Adder, log *slog.Logger) (*Puller, error) {
+// New returns a Puller spooling into dir, which it makes (removing the
+// spools a crash left); keep, if not nil, takes the spools of the paths
+// pulled whole.
+func New(dir string, add Adder, keep Keeper, log *slog.Logger) (*Puller, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &Puller{dir: dir, add: add, log: log, jobs: map[string]*Job{}, failed: map[failure]time.Time{}}, nil
+	left, _ := filepath.Glob(filepath.Join(dir, "*"+spoolSuffix))
+	for _, name := range left {
+		os.Remove(name)
+	}
+	return &Puller{dir: dir, add: add, keep: keep, log: log, jobs: map[string]*Job{}, failed: map[failure]time.Time{}}, nil
 }
+
+// spoolSuffix ends the names of spool files.
+const spoolSuffix = ".nar"
 
 // Start returns the job pulling the path, starting one with open if none
 // runs for its hash part; source names the upstream open reads from.
@@ -109,11 +131,10 @@ func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, source string, 
 	if p.failedLocked(source, hash) {
 		return nil, fmt.Errorf("%s from %s: %w", info.StorePath, source, ErrFailedRecently)
 	}
-	f, err := os.CreateTemp(p.dir, hash+"-*.nar")
+	f, err := os.CreateTemp(p.dir, hash+"-*"+spoolSuffix)
 	if err != nil {
 		return nil, err
 	}
-	os.Remove(f.Name())
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	j := &Job{p: p, info: info, hash: hash, source: source, cancel: cancel, f: f, refs: 1, done: make(chan struct{})}
 	j.cond = sync.NewCond(&j.mu)
@@ -240,6 +261,10 @@ func (j *Job) run(ctx context.Context, open Opener) {
 		j.p.failed[failure{j.source, j.hash}] = now.Add(failMemory)
 	}
 	j.p.mu.Unlock()
+	if err == nil && j.p.keep != nil {
+		j.p.keep.KeepNAR(j.f.Name(), j.info)
+	}
+	os.Remove(j.f.Name()) // unless kept: readers keep their descriptors
 	// The job's own hold on the spool goes before done: a Render after
 	// Wait then finds the job finished (ErrFinished) rather than racing
 	// this release.

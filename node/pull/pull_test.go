@@ -75,7 +75,7 @@ func (p *pipeOpener) open(ctx context.Context) (io.ReadCloser, error) {
 
 func newPuller(t *testing.T, a Adder) (*Puller, string) {
 	dir := t.TempDir() + "/spool"
-	p, err := New(dir, a, nil)
+	p, err := New(dir, a, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
