@@ -40,19 +40,27 @@ func rootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return fmt.Errorf("%v (see `%s --help`)", err, c.CommandPath())
 	})
-	root.AddCommand(serveCommand(), keygenCommand(), importCommand(), fetchCommand(), statusCommand(), verifyCommand(), gcCommand(), pinCommand(true), pinCommand(false), daemonCommand())
+	root.AddCommand(serveCommand(), keygenCommand(), importCommand(), fetchCommand(), statusCommand(), verifyCommand(), gcCommand(),
+		pinCommand(true), pinCommand(false), daemonCommand(), configCommand())
 	return root
 }
 
-// loadConfig reads the settings every command shares.
+// loadConfig reads the settings every command shares, and sets the
+// default logger up from log.level and log.format.
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
-	return config.Load(cmd.Flags())
+	cfg, err := config.Load(cmd.Flags())
+	if err != nil {
+		return nil, err
+	}
+	slog.SetDefault(newLogger(cfg))
+	return cfg, nil
 }
 
-func logger() *slog.Logger {
-	level := slog.LevelInfo
-	if os.Getenv("P2PSTORE_DEBUG") != "" {
-		level = slog.LevelDebug
+// newLogger writes log lines to stderr, as text or JSON.
+func newLogger(cfg *config.Config) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
