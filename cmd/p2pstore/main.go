@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/libp2p/go-libp2p/gologshim"
 	"github.com/spf13/cobra"
 
 	"github.com/p2pstore/p2pstore/config"
@@ -56,11 +57,40 @@ func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	return cfg, nil
 }
 
-// newLogger writes log lines to stderr, as text or JSON.
+// newLogger writes log lines to stderr, as text or JSON. go-libp2p's own
+// lines go through the same handler, in the same format, at the levels
+// go-libp2p would write them (error, or as GOLOG_LOG_LEVEL says).
 func newLogger(cfg *config.Config) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+		h = slog.NewJSONHandler(os.Stderr, opts)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	gologshim.SetDefaultHandler(libp2pHandler{h, gologshim.ConfigFromEnv().LevelForSystem("")})
+	return slog.New(h)
+}
+
+// libp2pHandler passes go-libp2p's log lines on from min up; each of its
+// loggers names its subsystem, whose level GOLOG_LOG_LEVEL may set.
+type libp2pHandler struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h libp2pHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h libp2pHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	min := h.min
+	for _, a := range attrs {
+		if a.Key == "logger" {
+			min = gologshim.ConfigFromEnv().LevelForSystem(a.Value.String())
+		}
+	}
+	return libp2pHandler{h.Handler.WithAttrs(attrs), min}
+}
+
+func (h libp2pHandler) WithGroup(name string) slog.Handler {
+	return libp2pHandler{h.Handler.WithGroup(name), h.min}
 }
