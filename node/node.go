@@ -20,6 +20,12 @@
 // With upstream.substituters, the upstream binary caches are asked beside
 // the peers, and a path found there is pulled through by package pull
 // (upstream.go).
+//
+// New refuses at start, naming the key, what config.Load cannot see: key
+// files that exist and cannot be read, an unknown daemon.socket_group, a
+// p2p.listen port something already listens on (checked by binding it
+// alone, since go-libp2p's SO_REUSEPORT would share it; p2p.go). The
+// daemon socket is 0600, or 0660 in daemon.socket_group.
 package node
 
 import (
