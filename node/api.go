@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -192,8 +193,8 @@ func (c *Client) do(req *http.Request, out any) error {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var op *net.OpError
-		if errors.As(err, &op) {
-			return fmt.Errorf("no node is running at %s (start one with `p2pstore serve`): %v", c.socket, op.Err)
+		if errors.As(err, &op) && op.Op == "dial" {
+			return SocketError(c.socket, op.Err)
 		}
 		return err
 	}
@@ -210,6 +211,19 @@ func (c *Client) do(req *http.Request, out any) error {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// SocketError says why the node's socket could not be reached: no node
+// there, or one the user may not talk to (the socket is its user's alone,
+// or its group's, with daemon.socket_group).
+func SocketError(socket string, err error) error {
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("permission denied on the node's socket %s: run this as the node's user, or as a member of its daemon.socket_group", socket)
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("no node is running at %s (start one with `p2pstore serve`)", socket)
+	}
+	return fmt.Errorf("cannot reach the node at %s: %v", socket, err)
 }
 
 // StatusError is a non-200 answer from the node.

@@ -20,6 +20,12 @@
 // With upstream.substituters, the upstream binary caches are asked beside
 // the peers, and a path found there is pulled through by package pull
 // (upstream.go).
+//
+// New refuses at start, naming the key, what config.Load cannot see: key
+// files that exist and cannot be read, an unknown daemon.socket_group, a
+// p2p.listen port something already listens on (checked by binding it
+// alone, since go-libp2p's SO_REUSEPORT would share it; p2p.go). The
+// daemon socket is 0600, or 0660 in daemon.socket_group.
 package node
 
 import (
@@ -30,12 +36,15 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/p2pstore/p2pstore/castore"
@@ -56,6 +65,7 @@ type Node struct {
 	store   *castore.Store
 	index   *pathinfo.Index
 	signKey *narinfo.SecretKey
+	peerKey crypto.PrivKey      // the libp2p identity; nil without p2p.listen
 	keys    []narinfo.PublicKey // trusted (trust.go)
 	lock    *os.File
 	metrics *metrics
@@ -100,12 +110,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Node, error) {
 
 func (n *Node) open() error {
 	cfg := n.cfg
-	// The data dir holds private paths' contents: only the node's user
-	// may enter it (a data dir made by an older version is tightened).
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+	socketGID, err := lookupGroup(cfg.DaemonSocketGroup)
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+	if err := makeDataDir(cfg.DataDir, cfg.DaemonSocket, socketGID); err != nil {
 		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(cfg.DataDir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
@@ -126,6 +135,14 @@ func (n *Node) open() error {
 	if n.keys, err = loadKeys(cfg, n.signKey); err != nil {
 		return err
 	}
+	if len(cfg.P2PListen) > 0 {
+		if n.peerKey, err = loadIdentity(cfg.IdentityFile); err != nil {
+			return err
+		}
+		if err := checkListenAddrs(cfg.P2PListen); err != nil {
+			return err
+		}
+	}
 	if n.store, err = castore.Open(filepath.Join(cfg.DataDir, castoreDir)); err != nil {
 		return err
 	}
@@ -144,15 +161,59 @@ func (n *Node) open() error {
 			return fmt.Errorf("http.listen: %w", err)
 		}
 	}
-	if n.controlLn, err = listenUnix(cfg.DaemonSocket); err != nil {
+	if n.controlLn, err = listenUnix(cfg.DaemonSocket, socketGID); err != nil {
 		return fmt.Errorf("daemon.socket: %w", err)
 	}
 	return nil
 }
 
+// makeDataDir makes the data dir, which holds private paths' contents:
+// only the node's user may enter it (a data dir made by an older version
+// is tightened). When the daemon socket lies in it and has a group, that
+// group may pass through it (0710) to reach the socket, and nothing else:
+// every file in it is the node's user's alone (0600 and 0700).
+func makeDataDir(dir, socket string, socketGID int) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	mode := os.FileMode(0o700)
+	if socketGID >= 0 && filepath.Dir(filepath.Clean(socket)) == filepath.Clean(dir) {
+		if err := os.Chown(dir, -1, socketGID); err != nil {
+			return fmt.Errorf("daemon.socket_group: data_dir %s: %w", dir, err)
+		}
+		mode = 0o710
+	}
+	return os.Chmod(dir, mode)
+}
+
+// lookupGroup returns the id of daemon.socket_group (a name or a number),
+// or -1 when it is unset.
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		var unknown user.UnknownGroupError
+		if !errors.As(err, &unknown) {
+			return 0, fmt.Errorf("daemon.socket_group %q: %w", name, err)
+		}
+		if g, err = user.LookupGroupId(name); err != nil {
+			return 0, fmt.Errorf("daemon.socket_group %q: no such group", name)
+		}
+	}
+	gid, err := strconv.Atoi(g.Gid)
+	if err != nil {
+		return 0, fmt.Errorf("daemon.socket_group %q: group id %q", name, g.Gid)
+	}
+	return gid, nil
+}
+
 // listenUnix listens on a unix socket, replacing a stale socket file left
-// by a node that died, but never one a live node answers on.
-func listenUnix(path string) (net.Listener, error) {
+// by a node that died, but never one a live node answers on. The socket
+// is the node's user's alone (0600), or with gid >= 0 its group's too
+// (0660).
+func listenUnix(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -165,8 +226,15 @@ func listenUnix(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Only the node's user may use the control API.
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("daemon.socket_group: %w", err)
+		}
+		mode = 0o660
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, err
 	}
@@ -274,7 +342,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
 	select {
 	case <-ctx.Done():
+		n.log.Info("node stopping", "reason", context.Cause(ctx))
 	case err = <-errc:
+		n.log.Error("node stopping", "reason", err)
 	}
 	n.controlLn.Close()
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
@@ -21,6 +26,7 @@ import (
 	mh "github.com/multiformats/go-multihash"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/config"
 	"github.com/p2pstore/p2pstore/dht"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/node/fetch"
@@ -40,21 +46,29 @@ type p2p struct {
 	fetch  *fetch.Fetcher
 
 	announceMu sync.Mutex // one full re-announcement at a time
+
+	failMu     sync.Mutex
+	failLogged map[peer.ID]time.Time // when a failure to connect to a peer was last logged at warn
 }
 
 // mdnsService is the mDNS service name nodes look for on the LAN.
 const mdnsService = "p2pstore"
 
-// loadIdentity reads the node's libp2p key, making one on first start.
+// loadIdentity reads the node's libp2p key, making one on first start. A
+// file that exists and cannot be read is an error, never a new identity.
 func loadIdentity(file string) (crypto.PrivKey, error) {
+	k, err := readIdentity(file)
+	if err != nil {
+		return nil, fmt.Errorf("p2p.identity_file %s: %w", file, err)
+	}
+	return k, nil
+}
+
+func readIdentity(file string) (crypto.PrivKey, error) {
 	if b, err := os.ReadFile(file); err == nil {
-		k, err := crypto.UnmarshalPrivateKey(b)
-		if err != nil {
-			return nil, fmt.Errorf("p2p.identity_file %s: %w", file, err)
-		}
-		return k, nil
+		return crypto.UnmarshalPrivateKey(b)
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return nil, unwrapPath(err)
 	}
 	k, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
@@ -65,12 +79,74 @@ func loadIdentity(file string) (crypto.PrivKey, error) {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(file), 0o700); err != nil {
-		return nil, err
+		return nil, unwrapPath(err)
 	}
 	if err := os.WriteFile(file, b, 0o600); err != nil {
-		return nil, err
+		return nil, unwrapPath(err)
 	}
 	return k, nil
+}
+
+// unwrapPath drops the operation and path of an *os.PathError, for an
+// error that names the file already.
+func unwrapPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// checkListenAddrs binds every TCP and UDP address of p2p.listen for a
+// moment, alone: go-libp2p listens on TCP with SO_REUSEPORT (so that its
+// outgoing connections leave from the listening port, which NATs and
+// peers' observed addresses need), and a second node on the same port
+// would then share it silently, each getting part of the incoming
+// connections. Our own bind has no SO_REUSEPORT, so it fails while anyone
+// listens there. (The port could be taken between this check and
+// libp2p's bind; that is a race with another starting program, not the
+// mistake this catches.)
+func checkListenAddrs(addrs []string) error {
+	for _, s := range addrs {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return fmt.Errorf("p2p.listen %q: %v", s, err)
+		}
+		host, err := a.ValueForProtocol(ma.P_IP4)
+		if err != nil {
+			if host, err = a.ValueForProtocol(ma.P_IP6); err != nil {
+				continue // a DNS name or another transport: libp2p's to check
+			}
+		}
+		for _, proto := range []struct {
+			code    int
+			network string
+		}{{ma.P_TCP, "tcp"}, {ma.P_UDP, "udp"}} {
+			port, err := a.ValueForProtocol(proto.code)
+			if err != nil {
+				continue
+			}
+			addr := net.JoinHostPort(host, port)
+			var c io.Closer
+			if proto.network == "tcp" {
+				c, err = net.Listen("tcp", addr)
+			} else {
+				c, err = net.ListenPacket("udp", addr)
+			}
+			if err != nil {
+				var se *os.SyscallError
+				if errors.As(err, &se) {
+					err = se.Err
+				}
+				if errors.Is(err, syscall.EADDRINUSE) {
+					return fmt.Errorf("p2p.listen %s: address already in use (another p2pstore node or another program listens there)", s)
+				}
+				return fmt.Errorf("p2p.listen %s: %v", s, err)
+			}
+			c.Close()
+		}
+	}
+	return nil
 }
 
 // resourceLimits are go-libp2p's defaults scaled to the machine, with room
@@ -108,10 +184,6 @@ func resourceLimits() rcmgr.ConcreteLimitConfig {
 
 func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 	cfg := n.cfg
-	key, err := loadIdentity(cfg.IdentityFile)
-	if err != nil {
-		return nil, err
-	}
 	cm, err := connmgr.NewConnManager(64, 256, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
 		return nil, err
@@ -121,7 +193,7 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 		return nil, err
 	}
 	h, err := libp2p.New(
-		libp2p.Identity(key),
+		libp2p.Identity(n.peerKey),
 		libp2p.ListenAddrStrings(cfg.P2PListen...),
 		libp2p.ConnectionManager(cm),
 		libp2p.ResourceManager(rm),
@@ -132,18 +204,14 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 	}
 	var boot []peer.AddrInfo
 	for _, s := range cfg.Bootstrap {
-		a, err := ma.NewMultiaddr(s)
-		if err == nil {
-			var pi *peer.AddrInfo
-			if pi, err = peer.AddrInfoFromP2pAddr(a); err == nil {
-				boot = append(boot, *pi)
-				continue
-			}
+		pi, err := config.ParseBootstrap(s) // checked by config.Load
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("p2p.bootstrap %q: %v", s, err)
 		}
-		h.Close()
-		return nil, fmt.Errorf("p2p.bootstrap %q: %v (want a multiaddress ending in /p2p/<peer id>)", s, err)
+		boot = append(boot, *pi)
 	}
-	p := &p2p{n: n, host: h, client: transfer.NewClient(h)}
+	p := &p2p{n: n, host: h, client: transfer.NewClient(h), failLogged: map[peer.ID]time.Time{}}
 	p.server = transfer.NewServer(transferSource{n}, cfg.MaxUploadRate, n.log)
 	h.SetStreamHandler(transfer.ProtocolID, p.server.Handle)
 	p.dht, err = dht.New(h, dht.Options{Bootstrap: boot, OnOnline: func() { go p.announceAll(ctx) }})
@@ -153,7 +221,7 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 	}
 	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace}, peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
-		go p.connect(ctx, pi)
+		go p.connect(ctx, pi, "bootstrap")
 	}
 	if cfg.MDNS {
 		if err := p.startMDNS(); err != nil {
@@ -210,17 +278,43 @@ func (p *p2p) HandlePeerFound(pi peer.AddrInfo) {
 	if pi.ID == p.host.ID() {
 		return
 	}
-	go p.connect(context.Background(), pi)
+	go p.connect(context.Background(), pi, "mdns")
 }
 
-func (p *p2p) connect(ctx context.Context, pi peer.AddrInfo) {
+// connectFailLogEvery spaces the warnings about one peer that cannot be
+// reached: mDNS finds it again every few seconds while the node is alone.
+const connectFailLogEvery = 10 * time.Minute
+
+// connect connects to a peer that via (bootstrap, mdns) named, saying in
+// the log when a new connection is made and why one failed.
+func (p *p2p) connect(ctx context.Context, pi peer.AddrInfo, via string) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
+	known := p.host.Network().Connectedness(pi.ID) == network.Connected
 	if err := p.host.Connect(ctx, pi); err != nil {
-		p.n.log.Debug("connecting to a peer", "peer", pi.ID, "err", err)
+		if errors.Is(err, context.Canceled) {
+			return // the node is stopping
+		}
+		level := slog.LevelDebug
+		p.failMu.Lock()
+		if time.Since(p.failLogged[pi.ID]) >= connectFailLogEvery {
+			p.failLogged[pi.ID] = time.Now()
+			level = slog.LevelWarn
+		}
+		p.failMu.Unlock()
+		p.n.log.Log(ctx, level, "cannot connect to a peer", "peer", pi.ID, "via", via, "addrs", pi.Addrs, "err", err)
 		return
 	}
-	p.n.log.Debug("connected", "peer", pi.ID)
+	p.failMu.Lock()
+	delete(p.failLogged, pi.ID)
+	p.failMu.Unlock()
+	if !known {
+		var addr ma.Multiaddr
+		if cs := p.host.Network().ConnsToPeer(pi.ID); len(cs) > 0 {
+			addr = cs[0].RemoteMultiaddr()
+		}
+		p.n.log.Info("connected to a peer", "peer", pi.ID, "via", via, "addr", addr)
+	}
 	p.dht.Bootstrap(ctx)
 }
 

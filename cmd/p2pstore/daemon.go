@@ -2,12 +2,13 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/p2pstore/p2pstore/node"
 )
 
 func daemonCommand() *cobra.Command {
@@ -33,7 +34,7 @@ socket) and this process waits until the session ends.`,
 			}
 			c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: cfg.DaemonSocket, Net: "unix"})
 			if err != nil {
-				return fmt.Errorf("no node is running at %s: %v", cfg.DaemonSocket, err)
+				return node.SocketError(cfg.DaemonSocket, err)
 			}
 			defer c.Close()
 			return handOver(c)

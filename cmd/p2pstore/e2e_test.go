@@ -28,7 +28,7 @@ import (
 	"github.com/p2pstore/p2pstore/node"
 )
 
-var binary string
+var binary, emptyConfig string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "p2pstore-e2e")
@@ -44,6 +44,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "building p2pstore: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// Every process the tests start reads an empty config file, never
+	// the machine's (/etc/p2pstore, ~/.config/p2pstore).
+	emptyConfig = filepath.Join(dir, "empty.yaml")
+	if err := os.WriteFile(emptyConfig, nil, 0o644); err != nil {
+		panic(err)
+	}
+	os.Setenv("P2PSTORE_CONFIG", emptyConfig)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

@@ -55,8 +55,9 @@ whatever signs them.`,
 			if sum.NarBytes > 0 {
 				ratio = 100 * float64(sum.NewBytes) / float64(sum.NarBytes)
 			}
-			fmt.Printf("imported %d paths from %s (%s of NARs, %s new after dedup: %.1f%%); %d were already there; %d of the new ones shared with peers\n",
-				sum.Imported, sum.From, humanBytes(uint64(sum.NarBytes)), humanBytes(uint64(sum.NewBytes)), ratio, sum.Present, sum.Shared)
+			fmt.Printf("imported %s from %s (%s of NARs, %s new after dedup: %.1f%%); %s already there; %d of the new ones shared with peers\n",
+				count(sum.Imported, "path", "paths"), sum.From, humanBytes(uint64(sum.NarBytes)), humanBytes(uint64(sum.NewBytes)), ratio,
+				count(sum.Present, "was", "were"), sum.Shared)
 			return nil
 		},
 	}
@@ -76,6 +77,7 @@ func (b *importBar) Start(total uint64) {
 	b.bar = progressbar.NewOptions64(int64(total),
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionShowBytes(true),
+		progressbar.OptionUseIECUnits(true), // as the summary: KiB, MiB
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(30),
 		progressbar.OptionThrottle(100_000_000),
@@ -101,4 +103,12 @@ func (b *importBar) Done() {
 	if b.bar != nil {
 		b.bar.Clear()
 	}
+}
+
+// count says n things: "1 path", "2 paths".
+func count(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"log/slog"
+
 	"github.com/spf13/cobra"
 
 	"github.com/p2pstore/p2pstore/node"
@@ -16,12 +19,23 @@ func serveCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			n, err := node.New(cfg, logger())
+			n, err := node.New(cfg, slog.Default())
 			if err != nil {
 				return err
 			}
-			defer n.Close()
-			return n.Run(cmd.Context())
+			ctx := cmd.Context()
+			err = n.Run(ctx)
+			n.Close()
+			// What stopped the node: a signal (the context's cause says
+			// which) or a server's error.
+			reason := "exited"
+			if err != nil {
+				reason = err.Error()
+			} else if ctx.Err() != nil {
+				reason = context.Cause(ctx).Error()
+			}
+			slog.Info("node stopped", "reason", reason)
+			return err
 		},
 	}
 }

@@ -105,11 +105,51 @@ func (localSource) Dump(ctx context.Context, path string, w io.Writer) error {
 }
 
 // Query asks Nix for the info of paths, and with recursive of their whole
-// closure.
+// closure. A path is the path itself, a store derivation (.drv) too: Nix
+// 2.8's `nix path-info X.drv` names the derivation's outputs (newer Nix
+// the .drv, as nix-store and the daemon do), so derivations are asked for
+// apart, with --derivation, which names a .drv itself (and a built path
+// its deriver, hence apart).
 func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([]*pathinfo.Info, error) {
+	var drvs, others []string
+	for _, p := range paths {
+		if strings.HasSuffix(p, ".drv") {
+			drvs = append(drvs, p)
+		} else {
+			others = append(others, p)
+		}
+	}
+	var infos []*pathinfo.Info
+	seen := map[string]bool{}
+	for _, group := range []struct {
+		paths []string
+		drv   bool
+	}{{others, false}, {drvs, true}} {
+		if len(group.paths) == 0 {
+			continue
+		}
+		got, err := queryNix(ctx, group.paths, recursive, group.drv)
+		if err != nil {
+			return nil, err
+		}
+		for _, in := range got {
+			if !seen[in.StorePath] {
+				seen[in.StorePath] = true
+				infos = append(infos, in)
+			}
+		}
+	}
+	return SortByReferences(infos), nil
+}
+
+// queryNix runs `nix path-info --json` on paths.
+func queryNix(ctx context.Context, paths []string, recursive, derivation bool) ([]*pathinfo.Info, error) {
 	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
 	if recursive {
 		args = append(args, "--recursive")
+	}
+	if derivation {
+		args = append(args, "--derivation")
 	}
 	cmd := exec.CommandContext(ctx, "nix", append(args, paths...)...)
 	var stderr bytes.Buffer
@@ -138,7 +178,7 @@ func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([
 		infos[i] = &pathinfo.Info{StorePath: in.Path, NarHash: h, NarSize: in.NarSize, References: in.References,
 			Deriver: in.Deriver, Sigs: in.Signatures, CA: in.CA, RegistrationTime: in.RegistrationTime}
 	}
-	return SortByReferences(infos), nil
+	return infos, nil
 }
 
 func lastLine(s string) string {
