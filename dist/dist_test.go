@@ -152,6 +152,14 @@ func startNode(t *testing.T, socket string, args ...string) *testNode {
 		s, err := n.client.Status(context.Background())
 		if err == nil {
 			n.status = s
+			// The files' daemon.socket_group makes the socket 0660 in it.
+			fi, err := os.Stat(socket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o660 || int(st.Gid) != os.Getgid() {
+				t.Fatalf("socket %s is %v, group %d; want 0660 in group %d", socket, fi.Mode().Perm(), st.Gid, os.Getgid())
+			}
 			return n
 		}
 		select {
