@@ -21,6 +21,10 @@
 // the peers, and a path found there is pulled through by package pull
 // (upstream.go).
 //
+// NARs served often are kept whole by package narcache (narcache.go):
+// renderPath serves a NAR from its file when it can, and a NAR's second
+// whole request, or a finished pull's spool, makes that file.
+//
 // New refuses at start, naming the key, what config.Load cannot see: key
 // files that exist and cannot be read, an unknown daemon.socket_group, a
 // p2p.listen port something already listens on (checked by binding it
