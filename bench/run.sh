@@ -514,6 +514,22 @@ check_nar() {
 
 # ---------------------------------------------------------------- measures
 
+# zst_once SIDE RUN CONNS: uncompressed NAR bytes/s of .nar.zst downloads
+# (the two sides compress differently: the rate of the compressed bytes
+# times the NAR's size over the .nar.zst's).
+zst_once() {
+  local side=$1 run=$2 conns=$3 url size rate
+  url=$([ "$side" = node ] && echo "$NODE_ZST" || echo "$NGINX_ZST")
+  size=$([ "$side" = node ] && echo "$NODE_ZST_SIZE" || echo "$NGINX_ZST_SIZE")
+  if [ "$conns" = 1 ]; then
+    rate=$("$CLIENT" get "$url" 2>>"$LOGS/httpclient.log") || die "httpclient get $url failed; see $LOGS/httpclient.log"
+  else
+    rate=$("$CLIENT" load -c "$conns" -d "${SECONDS_PER_RUN}s" "$url" 2>>"$LOGS/httpclient.log") \
+      || die "httpclient load $url failed; see $LOGS/httpclient.log"
+  fi
+  calc "$rate*$GO0_NARSIZE/$size"
+}
+
 # nar_once SIDE RUN CONNS: bytes/s of NAR downloads with bench/httpclient:
 # one GET on a fresh connection, or GETs on CONNS connections for
 # BENCH_SECONDS. Its reads take a megabyte at a time straight from the
@@ -556,6 +572,27 @@ bench_serve() {
     if [ "$conns" != 1 ]; then label="NAR throughput, go1.25.0, $conns connections for ${SECONDS_PER_RUN} s (httpclient; node $source)"; fi
     log "$label, $RUNS runs each"
     pair_best max nar_once "$conns"
+    row "$label" \
+      "$(fmt '%.0f MB/s' "$(calc "$BEST_NODE/1e6")")" "$(fmt '%.0f MB/s' "$(calc "$BEST_NGINX/1e6")")" \
+      "$(fmt '%.2f' "$(calc "$BEST_NODE/$BEST_NGINX")")" "≥ 0.8" \
+      "$(met floor "$(calc "$BEST_NODE/$BEST_NGINX")" 0.8)"
+  done
+  # .nar.zst: the node splices the chunks' stored zstd frames (made in
+  # the background after the import: waited for); nginx sends the
+  # precompressed file of `nix copy --to file://...?compression=zstd`.
+  wait_node_idle
+  NODE_ZST=$(nar_url node zstd)
+  NGINX_ZST=$(nar_url nginx zstd)
+  NODE_ZST_SIZE=$(curl -fsS "$NODE_ZST" | wc -c)
+  NGINX_ZST_SIZE=$(curl -fsS "$NGINX_ZST" | wc -c)
+  [ "$(curl -fsS "$NODE_ZST" | zstd -dc | sha256sum | cut -d' ' -f1)" = "$(curl -fsS "$NODE_NAR" | sha256sum | cut -d' ' -f1)" ] \
+    || die "the node's .nar.zst does not decompress to its NAR"
+  log "go1.25.0 .nar.zst: node $NODE_ZST_SIZE bytes, nginx $NGINX_ZST_SIZE bytes"
+  for conns in 1 16; do
+    label="go1.25.0 .nar.zst ($((NODE_ZST_SIZE / 1000000)) MB from the node, $((NGINX_ZST_SIZE / 1000000)) MB from nginx), 1 GET on a fresh connection: NAR bytes/s (httpclient)"
+    if [ "$conns" != 1 ]; then label="go1.25.0 .nar.zst, $conns connections for ${SECONDS_PER_RUN} s: NAR bytes/s (httpclient)"; fi
+    log "$label, $RUNS runs each"
+    pair_best max zst_once "$conns"
     row "$label" \
       "$(fmt '%.0f MB/s' "$(calc "$BEST_NODE/1e6")")" "$(fmt '%.0f MB/s' "$(calc "$BEST_NGINX/1e6")")" \
       "$(fmt '%.2f' "$(calc "$BEST_NODE/$BEST_NGINX")")" "≥ 0.8" \
