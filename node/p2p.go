@@ -442,6 +442,7 @@ const fetchMaxProviders = 64
 type fetchedPaths struct{ n *Node }
 
 func (f fetchedPaths) Put(info *pathinfo.Info) error {
+	info.Source = pathinfo.SourcePeer
 	f.n.keepPin(info)
 	if err := f.n.putPath(info); err != nil {
 		return err

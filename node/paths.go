@@ -150,7 +150,7 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 	default:
 		return nil, badInput("sharing %q: want %q, %q or none", share, ShareSigned, SharePrivate)
 	}
-	st, err := n.addPath(ctx, info, r, sign, true)
+	st, err := n.addPath(ctx, info, r, sign, pathinfo.SourceImport)
 	if err != nil {
 		return nil, err
 	}
@@ -163,10 +163,10 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 // the NarHash and NarSize before the path becomes valid. Paths come from
 // the node's owner (the control API and the daemon socket are the owner's
 // only); the node signs them with its key when sign is set (sign.imports,
-// `import --sign`), which shares them (see sharing.go), and pins them
-// when pin is set (added by hand; see disklimit.go). A path once private
-// stays so when it is added again.
-func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign, pin bool) (castore.WriteStats, error) {
+// `import --sign`), which shares them (see sharing.go). src says where
+// the path came from; those its owner added (SourceImport) are pinned
+// (see disklimit.go). A path once private stays so when it is added again.
+func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign bool, src pathinfo.Source) (castore.WriteStats, error) {
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
@@ -194,7 +194,7 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if err := w.Commit(); err != nil {
 		return castore.WriteStats{}, err
 	}
-	info.Root, info.Pinned = root, pin
+	info.Root, info.Pinned, info.Source = root, src == pathinfo.SourceImport, src
 	n.keepPin(info)
 	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
 		info.Private = true
@@ -277,7 +277,7 @@ func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Wri
 // AddPath adds a path from `nix copy --to`: signed (and shared) as
 // sign.imports says.
 func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
-	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports, true)
+	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports, pathinfo.SourceImport)
 	return err
 }
 

@@ -88,7 +88,7 @@ type pulledPaths struct{ n *Node }
 
 func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
 	defer p.n.reserveSpace(ctx, info.NarSize)()
-	_, err := p.n.addPath(ctx, info, r, false, false)
+	_, err := p.n.addPath(ctx, info, r, false, pathinfo.SourceUpstream)
 	return err
 }
 

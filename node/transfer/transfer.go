@@ -113,7 +113,7 @@ func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64
 // by hand.
 func encodeRecord(info *pathinfo.Info) ([]byte, error) {
 	out := *info
-	out.Private, out.Pinned = false, false
+	out.Private, out.Pinned, out.Source = false, false, ""
 	return json.Marshal(&out)
 }
 
@@ -130,6 +130,7 @@ func decodeRecord(b []byte) (*pathinfo.Info, error) {
 	}
 	info.Private = false // a peer's word cannot make a path private here
 	info.Pinned = false  // nor pinned: pins are this node's owner's
+	info.Source = ""     // the fetcher says where it came from
 	return info, nil
 }
 

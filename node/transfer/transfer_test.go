@@ -488,16 +488,16 @@ func FuzzClient(f *testing.F) {
 }
 
 // TestRecordKeepsOwnersMarks: a record sent to peers says nothing of
-// whether the owner pinned the path (or made it private), and reads back
-// as the same path.
+// whether the owner pinned the path (or made it private), nor how it came
+// to the node, and reads back as the same path.
 func TestRecordKeepsOwnersMarks(t *testing.T) {
 	in := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x",
-		Root: castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}, NarSize: 8, Pinned: true, Private: true}
+		Root: castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}, NarSize: 8, Pinned: true, Private: true, Source: pathinfo.SourceImport}
 	b, err := encodeRecord(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(b, []byte("pinned")) || bytes.Contains(b, []byte("private")) {
+	if bytes.Contains(b, []byte("pinned")) || bytes.Contains(b, []byte("private")) || bytes.Contains(b, []byte("source")) {
 		t.Fatalf("the record peers get shows the owner's marks: %s", b)
 	}
 	out, err := decodeRecord(b)
