@@ -16,7 +16,9 @@
 // receives is checked here against the digest it was asked for (a
 // directory subtree against the root, as a Merkle walk), so a caller only
 // ever sees verified objects; a record is checked by the caller, against
-// the keys it trusts.
+// the keys it trusts. Client and Server count the bytes they move, in all
+// and by peer (for the node's status), until the node forgets a peer that
+// left.
 package transfer
 
 import (

@@ -232,6 +232,21 @@ func TestRoundTrip(t *testing.T) {
 	if srv.BytesSent() == 0 || c.BytesReceived() != srv.BytesSent() {
 		t.Fatalf("server sent %d bytes, client received %d", srv.BytesSent(), c.BytesReceived())
 	}
+	// By peer: all of it between these two, nothing from anyone else.
+	if got := c.BytesReceivedFrom(p); got != c.BytesReceived() {
+		t.Errorf("received %d bytes from the peer, %d in all", got, c.BytesReceived())
+	}
+	if got := srv.BytesSentTo(hosts[0].ID()); got != srv.BytesSent() {
+		t.Errorf("sent %d bytes to the peer, %d in all", got, srv.BytesSent())
+	}
+	if c.BytesReceivedFrom(hosts[0].ID()) != 0 || srv.BytesSentTo(p) != 0 {
+		t.Error("bytes counted for the wrong peer")
+	}
+	c.ForgetPeer(p)
+	srv.ForgetPeer(hosts[0].ID())
+	if c.BytesReceivedFrom(p) != 0 || srv.BytesSentTo(hosts[0].ID()) != 0 || c.BytesReceived() == 0 {
+		t.Error("a forgotten peer's bytes are still counted, or the totals went with them")
+	}
 }
 
 // answer runs a request through the server and returns its framed answer.
