@@ -596,6 +596,30 @@ func (x *Index) ForEach(fn func(*Info) error) error {
 	return x.db.View(func(tx *bolt.Tx) error { return forEach(tx, fn) })
 }
 
+// Page returns up to max records in hash order, from the first hash part
+// after after ("" for the start): a long listing reads the index in
+// pages, each its own short transaction, so that no read stays open while
+// a slow reader takes it (a read held open keeps the file from growing).
+func (x *Index) Page(after string, max int) ([]*Info, error) {
+	var out []*Info
+	err := x.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPaths).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && after != "" && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil && len(out) < max; k, v = c.Next() {
+			info := new(Info)
+			if err := json.Unmarshal(v, info); err != nil {
+				return fmt.Errorf("pathinfo: record %s: %w", k, err)
+			}
+			out = append(out, info)
+		}
+		return nil
+	})
+	return out, err
+}
+
 func forEach(tx *bolt.Tx, fn func(*Info) error) error {
 	return tx.Bucket(bucketPaths).ForEach(func(k, v []byte) error {
 		info := new(Info)

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -343,5 +344,39 @@ func TestTotalsBySource(t *testing.T) {
 	defer x.Close()
 	if tot, _ := x.Totals(); !reflect.DeepEqual(tot, want) {
 		t.Fatalf("counted on opening: totals %+v, want %+v", tot, want)
+	}
+}
+
+// TestPage: pages list every record once, in hash order.
+func TestPage(t *testing.T) {
+	x, err := Open(filepath.Join(t.TempDir(), "paths.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	var want []string
+	for i := range 7 {
+		in := sample(fmt.Sprintf("%031d%d", 0, i), 10)
+		if err := x.Put(in); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, in.HashPart())
+	}
+	var got []string
+	for after := ""; ; {
+		page, err := x.Page(after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, in := range page {
+			got = append(got, in.HashPart())
+		}
+		after = page[len(page)-1].HashPart()
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pages listed %q, want %q", got, want)
 	}
 }
