@@ -34,7 +34,9 @@ type ImportResult struct {
 	Shared     bool   `json:"shared"` // given to peers (see Sharing)
 }
 
-// Status is what `p2pstore status` and /api/v1/status report.
+// Status is what `p2pstore status` and /api/v1/status report. Every
+// figure is a counter the node keeps: status walks neither the paths nor
+// the objects (metrics read it at every scrape).
 type Status struct {
 	PeerID                string   `json:"peer_id"`
 	Addrs                 []string `json:"addrs"`
@@ -74,6 +76,28 @@ type Status struct {
 	// (local.share), and whether the first scan of that store is done.
 	LocalShared  int  `json:"local_shared"`
 	LocalScanned bool `json:"local_scanned"`
+
+	// ConnectedPeers are the peers connected now, with what each served
+	// the node (the control socket's status only).
+	ConnectedPeers []PeerStatus `json:"connected_peers,omitempty"`
+	// PathSources counts the paths by how they came: import (added by
+	// hand: imports and nix copy --to the daemon socket), peer, upstream,
+	// local (copied from the local Nix store), unknown (recorded before
+	// the node kept it).
+	PathSources map[string]int `json:"path_sources"`
+	// Lookups that asked the upstreams: answered with a trusted narinfo,
+	// or not.
+	UpstreamHits   uint64 `json:"upstream_hits"`
+	UpstreamMisses uint64 `json:"upstream_misses"`
+	// DiskBytes is the size of the pack files: bytes_stored, the zstd
+	// frames made for .nar.zst, and garbage not yet given back.
+	DiskBytes uint64 `json:"disk_bytes"`
+	// Of the announcements pending, the keys; the keys announced since
+	// the start; and when the node last finished announcing everything
+	// it holds (at its start, and whenever it regains the DHT).
+	DHTQueuedKeys   int64     `json:"dht_queued_keys"`
+	DHTProvidedKeys uint64    `json:"dht_provided_keys"`
+	DHTLastSweep    time.Time `json:"dht_last_sweep,omitzero"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -97,6 +121,8 @@ func writeError(w http.ResponseWriter, code int, err error) {
 func (n *Node) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/status", n.serveStatus)
+	mux.HandleFunc("GET /api/v1/peers", n.servePeers)
+	mux.HandleFunc("GET /api/v1/paths", n.servePaths)
 	mux.HandleFunc("GET /api/v1/paths/{hash}", func(w http.ResponseWriter, r *http.Request) {
 		hash := r.PathValue("hash")
 		if err := storepath.ValidateHash(hash); err != nil {
@@ -183,27 +209,38 @@ func NewClient(socket string) *Client {
 }
 
 func (c *Client) do(req *http.Request, out any) error {
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) {
-			return fmt.Errorf("no node is running at %s (start one with `p2pstore serve`): %v", c.socket, op.Err)
-		}
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e apiError
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
-		}
-		return &StatusError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
-	}
 	if out == nil {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// send sends req and returns the answer if it is a 200, else the error
+// it says.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) {
+			return nil, fmt.Errorf("no node is running at %s (start one with `p2pstore serve`): %v", c.socket, op.Err)
+		}
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		var e apiError
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, &StatusError{Code: resp.StatusCode, Msg: e.Error}
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
+	}
+	return resp, nil
 }
 
 // StatusError is a non-200 answer from the node.
@@ -301,10 +338,14 @@ func (c *Client) Verify(ctx context.Context) (*VerifyReport, error) {
 	return &rep, c.post(ctx, "/api/v1/verify", nil, &rep)
 }
 
-var _ = time.Second
+// dhtStatsWait bounds the wait for the DHT provider's figures, which go
+// through its keystore's worker: a status (or a scrape) does not wait
+// behind a large batch of announcements.
+const dhtStatsWait = 250 * time.Millisecond
 
-// status gathers the node's status.
-func (n *Node) status() (*Status, error) {
+// status gathers the node's status, from counters only; with peers, it
+// lists the connected peers too.
+func (n *Node) status(ctx context.Context, peers bool) (*Status, error) {
 	st, err := n.store.Stats()
 	if err != nil {
 		return nil, err
@@ -316,6 +357,8 @@ func (n *Node) status() (*Status, error) {
 	s := &Status{
 		Addrs:            []string{},
 		Paths:            tot.Paths,
+		PathSources:      map[string]int{},
+		DiskBytes:        st.PackBytes,
 		SharedCounted:    counted,
 		BytesStored:      st.ChunkBytes,
 		BytesLogical:     tot.NarBytes,
@@ -327,7 +370,13 @@ func (n *Node) status() (*Status, error) {
 		ImportsRunning:   n.importsRunning.Load(),
 		GarbageBytes:     n.store.DroppedBytes(),
 	}
+	for src, count := range tot.BySource {
+		s.PathSources[sourceLabel(src)] += count
+	}
 	s.UpstreamBytesReceived = n.upstreamBytes()
+	if n.up != nil {
+		s.UpstreamHits, s.UpstreamMisses = n.up.client.Lookups()
+	}
 	if counted {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
@@ -344,26 +393,37 @@ func (n *Node) status() (*Status, error) {
 		for _, a := range p.host.Addrs() {
 			s.Addrs = append(s.Addrs, a.String()+"/p2p/"+s.PeerID)
 		}
-		s.Peers = len(p.host.Network().Peers())
+		connected := p.host.Network().Peers()
+		s.Peers = len(connected)
+		if peers {
+			s.ConnectedPeers = p.peerStatus(connected)
+		}
 		s.P2PBytesReceived = p.client.BytesReceived()
 		s.P2PBytesSent = p.server.BytesSent()
-		if st, err := p.dht.Stats(context.Background()); err == nil {
+		ctx, cancel := context.WithTimeout(ctx, dhtStatsWait)
+		defer cancel()
+		if st, err := p.dht.Stats(ctx); err == nil {
 			s.DHTOnline = st.Connectivity.Status == "online"
 			s.AnnouncePending = st.Queues.PendingKeyProvides + st.Queues.PendingRegionProvides
+			s.DHTQueuedKeys = st.Queues.PendingKeyProvides
+			s.DHTProvidedKeys = uint64(max(st.Operations.Past.KeysProvided, 0))
+		}
+		if t := p.lastSweep.Load(); t != 0 {
+			s.DHTLastSweep = time.Unix(0, t)
 		}
 	}
 	return s, nil
 }
 
-func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, false) }
+func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, r, false) }
 
 // servePublicStatus is the status on the public HTTP port: the same,
-// without the local paths (the daemon socket's) that only the node's
-// owner needs.
-func (n *Node) servePublicStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, true) }
+// without the local paths (the daemon socket's) and the peers' addresses
+// that only the node's owner needs.
+func (n *Node) servePublicStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, r, true) }
 
-func (n *Node) writeStatus(w http.ResponseWriter, public bool) {
-	s, err := n.status()
+func (n *Node) writeStatus(w http.ResponseWriter, r *http.Request, public bool) {
+	s, err := n.status(r.Context(), !public)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

@@ -39,6 +39,7 @@ func (n *Node) collect(ctx context.Context) (*GCReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	n.metrics.collected(st)
 	rep := &GCReport{CollectStats: st, Seconds: time.Since(start).Seconds()}
 	if st.Chunks+st.Directories+st.Blobs+st.PacksRewritten > 0 {
 		n.log.Info("collected garbage", "chunks", st.Chunks, "chunk_bytes", st.ChunkBytes, "directories", st.Directories,

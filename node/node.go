@@ -20,6 +20,11 @@
 // With upstream.substituters, the upstream binary caches are asked beside
 // the peers, and a path found there is pulled through by package pull
 // (upstream.go).
+//
+// Status and /metrics (metrics.go) read counters the stores and the node
+// keep, never a walk of the paths or the objects, so that a scrape costs
+// the same whatever the node holds; every fetch, from peers, an upstream
+// or the local store, ends in one info line (fetchlog.go).
 package node
 
 import (

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -39,7 +40,8 @@ type p2p struct {
 	mdns   mdns.Service
 	fetch  *fetch.Fetcher
 
-	announceMu sync.Mutex // one full re-announcement at a time
+	announceMu sync.Mutex   // one full re-announcement at a time
+	lastSweep  atomic.Int64 // when the last one ended, unix nanoseconds
 }
 
 // mdnsService is the mDNS service name nodes look for on the LAN.
@@ -145,13 +147,15 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 	}
 	p := &p2p{n: n, host: h, client: transfer.NewClient(h)}
 	p.server = transfer.NewServer(transferSource{n}, cfg.MaxUploadRate, n.log)
+	p.forgetLeft()
 	h.SetStreamHandler(transfer.ProtocolID, p.server.Handle)
 	p.dht, err = dht.New(h, dht.Options{Bootstrap: boot, OnOnline: func() { go p.announceAll(ctx) }})
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
-	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace}, peerFinder{p}, n.store, fetchedPaths{n}, p)
+	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace, Done: n.fetchedFromPeers},
+		peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
 		go p.connect(ctx, pi)
 	}
@@ -315,6 +319,9 @@ func (p *p2p) announceAll(ctx context.Context) {
 	flush()
 	if err != nil && ctx.Err() == nil {
 		p.n.log.Error("announcing what the node holds", "err", err)
+	}
+	if err == nil {
+		p.lastSweep.Store(time.Now().UnixNano())
 	}
 }
 

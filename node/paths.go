@@ -78,7 +78,6 @@ func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int6
 
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
 	cw := &counting.Writer{W: w}
-	defer func() { n.metrics.narBytes.Add(float64(cw.N)) }()
 	// Held for the whole render: the disk limit does not remove it under
 	// the reader. A path being removed counts as absent.
 	hash := info.HashPart()

@@ -56,7 +56,7 @@ func (n *Node) openUpstreams() error {
 	if len(n.cfg.Upstreams) == 0 {
 		return nil
 	}
-	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log)
+	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, n.log, n.pulled)
 	if err != nil {
 		return err
 	}
