@@ -17,6 +17,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
+	"github.com/p2pstore/p2pstore/node/fetch"
 )
 
 // The control API: HTTP over the daemon socket, for the commands (import,
@@ -163,9 +164,10 @@ func (n *Node) controlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
-	mux.HandleFunc("POST /api/v1/verify", n.serveVerify)
-	mux.HandleFunc("POST /api/v1/fetch", n.serveFetch)
-	mux.HandleFunc("POST /api/v1/gc", n.serveGC)
+	mux.HandleFunc("POST /api/v1/verify", n.followed(n.serveVerify))
+	mux.HandleFunc("POST /api/v1/fetch", n.followed(n.serveFetch))
+	mux.HandleFunc("POST /api/v1/gc", n.followed(n.serveGC))
+	mux.HandleFunc("GET /api/v1/progress/{id}", n.serveProgress)
 	mux.HandleFunc("POST /api/v1/pin", n.servePin)
 	// Profiles, for the node's owner only (this socket is theirs).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -192,8 +194,9 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 
 // Client talks to a running node over its daemon socket.
 type Client struct {
-	http   *http.Client
-	socket string
+	http     *http.Client
+	socket   string
+	progress func(Progress) // see WithProgress
 }
 
 // NewClient returns a client for the node listening on socket.
@@ -273,7 +276,7 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 	if err != nil {
 		return err
 	}
-	return c.do(req, out)
+	return c.follow(req, out)
 }
 
 // Status returns the node's status.
@@ -442,14 +445,21 @@ func (n *Node) serveVerify(w http.ResponseWriter, r *http.Request) {
 			rep.Problems = append(rep.Problems, p)
 		}
 	}
+	op := operationOf(r.Context())
+	op.phase("checking objects", "", 0)
 	st, err := n.store.Verify(r.Context(), report)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
 	rep.Chunks, rep.Directories, rep.Bytes = st.Chunks, st.Directories, st.Bytes
+	if op != nil {
+		tot, _ := n.index.Totals()
+		op.phase("checking paths", "paths", uint64(tot.Paths))
+	}
 	err = n.index.ForEach(func(info *pathinfo.Info) error {
 		rep.Paths++
+		op.set(uint64(rep.Paths), 0)
 		return n.store.CheckTree(r.Context(), info.Root, func(p string) { report(info.StorePath + ": " + p) })
 	})
 	if err != nil {
@@ -503,6 +513,11 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 	start := time.Now()
 	before := n.p2p.client.BytesReceived()
 	res := &FetchResult{Fetched: []string{}}
+	// Progress: the NAR bytes of the paths to fetch, as far as they are
+	// known (a closure is found as it goes).
+	op := operationOf(ctx)
+	op.phase("fetching", "bytes", 0)
+	var done, total uint64
 	seen := map[string]bool{}
 	queue := append([]string(nil), paths...)
 	for len(queue) > 0 {
@@ -520,11 +535,19 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 		if err == nil {
 			res.Present++
 		} else if errors.Is(err, pathinfo.ErrNotFound) {
-			var chunkBytes uint64
-			if info, chunkBytes, err = n.p2p.fetch.Fetch(ctx, sp.Hash); err != nil {
+			j, err := n.p2p.fetch.Start(ctx, sp.Hash)
+			if err == nil {
+				size := j.Info().NarSize
+				total += size
+				op.set(done, total)
+				info, err = waitFetch(ctx, j, op, done)
+				done += size
+				op.set(done, total)
+			}
+			if err != nil {
 				return nil, fmt.Errorf("%s: %w on any peer", p, err)
 			}
-			res.ChunkBytes += chunkBytes
+			res.ChunkBytes += j.ChunkBytes()
 			res.Fetched = append(res.Fetched, info.StorePath)
 			res.NarBytes += info.NarSize
 		} else {
@@ -537,6 +560,34 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 	res.BytesReceived = n.p2p.client.BytesReceived() - before
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// waitFetch waits until a fetch job has made its path valid, telling op
+// how far it is from base: the chunk bytes received, of the NAR's size (an
+// estimate: short of the chunks the node had, it jumps at the end).
+func waitFetch(ctx context.Context, j *fetch.Job, op *operation, base uint64) (*pathinfo.Info, error) {
+	if op == nil {
+		return j.Wait(ctx)
+	}
+	type result struct {
+		info *pathinfo.Info
+		err  error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		info, err := j.Wait(ctx)
+		waited <- result{info, err}
+	}()
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case r := <-waited:
+			return r.info, r.err
+		case <-tick.C:
+			op.set(base+min(j.ChunkBytes(), j.Info().NarSize), 0)
+		}
+	}
 }
 
 // Fetch asks the node to fetch paths from peers.

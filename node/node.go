@@ -71,7 +71,8 @@ type Node struct {
 	up             *upstreams  // nil without upstream.substituters
 
 	sharedCount sharedCount
-	limit       diskLimit // storage.max_bytes (disklimit.go)
+	limit       diskLimit  // storage.max_bytes (disklimit.go)
+	ops         operations // control requests whose progress is followed (progress.go)
 
 	httpLn    net.Listener
 	controlLn net.Listener
