@@ -22,7 +22,7 @@ func (n *Node) fetchedFromPeers(r fetch.Report) {
 	for i, s := range r.Sources {
 		sources[i] = slog.Uint64(s.ID, s.Bytes)
 	}
-	n.fetched(viaPeer, r.Info, sources, r.WireBytes, r.Duration, r.Err)
+	n.fetched(viaPeer, r.Info, sources, r.WireBytes, r.Duration, r.Err, slog.Bool("lists_signed", r.ListsSigned))
 }
 
 // pulled is the puller's report.
@@ -35,11 +35,11 @@ func (n *Node) copiedLocal(info *pathinfo.Info, took time.Duration, err error) {
 	n.fetched(viaLocal, info, []slog.Attr{slog.Uint64("local-store", info.NarSize)}, info.NarSize, took, err)
 }
 
-func (n *Node) fetched(via string, info *pathinfo.Info, sources []slog.Attr, received uint64, took time.Duration, err error) {
+func (n *Node) fetched(via string, info *pathinfo.Info, sources []slog.Attr, received uint64, took time.Duration, err error, extra ...any) {
 	n.metrics.fetched(via, received, took, err)
 	if err != nil {
 		return
 	}
-	n.log.Info("fetched", "path", info.StorePath, "via", via, slog.GroupAttrs("sources", sources...),
-		"bytes_received", received, "nar_size", info.NarSize, "seconds", strconv.FormatFloat(took.Seconds(), 'f', 3, 64))
+	n.log.Info("fetched", append([]any{"path", info.StorePath, "via", via, slog.GroupAttrs("sources", sources...),
+		"bytes_received", received, "nar_size", info.NarSize, "seconds", strconv.FormatFloat(took.Seconds(), 'f', 3, 64)}, extra...)...)
 }

@@ -356,7 +356,7 @@ func TestFetchHonest(t *testing.T) {
 				bySources += src.Bytes
 			}
 			if r.Err != nil || r.Info.StorePath != s.info.StorePath || r.ChunkBytes != chunkBytes || r.WireBytes == 0 ||
-				bySources != r.WireBytes || r.Duration <= 0 {
+				bySources != r.WireBytes || r.Duration <= 0 || r.ListsSigned != signedRoot {
 				t.Fatalf("report %+v: %d bytes from the sources", r, bySources)
 			}
 			h.checkStored(t, s)

@@ -97,6 +97,9 @@ type Report struct {
 	ChunkBytes uint64        // raw size of the chunks downloaded
 	WireBytes  uint64        // the bytes they came in
 	Duration   time.Duration // from the job's start, finding the sources included
+	// ListsSigned says that the tree's chunk lists matched their signed
+	// digest: every byte was checked as it arrived.
+	ListsSigned bool
 }
 
 // SourceBytes is what one source sent for a job.

@@ -54,10 +54,11 @@ type Job struct {
 	done chan struct{}
 	err  error
 
-	chunkBytes atomic.Uint64 // raw bytes of the chunks downloaded
-	wireBytes  atomic.Uint64 // the bytes they came in (frames)
-	begun      time.Time
-	bySource   []SourceBytes // what each source sent (j.mu)
+	chunkBytes  atomic.Uint64 // raw bytes of the chunks downloaded
+	wireBytes   atomic.Uint64 // the bytes they came in (frames)
+	begun       time.Time
+	bySource    []SourceBytes // what each source sent (j.mu)
+	listsSigned bool          // of the tree fetched (j.mu)
 }
 
 func newJob(f *Fetcher, hash string) *Job {
@@ -188,7 +189,7 @@ func (j *Job) report(info *pathinfo.Info) Report {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return Report{Info: info, Err: j.err, Sources: slices.Clone(j.bySource), ChunkBytes: j.chunkBytes.Load(),
-		WireBytes: j.wireBytes.Load(), Duration: time.Since(j.begun)}
+		WireBytes: j.wireBytes.Load(), Duration: time.Since(j.begun), ListsSigned: j.listsSigned}
 }
 
 // reset starts over on another tree of the same NAR.
@@ -316,6 +317,9 @@ func (j *Job) fetchTree(ctx context.Context, group []candidate) error {
 	if err := f.index.Put(info); err != nil {
 		return err
 	}
+	j.mu.Lock()
+	j.listsSigned = listsTrusted
+	j.mu.Unlock()
 	j.announceAfterRenders(ctx, announce)
 	// The node logs the fetch at info level (Config.Done).
 	f.cfg.Log.Debug("fetched a tree", "path", info.StorePath, "sources", len(sources), "chunks", len(missing), "lists_signed", listsTrusted,
