@@ -41,6 +41,7 @@ func rootCommand() *cobra.Command {
 		return fmt.Errorf("%v (see `%s --help`)", err, c.CommandPath())
 	})
 	root.AddCommand(serveCommand(), keygenCommand(), importCommand(), fetchCommand(), statusCommand(), verifyCommand(), gcCommand(), pinCommand(true), pinCommand(false), daemonCommand())
+	root.AddCommand(peersCommand(), pathsCommand())
 	return root
 }
 
