@@ -76,6 +76,7 @@ func (b *importBar) Start(total uint64) {
 	b.bar = progressbar.NewOptions64(int64(total),
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionShowBytes(true),
+		progressbar.OptionUseIECUnits(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetWidth(30),
 		progressbar.OptionThrottle(100_000_000),

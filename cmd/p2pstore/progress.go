@@ -46,16 +46,20 @@ func (b *operationBar) update(p node.Progress) {
 		if p.Total > 0 {
 			max = int64(p.Total)
 		}
-		b.bar = progressbar.NewOptions64(max,
+		opts := []progressbar.Option{
 			progressbar.OptionSetWriter(os.Stderr),
 			progressbar.OptionSetDescription(p.Phase),
 			progressbar.OptionShowBytes(p.Unit == "bytes"),
-			progressbar.OptionShowCount(),
+			progressbar.OptionUseIECUnits(true),
 			progressbar.OptionSetWidth(30),
-			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionThrottle(100 * time.Millisecond),
 			progressbar.OptionClearOnFinish(),
 			progressbar.OptionSetPredictTime(p.Total > 0),
-		)
+		}
+		if p.Unit != "" { // a phase with nothing to count shows a spinner
+			opts = append(opts, progressbar.OptionShowCount())
+		}
+		b.bar = progressbar.NewOptions64(max, opts...)
 	}
 	if p.Total > 0 && int64(p.Total) != b.bar.GetMax64() {
 		b.bar.ChangeMax64(int64(p.Total))
