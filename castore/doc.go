@@ -19,8 +19,11 @@
 // fixed seed, so every node cuts the same way.
 //
 // Layout. dir/index.db is a bbolt file with the chunk index (digest ->
-// pack, offset, length), multi-chunk blob lists, directories, and each
-// pack's committed length. dir/packs/*.pack hold raw chunk bytes back to
+// pack, offset, length), multi-chunk blob lists, directories, each
+// pack's committed length, and counters of the objects and chunk bytes
+// that commits and collections keep (Stats reads them, never walking a
+// bucket: status and metrics ask often; a store without them is counted
+// once on opening). dir/packs/*.pack hold raw chunk bytes back to
 // back, 1 GiB per pack. Raw, not compressed: a NAR is then a splice of pack
 // ranges that sendfile puts on a socket, as nginx serves a file, and ingest
 // does not pay for compression (zstd at its fastest runs at a third of the

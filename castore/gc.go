@@ -224,6 +224,11 @@ func (s *Store) sweep(live *digestSet, st *CollectStats) error {
 				}
 			}
 			*b.count = len(gone)
+			if key := countKey(b.name); key != nil {
+				if err := subCounter(tx.Bucket(bucketMeta), key, uint64(len(gone))); err != nil {
+					return err
+				}
+			}
 		}
 		// Frames and shared marks of objects that are gone.
 		chunks, blobs, dirs := tx.Bucket(bucketChunks), tx.Bucket(bucketBlobs), tx.Bucket(bucketDirs)
@@ -241,6 +246,11 @@ func (s *Store) sweep(live *digestSet, st *CollectStats) error {
 			}
 			for _, k := range gone {
 				if err := bucket.Delete(k); err != nil {
+					return err
+				}
+			}
+			if key := countKey(name); key != nil {
+				if err := subCounter(tx.Bucket(bucketMeta), key, uint64(len(gone))); err != nil {
 					return err
 				}
 			}

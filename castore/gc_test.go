@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/p2pstore/p2pstore/internal/tmpfs"
 )
@@ -21,6 +22,29 @@ func verifyClean(t *testing.T, s *Store) {
 	var problems []string
 	if _, err := s.Verify(context.Background(), func(p string) { problems = append(problems, p) }); err != nil || len(problems) > 0 {
 		t.Fatalf("verify: %v, %d problems: %q", err, len(problems), problems[:min(len(problems), 5)])
+	}
+	checkCounts(t, s)
+}
+
+// checkCounts fails t unless the counters Stats reads match the buckets
+// they count.
+func checkCounts(t *testing.T, s *Store) {
+	t.Helper()
+	st, err := s.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want Stats
+	s.db.View(func(tx *bolt.Tx) error {
+		want.Chunks = uint64(tx.Bucket(bucketChunks).Stats().KeyN)
+		want.Blobs = uint64(tx.Bucket(bucketBlobs).Stats().KeyN)
+		want.Directories = uint64(tx.Bucket(bucketDirs).Stats().KeyN)
+		want.Frames = uint64(tx.Bucket(bucketFrames).Stats().KeyN)
+		return nil
+	})
+	if st.Chunks != want.Chunks || st.Blobs != want.Blobs || st.Directories != want.Directories || st.Frames != want.Frames {
+		t.Fatalf("stats count %d chunks, %d blobs, %d directories, %d frames; the buckets hold %d, %d, %d, %d",
+			st.Chunks, st.Blobs, st.Directories, st.Frames, want.Chunks, want.Blobs, want.Directories, want.Frames)
 	}
 }
 
@@ -301,12 +325,14 @@ func TestCollect(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	checkCounts(t, s)
 	before, _ := s.Stats()
 
 	st, err := s.Collect(context.Background(), rootsOf(live))
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkCounts(t, s)
 	deadRefs := len(cuts(onlyDead))
 	if st.Directories != 1 || st.Chunks != deadRefs+1 || st.ChunkBytes != uint64(len(onlyDead)+len(deadChunk)) {
 		t.Fatalf("collect removed %+v, want 1 directory and %d chunks of %d bytes", st, deadRefs+1, len(onlyDead)+len(deadChunk))

@@ -1,6 +1,7 @@
 package castore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -43,6 +44,11 @@ var (
 var (
 	metaChunkBytes = []byte("chunk_bytes")
 	metaChunkCount = []byte("chunk_count")
+	// Entries of the blob, directory and frame buckets, kept by commits
+	// and collections so that Stats reads counters, never walks buckets.
+	metaBlobCount  = []byte("blob_count")
+	metaDirCount   = []byte("dir_count")
+	metaFrameCount = []byte("frame_count")
 )
 
 // Store is the embedded content-addressed store: chunks in pack files, the
@@ -97,7 +103,7 @@ func Open(dir string) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return countOnce(tx)
 	})
 	if err == nil {
 		err = s.raw.trim(db)
@@ -110,6 +116,37 @@ func Open(dir string) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// countOnce counts the entries of the buckets whose counts an older store
+// did not keep (objectCounts).
+func countOnce(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	for _, c := range objectCounts {
+		if meta.Get(c.key) == nil {
+			n := tx.Bucket(c.bucket).Stats().KeyN
+			if err := meta.Put(c.key, binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// objectCounts are the buckets whose entries the meta bucket counts.
+var objectCounts = []struct{ bucket, key []byte }{
+	{bucketBlobs, metaBlobCount}, {bucketDirs, metaDirCount}, {bucketFrames, metaFrameCount},
+}
+
+// countKey is the counter of a bucket's entries, nil for a bucket not
+// counted.
+func countKey(bucket []byte) []byte {
+	for _, c := range objectCounts {
+		if bytes.Equal(c.bucket, bucket) {
+			return c.key
+		}
+	}
+	return nil
 }
 
 // Close closes the pack files and the index.
@@ -410,20 +447,27 @@ type Stats struct {
 	Directories uint64
 	Frames      uint64 // chunks whose zstd frame is made (or found not worth making)
 	Packs       int
+	PackBytes   uint64 // the packs' committed lengths: chunks, frames and garbage on disk
 }
 
-// Stats returns the store's totals.
+// Stats returns the store's totals: counters, and the lengths of the
+// packs (a few keys), so that it costs the same whatever the store holds.
 func (s *Store) Stats() (Stats, error) {
 	var st Stats
 	err := s.db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		st.ChunkBytes = getCounter(meta, metaChunkBytes)
 		st.Chunks = getCounter(meta, metaChunkCount)
-		st.Blobs = uint64(tx.Bucket(bucketBlobs).Stats().KeyN)
-		st.Directories = uint64(tx.Bucket(bucketDirs).Stats().KeyN)
-		st.Frames = uint64(tx.Bucket(bucketFrames).Stats().KeyN)
-		st.Packs = tx.Bucket(bucketPacks).Stats().KeyN
-		return nil
+		st.Blobs = getCounter(meta, metaBlobCount)
+		st.Directories = getCounter(meta, metaDirCount)
+		st.Frames = getCounter(meta, metaFrameCount)
+		return tx.Bucket(bucketPacks).ForEach(func(_, v []byte) error {
+			st.Packs++
+			if len(v) == 8 {
+				st.PackBytes += binary.BigEndian.Uint64(v)
+			}
+			return nil
+		})
 	})
 	return st, err
 }

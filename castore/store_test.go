@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
+	bolt "go.etcd.io/bbolt"
 )
 
 func openTemp(t *testing.T) (*Store, string) {
@@ -536,5 +537,62 @@ func TestSharedChunkRuns(t *testing.T) {
 	})
 	if err != nil || i != len(ask) {
 		t.Fatalf("%d of %d chunks, %v", i, len(ask), err)
+	}
+}
+
+// TestStatsCounts: Stats counts blobs, directories and frames without
+// walking their buckets, right when two writers commit the same objects,
+// and counts them once when it opens a store written before the counters.
+func TestStatsCounts(t *testing.T) {
+	s, dir := openTemp(t)
+	data := pseudoRandom(11, 1<<20)
+	var ws []*Writer
+	for range 2 { // both hold the same objects uncommitted
+		w := s.NewWriter()
+		d, n, err := w.PutBlob(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.PutDirectory(&Directory{Files: []FileEntry{{Name: []byte("f"), Digest: d, Size: n}}}); err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	for _, w := range ws {
+		if err := w.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.CompressPending(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	checkCounts(t, s)
+	st, _ := s.Stats()
+	if st.Blobs != 1 || st.Directories != 1 || st.Frames == 0 || st.Frames != st.Chunks {
+		t.Fatalf("stats %+v, want 1 blob, 1 directory and a frame per chunk", st)
+	}
+	if st.Packs == 0 || st.PackBytes < uint64(len(data)) {
+		t.Fatalf("%d packs of %d bytes for %d bytes of chunks", st.Packs, st.PackBytes, len(data))
+	}
+	// As a store written before the counters: they are made on opening.
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, c := range objectCounts {
+			if err := tx.Bucket(bucketMeta).Delete(c.key); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	checkCounts(t, s)
+	if again, _ := s.Stats(); again != st {
+		t.Fatalf("stats %+v after reopening, %+v before", again, st)
 	}
 }

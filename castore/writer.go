@@ -392,16 +392,27 @@ func (s *Store) commit(ws []*Writer) error {
 			newBytes += uint64(e.loc.Size)
 			added = append(added, e)
 		}
+		meta := tx.Bucket(bucketMeta)
 		for _, o := range others {
 			b := tx.Bucket(o.bucket)
 			frames := bytes.Equal(o.bucket, bucketFrames)
+			added := uint64(0)
 			for _, e := range o.entries {
-				if frames && b.Get(e.d[:]) != nil {
-					// The first frame stays, as the first copy of a chunk
-					// does: a frame-only chunk's entry names it.
-					continue
+				if b.Get(e.d[:]) != nil {
+					if frames {
+						// The first frame stays, as the first copy of a
+						// chunk does: a frame-only chunk's entry names it.
+						continue
+					}
+				} else {
+					added++
 				}
 				if err := b.Put(e.d[:], e.v); err != nil {
+					return err
+				}
+			}
+			if added > 0 {
+				if err := addCounter(meta, countKey(o.bucket), added); err != nil {
 					return err
 				}
 			}
@@ -412,7 +423,6 @@ func (s *Store) commit(ws []*Writer) error {
 		if err := s.zstd.recordLengths(tx, zlengths); err != nil {
 			return err
 		}
-		meta := tx.Bucket(bucketMeta)
 		if err := addCounter(meta, metaChunkBytes, newBytes); err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
+	"github.com/p2pstore/p2pstore/node/fetch"
 )
 
 // The control API: HTTP over the daemon socket, for the commands (import,
@@ -35,7 +36,9 @@ type ImportResult struct {
 	Shared     bool   `json:"shared"` // given to peers (see Sharing)
 }
 
-// Status is what `p2pstore status` and /api/v1/status report.
+// Status is what `p2pstore status` and /api/v1/status report. Every
+// figure is a counter the node keeps: status walks neither the paths nor
+// the objects (metrics read it at every scrape).
 type Status struct {
 	PeerID                string   `json:"peer_id"`
 	Addrs                 []string `json:"addrs"`
@@ -81,6 +84,28 @@ type Status struct {
 	NARCacheMax     int64  `json:"nar_cache_max"`
 	NARCacheEntries int    `json:"nar_cache_entries"`
 	NARCacheHits    uint64 `json:"nar_cache_hits"`
+
+	// ConnectedPeers are the peers connected now, with what each served
+	// the node (the control socket's status only).
+	ConnectedPeers []PeerStatus `json:"connected_peers,omitempty"`
+	// PathSources counts the paths by how they came: import (added by
+	// hand: imports and nix copy --to the daemon socket), peer, upstream,
+	// local (copied from the local Nix store), unknown (recorded before
+	// the node kept it).
+	PathSources map[string]int `json:"path_sources"`
+	// Lookups that asked the upstreams: answered with a trusted narinfo,
+	// or not.
+	UpstreamHits   uint64 `json:"upstream_hits"`
+	UpstreamMisses uint64 `json:"upstream_misses"`
+	// DiskBytes is the size of the pack files: bytes_stored, the zstd
+	// frames made for .nar.zst, and garbage not yet given back.
+	DiskBytes uint64 `json:"disk_bytes"`
+	// Of the announcements pending, the keys; the keys announced since
+	// the start; and when the node last finished announcing everything
+	// it holds (at its start, and whenever it regains the DHT).
+	DHTQueuedKeys   int64     `json:"dht_queued_keys"`
+	DHTProvidedKeys uint64    `json:"dht_provided_keys"`
+	DHTLastSweep    time.Time `json:"dht_last_sweep,omitzero"`
 }
 
 // maxMetaLine bounds the JSON header of an import request.
@@ -104,6 +129,8 @@ func writeError(w http.ResponseWriter, code int, err error) {
 func (n *Node) controlHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/v1/status", n.serveStatus)
+	mux.HandleFunc("GET /api/v1/peers", n.servePeers)
+	mux.HandleFunc("GET /api/v1/paths", n.servePaths)
 	mux.HandleFunc("GET /api/v1/paths/{hash}", func(w http.ResponseWriter, r *http.Request) {
 		hash := r.PathValue("hash")
 		if err := storepath.ValidateHash(hash); err != nil {
@@ -144,9 +171,10 @@ func (n *Node) controlHandler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, res)
 	})
-	mux.HandleFunc("POST /api/v1/verify", n.serveVerify)
-	mux.HandleFunc("POST /api/v1/fetch", n.serveFetch)
-	mux.HandleFunc("POST /api/v1/gc", n.serveGC)
+	mux.HandleFunc("POST /api/v1/verify", n.followed(n.serveVerify))
+	mux.HandleFunc("POST /api/v1/fetch", n.followed(n.serveFetch))
+	mux.HandleFunc("POST /api/v1/gc", n.followed(n.serveGC))
+	mux.HandleFunc("GET /api/v1/progress/{id}", n.serveProgress)
 	mux.HandleFunc("POST /api/v1/pin", n.servePin)
 	// Profiles, for the node's owner only (this socket is theirs).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -173,8 +201,9 @@ func readLine(br *bufio.Reader, max int) ([]byte, error) {
 
 // Client talks to a running node over its daemon socket.
 type Client struct {
-	http   *http.Client
-	socket string
+	http     *http.Client
+	socket   string
+	progress func(Progress) // see WithProgress
 }
 
 // NewClient returns a client for the node listening on socket.
@@ -190,27 +219,38 @@ func NewClient(socket string) *Client {
 }
 
 func (c *Client) do(req *http.Request, out any) error {
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
-		var op *net.OpError
-		if errors.As(err, &op) && op.Op == "dial" {
-			return SocketError(c.socket, op.Err)
-		}
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e apiError
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return &StatusError{Code: resp.StatusCode, Msg: e.Error}
-		}
-		return &StatusError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
-	}
 	if out == nil {
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// send sends req and returns the answer if it is a 200, else the error
+// it says.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, SocketError(c.socket, op.Err)
+		}
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		var e apiError
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, &StatusError{Code: resp.StatusCode, Msg: e.Error}
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Msg: strings.TrimSpace(string(b))}
+	}
+	return resp, nil
 }
 
 // SocketError says why the node's socket could not be reached: no node
@@ -256,7 +296,7 @@ func (c *Client) post(ctx context.Context, path string, in, out any) error {
 	if err != nil {
 		return err
 	}
-	return c.do(req, out)
+	return c.follow(req, out)
 }
 
 // Status returns the node's status.
@@ -321,10 +361,14 @@ func (c *Client) Verify(ctx context.Context) (*VerifyReport, error) {
 	return &rep, c.post(ctx, "/api/v1/verify", nil, &rep)
 }
 
-var _ = time.Second
+// dhtStatsWait bounds the wait for the DHT provider's figures, which go
+// through its keystore's worker: a status (or a scrape) does not wait
+// behind a large batch of announcements.
+const dhtStatsWait = 250 * time.Millisecond
 
-// status gathers the node's status.
-func (n *Node) status() (*Status, error) {
+// status gathers the node's status, from counters only; with peers, it
+// lists the connected peers too.
+func (n *Node) status(ctx context.Context, peers bool) (*Status, error) {
 	st, err := n.store.Stats()
 	if err != nil {
 		return nil, err
@@ -336,6 +380,8 @@ func (n *Node) status() (*Status, error) {
 	s := &Status{
 		Addrs:            []string{},
 		Paths:            tot.Paths,
+		PathSources:      map[string]int{},
+		DiskBytes:        st.PackBytes,
 		SharedCounted:    counted,
 		BytesStored:      st.ChunkBytes,
 		BytesLogical:     tot.NarBytes,
@@ -347,7 +393,13 @@ func (n *Node) status() (*Status, error) {
 		ImportsRunning:   n.importsRunning.Load(),
 		GarbageBytes:     n.store.DroppedBytes(),
 	}
+	for src, count := range tot.BySource {
+		s.PathSources[sourceLabel(src)] += count
+	}
 	s.UpstreamBytesReceived = n.upstreamBytes()
+	if n.up != nil {
+		s.UpstreamHits, s.UpstreamMisses = n.up.client.Lookups()
+	}
 	if counted {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}
@@ -366,26 +418,37 @@ func (n *Node) status() (*Status, error) {
 		for _, a := range p.host.Addrs() {
 			s.Addrs = append(s.Addrs, a.String()+"/p2p/"+s.PeerID)
 		}
-		s.Peers = len(p.host.Network().Peers())
+		connected := p.host.Network().Peers()
+		s.Peers = len(connected)
+		if peers {
+			s.ConnectedPeers = p.peerStatus(connected)
+		}
 		s.P2PBytesReceived = p.client.BytesReceived()
 		s.P2PBytesSent = p.server.BytesSent()
-		if st, err := p.dht.Stats(context.Background()); err == nil {
+		ctx, cancel := context.WithTimeout(ctx, dhtStatsWait)
+		defer cancel()
+		if st, err := p.dht.Stats(ctx); err == nil {
 			s.DHTOnline = st.Connectivity.Status == "online"
 			s.AnnouncePending = st.Queues.PendingKeyProvides + st.Queues.PendingRegionProvides
+			s.DHTQueuedKeys = st.Queues.PendingKeyProvides
+			s.DHTProvidedKeys = uint64(max(st.Operations.Past.KeysProvided, 0))
+		}
+		if t := p.lastSweep.Load(); t != 0 {
+			s.DHTLastSweep = time.Unix(0, t)
 		}
 	}
 	return s, nil
 }
 
-func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, false) }
+func (n *Node) serveStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, r, false) }
 
 // servePublicStatus is the status on the public HTTP port: the same,
-// without the local paths (the daemon socket's) that only the node's
-// owner needs.
-func (n *Node) servePublicStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, true) }
+// without the local paths (the daemon socket's) and the peers' addresses
+// that only the node's owner needs.
+func (n *Node) servePublicStatus(w http.ResponseWriter, r *http.Request) { n.writeStatus(w, r, true) }
 
-func (n *Node) writeStatus(w http.ResponseWriter, public bool) {
-	s, err := n.status()
+func (n *Node) writeStatus(w http.ResponseWriter, r *http.Request, public bool) {
+	s, err := n.status(r.Context(), !public)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
@@ -404,14 +467,21 @@ func (n *Node) serveVerify(w http.ResponseWriter, r *http.Request) {
 			rep.Problems = append(rep.Problems, p)
 		}
 	}
+	op := operationOf(r.Context())
+	op.phase("checking objects", "", 0)
 	st, err := n.store.Verify(r.Context(), report)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
 	rep.Chunks, rep.Directories, rep.Bytes = st.Chunks, st.Directories, st.Bytes
+	if op != nil {
+		tot, _ := n.index.Totals()
+		op.phase("checking paths", "paths", uint64(tot.Paths))
+	}
 	err = n.index.ForEach(func(info *pathinfo.Info) error {
 		rep.Paths++
+		op.set(uint64(rep.Paths), 0)
 		return n.store.CheckTree(r.Context(), info.Root, func(p string) { report(info.StorePath + ": " + p) })
 	})
 	if err != nil {
@@ -465,6 +535,11 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 	start := time.Now()
 	before := n.p2p.client.BytesReceived()
 	res := &FetchResult{Fetched: []string{}}
+	// Progress: the NAR bytes of the paths to fetch, as far as they are
+	// known (a closure is found as it goes).
+	op := operationOf(ctx)
+	op.phase("fetching", "bytes", 0)
+	var done, total uint64
 	seen := map[string]bool{}
 	queue := append([]string(nil), paths...)
 	for len(queue) > 0 {
@@ -482,11 +557,19 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 		if err == nil {
 			res.Present++
 		} else if errors.Is(err, pathinfo.ErrNotFound) {
-			var chunkBytes uint64
-			if info, chunkBytes, err = n.p2p.fetch.Fetch(ctx, sp.Hash); err != nil {
+			j, err := n.p2p.fetch.Start(ctx, sp.Hash)
+			if err == nil {
+				size := j.Info().NarSize
+				total += size
+				op.set(done, total)
+				info, err = waitFetch(ctx, j, op, done)
+				done += size
+				op.set(done, total)
+			}
+			if err != nil {
 				return nil, fmt.Errorf("%s: %w on any peer", p, err)
 			}
-			res.ChunkBytes += chunkBytes
+			res.ChunkBytes += j.ChunkBytes()
 			res.Fetched = append(res.Fetched, info.StorePath)
 			res.NarBytes += info.NarSize
 		} else {
@@ -499,6 +582,34 @@ func (n *Node) Fetch(ctx context.Context, paths []string, recursive bool) (*Fetc
 	res.BytesReceived = n.p2p.client.BytesReceived() - before
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// waitFetch waits until a fetch job has made its path valid, telling op
+// how far it is from base: the chunk bytes received, of the NAR's size (an
+// estimate: short of the chunks the node had, it jumps at the end).
+func waitFetch(ctx context.Context, j *fetch.Job, op *operation, base uint64) (*pathinfo.Info, error) {
+	if op == nil {
+		return j.Wait(ctx)
+	}
+	type result struct {
+		info *pathinfo.Info
+		err  error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		info, err := j.Wait(ctx)
+		waited <- result{info, err}
+	}()
+	tick := time.NewTicker(progressEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case r := <-waited:
+			return r.info, r.err
+		case <-tick.C:
+			op.set(base+min(j.ChunkBytes(), j.Info().NarSize), 0)
+		}
+	}
 }
 
 // Fetch asks the node to fetch paths from peers.

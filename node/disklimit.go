@@ -344,6 +344,7 @@ func (n *Node) removeVictims(victims []victim, del func(hash string) error) (rem
 			return removed, err
 		}
 		removed++
+		n.metrics.evicted.Inc()
 		n.log.Info("removed a least recently used path over storage.max_bytes", "hash", v.hash, "nar_size", v.narSize,
 			"last_used", time.Unix(0, v.lastUsed).UTC().Format(time.RFC3339))
 	}

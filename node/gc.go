@@ -33,12 +33,25 @@ type GCReport struct {
 // collect runs one collection over the roots of every valid path.
 func (n *Node) collect(ctx context.Context) (*GCReport, error) {
 	start := time.Now()
+	op := operationOf(ctx)
+	if op != nil {
+		tot, _ := n.index.Totals()
+		op.phase("marking what the paths use", "paths", uint64(tot.Paths))
+	}
 	st, err := n.store.Collect(ctx, func(yield func(castore.Node) error) error {
-		return n.index.ForEach(func(info *pathinfo.Info) error { return yield(info.Root) })
+		marked := uint64(0)
+		err := n.index.ForEach(func(info *pathinfo.Info) error {
+			marked++
+			op.set(marked, 0)
+			return yield(info.Root)
+		})
+		op.phase("removing what no path uses", "", 0)
+		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	n.metrics.collected(st)
 	rep := &GCReport{CollectStats: st, Seconds: time.Since(start).Seconds()}
 	if st.Chunks+st.Directories+st.Blobs+st.PacksRewritten > 0 {
 		n.log.Info("collected garbage", "chunks", st.Chunks, "chunk_bytes", st.ChunkBytes, "directories", st.Directories,
@@ -73,6 +86,7 @@ func (n *Node) serveGC(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var removed int
 	if n.limit.max > 0 {
+		operationOf(r.Context()).phase("removing paths over storage.max_bytes", "", 0)
 		var err error
 		if removed, err = n.evict(r.Context(), n.limit.max); err != nil {
 			writeError(w, http.StatusInternalServerError, err)

@@ -323,8 +323,10 @@ func (l *localShare) ingest(ctx context.Context, hash string) error {
 		}()
 		// Shared for its own signatures, and kept in the local store: the
 		// node neither signs nor pins its copy.
-		_, err := l.n.addPath(ctx, info, pr, false, false)
+		start := time.Now()
+		_, err := l.n.addPath(ctx, info, pr, false, pathinfo.SourceLocal)
 		pr.CloseWithError(io.ErrClosedPipe)
+		l.n.copiedLocal(info, time.Since(start), err)
 		if err != nil && l.vanished(hash, <-dumped) {
 			return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
 		}

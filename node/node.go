@@ -30,6 +30,11 @@
 // p2p.listen port something already listens on (checked by binding it
 // alone, since go-libp2p's SO_REUSEPORT would share it; p2p.go). The
 // daemon socket is 0600, or 0660 in daemon.socket_group.
+//
+// Status and /metrics (metrics.go) read counters the stores and the node
+// keep, never a walk of the paths or the objects, so that a scrape costs
+// the same whatever the node holds; every fetch, from peers, an upstream
+// or the local store, ends in one info line (fetchlog.go).
 package node
 
 import (
@@ -85,7 +90,8 @@ type Node struct {
 	up             *upstreams  // nil without upstream.substituters
 
 	sharedCount sharedCount
-	limit       diskLimit // storage.max_bytes (disklimit.go)
+	limit       diskLimit  // storage.max_bytes (disklimit.go)
+	ops         operations // control requests whose progress is followed (progress.go)
 
 	httpLn    net.Listener
 	controlLn net.Listener

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,7 +46,8 @@ type p2p struct {
 	mdns   mdns.Service
 	fetch  *fetch.Fetcher
 
-	announceMu sync.Mutex // one full re-announcement at a time
+	announceMu sync.Mutex   // one full re-announcement at a time
+	lastSweep  atomic.Int64 // when the last one ended, unix nanoseconds
 
 	failMu     sync.Mutex
 	failLogged map[peer.ID]time.Time // when a failure to connect to a peer was last logged at warn
@@ -213,13 +215,15 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 	}
 	p := &p2p{n: n, host: h, client: transfer.NewClient(h), failLogged: map[peer.ID]time.Time{}}
 	p.server = transfer.NewServer(transferSource{n}, cfg.MaxUploadRate, n.log)
+	p.forgetLeft()
 	h.SetStreamHandler(transfer.ProtocolID, p.server.Handle)
 	p.dht, err = dht.New(h, dht.Options{Bootstrap: boot, OnOnline: func() { go p.announceAll(ctx) }})
 	if err != nil {
 		h.Close()
 		return nil, err
 	}
-	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace}, peerFinder{p}, n.store, fetchedPaths{n}, p)
+	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace, Done: n.fetchedFromPeers},
+		peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
 		go p.connect(ctx, pi, "bootstrap")
 	}
@@ -410,6 +414,9 @@ func (p *p2p) announceAll(ctx context.Context) {
 	if err != nil && ctx.Err() == nil {
 		p.n.log.Error("announcing what the node holds", "err", err)
 	}
+	if err == nil {
+		p.lastSweep.Store(time.Now().UnixNano())
+	}
 }
 
 // transferSource answers peers from the node's shared objects.
@@ -536,6 +543,7 @@ const fetchMaxProviders = 64
 type fetchedPaths struct{ n *Node }
 
 func (f fetchedPaths) Put(info *pathinfo.Info) error {
+	info.Source = pathinfo.SourcePeer
 	f.n.keepPin(info)
 	if err := f.n.putPath(info); err != nil {
 		return err

@@ -78,7 +78,6 @@ func (n *Node) NARRange(ctx context.Context, info *pathinfo.Info, off, size int6
 
 func (n *Node) renderPath(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) error {
 	cw := &counting.Writer{W: w}
-	defer func() { n.metrics.narBytes.Add(float64(cw.N)) }()
 	// Held for the whole render: the disk limit does not remove it under
 	// the reader. A path being removed counts as absent.
 	hash := info.HashPart()
@@ -153,7 +152,7 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 	default:
 		return nil, badInput("sharing %q: want %q, %q or none", share, ShareSigned, SharePrivate)
 	}
-	st, err := n.addPath(ctx, info, r, sign, true)
+	st, err := n.addPath(ctx, info, r, sign, pathinfo.SourceImport)
 	if err != nil {
 		return nil, err
 	}
@@ -166,10 +165,10 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 // the NarHash and NarSize before the path becomes valid. Paths come from
 // the node's owner (the control API and the daemon socket are the owner's
 // only); the node signs them with its key when sign is set (sign.imports,
-// `import --sign`), which shares them (see sharing.go), and pins them
-// when pin is set (added by hand; see disklimit.go). A path once private
-// stays so when it is added again.
-func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign, pin bool) (castore.WriteStats, error) {
+// `import --sign`), which shares them (see sharing.go). src says where
+// the path came from; those its owner added (SourceImport) are pinned
+// (see disklimit.go). A path once private stays so when it is added again.
+func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign bool, src pathinfo.Source) (castore.WriteStats, error) {
 	if err := info.Validate(n.cfg.StoreDir); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
@@ -197,7 +196,7 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if err := w.Commit(); err != nil {
 		return castore.WriteStats{}, err
 	}
-	info.Root, info.Pinned = root, pin
+	info.Root, info.Pinned, info.Source = root, src == pathinfo.SourceImport, src
 	n.keepPin(info)
 	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
 		info.Private = true
@@ -280,7 +279,7 @@ func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Wri
 // AddPath adds a path from `nix copy --to`: signed (and shared) as
 // sign.imports says.
 func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
-	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports, true)
+	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports, pathinfo.SourceImport)
 	return err
 }
 

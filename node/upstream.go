@@ -56,7 +56,7 @@ func (n *Node) openUpstreams() error {
 	if len(n.cfg.Upstreams) == 0 {
 		return nil
 	}
-	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, pulledPaths{n}, n.log)
+	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, pulledPaths{n}, n.log, n.pulled)
 	if err != nil {
 		return err
 	}
@@ -88,7 +88,7 @@ type pulledPaths struct{ n *Node }
 
 func (p pulledPaths) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
 	defer p.n.reserveSpace(ctx, info.NarSize)()
-	_, err := p.n.addPath(ctx, info, r, false, false)
+	_, err := p.n.addPath(ctx, info, r, false, pathinfo.SourceUpstream)
 	return err
 }
 

@@ -695,8 +695,8 @@ func TestUpstreamAndPeerOneDownload(t *testing.T) {
 	if code, nar := b.get("/" + narinfoField(string(text), "URL")); code != 200 || len(nar) == 0 {
 		t.Fatalf("B's NAR: %d, %d bytes\n%s", code, len(nar), b.log)
 	}
-	pulled := func() bool { return strings.Contains(b.log.String(), "pulled a path") }
-	fetched := func() bool { return strings.Contains(b.log.String(), "msg=fetched") }
+	pulled := func() bool { return strings.Contains(b.log.String(), "msg=fetched path="+p+" via=upstream") }
+	fetched := func() bool { return strings.Contains(b.log.String(), "msg=fetched path="+p+" via=peer") }
 	for deadline := time.Now().Add(30 * time.Second); b.status().Paths != 1 || !(pulled() || fetched()); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("B did not get the path:\n%s", b.log)

@@ -25,7 +25,9 @@ func fetchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := node.NewClient(cfg.DaemonSocket).Fetch(cmd.Context(), &node.FetchRequest{Paths: paths, Recursive: recursive})
+			bar := newOperationBar()
+			res, err := bar.client(node.NewClient(cfg.DaemonSocket)).Fetch(cmd.Context(), &node.FetchRequest{Paths: paths, Recursive: recursive})
+			bar.clear()
 			if err != nil {
 				return err
 			}

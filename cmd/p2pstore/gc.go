@@ -18,7 +18,9 @@ func gcCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rep, err := node.NewClient(cfg.DaemonSocket).GC(cmd.Context())
+			bar := newOperationBar()
+			rep, err := bar.client(node.NewClient(cfg.DaemonSocket)).GC(cmd.Context())
+			bar.clear()
 			if err != nil {
 				return err
 			}

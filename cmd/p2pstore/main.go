@@ -43,6 +43,7 @@ func rootCommand() *cobra.Command {
 	})
 	root.AddCommand(serveCommand(), keygenCommand(), importCommand(), fetchCommand(), statusCommand(), verifyCommand(), gcCommand(),
 		pinCommand(true), pinCommand(false), daemonCommand(), configCommand())
+	root.AddCommand(peersCommand(), pathsCommand())
 	return root
 }
 

@@ -18,7 +18,9 @@ func verifyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			rep, err := node.NewClient(cfg.DaemonSocket).Verify(cmd.Context())
+			bar := newOperationBar()
+			rep, err := bar.client(node.NewClient(cfg.DaemonSocket)).Verify(cmd.Context())
+			bar.clear()
 			if err != nil {
 				return err
 			}

@@ -13,9 +13,15 @@
 // that the node's batches of use times rewrite no JSON; Put counts as a
 // use) and how many records are pinned (Info.Pinned). Records written
 // before the limit existed are pinned once, on opening (migratePins).
+//
+// Status and metrics read the index's totals often: the number of paths,
+// the sum of their NAR sizes, the pinned ones and those of each Source are
+// counters in the meta bucket that Put and Delete keep, never a walk of
+// the records (an index written before them is counted once on opening).
 package pathinfo
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -61,7 +67,20 @@ type Info struct {
 	// --to the daemon socket) or pinned: the disk limit never collects
 	// it. Local to this node, as Private is.
 	Pinned bool `json:"pinned,omitempty"`
+	// Source says how the path came to this node (empty in records
+	// written before it was kept). Local to this node, as Private is.
+	Source Source `json:"source,omitempty"`
 }
+
+// Source is how a path came to the node.
+type Source string
+
+const (
+	SourceImport   Source = "import"   // added by its owner: import, nix copy --to the daemon socket
+	SourcePeer     Source = "peer"     // fetched from peers
+	SourceUpstream Source = "upstream" // pulled through from an upstream cache
+	SourceLocal    Source = "local"    // copied from the machine's Nix store (local.share)
+)
 
 // HashPart returns the 32-character hash part of the store path.
 func (i *Info) HashPart() string {
@@ -209,6 +228,9 @@ var (
 	bucketUsed  = []byte("used")      // hash part -> last use, unix nanoseconds
 	metaNarSize = []byte("nar_bytes") // sum of NarSize over all paths
 	metaPinned  = []byte("pinned")    // number of pinned paths
+	metaPaths   = []byte("paths")     // number of paths
+	// metaSource + Info.Source: number of paths of that source.
+	metaSource = []byte("source:")
 	// metaPinsMigrated is set once the records of an index written before
 	// pins existed are pinned (migratePins).
 	metaPinsMigrated = []byte("pins_migrated")
@@ -249,7 +271,10 @@ func Open(file string) (*Index, error) {
 				return err
 			}
 		}
-		return migratePins(tx)
+		if err := migratePins(tx); err != nil {
+			return err
+		}
+		return countOnce(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -308,6 +333,37 @@ func migratePins(tx *bolt.Tx) error {
 	return meta.Put(metaPinsMigrated, []byte{1})
 }
 
+// countOnce counts the paths, and those of each source, of an index
+// written before Put and Delete kept these counts, so that Totals never
+// walks the records.
+func countOnce(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if meta.Get(metaPaths) != nil {
+		return nil
+	}
+	total, bySource := int64(0), map[Source]int64{}
+	err := tx.Bucket(bucketPaths).ForEach(func(k, v []byte) error {
+		var info Info
+		if err := json.Unmarshal(v, &info); err != nil {
+			return fmt.Errorf("pathinfo: record %s: %w", k, err)
+		}
+		total++
+		bySource[info.Source]++
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for src, count := range bySource {
+		if err := addTo(meta, sourceKey(src), count); err != nil {
+			return err
+		}
+	}
+	return meta.Put(metaPaths, binary.BigEndian.AppendUint64(nil, uint64(total)))
+}
+
+func sourceKey(src Source) []byte { return append(bytes.Clone(metaSource), src...) }
+
 // Close closes the index.
 func (x *Index) Close() error { return x.db.Close() }
 
@@ -361,9 +417,24 @@ func (x *Index) Put(info *Info) error {
 		delta := int64(info.NarSize)
 		pinned := int64(b2i(info.Pinned))
 		prev := paths.Get(key)
-		if prev != nil && json.Unmarshal(prev, &old) == nil {
+		meta := tx.Bucket(bucketMeta)
+		if prev == nil {
+			if err := addTo(meta, metaPaths, 1); err != nil {
+				return err
+			}
+		} else if json.Unmarshal(prev, &old) == nil {
 			delta -= int64(old.NarSize)
 			pinned -= int64(b2i(old.Pinned))
+		}
+		if prev == nil || old.Source != info.Source {
+			if prev != nil {
+				if err := addTo(meta, sourceKey(old.Source), -1); err != nil {
+					return err
+				}
+			}
+			if err := addTo(meta, sourceKey(info.Source), 1); err != nil {
+				return err
+			}
 		}
 		if err := paths.Put(key, v); err != nil {
 			return err
@@ -376,7 +447,6 @@ func (x *Index) Put(info *Info) error {
 				return err
 			}
 		}
-		meta := tx.Bucket(bucketMeta)
 		if err := addTo(meta, metaPinned, pinned); err != nil {
 			return err
 		}
@@ -400,12 +470,18 @@ func (x *Index) Delete(hash string) error {
 			return nil
 		}
 		var old Info
+		meta := tx.Bucket(bucketMeta)
+		if err := addTo(meta, metaPaths, -1); err != nil {
+			return err
+		}
 		if err := json.Unmarshal(prev, &old); err == nil {
-			meta := tx.Bucket(bucketMeta)
 			if err := addTo(meta, metaNarSize, -int64(old.NarSize)); err != nil {
 				return err
 			}
 			if err := addTo(meta, metaPinned, -int64(b2i(old.Pinned))); err != nil {
+				return err
+			}
+			if err := addTo(meta, sourceKey(old.Source), -1); err != nil {
 				return err
 			}
 		}
@@ -490,15 +566,26 @@ type Totals struct {
 	Paths    int
 	NarBytes uint64 // sum of NarSize: the logical size of everything held
 	Pinned   int    // paths the disk limit keeps whatever it says
+	// BySource counts the paths of each source (those of records older
+	// than Info.Source under "").
+	BySource map[Source]int
 }
 
-// Totals returns the number of paths and the sum of their NAR sizes.
+// Totals returns the index's counts: counters kept by Put and Delete,
+// read without walking the records.
 func (x *Index) Totals() (Totals, error) {
-	var t Totals
+	t := Totals{BySource: map[Source]int{}}
 	err := x.db.View(func(tx *bolt.Tx) error {
-		t.Paths = tx.Bucket(bucketPaths).Stats().KeyN
-		t.NarBytes = counter(tx.Bucket(bucketMeta), metaNarSize)
-		t.Pinned = int(counter(tx.Bucket(bucketMeta), metaPinned))
+		meta := tx.Bucket(bucketMeta)
+		t.Paths = int(counter(meta, metaPaths))
+		t.NarBytes = counter(meta, metaNarSize)
+		t.Pinned = int(counter(meta, metaPinned))
+		c := meta.Cursor()
+		for k, v := c.Seek(metaSource); bytes.HasPrefix(k, metaSource); k, v = c.Next() {
+			if len(v) == 8 && binary.BigEndian.Uint64(v) > 0 {
+				t.BySource[Source(k[len(metaSource):])] = int(binary.BigEndian.Uint64(v))
+			}
+		}
 		return nil
 	})
 	return t, err
@@ -507,6 +594,30 @@ func (x *Index) Totals() (Totals, error) {
 // ForEach calls fn for every path, in hash order, until fn returns an error.
 func (x *Index) ForEach(fn func(*Info) error) error {
 	return x.db.View(func(tx *bolt.Tx) error { return forEach(tx, fn) })
+}
+
+// Page returns up to max records in hash order, from the first hash part
+// after after ("" for the start): a long listing reads the index in
+// pages, each its own short transaction, so that no read stays open while
+// a slow reader takes it (a read held open keeps the file from growing).
+func (x *Index) Page(after string, max int) ([]*Info, error) {
+	var out []*Info
+	err := x.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPaths).Cursor()
+		k, v := c.Seek([]byte(after))
+		if k != nil && after != "" && string(k) == after {
+			k, v = c.Next()
+		}
+		for ; k != nil && len(out) < max; k, v = c.Next() {
+			info := new(Info)
+			if err := json.Unmarshal(v, info); err != nil {
+				return fmt.Errorf("pathinfo: record %s: %w", k, err)
+			}
+			out = append(out, info)
+		}
+		return nil
+	})
+	return out, err
 }
 
 func forEach(tx *bolt.Tx, fn func(*Info) error) error {

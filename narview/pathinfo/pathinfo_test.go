@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -288,5 +290,93 @@ func TestMigratePins(t *testing.T) {
 		if got, _ := x.Get(in.HashPart()); got == nil || got.Pinned {
 			t.Errorf("%s pinned again on reopening: %+v", in.HashPart(), got)
 		}
+	}
+}
+
+// TestTotalsBySource: Put and Delete keep the number of paths of each
+// source, a record replaced with another source moving between them, and
+// an index written before those counts is counted once on opening.
+func TestTotalsBySource(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "paths.db")
+	x, err := Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50), sample("00000000000000000000000000000000", 10)
+	a.Source, b.Source = SourcePeer, SourcePeer
+	for _, in := range []*Info{a, b, c} {
+		if err := x.Put(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Source = SourceImport // imported by hand after it was fetched
+	if err := x.Put(b); err != nil {
+		t.Fatal(err)
+	}
+	want := Totals{Paths: 3, NarBytes: 160, BySource: map[Source]int{SourcePeer: 1, SourceImport: 1, "": 1}}
+	if tot, _ := x.Totals(); !reflect.DeepEqual(tot, want) {
+		t.Fatalf("totals %+v, want %+v", tot, want)
+	}
+	if err := x.Delete(a.HashPart()); err != nil {
+		t.Fatal(err)
+	}
+	want = Totals{Paths: 2, NarBytes: 60, BySource: map[Source]int{SourceImport: 1, "": 1}}
+	if tot, _ := x.Totals(); !reflect.DeepEqual(tot, want) {
+		t.Fatalf("after a delete: totals %+v, want %+v", tot, want)
+	}
+	// As an index written before the counts: they are made on opening.
+	err = x.db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		for _, k := range [][]byte{metaPaths, sourceKey(SourceImport), sourceKey("")} {
+			if err := meta.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x.Close()
+	if x, err = Open(file); err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	if tot, _ := x.Totals(); !reflect.DeepEqual(tot, want) {
+		t.Fatalf("counted on opening: totals %+v, want %+v", tot, want)
+	}
+}
+
+// TestPage: pages list every record once, in hash order.
+func TestPage(t *testing.T) {
+	x, err := Open(filepath.Join(t.TempDir(), "paths.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	var want []string
+	for i := range 7 {
+		in := sample(fmt.Sprintf("%031d%d", 0, i), 10)
+		if err := x.Put(in); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, in.HashPart())
+	}
+	var got []string
+	for after := ""; ; {
+		page, err := x.Page(after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, in := range page {
+			got = append(got, in.HashPart())
+		}
+		after = page[len(page)-1].HashPart()
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("pages listed %q, want %q", got, want)
 	}
 }

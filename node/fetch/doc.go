@@ -36,7 +36,9 @@
 // writes (a *castore.Store), the Index that makes a path valid, and the
 // Publisher that shares and announces it; Config.Reserve, when set, is
 // told the bytes a job is about to download, so that the node's disk
-// limit can make room for them first. It speaks the transfer
+// limit can make room for them first; Config.Done, when set, is told how
+// each job ended (the bytes each source sent, the time it took), so that
+// the node logs one line per fetch and counts it. It speaks the transfer
 // protocol's vocabulary (transfer.BlobRef, ErrNotFound, ErrBadData,
 // ErrStalled), which any Source maps its errors to.
 package fetch

@@ -334,12 +334,30 @@ func TestFetchHonest(t *testing.T) {
 			s := newSeed(t, signedRoot)
 			a, b := &memSource{id: "a", seed: s}, &memSource{id: "b", seed: s}
 			h := newHarness(t, s, a, b)
+			var reports []Report
+			h.f.cfg.Done = func(r Report) { reports = append(reports, r) }
 			info, chunkBytes, err := h.f.Fetch(context.Background(), testHash)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if info.NarHash != s.info.NarHash || chunkBytes == 0 {
 				t.Fatalf("fetched %s, %d chunk bytes", info.NarHash, chunkBytes)
+			}
+			// One report, before Fetch returns: every byte that came is
+			// some source's.
+			if len(reports) != 1 {
+				t.Fatalf("%d reports, want 1", len(reports))
+			}
+			r, bySources := reports[0], uint64(0)
+			for _, src := range r.Sources {
+				if src.ID != "a" && src.ID != "b" {
+					t.Errorf("a report names source %q", src.ID)
+				}
+				bySources += src.Bytes
+			}
+			if r.Err != nil || r.Info.StorePath != s.info.StorePath || r.ChunkBytes != chunkBytes || r.WireBytes == 0 ||
+				bySources != r.WireBytes || r.Duration <= 0 || r.ListsSigned != signedRoot {
+				t.Fatalf("report %+v: %d bytes from the sources", r, bySources)
 			}
 			h.checkStored(t, s)
 			eventually(t, "the announcement", func() bool { return h.pub.announced.Load() == 1 })

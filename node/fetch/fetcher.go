@@ -82,6 +82,30 @@ type Config struct {
 	// them (the node's disk limit); the job calls release once the path
 	// is recorded or given up.
 	Reserve func(ctx context.Context, bytes uint64) (release func())
+	// Done, when set, is told how each job that found its path's record
+	// ended (from the job's goroutine): the node logs it and counts it.
+	Done func(Report)
+}
+
+// Report sums up a job that found its path's record.
+type Report struct {
+	Info *pathinfo.Info
+	Err  error // nil: the path is valid here
+	// Sources are those chunks were asked of, with the bytes each sent
+	// (as they came: zstd frames), in the order they were first asked.
+	Sources    []SourceBytes
+	ChunkBytes uint64        // raw size of the chunks downloaded
+	WireBytes  uint64        // the bytes they came in
+	Duration   time.Duration // from the job's start, finding the sources included
+	// ListsSigned says that the tree's chunk lists matched their signed
+	// digest: every byte was checked as it arrived.
+	ListsSigned bool
+}
+
+// SourceBytes is what one source sent for a job.
+type SourceBytes struct {
+	ID    string
+	Bytes uint64
 }
 
 // Fetcher runs the jobs that fetch paths, one per path however many ask

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,12 +54,15 @@ type Job struct {
 	done chan struct{}
 	err  error
 
-	chunkBytes atomic.Uint64 // raw bytes of the chunks downloaded
-	wireBytes  atomic.Uint64 // the bytes they came in (frames)
+	chunkBytes  atomic.Uint64 // raw bytes of the chunks downloaded
+	wireBytes   atomic.Uint64 // the bytes they came in (frames)
+	begun       time.Time
+	bySource    []SourceBytes // what each source sent (j.mu)
+	listsSigned bool          // of the tree fetched (j.mu)
 }
 
 func newJob(f *Fetcher, hash string) *Job {
-	j := &Job{f: f, hash: hash, started: make(chan struct{}), done: make(chan struct{}),
+	j := &Job{f: f, hash: hash, begun: time.Now(), started: make(chan struct{}), done: make(chan struct{}),
 		wanted: map[castore.Digest]int{}, wantedCommit: map[castore.Digest]int{}, waiting: make(chan struct{}, 1),
 		handoff: map[castore.Digest]*handed{}}
 	j.cond = sync.NewCond(&j.mu)
@@ -116,6 +120,9 @@ func (j *Job) run(ctx context.Context) {
 		if j.err != nil {
 			j.fail(j.err) // wake the readers
 		}
+		if info := j.Info(); info != nil && f.cfg.Done != nil {
+			f.cfg.Done(j.report(info))
+		}
 	}()
 	cands, begun := j.found, j.found != nil // begun: Begin gave out the record
 	j.found = nil
@@ -162,6 +169,27 @@ func (j *Job) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// sent counts bytes a source sent.
+func (j *Job) sent(src Source, n uint64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	id := src.ID()
+	for i := range j.bySource {
+		if j.bySource[i].ID == id {
+			j.bySource[i].Bytes += n
+			return
+		}
+	}
+	j.bySource = append(j.bySource, SourceBytes{id, n})
+}
+
+func (j *Job) report(info *pathinfo.Info) Report {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return Report{Info: info, Err: j.err, Sources: slices.Clone(j.bySource), ChunkBytes: j.chunkBytes.Load(),
+		WireBytes: j.wireBytes.Load(), Duration: time.Since(j.begun), ListsSigned: j.listsSigned}
 }
 
 // reset starts over on another tree of the same NAR.
@@ -289,8 +317,12 @@ func (j *Job) fetchTree(ctx context.Context, group []candidate) error {
 	if err := f.index.Put(info); err != nil {
 		return err
 	}
+	j.mu.Lock()
+	j.listsSigned = listsTrusted
+	j.mu.Unlock()
 	j.announceAfterRenders(ctx, announce)
-	f.cfg.Log.Info("fetched", "path", info.StorePath, "sources", len(sources), "chunks", len(missing), "lists_signed", listsTrusted,
+	// The node logs the fetch at info level (Config.Done).
+	f.cfg.Log.Debug("fetched a tree", "path", info.StorePath, "sources", len(sources), "chunks", len(missing), "lists_signed", listsTrusted,
 		"bytes_received", j.wireBytes.Load()-wireBefore, "seconds", time.Since(start).Seconds())
 	return nil
 }

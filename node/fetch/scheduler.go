@@ -164,19 +164,23 @@ func (s *scheduler) worker(ctx context.Context, src Source) {
 			return
 		}
 		w := s.lease.NewWriter()
+		var got uint64
 		err := src.Chunks(ctx, b.digests, chunkBuffers{}, func(d castore.Digest, data, frame []byte) error {
 			j.chunkBytes.Add(uint64(len(data)))
 			var err error
+			wire := uint64(len(data))
 			if frame != nil {
-				j.wireBytes.Add(uint64(len(frame)))
+				wire = uint64(len(frame))
 				err = w.PutFramedChunk(d, len(data), frame)
 			} else {
-				j.wireBytes.Add(uint64(len(data)))
 				err = w.PutChunk(d, data)
 			}
+			j.wireBytes.Add(wire)
+			got += wire
 			j.keep(d, data) // last: data is the handoff's from here
 			return err
 		})
+		j.sent(src, got)
 		if !s.settle(ctx, src, b, w, asked, err) {
 			f.penaliseFor(src, err)
 			return

@@ -78,12 +78,24 @@ const failMemory = 30 * time.Second
 // ErrClosed is Start's answer once the Puller is closed.
 var ErrClosed = errors.New("pull: closed")
 
+// Report sums up a pull that ended, for the node's log line and metrics.
+type Report struct {
+	Info   *pathinfo.Info
+	Source string // the upstream
+	Err    error  // nil: the path is valid here
+	// BytesReceived is what the upstream sent (compressed), when the
+	// opener's reader counts it (a BytesReceived method).
+	BytesReceived uint64
+	Duration      time.Duration
+}
+
 // Puller runs pull jobs.
 type Puller struct {
 	dir  string // spool files go here
 	add  Adder
 	keep Keeper // nil: spools are removed
 	log  *slog.Logger
+	done func(Report) // nil: none
 
 	wg sync.WaitGroup // the jobs' goroutines
 
@@ -97,9 +109,9 @@ type Puller struct {
 type failure struct{ source, hash string }
 
 // New returns a Puller spooling into dir, which it makes (removing the
-// spools a crash left); keep, if not nil, takes the spools of the paths
-// pulled whole.
-func New(dir string, add Adder, keep Keeper, log *slog.Logger) (*Puller, error) {
+// spools a crash left); keep, when not nil, takes the spools of the paths
+// pulled whole; done, when not nil, is told how each job ended.
+func New(dir string, add Adder, keep Keeper, log *slog.Logger, done func(Report)) (*Puller, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -110,7 +122,7 @@ func New(dir string, add Adder, keep Keeper, log *slog.Logger) (*Puller, error) 
 	for _, name := range left {
 		os.Remove(name)
 	}
-	return &Puller{dir: dir, add: add, keep: keep, log: log, jobs: map[string]*Job{}, failed: map[failure]time.Time{}}, nil
+	return &Puller{dir: dir, add: add, keep: keep, log: log, done: done, jobs: map[string]*Job{}, failed: map[failure]time.Time{}}, nil
 }
 
 // spoolSuffix ends the names of spool files.
@@ -136,7 +148,7 @@ func (p *Puller) Start(ctx context.Context, info *pathinfo.Info, source string, 
 		return nil, err
 	}
 	jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	j := &Job{p: p, info: info, hash: hash, source: source, cancel: cancel, f: f, refs: 1, done: make(chan struct{})}
+	j := &Job{p: p, info: info, hash: hash, source: source, cancel: cancel, f: f, refs: 1, done: make(chan struct{}), begun: time.Now()}
 	j.cond = sync.NewCond(&j.mu)
 	p.jobs[hash] = j
 	p.wg.Add(1)
@@ -194,6 +206,9 @@ type Job struct {
 	source string             // the upstream
 	cancel context.CancelFunc // ends the job (Close)
 	done   chan struct{}      // closed when the job has ended
+	begun  time.Time
+	// received is what the upstream sent, set once the download ends.
+	received uint64
 
 	mu      sync.Mutex
 	cond    *sync.Cond // signalled when written, ended or err change
@@ -246,8 +261,11 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	j.mu.Unlock()
 	if err != nil {
 		j.p.log.Warn("pulling a path failed", "path", j.info.StorePath, "err", err)
-	} else {
-		j.p.log.Info("pulled a path", "path", j.info.StorePath, "nar_size", j.info.NarSize)
+	} else { // the node logs the pull at info level (New's done)
+		j.p.log.Debug("pulled a path", "path", j.info.StorePath, "nar_size", j.info.NarSize)
+	}
+	if j.p.done != nil {
+		j.p.done(Report{Info: j.info, Source: j.source, Err: err, BytesReceived: j.received, Duration: time.Since(j.begun)})
 	}
 	j.p.mu.Lock()
 	delete(j.p.jobs, j.hash)
@@ -280,6 +298,9 @@ func (j *Job) download(ctx context.Context, open Opener) {
 			return err
 		}
 		defer r.Close()
+		if c, ok := r.(interface{ BytesReceived() uint64 }); ok {
+			defer func() { j.received = c.BytesReceived() }()
+		}
 		buf := make([]byte, 256<<10)
 		size := int64(j.info.NarSize)
 		h := sha256.New()

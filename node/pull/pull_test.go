@@ -75,7 +75,7 @@ func (p *pipeOpener) open(ctx context.Context) (io.ReadCloser, error) {
 
 func newPuller(t *testing.T, a Adder) (*Puller, string) {
 	dir := t.TempDir() + "/spool"
-	p, err := New(dir, a, nil, nil)
+	p, err := New(dir, a, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,5 +383,52 @@ func TestCloseEndsJobs(t *testing.T) {
 	}
 	if p.FailedRecently("up-a", info.HashPart()) {
 		t.Fatal("a job ended by Close was held against its upstream")
+	}
+}
+
+// countedReader is an upstream body that says how much it read.
+type countedReader struct {
+	io.Reader
+	n uint64
+}
+
+func (r *countedReader) Read(p []byte) (int, error) {
+	k, err := r.Reader.Read(p)
+	r.n += uint64(k)
+	return k, err
+}
+func (r *countedReader) Close() error          { return nil }
+func (r *countedReader) BytesReceived() uint64 { return r.n }
+
+// TestReports: each job that ends is reported once, before Wait returns,
+// with its upstream, its outcome and what the upstream sent.
+func TestReports(t *testing.T) {
+	nar, info := testNAR(100000)
+	var reports []Report
+	p, err := New(t.TempDir(), &adder{}, nil, nil, func(r Report) { reports = append(reports, r) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range [][]byte{nar[:1000], nar} { // a truncated NAR, then the whole
+		j, err := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
+			return &countedReader{Reader: bytes.NewReader(body)}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		j.Wait(context.Background())
+		p.mu.Lock()
+		clear(p.failed) // the failed pull may start again at once
+		p.mu.Unlock()
+	}
+	if len(reports) != 2 {
+		t.Fatalf("%d reports, want 2", len(reports))
+	}
+	failed, pulled := reports[0], reports[1]
+	if failed.Err == nil || failed.BytesReceived != 1000 || failed.Source != "up-a" {
+		t.Errorf("the truncated pull's report: %+v", failed)
+	}
+	if pulled.Err != nil || pulled.BytesReceived != uint64(len(nar)) || pulled.Info.StorePath != info.StorePath || pulled.Duration <= 0 {
+		t.Errorf("the pull's report: %+v", pulled)
 	}
 }

@@ -27,6 +27,7 @@ const stallTimeout = 20 * time.Second
 type Client struct {
 	h        host.Host
 	received atomic.Uint64
+	byPeer   peerBytes
 	dec      *zstd.Decoder
 
 	mu    sync.Mutex
@@ -105,7 +106,7 @@ func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*b
 	}
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
-	cr := &countingReader{r: st, st: st, n: &c.received}
+	cr := &countingReader{r: st, st: st, n: &c.received, peer: c.byPeer.counter(p)}
 	br := readers.Get().(*bufio.Reader)
 	br.Reset(cr)
 	defer func() { br.Reset(nil); readers.Put(br) }()
@@ -132,15 +133,17 @@ func (c *Client) exchange(ctx context.Context, p peer.ID, kind byte, req func(*b
 
 // countingReader counts what it reads and pushes the stall deadline on.
 type countingReader struct {
-	r  io.Reader
-	st network.Stream
-	n  *atomic.Uint64
+	r    io.Reader
+	st   network.Stream
+	n    *atomic.Uint64
+	peer *atomic.Uint64 // the count of the peer's bytes
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	c.st.SetReadDeadline(time.Now().Add(stallTimeout))
 	n, err := c.r.Read(p)
 	c.n.Add(uint64(n))
+	c.peer.Add(uint64(n))
 	var te interface{ Timeout() bool }
 	if errors.As(err, &te) && te.Timeout() {
 		err = fmt.Errorf("%w: nothing for %s", ErrStalled, stallTimeout)

@@ -40,6 +40,7 @@ type Server struct {
 	limiter *rate.Limiter // nil: no cap on upload
 	log     *slog.Logger
 	sent    atomic.Uint64
+	byPeer  peerBytes
 }
 
 // NewServer returns a server for src; maxRate caps the bytes per second
@@ -92,7 +93,8 @@ func (s *Server) Handle(st network.Stream) {
 	ctx, cancel := context.WithDeadline(context.Background(), end)
 	defer cancel()
 	reserve := func() error { return st.Scope().ReserveMemory(StreamMemory, network.ReservationPriorityAlways) }
-	w := &limitedWriter{ctx: ctx, w: st, limiter: s.limiter, sent: &s.sent, deadlines: st, end: end}
+	w := &limitedWriter{ctx: ctx, w: st, limiter: s.limiter, sent: &s.sent, peerSent: s.byPeer.counter(st.Conn().RemotePeer()),
+		deadlines: st, end: end}
 	if err := s.serve(ctx, st, w, reserve); err != nil {
 		s.log.Debug("transfer request failed", "peer", st.Conn().RemotePeer(), "err", err)
 		st.Reset()
@@ -305,6 +307,7 @@ type limitedWriter struct {
 	w         io.Writer
 	limiter   *rate.Limiter
 	sent      *atomic.Uint64
+	peerSent  *atomic.Uint64                                 // the count of the peer's bytes; nil: none
 	deadlines interface{ SetWriteDeadline(time.Time) error } // nil: none
 	end       time.Time
 }
@@ -333,6 +336,9 @@ func (l *limitedWriter) Write(p []byte) (int, error) {
 		k, err := l.w.Write(p[:n])
 		written += k
 		l.sent.Add(uint64(k))
+		if l.peerSent != nil {
+			l.peerSent.Add(uint64(k))
+		}
 		if err != nil {
 			var te interface{ Timeout() bool }
 			if errors.As(err, &te) && te.Timeout() {

@@ -16,7 +16,9 @@
 // receives is checked here against the digest it was asked for (a
 // directory subtree against the root, as a Merkle walk), so a caller only
 // ever sees verified objects; a record is checked by the caller, against
-// the keys it trusts.
+// the keys it trusts. Client and Server count the bytes they move, in all
+// and by peer (for the node's status), until the node forgets a peer that
+// left.
 package transfer
 
 import (
@@ -113,7 +115,7 @@ func RootFingerprint(storePath string, narHash storepath.NarHash, narSize uint64
 // by hand.
 func encodeRecord(info *pathinfo.Info) ([]byte, error) {
 	out := *info
-	out.Private, out.Pinned = false, false
+	out.Private, out.Pinned, out.Source = false, false, ""
 	return json.Marshal(&out)
 }
 
@@ -130,6 +132,7 @@ func decodeRecord(b []byte) (*pathinfo.Info, error) {
 	}
 	info.Private = false // a peer's word cannot make a path private here
 	info.Pinned = false  // nor pinned: pins are this node's owner's
+	info.Source = ""     // the fetcher says where it came from
 	return info, nil
 }
 

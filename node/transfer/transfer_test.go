@@ -232,6 +232,21 @@ func TestRoundTrip(t *testing.T) {
 	if srv.BytesSent() == 0 || c.BytesReceived() != srv.BytesSent() {
 		t.Fatalf("server sent %d bytes, client received %d", srv.BytesSent(), c.BytesReceived())
 	}
+	// By peer: all of it between these two, nothing from anyone else.
+	if got := c.BytesReceivedFrom(p); got != c.BytesReceived() {
+		t.Errorf("received %d bytes from the peer, %d in all", got, c.BytesReceived())
+	}
+	if got := srv.BytesSentTo(hosts[0].ID()); got != srv.BytesSent() {
+		t.Errorf("sent %d bytes to the peer, %d in all", got, srv.BytesSent())
+	}
+	if c.BytesReceivedFrom(hosts[0].ID()) != 0 || srv.BytesSentTo(p) != 0 {
+		t.Error("bytes counted for the wrong peer")
+	}
+	c.ForgetPeer(p)
+	srv.ForgetPeer(hosts[0].ID())
+	if c.BytesReceivedFrom(p) != 0 || srv.BytesSentTo(hosts[0].ID()) != 0 || c.BytesReceived() == 0 {
+		t.Error("a forgotten peer's bytes are still counted, or the totals went with them")
+	}
 }
 
 // answer runs a request through the server and returns its framed answer.
@@ -488,16 +503,16 @@ func FuzzClient(f *testing.F) {
 }
 
 // TestRecordKeepsOwnersMarks: a record sent to peers says nothing of
-// whether the owner pinned the path (or made it private), and reads back
-// as the same path.
+// whether the owner pinned the path (or made it private), nor how it came
+// to the node, and reads back as the same path.
 func TestRecordKeepsOwnersMarks(t *testing.T) {
 	in := &pathinfo.Info{StorePath: "/nix/store/00000000000000000000000000000000-x",
-		Root: castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}, NarSize: 8, Pinned: true, Private: true}
+		Root: castore.Node{Type: castore.TypeSymlink, Target: []byte("x")}, NarSize: 8, Pinned: true, Private: true, Source: pathinfo.SourceImport}
 	b, err := encodeRecord(in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(b, []byte("pinned")) || bytes.Contains(b, []byte("private")) {
+	if bytes.Contains(b, []byte("pinned")) || bytes.Contains(b, []byte("private")) || bytes.Contains(b, []byte("source")) {
 		t.Fatalf("the record peers get shows the owner's marks: %s", b)
 	}
 	out, err := decodeRecord(b)

@@ -109,6 +109,8 @@ type Client struct {
 	http     *http.Client
 	ups      []*upstream
 	received atomic.Uint64
+	hits     atomic.Uint64 // lookups an upstream answered
+	missed   atomic.Uint64 // lookups none did
 
 	misses *cache.Map[string, time.Time] // upstream index and hash part: until
 	found  *cache.Map[string, foundPath]
@@ -194,6 +196,12 @@ func New(cfg Config) (*Client, error) {
 // BytesReceived is the body bytes read from upstreams: compressed NARs
 // as sent, and narinfos.
 func (c *Client) BytesReceived() uint64 { return c.received.Load() }
+
+// Lookups counts the lookups that asked upstreams (one per path however
+// many ask at once): those an upstream answered with a trusted narinfo,
+// and the others. Answers from memory (a path found or missed a moment
+// ago, an upstream being skipped) are not counted.
+func (c *Client) Lookups() (hits, misses uint64) { return c.hits.Load(), c.missed.Load() }
 
 // Lookup finds the path with this hash part on the upstreams. It answers
 // pathinfo.ErrNotFound (wrapped) when none has a trusted narinfo of it.
@@ -289,8 +297,12 @@ func (c *Client) lookup(ctx context.Context, hash string) (*Path, error) {
 	for range asked {
 		a := <-answers
 		if a.err == nil {
+			c.hits.Add(1)
 			return a.p, nil
 		}
+	}
+	if asked > 0 {
+		c.missed.Add(1)
 	}
 	return nil, fmt.Errorf("%s: no upstream has a trusted narinfo: %w", hash, pathinfo.ErrNotFound)
 }
@@ -504,6 +516,10 @@ type decompressed struct {
 	closer func()
 }
 
+// BytesReceived is the body bytes this NAR has read from the upstream so
+// far, as sent (compressed), resumptions included.
+func (d *decompressed) BytesReceived() uint64 { return d.body.received.Load() }
+
 func (d *decompressed) Close() error {
 	d.cancel()
 	if d.closer != nil {
@@ -573,15 +589,18 @@ var ErrNotThere = errors.New("upstream does not hold the NAR")
 
 // body is a NAR's compressed body, resumed where it broke.
 type body struct {
-	c     *Client
-	ctx   context.Context
-	url   string
-	resp  *http.Response
-	stop  context.CancelFunc // the current request's
-	idle  *time.Timer        // stops it after IdleTimeout without a byte
-	off   int64              // compressed bytes read
-	total int64              // the whole body's size, -1 unknown
-	tries int
+	c    *Client
+	ctx  context.Context
+	url  string
+	resp *http.Response
+	stop context.CancelFunc // the current request's
+	idle *time.Timer        // stops it after IdleTimeout without a byte
+	off  int64              // compressed bytes read
+	// received counts the bytes read, those of bodies read again to the
+	// offset where one broke included (into the client's count too).
+	received atomic.Uint64
+	total    int64 // the whole body's size, -1 unknown
+	tries    int
 }
 
 // open makes a request for the body from off.
@@ -605,7 +624,7 @@ func (b *body) open() error {
 	case resp.StatusCode == http.StatusOK:
 		if b.off == 0 {
 			b.total = resp.ContentLength
-		} else if _, err = io.CopyN(io.Discard, &idleReader{r: resp.Body, idle: idle, timeout: b.c.cfg.IdleTimeout, received: &b.c.received}, b.off); err != nil {
+		} else if _, err = io.CopyN(io.Discard, &idleReader{r: resp.Body, idle: idle, timeout: b.c.cfg.IdleTimeout, received: b.count}, b.off); err != nil {
 			// The upstream ignores ranges: the body again, skipped to
 			// where it broke.
 			err = fmt.Errorf("restarting the NAR at %d: %w", b.off, err)
@@ -633,14 +652,14 @@ type idleReader struct {
 	r        io.Reader
 	idle     *time.Timer
 	timeout  time.Duration
-	received *atomic.Uint64
+	received func(n int)
 }
 
 func (r *idleReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	if n > 0 {
 		r.idle.Reset(r.timeout)
-		r.received.Add(uint64(n))
+		r.received(n)
 	}
 	return n, err
 }
@@ -663,7 +682,7 @@ func (b *body) Read(p []byte) (int, error) {
 		if n > 0 {
 			b.idle.Reset(b.c.cfg.IdleTimeout)
 			b.off += int64(n)
-			b.c.received.Add(uint64(n))
+			b.count(n)
 		}
 		if err == nil {
 			return n, nil
@@ -688,6 +707,12 @@ func (b *body) Read(p []byte) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// count counts n bytes read from the upstream.
+func (b *body) count(n int) {
+	b.received.Add(uint64(n))
+	b.c.received.Add(uint64(n))
 }
 
 // pause waits a little before another attempt, longer after each.

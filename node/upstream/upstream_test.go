@@ -221,6 +221,9 @@ func TestCompressions(t *testing.T) {
 			if cl.BytesReceived() < uint64(len(body)) {
 				t.Fatalf("BytesReceived %d, want at least the %d compressed bytes", cl.BytesReceived(), len(body))
 			}
+			if hits, misses := cl.Lookups(); hits != 1 || misses != 0 {
+				t.Fatalf("%d hits and %d misses counted, want 1 and 0", hits, misses)
+			}
 		})
 	}
 }
@@ -293,6 +296,9 @@ func TestNotThere(t *testing.T) {
 			}
 			if n := rt.hits("/" + f.hash + ".narinfo"); n != 1 {
 				t.Fatalf("the upstream was asked %d times; the miss should be remembered", n)
+			}
+			if hits, misses := c.Lookups(); hits != 0 || misses != 1 {
+				t.Fatalf("%d hits and %d misses counted, want 0 and 1 (the remembered miss asked no upstream)", hits, misses)
 			}
 		})
 	}
@@ -425,9 +431,28 @@ func TestBodyBreaksAndResumes(t *testing.T) {
 				brk(w, r)
 			})
 			s := serve(t, rt)
-			got, _ := fetchNAR(t, newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL), f)
-			if !bytes.Equal(got, f.nar) {
-				t.Fatal("NAR differs after the resume")
+			c := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
+			p, err := c.Lookup(ctxTimeout(t, 10*time.Second), f.hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.Open(ctxTimeout(t, 10*time.Second), p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			got, err := io.ReadAll(r)
+			if err != nil || !bytes.Equal(got, f.nar) {
+				t.Fatalf("NAR differs after the resume (%v)", err)
+			}
+			// What the NAR read: the whole body, and without ranges the
+			// part read again up to where it broke.
+			received := r.(interface{ BytesReceived() uint64 }).BytesReceived()
+			if ranges && received != uint64(len(body)) || !ranges && received <= uint64(len(body)) {
+				t.Fatalf("the NAR counts %d bytes received for a body of %d (ranges %v)", received, len(body), ranges)
+			}
+			if all := c.BytesReceived(); all != received+uint64(len(f.narinfo("nar/a.nar.zst", "zstd"))) {
+				t.Fatalf("the client counts %d bytes, the NAR %d", all, received)
 			}
 			if n := rt.hits("/nar/a.nar.zst"); n != 2 {
 				t.Fatalf("%d requests for the NAR, want 2", n)
