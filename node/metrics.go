@@ -224,13 +224,16 @@ var (
 	descDHTOnline    = prometheus.NewDesc("p2pstore_dht_online", "1 when the DHT provider is in contact with the network.", nil, nil)
 	descDHTQueue     = prometheus.NewDesc("p2pstore_dht_provide_queue_keys", "Keys waiting to be announced on the DHT.", nil, nil)
 	descDHTProvided  = prometheus.NewDesc("p2pstore_dht_provided_keys_total", "Keys announced on the DHT.", nil, nil)
+	descNARCache     = prometheus.NewDesc("p2pstore_nar_cache_bytes", "Bytes of the NARs kept whole as files (storage.nar_cache_bytes).", nil, nil)
+	descNARCacheMax  = prometheus.NewDesc("p2pstore_nar_cache_limit_bytes", "storage.nar_cache_bytes (0: no NAR cache).", nil, nil)
+	descNARCacheHits = prometheus.NewDesc("p2pstore_nar_cache_hits_total", "NAR responses served from the NAR cache's files.", nil, nil)
 	descDHTLastSweep = prometheus.NewDesc("p2pstore_dht_last_sweep_timestamp_seconds", "When the node last finished announcing everything it holds (at its start and when it regains the DHT); absent before.", nil, nil)
 )
 
 func (c statusCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descPeers, descPaths, descPinned, descShared, descLocalShared, descStored, descLogical,
 		descLimit, descDisk, descGarbage, descImports, descP2PReceived, descP2PSent, descUpLookups, descUpReceived,
-		descDHTOnline, descDHTQueue, descDHTProvided, descDHTLastSweep} {
+		descNARCache, descNARCacheMax, descNARCacheHits, descDHTOnline, descDHTQueue, descDHTProvided, descDHTLastSweep} {
 		ch <- d
 	}
 }
@@ -267,6 +270,9 @@ func (c statusCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descUpLookups, s.UpstreamHits, "hit")
 	counter(descUpLookups, s.UpstreamMisses, "miss")
 	counter(descUpReceived, s.UpstreamBytesReceived)
+	gauge(descNARCache, float64(s.NARCacheBytes))
+	gauge(descNARCacheMax, float64(s.NARCacheMax))
+	counter(descNARCacheHits, s.NARCacheHits)
 	if c.n.p2p != nil {
 		gauge(descDHTOnline, b2f(s.DHTOnline))
 		gauge(descDHTQueue, float64(s.DHTQueuedKeys))

@@ -347,6 +347,8 @@ func TestNARCache(t *testing.T) {
 	if s := n.status(); s.NARCacheHits != 2 {
 		t.Fatalf("%d responses from the cache, want 2 (the copy and the range)", s.NARCacheHits)
 	}
+	checkMetrics(t, "node", n.metrics(), map[string]float64{
+		"p2pstore_nar_cache_hits_total": 2, "p2pstore_nar_cache_bytes": float64(len(dump)), "p2pstore_nar_cache_limit_bytes": 32 << 20})
 
 	// The cache outlives a restart.
 	n.stop()
