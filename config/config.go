@@ -44,6 +44,8 @@ type Config struct {
 	LocalRoot      string
 	LocalPoll      time.Duration
 	LocalCopyAhead bool // copy the local paths peers may get into castore before they ask
+
+	ScrubInterval time.Duration // how often the background scrub reads the whole store back, 0 for never
 }
 
 // setting is one key with its flag.
@@ -68,6 +70,7 @@ var settings = []setting{
 	{"upstream.public_keys", "upstream-public-key", "key whose signatures make a path trusted, as trust.public_keys (repeatable; pulled paths need one, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=)", []string{}},
 	{"storage.max_bytes", "max-bytes", "stored chunk bytes to keep the store under, by removing the least recently used unpinned paths (k/M/G/T suffixes, 0 for no limit)", "0"},
 	{"storage.nar_cache_bytes", "nar-cache-bytes", "disk for the uncompressed NARs asked for more than once, kept as files and served as a static cache serves them (k/M/G/T suffixes, 0 for none; default 2G, or a quarter of storage.max_bytes when that is less)", ""},
+	{"storage.scrub_interval", "scrub-interval", "how often the node reads its whole store back in the background, slowly, checks every object against its digest and repairs the paths it finds damaged (0 for never)", "168h"},
 	{"mount.dir", "mount", "mount a read-only FUSE view of the store here", ""},
 	{"p2p.max_upload_rate", "max-upload-rate", "cap on bytes/s sent to peers (k/M/G suffixes, 0 for no cap)", "0"},
 	{"local.share", "share-local", "share the signed paths of the local Nix store, when there is one (see local.root)", true},
@@ -146,6 +149,9 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	}
 	if c.NARCacheBytes, err = narCacheBytes(v.GetString("storage.nar_cache_bytes"), c.MaxBytes); err != nil {
 		return nil, fmt.Errorf("storage.nar_cache_bytes: %w", err)
+	}
+	if c.ScrubInterval, err = time.ParseDuration(v.GetString("storage.scrub_interval")); err != nil || c.ScrubInterval < 0 {
+		return nil, fmt.Errorf("storage.scrub_interval %q: want a duration such as 168h, or 0 for never", v.GetString("storage.scrub_interval"))
 	}
 	if c.MaxUploadRate, err = ParseSize(v.GetString("p2p.max_upload_rate")); err != nil {
 		return nil, fmt.Errorf("p2p.max_upload_rate: %w", err)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -119,5 +120,25 @@ func TestSignImports(t *testing.T) {
 	}
 	if _, err := load(t, "--data-dir", "/d", "--sign-imports"); err == nil || !strings.Contains(err.Error(), "sign.key_file") {
 		t.Errorf("sign.imports without a key: %v", err)
+	}
+}
+
+// TestScrubInterval: weekly by default, 0 turns the scrub off, and what
+// is not a duration (or is negative) is refused naming the key.
+func TestScrubInterval(t *testing.T) {
+	for args, want := range map[string]time.Duration{"": 168 * time.Hour, "--scrub-interval=0": 0, "--scrub-interval=90m": 90 * time.Minute} {
+		c, err := load(t, strings.Fields(args+" --data-dir /d")...)
+		if err != nil || c.ScrubInterval != want {
+			t.Errorf("%q: %v, %v", args, c, err)
+		}
+	}
+	t.Setenv("P2PSTORE_STORAGE_SCRUB_INTERVAL", "1s")
+	if c, err := load(t, "--data-dir", "/d"); err != nil || c.ScrubInterval != time.Second {
+		t.Errorf("from the environment: %v, %v", c, err)
+	}
+	for _, bad := range []string{"weekly", "-1h"} {
+		if _, err := load(t, "--scrub-interval", bad, "--data-dir", "/d"); err == nil || !strings.Contains(err.Error(), "storage.scrub_interval") {
+			t.Errorf("%q: %v", bad, err)
+		}
 	}
 }
