@@ -245,13 +245,14 @@ func (s *Store) Unshare(ds []Digest) error {
 
 // TreeProblems walks the tree under root as a valid path's tree must be,
 // complete and made of sound objects, and calls report with each object
-// the index lacks and each that bad says is damaged (bad may be nil). It
+// the index lacks and each that bad says is damaged, and how (bad may be
+// nil). It
 // returns the directories whose subtrees hold a problem, and root's digest
 // when there is any: what Unshare takes. One read transaction of the
 // index per call, as Collect's marking does per root.
-func (s *Store) TreeProblems(ctx context.Context, root Node, bad func(Digest) bool, report func(problem string)) (hurt []Digest, err error) {
+func (s *Store) TreeProblems(ctx context.Context, root Node, bad func(Digest) error, report func(problem string)) (hurt []Digest, err error) {
 	if bad == nil {
-		bad = func(Digest) bool { return false }
+		bad = func(Digest) error { return nil }
 	}
 	seen := map[Digest]bool{} // directories walked, and whether hurt
 	var walk func(v *View, n Node, name string) (bool, error)
@@ -271,8 +272,8 @@ func (s *Store) TreeProblems(ctx context.Context, root Node, bad func(Digest) bo
 		}
 		h := false
 		defer func() { seen[n.Digest] = h }()
-		if bad(n.Digest) {
-			report(fmt.Sprintf("directory %s%s is damaged", n.Digest, named(name)))
+		if err := bad(n.Digest); err != nil {
+			report(fmt.Sprintf("directory %s%s: %v", n.Digest, named(name), err))
 			h = true
 			hurt = append(hurt, n.Digest)
 			return true, nil
@@ -319,12 +320,12 @@ func (s *Store) TreeProblems(ctx context.Context, root Node, bad func(Digest) bo
 }
 
 // fileProblems reports what a file of a tree lacks or has damaged.
-func (s *Store) fileProblems(v *View, n Node, name string, bad func(Digest) bool, report func(string)) bool {
+func (s *Store) fileProblems(v *View, n Node, name string, bad func(Digest) error, report func(string)) bool {
 	if n.Size == 0 {
 		return false
 	}
-	if bad(n.Digest) {
-		report(fmt.Sprintf("blob %s%s is damaged", n.Digest, named(name)))
+	if err := bad(n.Digest); err != nil {
+		report(fmt.Sprintf("blob %s%s: %v", n.Digest, named(name), err))
 		return true
 	}
 	// The index, not the caches: they may still name what was dropped.
@@ -341,10 +342,12 @@ func (s *Store) fileProblems(v *View, n Node, name string, bad func(Digest) bool
 	}
 	h := false
 	for _, r := range refs {
-		switch {
-		case bad(r.Digest):
-			report(fmt.Sprintf("chunk %s of blob %s%s is damaged", r.Digest, n.Digest, named(name)))
+		if err := bad(r.Digest); err != nil {
+			report(fmt.Sprintf("chunk %s of blob %s%s: %v", r.Digest, n.Digest, named(name), err))
 			h = true
+			continue
+		}
+		switch {
 		case !v.HasChunk(r.Digest):
 			report(fmt.Sprintf("chunk %s of blob %s%s is missing", r.Digest, n.Digest, named(name)))
 			h = true

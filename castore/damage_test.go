@@ -98,10 +98,15 @@ func TestDamageFoundDroppedAndStoredAgain(t *testing.T) {
 		t.Fatalf("VerifyTree: %v %v", treeFound, err)
 	}
 
-	bad := func(d Digest) bool { return d == victim.Digest }
+	bad := func(d Digest) error {
+		if d == victim.Digest {
+			return found[0].Err
+		}
+		return nil
+	}
 	var problems []string
 	hurt, err := s.TreeProblems(ctx, root, bad, func(p string) { problems = append(problems, p) })
-	if err != nil || len(problems) != 1 || !strings.Contains(problems[0], "is damaged") || len(hurt) != 1 || hurt[0] != root.Digest {
+	if err != nil || len(problems) != 1 || !strings.Contains(problems[0], "digest mismatch") || len(hurt) != 1 || hurt[0] != root.Digest {
 		t.Fatalf("TreeProblems with the damaged set: %q, hurt %v, %v", problems, hurt, err)
 	}
 
