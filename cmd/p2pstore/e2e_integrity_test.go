@@ -218,3 +218,30 @@ func TestPeerGetsNoDamagedChunk(t *testing.T) {
 	n.waitLog(30*time.Second, "a stored path is damaged", p)
 	n.waitNarinfo(p, 404, 30*time.Second)
 }
+
+// TestVerifyRepairFromUpstream: a pulled path damaged on disk is pulled
+// again from the upstream by `verify --repair`, and served whole.
+func TestVerifyRepairFromUpstream(t *testing.T) {
+	nixtest.Require(t)
+	key, pub := upstreamKey(t)
+	p := addTree(t, "pulled", secretFiles("pulled"))
+	up := startNginx(t, "127.0.0.118", staticCache(t, key, "zstd", p))
+	n := pullNode(t, "127.0.0.119", pub, up.url)
+	if _, out, err := substitute(t, pub, p, n.url); err != nil {
+		t.Fatalf("nix-store -r through the node: %v\n%s", err, out)
+	}
+	n.flipPackByte(5000)
+
+	before := up.requests(t, "/nar/")
+	out := n.run("verify", "--repair")
+	if !strings.Contains(out, p+": repaired") {
+		t.Fatalf("verify --repair:\n%s", out)
+	}
+	if up.requests(t, "/nar/") == before {
+		t.Error("the repair asked the upstream for nothing")
+	}
+	n.checkServedNAR(p)
+	if out, err := n.try("verify"); err != nil {
+		t.Fatalf("verify after the repair: %v\n%s", err, out)
+	}
+}
