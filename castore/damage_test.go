@@ -245,3 +245,34 @@ func TestVerifyObjectsBatches(t *testing.T) {
 		t.Fatalf("checked %+v (paced %d) of %+v: %v", st, paced, st0, err)
 	}
 }
+
+// A collection that would copy a damaged chunk out of a pack it rewrites
+// stops, naming the chunk as a *Damage; once it is dropped, the next
+// collection rewrites the pack without it.
+func TestCollectFindsDamage(t *testing.T) {
+	s, dir := openTemp(t)
+	w := s.NewWriter()
+	live := putFile(t, w, pseudoRandom(1, 400<<10))
+	putFile(t, w, pseudoRandom(2, 400<<10)) // garbage: the pack is worth rewriting
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	flipByte(t, dir, 1000) // in the live file's first chunk
+	roots := func(yield func(Node) error) error { return yield(live) }
+	_, err := s.Collect(context.Background(), roots)
+	var dmg *Damage
+	if !errors.As(err, &dmg) || dmg.Kind != KindChunk || !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Collect over a damaged chunk: %v", err)
+	}
+	if dropped, err := s.DropDamaged([]*Damage{dmg}); err != nil || len(dropped) != 1 {
+		t.Fatalf("DropDamaged: %v %v", dropped, err)
+	}
+	st, err := s.Collect(context.Background(), roots)
+	if err != nil || st.PacksRewritten != 1 {
+		t.Fatalf("Collect after the drop: %+v %v", st, err)
+	}
+	var problems []string
+	if _, err := s.TreeProblems(context.Background(), live, nil, func(p string) { problems = append(problems, p) }); err != nil || len(problems) != 1 {
+		t.Fatalf("the live tree lacks %q (%v), want the dropped chunk alone", problems, err)
+	}
+}

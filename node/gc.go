@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -36,6 +37,10 @@ func (n *Node) collect(ctx context.Context) (*GCReport, error) {
 	st, err := n.store.Collect(ctx, func(yield func(castore.Node) error) error {
 		return n.index.ForEach(func(info *pathinfo.Info) error { return yield(info.Root) })
 	})
+	var dmg *castore.Damage
+	if errors.As(err, &dmg) {
+		n.damageFound(dmg, "gc") // the next collection rewrites the pack without it
+	}
 	if err != nil {
 		return nil, err
 	}
