@@ -31,8 +31,9 @@ import (
 //     and its throughput rests on that. What is read into memory anyway
 //     is checked: a raw chunk a peer asks for (castore.SharedChunks; a
 //     stored zstd frame goes out as it is, and the peer checks it), a
-//     chunk being compressed, and a hot NAR being cached whole (against
-//     its NarHash; the path's objects are then checked). `p2pstore
+//     chunk being compressed, an object gc copies out of a pack, and a
+//     hot NAR being cached whole (against its NarHash; the path's objects
+//     are then checked). `p2pstore
 //     verify` and the background scrub read every object; the scrub does
 //     it every storage.scrub_interval, at scrubRate, on a thread at the
 //     lowest CPU and disk priority, so that it never competes with
