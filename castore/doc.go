@@ -45,6 +45,13 @@
 // bytes never disagree; an aborted Writer's bytes are cut off when they end
 // their pack, and are garbage otherwise.
 //
+// Damage. Serving trusts the disk, as nginx does (a NAR is a splice of
+// pack ranges, hashed by nobody on the way); bytes read into memory anyway
+// (ReadChunk, for peers and the compressor) are checked against their
+// digests, and VerifyObjects checks everything, streaming over the index.
+// What fails is a Damage, which DropDamaged takes out of the index: then
+// nothing reads it, and a fetch or an import stores it anew (damage.go).
+//
 // Garbage. Collect (gc.go) removes what no path's tree uses and rewrites
 // packs that are mostly garbage; whoever builds a path holds its objects
 // with a Lease (lease.go) until the path is recorded, so a collection never

@@ -423,10 +423,14 @@ func (s *Store) rewritePack(set *packSet, id uint32, u *packUse) error {
 			bad = verifyFrame(o.d, buf)
 		}
 		if bad != nil {
-			// Copying it would hide the damage; keep the pack for
-			// verify to report and repair.
+			// Copying it would hide the damage; the pack stays as it is
+			// until the caller has the object dropped (DropDamaged).
 			w.Abort()
-			return fmt.Errorf("castore: gc found chunk %s damaged in %s, left the pack as it is: %w", o.d, set.path(id), bad)
+			kind := KindChunk
+			if set == s.zstd && !o.chunk {
+				kind = KindFrame
+			}
+			return fmt.Errorf("castore: gc left %s as it is: %w", set.path(id), &Damage{Kind: kind, Digest: o.d, Err: bad})
 		}
 		if o.newLoc, err = set.append(w, buf); err != nil {
 			w.Abort()

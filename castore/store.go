@@ -383,7 +383,8 @@ func (s *Store) HasBlob(d Digest, size uint64) bool {
 }
 
 // ReadChunk appends the chunk's bytes to buf after checking them against
-// the digest, so that corruption on disk is never passed on.
+// the digest, so that corruption on disk is never passed on: bytes that do
+// not match are a *Damage (wrapping ErrDigestMismatch).
 func (s *Store) ReadChunk(d Digest, buf []byte) ([]byte, error) {
 	loc, err := s.chunkLoc(d)
 	if err != nil {
@@ -400,7 +401,7 @@ func (s *Store) readCheckedChunk(d Digest, loc chunkLoc, buf []byte) ([]byte, er
 		return buf, fmt.Errorf("chunk %s: %w", d, err)
 	}
 	if Sum(buf[n:]) != d {
-		return buf[:n], fmt.Errorf("chunk %s: %w", d, ErrDigestMismatch)
+		return buf[:n], &Damage{Kind: KindChunk, Digest: d, Err: ErrDigestMismatch}
 	}
 	return buf, nil
 }

@@ -64,7 +64,8 @@ type Config struct {
 	ShareLocal     bool          `key:"local.share"`
 	LocalRoot      string        `key:"local.root"`
 	LocalPoll      time.Duration `key:"local.poll_interval"`
-	LocalCopyAhead bool          `key:"local.copy_ahead"` // copy the local paths peers may get into castore before they ask
+	LocalCopyAhead bool          `key:"local.copy_ahead"`       // copy the local paths peers may get into castore before they ask
+	ScrubInterval  time.Duration `key:"storage.scrub_interval"` // how often the background scrub reads the whole store back, 0 for never
 	LogLevel       slog.Level    `key:"log.level"`
 	LogFormat      string        `key:"log.format"` // "text" or "json"
 
@@ -103,6 +104,7 @@ var settings = []setting{
 	{"upstream.public_keys", "upstream-public-key", []string{}, "", "key whose signatures make a path trusted, as trust.public_keys (repeatable; pulled paths need one, e.g. cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=)"},
 	{"storage.max_bytes", "max-bytes", "0", "0, no limit", "stored chunk bytes to keep the store under, by removing the least recently used unpinned paths (k/M/G/T suffixes)"},
 	{"storage.nar_cache_bytes", "nar-cache-bytes", "", "2G, or a quarter of storage.max_bytes when less", "disk for the uncompressed NARs asked for more than once, kept as files and served as a static cache serves them (k/M/G/T suffixes, 0 for none)"},
+	{"storage.scrub_interval", "scrub-interval", "168h", "", "how often the node reads its whole store back in the background, slowly, checks every object against its digest and repairs the paths it finds damaged (0 for never)"},
 	{"mount.dir", "mount", "", "", "mount a read-only FUSE view of the store here"},
 	{"local.share", "share-local", true, "", "share the signed paths of the local Nix store, when there is one (see local.root)"},
 	{"local.root", "local-root", "/", "", "the directory the local Nix store lies under (nix/store, nix/var/nix/db): / for the system's, DIR for a store made with --store DIR"},
@@ -222,6 +224,7 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	c.ShareLocal = r.bool("local.share")
 	c.LocalRoot = r.str("local.root")
 	c.LocalPoll = r.duration("local.poll_interval")
+	c.ScrubInterval = r.interval("storage.scrub_interval")
 	c.LocalCopyAhead = r.bool("local.copy_ahead")
 	c.LogLevel = r.level("log.level")
 	c.LogFormat = r.oneOf("log.format", "text", "json")
@@ -473,6 +476,16 @@ func (r *reader) size(key string) int64 {
 		r.fail(key, s, "%v", err)
 	}
 	return n
+}
+
+// interval reads a duration that may be 0, for "never".
+func (r *reader) interval(key string) time.Duration {
+	s := r.str(key)
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil || d < 0 {
+		r.fail(key, s, "want a duration such as 168h, or 0 for never")
+	}
+	return d
 }
 
 func (r *reader) duration(key string) time.Duration {

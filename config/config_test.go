@@ -108,6 +108,7 @@ func samples(t *testing.T) map[string]sample {
 		"upstream.public_keys":    list([]string{"f-1:AAAA"}, []string{"e-1:BBBB"}, []string{"g-1:CCCC"}),
 		"storage.max_bytes":       {file: 4096, env: "5G", flag: "6T", want: [3]any{int64(4096), int64(5 << 30), int64(6 << 40)}},
 		"storage.nar_cache_bytes": {file: 0, env: "5G", flag: "6M", want: [3]any{int64(0), int64(5 << 30), int64(6 << 20)}},
+		"storage.scrub_interval":  {file: "1h", env: "0", flag: "90m", want: [3]any{"1h0m0s", "0s", "1h30m0s"}},
 		"mount.dir":               same("/f/m", "/e/m", "/g/m"),
 		"local.share":             boolean(false),
 		"local.root":              same("/f/r", "/e/r", "/g/r"),
@@ -438,6 +439,26 @@ func TestNARCacheDefault(t *testing.T) {
 		}
 		if c.NARCacheBytes != tc.want {
 			t.Errorf("%v: nar cache %d, want %d", tc.args, c.NARCacheBytes, tc.want)
+		}
+	}
+}
+
+// TestScrubInterval: weekly by default, 0 turns the scrub off, and what
+// is not a duration (or is negative) is refused naming the key.
+func TestScrubInterval(t *testing.T) {
+	for args, want := range map[string]time.Duration{"": 168 * time.Hour, "--scrub-interval=0": 0, "--scrub-interval=90m": 90 * time.Minute} {
+		c, err := load(t, strings.Fields(args+" --data-dir /d")...)
+		if err != nil || c.ScrubInterval != want {
+			t.Errorf("%q: %v, %v", args, c, err)
+		}
+	}
+	t.Setenv("P2PSTORE_STORAGE_SCRUB_INTERVAL", "1s")
+	if c, err := load(t, "--data-dir", "/d"); err != nil || c.ScrubInterval != time.Second {
+		t.Errorf("from the environment: %v, %v", c, err)
+	}
+	for _, bad := range []string{"weekly", "-1h"} {
+		if _, err := load(t, "--scrub-interval", bad, "--data-dir", "/d"); err == nil || !strings.Contains(err.Error(), "storage.scrub_interval") {
+			t.Errorf("%q: %v", bad, err)
 		}
 	}
 }

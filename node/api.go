@@ -351,14 +351,24 @@ type VerifyReport struct {
 	Chunks      int      `json:"chunks"`
 	Directories int      `json:"directories"`
 	Bytes       uint64   `json:"bytes"`
-	Problems    []string `json:"problems,omitempty"`
-	Seconds     float64  `json:"seconds"`
+	Problems    []string `json:"problems,omitempty"` // damaged objects (the first maxReported)
+	// Damaged are the paths that use a damaged or missing object, and
+	// those made invalid before; with a repair, what became of each.
+	Damaged []DamagedPath `json:"damaged,omitempty"`
+	Seconds float64       `json:"seconds"`
 }
 
-// Verify asks the node to check every object against its digest.
+// Verify asks the node to check every object against its digest and
+// every path's tree.
 func (c *Client) Verify(ctx context.Context) (*VerifyReport, error) {
+	return c.VerifyWith(ctx, &VerifyRequest{})
+}
+
+// VerifyWith is Verify as req says: with Repair, the node also repairs
+// what it finds damaged.
+func (c *Client) VerifyWith(ctx context.Context, req *VerifyRequest) (*VerifyReport, error) {
 	var rep VerifyReport
-	return &rep, c.post(ctx, "/api/v1/verify", nil, &rep)
+	return &rep, c.post(ctx, "/api/v1/verify", req, &rep)
 }
 
 // dhtStatsWait bounds the wait for the DHT provider's figures, which go
@@ -460,35 +470,16 @@ func (n *Node) writeStatus(w http.ResponseWriter, r *http.Request, public bool) 
 }
 
 func (n *Node) serveVerify(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	rep := &VerifyReport{}
-	report := func(p string) {
-		if len(rep.Problems) < 1000 {
-			rep.Problems = append(rep.Problems, p)
-		}
+	var req VerifyRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxMetaLine)).Decode(&req); err != nil && err != io.EOF {
+		writeError(w, http.StatusBadRequest, err)
+		return
 	}
-	op := operationOf(r.Context())
-	op.phase("checking objects", "", 0)
-	st, err := n.store.Verify(r.Context(), report)
+	rep, err := n.verifyStore(r.Context(), req.Repair, nil)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
 	}
-	rep.Chunks, rep.Directories, rep.Bytes = st.Chunks, st.Directories, st.Bytes
-	if op != nil {
-		tot, _ := n.index.Totals()
-		op.phase("checking paths", "paths", uint64(tot.Paths))
-	}
-	err = n.index.ForEach(func(info *pathinfo.Info) error {
-		rep.Paths++
-		op.set(uint64(rep.Paths), 0)
-		return n.store.CheckTree(r.Context(), info.Root, func(p string) { report(info.StorePath + ": " + p) })
-	})
-	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
-	}
-	rep.Seconds = time.Since(start).Seconds()
 	writeJSON(w, http.StatusOK, rep)
 }
 

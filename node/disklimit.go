@@ -373,13 +373,6 @@ func (n *Node) deletePath(hash string) error {
 	return nil
 }
 
-// keepPin carries a pin over when a fetched record replaces one.
-func (n *Node) keepPin(info *pathinfo.Info) {
-	if old, err := n.index.Get(info.HashPart()); err == nil && old.Pinned {
-		info.Pinned = true
-	}
-}
-
 // PinRequest asks the node to pin or unpin paths.
 type PinRequest struct {
 	Paths []string `json:"paths"`

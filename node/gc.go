@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -48,6 +49,10 @@ func (n *Node) collect(ctx context.Context) (*GCReport, error) {
 		op.phase("removing what no path uses", "", 0)
 		return err
 	})
+	var dmg *castore.Damage
+	if errors.As(err, &dmg) {
+		n.damageFound(dmg, "gc") // the next collection rewrites the pack without it
+	}
 	if err != nil {
 		return nil, err
 	}

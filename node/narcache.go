@@ -82,6 +82,7 @@ func (n *Node) fillNARCache(info *pathinfo.Info) {
 	case errors.Is(err, narcache.ErrMismatch):
 		// The store's bytes for this path are not its NAR.
 		n.log.Error("the stored contents of a path do not render to its NarHash", "path", info.StorePath, "err", err)
+		n.suspectNAR(hash) // its objects are checked, and it is repaired
 	case err != nil && ctx.Err() == nil:
 		n.log.Debug("not caching a NAR", "path", info.StorePath, "err", err)
 	}

@@ -35,6 +35,12 @@
 // keep, never a walk of the paths or the objects, so that a scrape costs
 // the same whatever the node holds; every fetch, from peers, an upstream
 // or the local store, ends in one info line (fetchlog.go).
+//
+// Damaged objects (a flipped byte on disk) are found by `verify`, the
+// background scrub (storage.scrub_interval) and the reads that check what
+// they read; they are taken out of service, the paths they hurt are made
+// invalid (not served) and repaired from the local Nix store, upstreams
+// or peers (integrity.go).
 package node
 
 import (
@@ -92,6 +98,7 @@ type Node struct {
 	sharedCount sharedCount
 	limit       diskLimit  // storage.max_bytes (disklimit.go)
 	ops         operations // control requests whose progress is followed (progress.go)
+	integrity   integrity  // damage found and repaired (integrity.go)
 
 	httpLn    net.Listener
 	controlLn net.Listener
@@ -111,6 +118,7 @@ const (
 func New(cfg *config.Config, log *slog.Logger) (*Node, error) {
 	n := &Node{cfg: cfg, log: log, compress: make(chan struct{}, 1), bg: context.Background()}
 	n.limit.init(uint64(cfg.MaxBytes))
+	n.integrity.init()
 	if err := n.open(); err != nil {
 		n.Close()
 		return nil, err
@@ -340,6 +348,9 @@ func (n *Node) Run(ctx context.Context) error {
 	go n.gcLoop(ctx)
 	n.wg.Add(1)
 	go n.limitLoop(ctx)
+	n.wg.Add(2)
+	go n.integrityLoop(ctx)
+	go n.scrubLoop(ctx)
 	if n.cfg.MountDir != "" {
 		srv, err := mount.Mount(n.cfg.MountDir, mountSource{n.store, n})
 		if err != nil {
@@ -402,7 +413,11 @@ func (n *Node) compressLoop(ctx context.Context) {
 		}
 		start := time.Now()
 		count, err := n.store.CompressPending(ctx)
-		if err != nil && ctx.Err() == nil {
+		var dmg *castore.Damage
+		if errors.As(err, &dmg) {
+			n.damageFound(dmg, "the compressor")
+			n.wakeCompressor() // the rest, without it
+		} else if err != nil && ctx.Err() == nil {
 			n.log.Error("compressing chunks", "err", err)
 		}
 		if count > 0 {

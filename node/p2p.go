@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -342,7 +343,10 @@ func (p *p2p) share(ctx context.Context, info *pathinfo.Info) {
 // Share implements fetch.Publisher: the objects now, the announcement
 // when the fetcher says.
 func (p *p2p) Share(ctx context.Context, info *pathinfo.Info) (announce func()) {
-	keys := p.shareObjects(ctx, info)
+	rec := *info
+	rec.Sigs = slices.Clone(info.Sigs)
+	p.n.carryOver(&rec) // a private path made invalid and fetched again stays private
+	keys := p.shareObjects(ctx, &rec)
 	return func() { p.announce(info, keys) }
 }
 
@@ -459,10 +463,18 @@ func (t transferSource) ChunkList(d castore.Digest, size uint64) ([]castore.Chun
 	return refs, err
 }
 
-// Chunks reads shared chunks (checked against their digests when sent
-// raw; a frame is checked by the peer that decodes it).
+// Chunks reads shared chunks, checked against their digests when sent
+// raw (the bytes are in memory anyway); a frame goes as it is stored, and
+// the peer that decodes it checks it (decoding every frame here would
+// cost a seed a core). A raw chunk found damaged is refused as one the
+// node lacks (the peer asks another) and taken out of service.
 func (t transferSource) Chunks(ds []castore.Digest, zstd bool, buf []byte, fn func([]byte, bool, error) error) error {
 	return t.n.store.SharedChunks(ds, zstd, buf, func(data []byte, compressed bool, err error) error {
+		var dmg *castore.Damage
+		if errors.As(err, &dmg) {
+			t.n.damageFound(dmg, "a peer's request")
+			err = transfer.ErrNotFound
+		}
 		if errors.Is(err, castore.ErrNotFound) {
 			err = transfer.ErrNotFound
 		}
@@ -543,9 +555,12 @@ const fetchMaxProviders = 64
 type fetchedPaths struct{ n *Node }
 
 func (f fetchedPaths) Put(info *pathinfo.Info) error {
-	info.Source = pathinfo.SourcePeer
-	f.n.keepPin(info)
-	if err := f.n.putPath(info); err != nil {
+	// A copy: the job's record is read by its clients meanwhile.
+	rec := *info
+	rec.Sigs = slices.Clone(info.Sigs)
+	rec.Source = pathinfo.SourcePeer
+	f.n.carryOver(&rec)
+	if err := f.n.putPath(&rec); err != nil {
 		return err
 	}
 	f.n.wakeCompressor()

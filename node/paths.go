@@ -197,10 +197,7 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 		return castore.WriteStats{}, err
 	}
 	info.Root, info.Pinned, info.Source = root, src == pathinfo.SourceImport, src
-	n.keepPin(info)
-	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
-		info.Private = true
-	}
+	n.carryOver(info)
 	sign = sign && n.signKey != nil && !info.Private
 	if sign {
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))

@@ -363,7 +363,9 @@ func TestNARCache(t *testing.T) {
 	}
 
 	// A flipped byte in the store: the render no longer matches the
-	// NarHash, so it is never cached.
+	// NarHash, so it is never cached; the path's objects are checked, the
+	// damaged chunk found, and the path (no source having it) no longer
+	// served.
 	q := addTree(t, "narcache-rot", map[string][]byte{"f": bytes.Repeat([]byte("rot"), 200000)})
 	n.run("import", "--sign", q)
 	n.stop()
@@ -392,4 +394,9 @@ func TestNARCache(t *testing.T) {
 	if s := n.status(); s.NARCacheEntries != 1 {
 		t.Fatalf("cache holds %d NARs, want 1 (the damaged one refused)", s.NARCacheEntries)
 	}
+	if line := n.waitLog(30*time.Second, "a stored path is damaged", q); !strings.Contains(line, "digest mismatch") {
+		t.Errorf("the damaged path's line does not say what is wrong: %s", line)
+	}
+	n.waitNarinfo(q, 404, 30*time.Second)
+	n.checkServedNAR(p)
 }

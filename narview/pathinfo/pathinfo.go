@@ -18,6 +18,14 @@
 // the sum of their NAR sizes, the pinned ones and those of each Source are
 // counters in the meta bucket that Put and Delete keep, never a walk of
 // the records (an index written before them is counted once on opening).
+//
+// Invalid paths. A path whose stored contents proved damaged is made
+// invalid (Invalidate): its record leaves bucket "paths", so that
+// everything that reads the index (Get, Has, ForEach, Totals) no longer
+// sees it and nothing serves it, and goes to bucket "invalid" with why
+// and since when. There it keeps what the owner decided (pin, privacy)
+// and its signatures for whoever makes it valid again: any Put of the
+// path (a repair, a fetch, a pull, an import) takes it off that list.
 package pathinfo
 
 import (
@@ -226,6 +234,7 @@ var (
 	bucketPaths = []byte("paths")
 	bucketMeta  = []byte("meta")
 	bucketUsed  = []byte("used")      // hash part -> last use, unix nanoseconds
+	bucketBad   = []byte("invalid")   // hash part -> Invalid, JSON
 	metaNarSize = []byte("nar_bytes") // sum of NarSize over all paths
 	metaPinned  = []byte("pinned")    // number of pinned paths
 	metaPaths   = []byte("paths")     // number of paths
@@ -266,7 +275,7 @@ func Open(file string) (*Index, error) {
 		return nil, fmt.Errorf("pathinfo: opening %s: %w", file, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketPaths, bucketMeta, bucketUsed} {
+		for _, b := range [][]byte{bucketPaths, bucketMeta, bucketUsed, bucketBad} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -439,6 +448,9 @@ func (x *Index) Put(info *Info) error {
 		if err := paths.Put(key, v); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bucketBad).Delete(key); err != nil { // valid again
+			return err
+		}
 		// A new path counts as used now; a record replaced (pinned,
 		// unpinned, a signature added) keeps its last use, or unpin
 		// and gc would remove other paths before it.
@@ -470,25 +482,100 @@ func (x *Index) Delete(hash string) error {
 			return nil
 		}
 		var old Info
-		meta := tx.Bucket(bucketMeta)
-		if err := addTo(meta, metaPaths, -1); err != nil {
-			return err
+		if err := json.Unmarshal(prev, &old); err != nil {
+			old = Info{} // counted as a path all the same
 		}
-		if err := json.Unmarshal(prev, &old); err == nil {
-			if err := addTo(meta, metaNarSize, -int64(old.NarSize)); err != nil {
-				return err
-			}
-			if err := addTo(meta, metaPinned, -int64(b2i(old.Pinned))); err != nil {
-				return err
-			}
-			if err := addTo(meta, sourceKey(old.Source), -1); err != nil {
-				return err
-			}
+		if err := uncount(tx.Bucket(bucketMeta), &old); err != nil {
+			return err
 		}
 		if err := tx.Bucket(bucketUsed).Delete([]byte(hash)); err != nil {
 			return err
 		}
 		return paths.Delete([]byte(hash))
+	})
+}
+
+// Invalid is a path made invalid: its last record, and why.
+type Invalid struct {
+	Info   *Info  `json:"info"`
+	Reason string `json:"reason"`
+	Since  int64  `json:"since"` // unix seconds
+}
+
+// Invalidate makes a valid path invalid (see the package doc) and returns
+// its record; ErrNotFound when the index holds no valid record of it.
+func (x *Index) Invalidate(hash, reason string) (*Info, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.cache.Delete(hash)
+	var old Info
+	err := x.db.Update(func(tx *bolt.Tx) error {
+		paths, key := tx.Bucket(bucketPaths), []byte(hash)
+		prev := paths.Get(key)
+		if prev == nil {
+			return ErrNotFound
+		}
+		if err := json.Unmarshal(prev, &old); err != nil {
+			return fmt.Errorf("pathinfo: record %s: %w", hash, err)
+		}
+		v, err := json.Marshal(&Invalid{Info: &old, Reason: reason, Since: time.Now().Unix()})
+		if err != nil {
+			return err
+		}
+		if err := uncount(tx.Bucket(bucketMeta), &old); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketUsed).Delete(key); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketBad).Put(key, v); err != nil {
+			return err
+		}
+		return paths.Delete(key)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &old, nil
+}
+
+// uncount takes a record that leaves bucket "paths" out of the totals.
+func uncount(meta *bolt.Bucket, old *Info) error {
+	for k, d := range map[string]int64{string(metaPaths): -1, string(metaNarSize): -int64(old.NarSize),
+		string(metaPinned): -int64(b2i(old.Pinned)), string(sourceKey(old.Source)): -1} {
+		if err := addTo(meta, []byte(k), d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Invalid returns the invalid path with this hash part; ErrNotFound when
+// it is not one.
+func (x *Index) Invalid(hash string) (*Invalid, error) {
+	var inv *Invalid
+	err := x.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBad).Get([]byte(hash))
+		if v == nil {
+			return ErrNotFound
+		}
+		inv = new(Invalid)
+		return json.Unmarshal(v, inv)
+	})
+	return inv, err
+}
+
+// ForEachInvalid calls fn for every invalid path, in hash order, until fn
+// returns an error.
+func (x *Index) ForEachInvalid(fn func(*Invalid) error) error {
+	return x.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBad).ForEach(func(k, v []byte) error {
+			inv := new(Invalid)
+			if err := json.Unmarshal(v, inv); err != nil {
+				return fmt.Errorf("pathinfo: invalid record %s: %w", k, err)
+			}
+			return fn(inv)
+		})
 	})
 }
 

@@ -380,3 +380,67 @@ func TestPage(t *testing.T) {
 		t.Fatalf("pages listed %q, want %q", got, want)
 	}
 }
+
+// An invalid path is gone for every reader of the index, keeps its record
+// and why, survives a reopening, and a Put makes it valid again.
+func TestInvalidate(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "paths.db")
+	x, err := Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := sample("a9zpn38rqprns64gwcxfjp10iskh33lw", 100), sample("6rncpsjxcpfj92i3n53hkxj9vhnpgsqb", 50)
+	a.Pinned, a.Private = true, true
+	for _, in := range []*Info{a, b} {
+		if err := x.Put(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x.Get(a.HashPart()) // cached: Invalidate must drop it from the cache too
+	old, err := x.Invalidate(a.HashPart(), "chunk X is damaged")
+	if err != nil || old.StorePath != a.StorePath {
+		t.Fatalf("Invalidate: %v %v", old, err)
+	}
+	if _, err := x.Invalidate(a.HashPart(), "again"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("invalidating an invalid path: %v", err)
+	}
+	check := func() {
+		t.Helper()
+		if _, err := x.Get(a.HashPart()); !errors.Is(err, ErrNotFound) || x.Has(a.HashPart()) {
+			t.Fatalf("an invalid path is still readable: %v", err)
+		}
+		var seen []string
+		x.ForEach(func(i *Info) error { seen = append(seen, i.HashPart()); return nil })
+		if len(seen) != 1 || seen[0] != b.HashPart() {
+			t.Fatalf("ForEach sees %v", seen)
+		}
+		if tot, _ := x.Totals(); tot.Paths != 1 || tot.NarBytes != 50 || tot.Pinned != 0 {
+			t.Fatalf("totals %+v", tot)
+		}
+		inv, err := x.Invalid(a.HashPart())
+		if err != nil || inv.Reason != "chunk X is damaged" || inv.Since == 0 || !inv.Info.Pinned || !inv.Info.Private || inv.Info.NarHash != a.NarHash {
+			t.Fatalf("Invalid: %+v %v", inv, err)
+		}
+		n := 0
+		x.ForEachInvalid(func(*Invalid) error { n++; return nil })
+		if n != 1 {
+			t.Fatalf("%d invalid paths", n)
+		}
+	}
+	check()
+	x.Close()
+	if x, err = Open(file); err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	check()
+	if err := x.Put(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.Invalid(a.HashPart()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a path put again is still invalid: %v", err)
+	}
+	if tot, _ := x.Totals(); tot.Paths != 2 || tot.NarBytes != 150 || tot.Pinned != 1 {
+		t.Fatalf("totals after the put %+v", tot)
+	}
+}

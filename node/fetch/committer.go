@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/internal/priority"
 )
 
 // The committer makes the batches a download receives durable and
@@ -40,7 +41,7 @@ type committer struct {
 
 // run commits what the scheduler receives until it closes toCommit.
 func (c *committer) run() {
-	lowerPriority()
+	priority.Lower()
 	first := true
 	for r := range c.s.toCommit {
 		group := c.gather(r, first)

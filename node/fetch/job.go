@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/p2pstore/p2pstore/castore"
+	"github.com/p2pstore/p2pstore/internal/priority"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/node/transfer"
 )
@@ -305,7 +306,7 @@ func (j *Job) fetchTree(ctx context.Context, group []candidate) error {
 	// index writes, at the lowest CPU priority like the committer's:
 	// nothing a client reads waits for them.
 	var announce func()
-	atLowPriority(func() {
+	priority.Run(func() {
 		if err = f.store.CommitAll(w); err == nil {
 			announce = f.pub.Share(ctx, info)
 		}
