@@ -473,7 +473,13 @@ func (n *Node) checkSuspect(ctx context.Context, hash string) (string, bool) {
 		problem = dropped[0].Error()
 		n.integrity.walkFor(dropped) // other paths may use them
 	}
-	hurt, err := n.store.TreeProblems(ctx, info.Root, nil, func(string) {})
+	// What another reader dropped just before (the compressor, a peer's
+	// read) shows as missing here: say that rather than nothing.
+	hurt, err := n.store.TreeProblems(ctx, info.Root, nil, func(p string) {
+		if len(dropped) == 0 && problem == "its stored contents do not render to its NarHash" {
+			problem = p
+		}
+	})
 	if err != nil {
 		return "", false
 	}

@@ -230,6 +230,10 @@ func TestVerifyRepairFromUpstream(t *testing.T) {
 	if _, out, err := substitute(t, pub, p, n.url); err != nil {
 		t.Fatalf("nix-store -r through the node: %v\n%s", err, out)
 	}
+	// The compressor reads new chunks after a pull: done before the flip,
+	// it cannot find the damage first and have it repaired in the
+	// background.
+	n.waitCompressed()
 	n.flipPackByte(5000)
 
 	before := up.requests(t, "/nar/")
