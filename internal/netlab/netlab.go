@@ -263,22 +263,37 @@ func (h *Host) Mend() {
 // crossed a host's link.
 type Counters struct{ Sent, Received uint64 }
 
-// Counters reads the host's link counters, from the bridge's end.
+// Counters reads the host's link counters, from the bridge's end (in
+// /proc/net/dev, which is the reader's namespace's, where /sys may be
+// another's).
 func (h *Host) Counters() Counters {
 	h.lab.t.Helper()
-	read := func(name string) uint64 {
-		b, err := os.ReadFile("/sys/class/net/" + h.link + "/statistics/" + name)
-		if err != nil {
-			h.lab.t.Fatal(err)
-		}
-		var v uint64
-		if _, err := fmt.Sscan(string(b), &v); err != nil {
-			h.lab.t.Fatalf("%s: %v", name, err)
-		}
-		return v
+	b, err := os.ReadFile("/proc/net/dev")
+	if err != nil {
+		h.lab.t.Fatal(err)
 	}
-	// The bridge's end receives what the host sends.
-	return Counters{Sent: read("rx_bytes"), Received: read("tx_bytes")}
+	for _, line := range strings.Split(string(b), "\n") {
+		name, fields, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(name) != h.link {
+			continue
+		}
+		// Received bytes first, then seven more received counters, then
+		// transmitted bytes.
+		var rx, tx uint64
+		f := strings.Fields(fields)
+		if len(f) < 9 {
+			break
+		}
+		_, err1 := fmt.Sscan(f[0], &rx)
+		_, err2 := fmt.Sscan(f[8], &tx)
+		if err1 != nil || err2 != nil {
+			break
+		}
+		// The bridge's end receives what the host sends.
+		return Counters{Sent: rx, Received: tx}
+	}
+	h.lab.t.Fatalf("netlab: no counters for %s in /proc/net/dev", h.link)
+	return Counters{}
 }
 
 // Listen opens a TCP listener in the host's namespace, on its address
