@@ -186,8 +186,9 @@ func (n *Node) gotten(ctx context.Context, hash string) (info *pathinfo.Info, ok
 // has waits for the peers' answer before the pull starts. A peer on the
 // LAN answers within milliseconds, and the search began with the
 // narinfo; one that takes longer is no better a source than the upstream.
-// The peers are asked again when they last said no more than
-// peersMissFresh ago: one of them may have downloaded the path since.
+// A "no" from the peers older than peersMissFresh is not taken as it
+// stands: they are asked again, as one of them may have got the path
+// since.
 const (
 	peersFirstWait = 500 * time.Millisecond
 	peersMissFresh = time.Second
