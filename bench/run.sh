@@ -2,7 +2,7 @@
 # Benchmarks a p2pstore node side by side with nginx serving the same store
 # paths as a static Nix binary cache, and prints a Markdown table.
 #
-#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|upstream-dedup|upstream-faults|all]...
+#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|upstream-dedup|upstream-faults|upstream-wan|all]...
 #                (default: all)
 #
 #   serve    NAR throughput over loopback with bench/httpclient: one GET on
@@ -51,6 +51,15 @@
 #            slowest of 50 narinfo answers (hits and misses), and
 #            `nix-store -r` of go1.25.0 with substituters "node, working
 #            upstream" against the same through a node without the hung one
+#   upstream-wan  the upstream on a WAN link capped by tc tbf (WAN_RATE)
+#            instead of nginx's limit_rate: nginx in a network namespace
+#            behind that link, nodes A and B (both with that upstream) in
+#            namespaces of their own on the uncapped LAN side (a bridge),
+#            the Nix client in the machine's own namespace on the bridge.
+#            `nix-store -r` of go1.25.0 through a cold A against straight
+#            from the upstream over the link; then through a fresh B that
+#            knows A (A warm): B's copy against straight from the upstream,
+#            and the bytes the WAN link carried for each
 #
 # Environment:
 #   BENCH_DIR      scratch dir, on tmpfs (default /dev/shm/p2pstore-bench);
@@ -65,6 +74,8 @@
 #   BENCH_KEEP=1   keep the stores and caches in BENCH_DIR at exit
 #   UPSTREAM_RATE  nginx limit_rate of the upstream section's cache, bytes/s
 #                  per connection (12500k: 100 mbit; 0 for no cap)
+#   WAN_RATE       tc tbf rate of the upstream-wan section's WAN link, both
+#                  ways (100mbit)
 #   NODE_PORT, NGINX_PORT, P2P_PORT, SSH_PORT   loopback ports (17480-17483;
 #                  the base node takes NODE_PORT+20 and P2P_PORT+20, the
 #                  upstream sections NODE_PORT+30/+40/+50, NGINX_PORT+30,
@@ -72,7 +83,9 @@
 #
 # Run as root: scripts/nix-env.sh may install Nix, and nginx, curl (and
 # openssh-server for daemon) are installed with apt-get when missing.
-# Every server listens on 127.0.0.1.
+# Every server listens on 127.0.0.1, but those of swarm and upstream-wan,
+# which listen in network namespaces of their own on a bridge the script
+# makes (10.77.0.0/24 and 10.76.0.0/24).
 set -euo pipefail
 shopt -s inherit_errexit
 export LC_ALL=C # a '.' decimal point in $EPOCHREALTIME, awk and printf
@@ -87,7 +100,7 @@ cd "$REPO"
 # The command line as given, with the settings that change results, so the
 # report says exactly how to reproduce it.
 CMDLINE="bench/run.sh${*:+ $*}"
-for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES UPSTREAM_RATE NAR_CACHE; do
+for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES UPSTREAM_RATE WAN_RATE NAR_CACHE; do
   if [ -n "${!v:-}" ]; then CMDLINE="$v=${!v} $CMDLINE"; fi
 done
 
@@ -148,10 +161,11 @@ cleanup() {
   # A node killed before it unmounted leaves a dead FUSE mount.
   umount -l "$BENCH_DIR/mnt" 2>/dev/null || true
   if [ -n "${SWARM_READY:-}" ]; then swarm_teardown; fi
+  if [ "${WAN_READY:-}" = 1 ]; then wan_teardown; fi
   # The stores and caches are a gigabyte of RAM on tmpfs; keep only the
   # logs and the results unless asked to keep everything.
   if [ -z "${BENCH_KEEP:-}" ] && [ -f "$BENCH_DIR/.p2pstore-bench" ]; then
-    rm -rf "$BENCH_DIR"/{node,node-base,node-pull,node-pull2,hung-src,base-src,node-c,swarm-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
+    rm -rf "$BENCH_DIR"/{node,node-base,node-pull,node-pull2,hung-src,base-src,node-c,swarm-*,wan-*,static,client-*,narinfo-src,xdg-cache,go-tmp*,p2pstore,key.sec,ssh,mnt} 2>/dev/null || true
   fi
   exit "$rc"
 }
@@ -1460,17 +1474,208 @@ bench_upstream_faults() {
     "$(fmt '%.2f s' "$(best min "${with[@]}")")" "$(fmt '%.2f s' "$(best min "${without[@]}")")" "$(fmt '%.2f' "$ratio")" "≤ 1.2" "$(met ceiling "$ratio" 1.2)"
 }
 
+# ---------------------------------------------------------------- upstream-wan
+
+# The upstream's link as a WAN: nginx in a namespace whose veth to the
+# bridge is capped by tc tbf both ways; nodes A and B in namespaces on the
+# same bridge, uncapped (the LAN); the client in the machine's own
+# namespace, on the bridge's address. The hosts have no route but the
+# bridge's. This kernel has no netem: the link has a rate, no added delay.
+WAN_NET=10.76.0
+WAN_RATE=${WAN_RATE:-100mbit}
+WAN_URL=http://$WAN_NET.10/zstd
+WAN_READY=""
+WAN_A_PID=""
+WAN_B_PID=""
+
+wan_ns() { echo "p2pbench-w$1"; }
+
+wan_teardown() {
+  local h
+  for h in up a b; do ip netns del "$(wan_ns "$h")" 2>/dev/null || true; done
+  ip link del p2pbench-wbr 2>/dev/null || true
+}
+
+# wan_host NAME IP: a namespace wired to the bridge.
+wan_host() {
+  local ns; ns=$(wan_ns "$1")
+  ip netns add "$ns"
+  ip link add "pbw-$1" type veth peer name eth0 netns "$ns"
+  ip link set "pbw-$1" master p2pbench-wbr up
+  ip -n "$ns" addr add "$2/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" link set lo up
+}
+
+# wan_sent: the bytes the upstream's host has sent over its link so far
+# (with their IP and Ethernet headers): what the bridge's end received.
+wan_sent() { sed -n 's/^ *pbw-up: *\([0-9]*\).*/\1/p' /proc/net/dev; }
+
+setup_upstream_wan() {
+  [ -z "$WAN_READY" ] || return 0
+  if ! ip netns add p2pbench-probe 2>/dev/null; then
+    note "upstream-wan: network namespaces cannot be made here; skipped"
+    WAN_READY=skip
+    return 0
+  fi
+  ip netns del p2pbench-probe
+  WAN_READY=1
+  start_nginx # the static zstd cache of go1.25.0, the key, the binary
+  wan_teardown
+  ip link add p2pbench-wbr type bridge
+  ip addr add "$WAN_NET.1/24" dev p2pbench-wbr
+  ip link set p2pbench-wbr up
+  wan_host up "$WAN_NET.10"
+  wan_host a "$WAN_NET.11"
+  wan_host b "$WAN_NET.12"
+  # The WAN link: a token bucket on each end's egress, with a burst of
+  # 4 ms at the rate.
+  local bps burst
+  bps=$(awk -v r="$WAN_RATE" 'BEGIN { n = r + 0; if (r ~ /gbit/) n *= 1e9; else if (r ~ /mbit/) n *= 1e6; else if (r ~ /kbit/) n *= 1e3; print n }')
+  burst=$(awk -v b="$bps" 'BEGIN { v = int(b / 8 / 250); print (v < 3200 ? 3200 : v) }')
+  ip netns exec "$(wan_ns up)" tc qdisc add dev eth0 root tbf rate "$WAN_RATE" burst "$burst" latency 200ms
+  tc qdisc add dev pbw-up root tbf rate "$WAN_RATE" burst "$burst" latency 200ms
+  local d=$BENCH_DIR/nginx-wan
+  mkdir -p "$d/tmp"
+  cat >"$d/nginx.conf" <<EOF
+user root;
+worker_processes auto;
+daemon off;
+pid $d/nginx.pid;
+error_log $LOGS/nginx-wan-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 1000000;
+  keepalive_timeout 65;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+  types {
+    text/x-nix-narinfo narinfo;
+    text/x-nix-cache-info nix-cache-info;
+  }
+  default_type application/octet-stream;
+  server {
+    listen $WAN_NET.10:80;
+    root $BENCH_DIR/static;
+  }
+}
+EOF
+  ip netns exec "$(wan_ns up)" nginx -p "$d" -e "$LOGS/nginx-wan-error.log" -c "$d/nginx.conf" >"$LOGS/nginx-wan.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  wait_for "nginx behind the WAN link" "$pid" curl -fsS "$WAN_URL/nix-cache-info"
+  log "upstream-wan: nginx up behind a $WAN_RATE link (pid $pid)"
+}
+
+# wan_node a|b [ARGS...]: a fresh node in its namespace, pulling through
+# from the upstream behind the WAN link; sets WAN_A_PID or WAN_B_PID.
+wan_node() {
+  local name=$1 ip dir=$BENCH_DIR/wan-$1 pid; shift
+  ip=$([ "$name" = a ] && echo "$WAN_NET.11" || echo "$WAN_NET.12")
+  rm -rf "$dir"
+  ip netns exec "$(wan_ns "$name")" env P2PSTORE_DATA_DIR="$dir" "$BIN" serve \
+    --http-listen "$ip:17490" --daemon-socket "$dir.sock" --p2p-listen "/ip4/$ip/tcp/4001" --mdns=false \
+    --upstream "$WAN_URL" --upstream-public-key "$PUBKEY" "$@" >>"$LOGS/wan-$name.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_for "upstream-wan node $name" "$pid" "$BIN" status --daemon-socket "$dir.sock"
+  if [ "$name" = a ]; then WAN_A_PID=$pid; else WAN_B_PID=$pid; fi
+}
+
+wan_stop() {
+  local pid
+  for pid in "$WAN_A_PID" "$WAN_B_PID"; do
+    [ -n "$pid" ] || continue
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  WAN_A_PID="" WAN_B_PID=""
+}
+
+# wan_once RUN: one round, in an order that alternates with RUN: straight
+# from the upstream; through a cold A, then a fresh B that knows the warm
+# A. Appends the times to WAN_DIRECT, WAN_COLD and WAN_SECOND, and sets
+# the byte counts of the round.
+wan_once() {
+  local run=$1 step s0 addr i
+  local steps=(direct nodes)
+  ((run % 2)) || steps=(nodes direct)
+  for step in "${steps[@]}"; do
+    if [ "$step" = direct ]; then
+      s0=$(wan_sent)
+      substitute_once "$WAN_URL" wan-direct
+      WAN_DIRECT+=("$SUB_SECONDS")
+      WAN_DIRECT_BYTES=$(($(wan_sent) - s0))
+      log "  run $run straight from the upstream: $SUB_SECONDS s, $WAN_DIRECT_BYTES bytes on the WAN link"
+      continue
+    fi
+    wan_node a
+    s0=$(wan_sent)
+    substitute_once "http://$WAN_NET.11:17490" wan-cold
+    WAN_COLD+=("$SUB_SECONDS")
+    WAN_COLD_BYTES=$(($(wan_sent) - s0))
+    wait_paths "$BENCH_DIR/wan-a.sock" 1
+    addr=$(pull_status "$BENCH_DIR/wan-a.sock" | grep -o "\"/ip4/$WAN_NET.11/tcp/[^\"]*\"" | head -n1 | tr -d '"')
+    [ -n "$addr" ] || die "node A has no libp2p address on the LAN"
+    wan_node b --bootstrap "$addr"
+    for ((i = 0; i < 100; i++)); do
+      [ "$(pull_status "$BENCH_DIR/wan-b.sock" | json_num peers)" -ge 1 ] && break
+      sleep 0.1
+    done
+    s0=$(wan_sent)
+    substitute_once "http://$WAN_NET.12:17490" wan-second
+    WAN_SECOND+=("$SUB_SECONDS")
+    WAN_SECOND_BYTES=$(($(wan_sent) - s0))
+    WAN_SECOND_P2P=$(pull_status "$BENCH_DIR/wan-b.sock" | json_num p2p_bytes_received)
+    wan_stop
+    log "  run $run through A (cold): ${WAN_COLD[-1]} s, $WAN_COLD_BYTES bytes on the WAN link;" \
+      "through B: ${WAN_SECOND[-1]} s, $WAN_SECOND_BYTES bytes on the WAN link, $WAN_SECOND_P2P from peers"
+  done
+}
+
+bench_upstream_wan() {
+  setup_upstream_wan
+  [ "$WAN_READY" = 1 ] || return 0
+  local i file_size cold direct second ratio
+  WAN_DIRECT=() WAN_COLD=() WAN_SECOND=()
+  file_size=$(curl -fsS "$WAN_URL/$(hash_part "$GO0").narinfo" | sed -n 's/^FileSize: //p')
+  log "upstream-wan: nix-store -r go1.25.0 over a $WAN_RATE WAN link (tc tbf), $RUNS alternating runs"
+  for ((i = 1; i <= RUNS; i++)); do wan_once "$i"; done
+  cold=$(best min "${WAN_COLD[@]}")
+  direct=$(best min "${WAN_DIRECT[@]}")
+  second=$(best min "${WAN_SECOND[@]}")
+  ratio=$(calc "$cold/$direct")
+  row "nix-store -r go1.25.0 through a cold pull-through node A on the LAN, zstd upstream behind a $WAN_RATE tc tbf WAN link (peer: straight from the upstream over that link)" \
+    "$(fmt '%.2f s' "$cold")" "$(fmt '%.2f s' "$direct")" "$(fmt '%.2f' "$ratio")" "≤ 1.1" "$(met ceiling "$ratio" 1.1)"
+  ratio=$(calc "$second/$direct")
+  row "the same through a fresh second LAN node B (knows A, has the same upstream), A warm (peer: straight from the upstream)" \
+    "$(fmt '%.2f s' "$second")" "$(fmt '%.2f s' "$direct")" "$(fmt '%.2f' "$ratio")" "< 1" "$(met ceiling "$ratio" 0.999)"
+  ratio=$(calc "$WAN_COLD_BYTES/$file_size")
+  row "bytes over the WAN link for A's cold pull, last run (link counter, with TCP/IP headers; peer: the .nar.zst's size)" \
+    "$(fmt '%.1f MB' "$(calc "$WAN_COLD_BYTES/1e6")")" "$(fmt '%.1f MB' "$(calc "$file_size/1e6")")" "$(fmt '%.3f' "$ratio")" "≤ 1.05" "$(met ceiling "$ratio" 1.05)"
+  ratio=$(calc "$WAN_SECOND_BYTES/$file_size")
+  row "bytes over the WAN link while B served the path, last run ($(fmt '%.1f MB' "$(calc "$WAN_SECOND_P2P/1e6")") from A over p2p; peer: the .nar.zst's size)" \
+    "$(fmt '%.3f MB' "$(calc "$WAN_SECOND_BYTES/1e6")")" "$(fmt '%.1f MB' "$(calc "$file_size/1e6")")" "$(fmt '%.4f' "$ratio")" "≤ 0.01" "$(met ceiling "$ratio" 0.01)"
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | upstream-dedup | upstream-faults | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | upstream-dedup | upstream-faults | upstream-wan | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream upstream-dedup upstream-faults); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream upstream-dedup upstream-faults upstream-wan); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
@@ -1480,6 +1685,7 @@ main() {
       serve | e2e | upstream) start_nginx ;;
       upstream-dedup) setup_upstream_dedup ;;
       upstream-faults) setup_upstream_faults ;;
+      upstream-wan) setup_upstream_wan ;;
       narinfo) start_base && make_narinfo_paths ;;
       closure) start_base && make_closure_paths ;;
       dedup | load) start_node ;;

@@ -23,7 +23,10 @@ import (
 // fetch job (asked for with fetch.Find, begun with fetch.Begin), an
 // upstream's the pull job (package pull), at the path's first NAR request
 // (a narinfo alone downloads nothing from upstream), whose NAR streams to
-// the client as it downloads; the other answer is dropped. A narinfo
+// the client as it downloads; the other answer is dropped. Before an
+// upstream's pull starts, the peers are asked once more (bounded): a peer
+// that has the same NAR sends it instead, so that a path crosses the
+// upstream's link once for a LAN (fetchFromPeers). A narinfo
 // request is answered within
 // narinfoDeadline whatever the sources do: 404 when none has answered, and
 // the lookup goes on in the background for the next request. The narinfo
@@ -189,10 +192,22 @@ func (n *Node) gotten(ctx context.Context, hash string) (info *pathinfo.Info, ok
 	return nil, false, nil
 }
 
+// peersFirstWait bounds how long a NAR request for a path an upstream
+// has waits for the peers' answer before the pull starts. A peer on the
+// LAN answers within milliseconds, and the search began with the
+// narinfo; one that takes longer is no better a source than the upstream.
+// A "no" from the peers older than peersMissFresh is not taken as it
+// stands: they are asked again, as one of them may have got the path
+// since.
+const (
+	peersFirstWait = 500 * time.Millisecond
+	peersMissFresh = time.Second
+)
+
 // pullFor starts the pull of a path an upstream was found to have (in
 // the last upstream.Client FoundTTL), for its first NAR request or daemon
-// lookup, unless the peers are fetching it; it returns the running pull,
-// or nil.
+// lookup, unless the peers are fetching it or have it: it returns the
+// running pull, or nil.
 func (n *Node) pullFor(ctx context.Context, hash string) *pull.Job {
 	if j := n.up.puller.Running(hash); j != nil {
 		return j
@@ -204,6 +219,9 @@ func (n *Node) pullFor(ctx context.Context, hash string) *pull.Job {
 	if p == nil {
 		return nil
 	}
+	if n.fetchFromPeers(ctx, p.Info) {
+		return nil
+	}
 	if _, err := n.startPull(ctx, p); err != nil {
 		if !errors.Is(err, pull.ErrFailedRecently) {
 			n.log.Warn("starting a pull", "path", p.Info.StorePath, "err", err)
@@ -211,6 +229,30 @@ func (n *Node) pullFor(ctx context.Context, hash string) *pull.Job {
 		return nil
 	}
 	return n.up.puller.Running(hash)
+}
+
+// fetchFromPeers begins the peers' fetch of a path an upstream won the
+// narinfo race for, when a peer has the same NAR: an upstream on an idle
+// link answers as fast as a peer, or its answer was remembered from a
+// narinfo asked before any peer had the path, but the NAR comes faster
+// over the LAN, and the upstream's link is spared a second copy of what
+// a peer already downloaded. It reports whether the fetch runs.
+func (n *Node) fetchFromPeers(ctx context.Context, info *pathinfo.Info) bool {
+	if n.p2p == nil {
+		return false
+	}
+	findCtx, cancel := context.WithTimeout(ctx, peersFirstWait)
+	defer cancel()
+	fd, err := n.p2p.fetch.FindAgain(findCtx, info.HashPart(), peersMissFresh)
+	if err != nil || fd.Info().NarHash != info.NarHash {
+		return false
+	}
+	// A pull that another request started meanwhile stands: startFetch
+	// begins no fetch then.
+	if _, err := n.startFetch(ctx, fd); err != nil {
+		return false
+	}
+	return n.p2p.fetch.Running(info.HashPart()) != nil
 }
 
 // startPull starts the pull of an upstream's answer, unless a job already

@@ -40,7 +40,7 @@ go vet ./...
 go test -race -count=1 -timeout 20m $(go list ./... | grep -v '/cmd/p2pstore$')
 go test -count=1 -timeout 20m ./cmd/p2pstore
 P2PSTORE_RACE=1 go test -count=1 -timeout 20m \
-  -run 'TestP2P(Chain|ConcurrentNARs|SlowClientRepeats|SeedDiesWhileNARStreams|StalledPeer|BadPeers)$|TestNARRangeWhileFetching|TestDaemonManyClients|TestDiskLimit' \
+  -run 'TestP2P(Chain|ConcurrentNARs|SlowClientRepeats|SeedDiesWhileNARStreams|StalledPeer|BadPeers)$|TestNARRangeWhileFetching|TestDaemonManyClients|TestDiskLimit|TestWANPullThroughOnce' \
   ./cmd/p2pstore
 # Every parser of untrusted input, fuzzed for a bounded time on top of the
 # seed corpora in testdata/fuzz that the run above replays.

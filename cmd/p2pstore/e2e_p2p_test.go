@@ -31,6 +31,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/dht"
+	"github.com/p2pstore/p2pstore/internal/netlab"
 	"github.com/p2pstore/p2pstore/internal/nixtest"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/node"
@@ -579,66 +580,13 @@ func randReader(seed [32]byte) interface{ Read([]byte) (int, error) } {
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-// netns is a network namespace wired to a test bridge.
-type netns struct{ name, ip string }
-
-// mdnsLAN makes a bridge and two namespaces on it, or skips the test with
-// the reason when that cannot be done here.
-func mdnsLAN(t *testing.T) []netns {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mDNS across network namespaces needs root (ip netns)")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("mDNS across network namespaces needs iproute2's ip")
-	}
-	id := os.Getpid() % 10000
-	br := fmt.Sprintf("p2ptbr%d", id)
-	run := func(args ...string) error {
-		out, err := exec.Command("ip", args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := run("link", "add", br, "type", "bridge"); err != nil {
-		t.Skipf("cannot make a bridge here: %v", err)
-	}
-	t.Cleanup(func() { run("link", "del", br) })
-	if err := run("link", "set", br, "up"); err != nil {
-		t.Fatal(err)
-	}
-	var hosts []netns
-	for i, name := range []string{"a", "b"} {
-		ns := netns{name: fmt.Sprintf("p2pt%d%s", id, name), ip: fmt.Sprintf("10.78.%d.%d", id%250, 11+i)}
-		veth := fmt.Sprintf("p2pt%d%s", id, name)
-		if err := run("netns", "add", ns.name); err != nil {
-			t.Skipf("cannot make network namespaces here: %v", err)
-		}
-		t.Cleanup(func() { run("netns", "del", ns.name) })
-		for _, args := range [][]string{
-			{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns.name},
-			{"link", "set", veth, "master", br, "up"},
-			{"-n", ns.name, "addr", "add", ns.ip + "/24", "dev", "eth0"},
-			{"-n", ns.name, "link", "set", "eth0", "up"},
-			{"-n", ns.name, "link", "set", "lo", "up"},
-			{"-n", ns.name, "route", "add", "224.0.0.0/4", "dev", "eth0"},
-		} {
-			if err := run(args...); err != nil {
-				t.Fatal(err)
-			}
-		}
-		hosts = append(hosts, ns)
-	}
-	return hosts
-}
-
 // TestMDNSNamespaces: two nodes on one LAN (network namespaces on a
 // bridge), each knowing nothing of the other, find each other by mDNS,
 // and one fetches a path the other holds.
 func TestMDNSNamespaces(t *testing.T) {
 	nixtest.Require(t)
-	hosts := mdnsLAN(t)
+	lab := netlab.New(t)
+	hosts := []*netlab.Host{lab.Host("a"), lab.Host("b")}
 	var nodes []*nodeProc
 	for i, h := range hosts {
 		keyName := ""
@@ -650,14 +598,14 @@ func TestMDNSNamespaces(t *testing.T) {
 		for j, a := range n.args {
 			switch a {
 			case "--p2p-listen":
-				n.args[j+1] = "/ip4/" + h.ip + "/tcp/0"
+				n.args[j+1] = "/ip4/" + h.IP + "/tcp/0"
 			case "--http-listen":
-				n.args[j+1] = h.ip + ":0"
+				n.args[j+1] = h.IP + ":0"
 			case "--mdns=false":
 				n.args[j] = "--mdns=true"
 			}
 		}
-		n.wrap = []string{"ip", "netns", "exec", h.name}
+		n.wrap = h.Exec()
 		nodes = append(nodes, n)
 	}
 	a, b := nodes[0], nodes[1]

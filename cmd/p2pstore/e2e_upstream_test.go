@@ -71,6 +71,13 @@ type nginxCache struct {
 
 func startNginx(t *testing.T, ip, root string) *nginxCache {
 	t.Helper()
+	return startNginxOn(t, nil, fmt.Sprintf("%s:%d", ip, freePort(t, ip)), root)
+}
+
+// startNginxOn serves root with nginx listening on addr, run through wrap
+// (ip netns exec NS, for a host of a test network; nil for none).
+func startNginxOn(t *testing.T, wrap []string, addr, root string) *nginxCache {
+	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		if bin, err = exec.LookPath("/usr/sbin/nginx"); err != nil {
@@ -81,8 +88,6 @@ func startNginx(t *testing.T, ip, root string) *nginxCache {
 		}
 	}
 	dir := t.TempDir()
-	port := freePort(t, ip)
-	addr := fmt.Sprintf("%s:%d", ip, port)
 	conf := fmt.Sprintf(`daemon off;
 master_process off;
 pid %[1]s/nginx.pid;
@@ -105,7 +110,8 @@ http {
 	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "-c", file, "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	argv := append(append([]string(nil), wrap...), bin, "-c", file, "-p", dir, "-e", filepath.Join(dir, "error.log"))
+	cmd := exec.Command(argv[0], argv[1:]...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -136,19 +142,37 @@ http {
 // requests counts the access log's GETs whose path starts with prefix.
 func (c *nginxCache) requests(t *testing.T, prefix string) int {
 	t.Helper()
+	n, _ := c.served(t, prefix)
+	return n
+}
+
+// served counts the access log's GETs whose path starts with prefix, and
+// the body bytes nginx sent for them.
+func (c *nginxCache) served(t *testing.T, prefix string) (requests int, bytes int64) {
+	t.Helper()
 	f, err := os.Open(c.log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	n := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if strings.Contains(sc.Text(), `"GET `+prefix) {
-			n++
+		// The combined format: ... "GET /path HTTP/1.1" status bytes "referer" "agent"
+		line := sc.Text()
+		i := strings.Index(line, `"GET `+prefix)
+		if i < 0 {
+			continue
 		}
+		requests++
+		_, after, _ := strings.Cut(line[i+1:], `" `)
+		var status int
+		var n int64
+		if _, err := fmt.Sscan(after, &status, &n); err != nil {
+			t.Fatalf("access log line %q: %v", line, err)
+		}
+		bytes += n
 	}
-	return n
+	return requests, bytes
 }
 
 // pullNode starts a node (no signing key of its own) pulling through

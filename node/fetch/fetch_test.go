@@ -740,3 +740,42 @@ func TestFindThenBegin(t *testing.T) {
 		t.Fatal("Find of an unknown path left a job")
 	}
 }
+
+// lateFinder offers no source until its source is set.
+type lateFinder struct{ src atomic.Pointer[memSource] }
+
+func (f *lateFinder) Sources(ctx context.Context, hash string) <-chan Source {
+	if s := f.src.Load(); s != nil {
+		return memFinder{s}.Sources(ctx, hash)
+	}
+	return memFinder{}.Sources(ctx, hash)
+}
+
+// FindAgain searches again when the remembered miss is older than it is
+// told, and finds the path a source has got since; a fresher miss stands,
+// as it does for Find.
+func TestFindAgain(t *testing.T) {
+	s := newSeed(t, true)
+	h := newHarness(t, s)
+	finder := &lateFinder{}
+	h.f.finder = finder
+	ctx := context.Background()
+	if _, err := h.f.Find(ctx, testHash); !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("with no source: %v", err)
+	}
+	src := &memSource{id: "a", seed: s}
+	finder.src.Store(src)
+	if _, err := h.f.Find(ctx, testHash); !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("Find with a remembered miss: %v", err)
+	}
+	if _, err := h.f.FindAgain(ctx, testHash, time.Hour); !errors.Is(err, pathinfo.ErrNotFound) {
+		t.Fatalf("FindAgain with a miss fresher than asked: %v", err)
+	}
+	if n := src.records.Load(); n != 0 {
+		t.Fatalf("the source was asked %d times while the miss stood", n)
+	}
+	fd, err := h.f.FindAgain(ctx, testHash, 0)
+	if err != nil || fd.Info().NarHash != s.info.NarHash {
+		t.Fatalf("FindAgain once the miss is older than asked: %v", err)
+	}
+}

@@ -11,7 +11,9 @@ import (
 // against others of its own (the node's upstreams): Find asks for the
 // path's record without starting a job, and Begin starts one only for
 // the answer the caller took, so that a path another source won is not
-// downloaded from the peers as well.
+// downloaded from the peers as well. FindAgain is Find for the moment the
+// caller is about to download from its own source: an old miss is
+// searched again.
 
 // Found is a trusted record of a path that Find found, and the sources
 // that gave it (none when a job was already fetching it).
@@ -83,6 +85,19 @@ func (f *Fetcher) Find(ctx context.Context, hash string) (*Found, error) {
 	}
 	_, info := choose(s.cands)
 	return &Found{hash: hash, info: info, cands: s.cands}, nil
+}
+
+// FindAgain is Find for a caller about to download the path from a
+// source of its own: a miss remembered from longer ago than fresh does
+// not count, since a peer may have got the path since (a second machine
+// of the LAN asking for what the first has just downloaded).
+func (f *Fetcher) FindAgain(ctx context.Context, hash string, fresh time.Duration) (*Found, error) {
+	f.mu.Lock()
+	if until, ok := f.misses[hash]; ok && time.Until(until) < missMemory-fresh {
+		delete(f.misses, hash)
+	}
+	f.mu.Unlock()
+	return f.Find(ctx, hash)
 }
 
 func (f *Fetcher) search(s *search, hash string) {
