@@ -144,7 +144,10 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 	switch share {
 	case ShareDefault:
 	case ShareSigned:
-		if n.signKey == nil {
+		if n.isGuix(info.StorePath) && n.guixKey == nil {
+			return nil, badInput("--sign: the node has no Guix signing key (guix.sign_key_file)")
+		}
+		if !n.isGuix(info.StorePath) && n.signKey == nil {
 			return nil, badInput("--sign: the node has no signing key (sign.key_file)")
 		}
 		sign = true
@@ -168,12 +171,24 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 // only); the node signs them with its key when sign is set (sign.imports,
 // `import --sign`), which shares them (see sharing.go), and pins them
 // when pin is set (added by hand; see disklimit.go). A path once private
-// stays so when it is added again.
+// stays so when it is added again. A Guix path (guix.go) is checked
+// against the Guix store and keys, and signed with the Guix key, in its
+// Guix narinfo.
 func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign, pin bool) (castore.WriteStats, error) {
-	if err := info.Validate(n.cfg.StoreDir); err != nil {
+	isGuix := n.isGuix(info.StorePath)
+	if err := info.Validate(n.storeDirOf(info.StorePath)); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
-	n.dropBadSigs(info)
+	if info.GuixNarinfo != "" {
+		if err := n.checkGuixNarinfo(info); err != nil {
+			return castore.WriteStats{}, err
+		}
+	}
+	if isGuix {
+		info.Sigs = nil // Nix signatures sign Nix paths
+	} else {
+		n.dropBadSigs(info)
+	}
 	n.importsRunning.Add(1)
 	defer n.importsRunning.Add(-1)
 	// The lease keeps the tree from gc until the path is recorded.
@@ -202,8 +217,12 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	if old, err := n.index.Get(info.HashPart()); err == nil && old.Private {
 		info.Private = true
 	}
-	sign = sign && n.signKey != nil && !info.Private
-	if sign {
+	switch {
+	case isGuix && sign && n.guixKey != nil && !info.Private && info.GuixNarinfo == "":
+		if err := n.signGuix(info); err != nil {
+			return castore.WriteStats{}, err
+		}
+	case !isGuix && sign && n.signKey != nil && !info.Private:
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))
 	}
 	if n.signKey != nil && n.shares(info) {
@@ -260,13 +279,18 @@ func (d daemonStore) PathFromHashPart(ctx context.Context, hash string) (string,
 	if err != nil {
 		return "", err
 	}
+	if d.n.isGuix(info.StorePath) {
+		return "", pathinfo.ErrNotFound
+	}
 	return info.StorePath, nil
 }
 
 func (d daemonStore) AllPaths(ctx context.Context) ([]string, error) {
 	var out []string
 	err := d.n.index.ForEach(func(info *pathinfo.Info) error {
-		out = append(out, info.StorePath)
+		if !d.n.isGuix(info.StorePath) {
+			out = append(out, info.StorePath)
+		}
 		return nil
 	})
 	sort.Strings(out)
@@ -323,6 +347,9 @@ type mountSource struct {
 
 func (m mountSource) Path(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := m.n.index.Get(hash)
+	if err == nil && m.n.isGuix(info.StorePath) {
+		return nil, pathinfo.ErrNotFound
+	}
 	if err == nil {
 		m.n.limit.touch(hash)
 	}
@@ -336,7 +363,9 @@ func (m mountSource) Reading(hash string) { m.n.limit.read(hash) }
 func (m mountSource) Paths(ctx context.Context) ([]string, error) {
 	var out []string
 	err := m.n.index.ForEach(func(info *pathinfo.Info) error {
-		out = append(out, path.Base(info.StorePath))
+		if !m.n.isGuix(info.StorePath) {
+			out = append(out, path.Base(info.StorePath))
+		}
 		return nil
 	})
 	return out, err
