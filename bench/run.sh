@@ -2,7 +2,7 @@
 # Benchmarks a p2pstore node side by side with nginx serving the same store
 # paths as a static Nix binary cache, and prints a Markdown table.
 #
-#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|upstream-dedup|upstream-faults|upstream-wan|all]...
+#   bench/run.sh [serve|e2e|narinfo|closure|dedup|ingest|p2p|swarm|dht|daemon|load|upstream|upstream-dedup|upstream-faults|upstream-wan|guix|all]...
 #                (default: all)
 #
 #   serve    NAR throughput over loopback with bench/httpclient: one GET on
@@ -60,6 +60,12 @@
 #            from the upstream over the link; then through a fresh B that
 #            knows A (A warm): B's copy against straight from the upstream,
 #            and the bytes the WAN link carried for each
+#   guix     the node's Guix listener against nginx serving the same files:
+#            1,000 Guix narinfo GETs pipelined on one connection (373 small
+#            Guix paths; nginx serves the node's narinfos as static files),
+#            and go1.25.0's tree as a /gnu/store path served zstd (nginx: a
+#            .zst of its NAR made by zstd -3), one GET and 16 connections,
+#            in NAR bytes per second
 #
 # Environment:
 #   BENCH_DIR      scratch dir, on tmpfs (default /dev/shm/p2pstore-bench);
@@ -100,7 +106,7 @@ cd "$REPO"
 # The command line as given, with the settings that change results, so the
 # report says exactly how to reproduce it.
 CMDLINE="bench/run.sh${*:+ $*}"
-for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES UPSTREAM_RATE WAN_RATE NAR_CACHE; do
+for v in BENCH_RUNS BENCH_SECONDS BENCH_DIR BENCH_BASE_REV NODE_PORT NGINX_PORT P2P_PORT SSH_PORT GUIX_PORT LOAD_STALLED LOAD_DAEMON LOAD_IDENTITIES UPSTREAM_RATE WAN_RATE NAR_CACHE; do
   if [ -n "${!v:-}" ]; then CMDLINE="$v=${!v} $CMDLINE"; fi
 done
 
@@ -111,6 +117,7 @@ NODE_PORT=${NODE_PORT:-17480}
 NGINX_PORT=${NGINX_PORT:-17481}
 P2P_PORT=${P2P_PORT:-17482}
 SSH_PORT=${SSH_PORT:-17483}
+GUIX_PORT=${GUIX_PORT:-17484}
 NARINFO_PATHS=373
 PIPELINED=1000
 BASE_REV=${BENCH_BASE_REV:-}
@@ -127,6 +134,7 @@ NODE_URL=http://127.0.0.1:$NODE_PORT
 BASE_URL=http://127.0.0.1:$((NODE_PORT + 20))
 CLIENT=$BENCH_DIR/httpclient
 NGINX_URL=http://127.0.0.1:$NGINX_PORT
+GUIX_URL=http://127.0.0.1:$GUIX_PORT
 # The same caches at the upstream's rate (the upstream section).
 UPSTREAM_URL=http://127.0.0.1:$((NGINX_PORT + 30))
 # Nix keeps a narinfo cache under $XDG_CACHE_HOME; a private one keeps runs
@@ -333,13 +341,16 @@ start_node() {
   go build -o "$BIN" ./cmd/p2pstore
   go build -o "$CLIENT" ./bench/httpclient
   PUBKEY=$("$BIN" keygen --name bench-1 --out "$BENCH_DIR/key.sec" --force)
+  "$BIN" keygen --guix --out "$BENCH_DIR/guix.sec" --force >/dev/null
   port_free "$NODE_PORT" || die "port $NODE_PORT is in use; set NODE_PORT"
+  port_free "$GUIX_PORT" || die "port $GUIX_PORT is in use; set GUIX_PORT"
   port_free "$P2P_PORT" || die "port $P2P_PORT is in use; set P2P_PORT"
   # libp2p on loopback only and no mDNS: nothing of the bench leaves the
   # machine.
   P2PSTORE_DATA_DIR=$BENCH_DIR/node "$BIN" serve \
     --sign-key-file "$BENCH_DIR/key.sec" --sign-imports \
     --http-listen "127.0.0.1:$NODE_PORT" \
+    --guix-http-listen "127.0.0.1:$GUIX_PORT" --guix-sign-key-file "$BENCH_DIR/guix.sec" \
     --daemon-socket "$SOCK" \
     --p2p-listen "/ip4/127.0.0.1/tcp/$P2P_PORT" --mdns=false \
     --mount "$BENCH_DIR/mnt" --nar-cache-bytes "${NAR_CACHE:-2G}" \
@@ -1665,17 +1676,103 @@ bench_upstream_wan() {
     "$(fmt '%.3f MB' "$(calc "$WAN_SECOND_BYTES/1e6")")" "$(fmt '%.1f MB' "$(calc "$file_size/1e6")")" "$(fmt '%.4f' "$ratio")" "≤ 0.01" "$(met ceiling "$ratio" 0.01)"
 }
 
+# ---------------------------------------------------------------- guix
+
+GUIX_READY=""
+# Makes a Nix store whose paths lie under /gnu/store (files in the scratch
+# dir) with 373 small paths and go1.25.0's tree, imports them into the
+# node (signed with its Guix key), and gives nginx the node's narinfos as
+# static files and a .zst of the go tree's NAR, under /guix/.
+make_guix_paths() {
+  [ -z "$GUIX_READY" ] || return 0
+  GUIX_READY=1
+  start_nginx
+  GUIX_STORE="local?store=/gnu/store&real=$BENCH_DIR/guix/gnu/store&state=$BENCH_DIR/guix/state"
+  log "making $NARINFO_PATHS small Guix paths and go1.25.0 as a Guix path"
+  local src=$BENCH_DIR/guix-src i dirs=() paths h
+  for ((i = 1; i <= NARINFO_PATHS; i++)); do
+    mkdir -p "$src/p2pstore-guix-bench-$i"
+    echo "$i" >"$src/p2pstore-guix-bench-$i/index"
+    dirs+=("$src/p2pstore-guix-bench-$i")
+  done
+  cp -a "$GO0" "$src/go1.25.0" && chmod -R u+w "$src/go1.25.0"
+  mapfile -t paths < <(nix-store --store "$GUIX_STORE" --add "${dirs[@]}")
+  ((${#paths[@]} == NARINFO_PATHS)) || die "nix-store --add made ${#paths[@]} Guix paths"
+  GUIX_GO=$(nix-store --store "$GUIX_STORE" --add "$src/go1.25.0") || die "adding go1.25.0 to the Guix store failed"
+  rm -rf "$src"
+  p2p import --sign --from-store "$GUIX_STORE" "${paths[@]}" "$GUIX_GO" >>"$LOGS/import.log" 2>&1 || die "Guix import failed; see $LOGS/import.log"
+  tail -n1 "$LOGS/import.log" >&2
+  mkdir -p "$BENCH_DIR/static/guix"
+  for p in "${paths[@]}"; do
+    h=$(hash_part "$p")
+    echo "$h"
+    curl -fsS -o "$BENCH_DIR/static/guix/$h.narinfo" "$GUIX_URL/$h.narinfo" || die "no Guix narinfo for $p"
+  done >"$BENCH_DIR/guix.hashes"
+  nix store dump-path --store "$GUIX_STORE" "$GUIX_GO" | zstd -3 -q -T1 >"$BENCH_DIR/static/guix/go.nar.zst"
+  GUIX_NODE_NAR=$GUIX_URL/nar/zstd/$(basename "$GUIX_GO")
+  GUIX_NGINX_NAR=$NGINX_URL/guix/go.nar.zst
+}
+
+# guix_once SIDE RUN pipeline|CONNS: seconds for 1,000 pipelined Guix
+# narinfo GETs, or the zstd NAR's throughput in NAR bytes per second (the
+# two sides' .zst differ in size: each rate is scaled by NarSize/FileSize).
+guix_once() {
+  local side=$1 run=$2 what=$3 url rate size
+  if [ "$what" = pipeline ]; then
+    url=$([ "$side" = node ] && echo "$GUIX_URL" || echo "$NGINX_URL/guix")
+    "$CLIENT" pipeline -n "$PIPELINED" "$url" "$BENCH_DIR/guix.hashes" 2>>"$LOGS/httpclient.log" \
+      || die "httpclient pipeline $url failed; see $LOGS/httpclient.log"
+    return
+  fi
+  url=$([ "$side" = node ] && echo "$GUIX_NODE_NAR" || echo "$GUIX_NGINX_NAR")
+  size=$([ "$side" = node ] && echo "$GUIX_NODE_ZST" || echo "$GUIX_NGINX_ZST")
+  if [ "$what" = 1 ]; then
+    rate=$("$CLIENT" get "$url" 2>>"$LOGS/httpclient.log") || die "httpclient get $url failed; see $LOGS/httpclient.log"
+  else
+    rate=$("$CLIENT" load -c "$what" -d "${SECONDS_PER_RUN}s" "$url" 2>>"$LOGS/httpclient.log") \
+      || die "httpclient load $url failed; see $LOGS/httpclient.log"
+  fi
+  calc "$rate*$GO0_NARSIZE/$size"
+}
+
+bench_guix() {
+  make_guix_paths
+  local hex conns label side url
+  for side in node nginx; do
+    url=$([ "$side" = node ] && echo "$GUIX_NODE_NAR" || echo "$GUIX_NGINX_NAR")
+    hex=$(curl -fsS "$url" | zstd -d -q | sha256sum | cut -d' ' -f1)
+    [ "$(nix hash to-sri --type sha256 "$hex")" = "$SRC_NARHASH" ] || die "the Guix zstd NAR at $url is not go1.25.0's"
+  done
+  GUIX_NODE_ZST=$(curl -fsS "$GUIX_NODE_NAR" | wc -c)
+  GUIX_NGINX_ZST=$(stat -c %s "$BENCH_DIR/static/guix/go.nar.zst")
+  log "go1.25.0 zstd NAR: node $GUIX_NODE_ZST bytes, zstd -3 $GUIX_NGINX_ZST bytes"
+  label="$PIPELINED Guix narinfo GETs pipelined on one connection (httpclient, as guix substitute asks; nginx: the node's narinfos as files)"
+  log "$label, $RUNS runs each"
+  pair_best min guix_once pipeline
+  ceiling_rows "$label" '%.4f s' 1.2
+  for conns in 1 16; do
+    label="Guix NAR, go1.25.0 as a /gnu/store path, zstd, 1 GET on a fresh connection (NAR bytes/s; nginx: a precompressed .zst)"
+    if [ "$conns" != 1 ]; then label="Guix NAR, go1.25.0 as a /gnu/store path, zstd, $conns connections for ${SECONDS_PER_RUN} s (NAR bytes/s; nginx: a precompressed .zst)"; fi
+    log "$label, $RUNS runs each"
+    pair_best max guix_once "$conns"
+    row "$label" \
+      "$(fmt '%.0f MB/s' "$(calc "$BEST_NODE/1e6")")" "$(fmt '%.0f MB/s' "$(calc "$BEST_NGINX/1e6")")" \
+      "$(fmt '%.2f' "$(calc "$BEST_NODE/$BEST_NGINX")")" "≥ 0.8" \
+      "$(met floor "$(calc "$BEST_NODE/$BEST_NGINX")" 0.8)"
+  done
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
   local what=("$@") w
   ((${#what[@]})) || what=(all)
   for w in "${what[@]}"; do
-    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | upstream-dedup | upstream-faults | upstream-wan | all) ;; *) usage ;; esac
+    case $w in serve | e2e | narinfo | closure | dedup | ingest | daemon | p2p | swarm | dht | load | upstream | upstream-dedup | upstream-faults | upstream-wan | guix | all) ;; *) usage ;; esac
   done
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
   [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer"
-  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream upstream-dedup upstream-faults upstream-wan); fi
+  if [[ " ${what[*]} " == *" all "* ]]; then what=(serve e2e narinfo closure daemon dedup ingest p2p swarm dht load upstream upstream-dedup upstream-faults upstream-wan guix); fi
 
   setup_common
   # Set everything up before measuring, so that no measure runs while
@@ -1689,6 +1786,7 @@ main() {
       narinfo) start_base && make_narinfo_paths ;;
       closure) start_base && make_closure_paths ;;
       dedup | load) start_node ;;
+      guix) make_guix_paths ;;
       daemon) start_daemons ;;
       p2p) setup_p2p ;;
     esac

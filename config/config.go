@@ -68,6 +68,12 @@ type Config struct {
 	ScrubInterval  time.Duration `key:"storage.scrub_interval"` // how often the background scrub reads the whole store back, 0 for never
 	LogLevel       slog.Level    `key:"log.level"`
 	LogFormat      string        `key:"log.format"` // "text" or "json"
+	// Guix (guix.*): a listener of its own serving the paths under
+	// GuixStoreDir in Guix's narinfo layout, signed with GuixSignKeyFile.
+	GuixHTTPListen  string   `key:"guix.http_listen"` // "" for no Guix listener
+	GuixStoreDir    string   `key:"guix.store_dir"`
+	GuixSignKeyFile string   `key:"guix.sign_key_file"`
+	GuixPublicKeys  []string `key:"guix.public_keys"` // files such as signing-key.pub, read by the node
 
 	// File is the config file read, "" for none.
 	File string
@@ -112,6 +118,10 @@ var settings = []setting{
 	{"local.copy_ahead", "local-copy-ahead", true, "", "copy the shared local paths that peers may ask for into the node's store in the background, one at a time, so that peers need not wait for the copy (off: copied when first asked for)"},
 	{"log.level", "log-level", "info", "", "least severe log lines written: debug, info, warn or error"},
 	{"log.format", "log-format", "text", "", "log lines as text (key=value) or json"},
+	{"guix.http_listen", "guix-http-listen", "", "none: no Guix listener", "address of the Guix substitute server (guix substitute --substitute-urls=http://HOST:PORT)"},
+	{"guix.store_dir", "guix-store-dir", "/gnu/store", "", "the Guix store directory; its paths are served on guix.http_listen only"},
+	{"guix.sign_key_file", "guix-sign-key-file", "", "", "Guix secret key (signing-key.sec, as keygen --guix writes it) the node signs Guix narinfos with"},
+	{"guix.public_keys", "guix-public-key", []string{}, "", "file of a Guix public key (signing-key.pub) whose signed narinfos the node trusts (repeatable)"},
 }
 
 func lookupSetting(key string) *setting {
@@ -228,6 +238,10 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	c.LocalCopyAhead = r.bool("local.copy_ahead")
 	c.LogLevel = r.level("log.level")
 	c.LogFormat = r.oneOf("log.format", "text", "json")
+	c.GuixHTTPListen = r.str("guix.http_listen")
+	c.GuixStoreDir = strings.TrimSuffix(r.str("guix.store_dir"), "/")
+	c.GuixSignKeyFile = r.str("guix.sign_key_file")
+	c.GuixPublicKeys = r.list("guix.public_keys")
 	if r.err != nil {
 		return nil, r.err
 	}
@@ -565,6 +579,26 @@ func (c *Config) validate() error {
 	}
 	if !filepath.IsAbs(c.LocalRoot) {
 		return bad("local.root", c.LocalRoot, "want an absolute directory")
+	}
+	if !filepath.IsAbs(c.GuixStoreDir) || c.GuixStoreDir == "/" {
+		return bad("guix.store_dir", c.GuixStoreDir, "want an absolute directory such as /gnu/store")
+	}
+	if c.GuixStoreDir == c.StoreDir {
+		// Each store's paths are served on its own listener only.
+		return bad("guix.store_dir", c.GuixStoreDir, "the same as store_dir; Guix and Nix paths need stores of their own")
+	}
+	if c.GuixHTTPListen != "" {
+		if err := checkHostPort(c.GuixHTTPListen); err != nil {
+			return bad("guix.http_listen", c.GuixHTTPListen, "%v", err)
+		}
+		if c.GuixHTTPListen == c.HTTPListen {
+			return bad("guix.http_listen", c.GuixHTTPListen, "the same as http.listen; the Guix listener needs an address of its own")
+		}
+	}
+	for _, f := range c.GuixPublicKeys {
+		if strings.HasPrefix(strings.TrimSpace(f), "(") {
+			return bad("guix.public_keys", f, "want the file of a key (signing-key.pub), not the key itself")
+		}
 	}
 	return nil
 }

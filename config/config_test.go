@@ -116,6 +116,10 @@ func samples(t *testing.T) map[string]sample {
 		"local.copy_ahead":        boolean(false),
 		"log.level":               same("debug", "warn", "error"),
 		"log.format":              same("json", "text", "json"),
+		"guix.http_listen":        same("127.0.0.1:11", "[::1]:12", ":13"),
+		"guix.store_dir":          same("/f/gnu", "/e/gnu", "/g/gnu"),
+		"guix.sign_key_file":      same("/f/guix.sec", "/e/guix.sec", "/g/guix.sec"),
+		"guix.public_keys":        list([]string{"/f/a.pub"}, []string{"/e/b.pub", "/e/c.pub"}, []string{"/g/d.pub"}),
 	}
 }
 
@@ -329,6 +333,11 @@ func TestRefused(t *testing.T) {
 		{args: []string{"--data-dir", long}, want: []string{"daemon.socket", "107", "<data_dir>/daemon.sock"}},
 		{args: []string{"--sign-imports"}, want: []string{"sign.imports", "sign.key_file"}},
 		{args: []string{"--local-root", "nix"}, want: []string{"local.root"}},
+		{args: []string{"--guix-store-dir", "gnu/store"}, want: []string{"guix.store_dir", "flag --guix-store-dir"}},
+		{args: []string{"--store-dir", "/gnu/store"}, want: []string{"guix.store_dir", "store_dir"}},
+		{env: map[string]string{"P2PSTORE_GUIX_HTTP_LISTEN": "localhost"}, want: []string{"guix.http_listen", "env P2PSTORE_GUIX_HTTP_LISTEN", "HOST:PORT"}},
+		{args: []string{"--http-listen", "127.0.0.1:5", "--guix-http-listen", "127.0.0.1:5"}, want: []string{"guix.http_listen", "http.listen"}},
+		{file: "guix:\n  public_keys: ['(public-key (ecc (curve Ed25519) (q #00#)))']\n", want: []string{"guix.public_keys", "file "}},
 		{args: []string{"--config", "/nonexistent/file.yaml"}, want: []string{"config file /nonexistent/file.yaml", "no such file"}},
 		{env: map[string]string{ConfigEnv: "/nonexistent/env.yaml"}, want: []string{"config file /nonexistent/env.yaml"}},
 		{args: []string{"--config", "/etc/hostname"}, want: []string{"config file /etc/hostname", ".yaml"}},

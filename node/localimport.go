@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"path"
+	"strings"
 
 	"github.com/p2pstore/p2pstore/narview/localstore"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -34,11 +36,16 @@ type LocalImport struct {
 }
 
 // ResolveStorePaths turns command-line arguments (store paths, or links
-// to them such as ./result) into store paths.
-func ResolveStorePaths(storeDir string, args []string) ([]string, error) {
+// to them such as ./result) into store paths. An argument under
+// guixStoreDir names a Guix path.
+func ResolveStorePaths(storeDir, guixStoreDir string, args []string) ([]string, error) {
 	var paths []string
 	for _, a := range args {
-		p, err := localstore.ResolveArg(storeDir, a)
+		dir := storeDir
+		if guixStoreDir != "" && strings.HasPrefix(a, guixStoreDir+"/") {
+			dir = guixStoreDir
+		}
+		p, err := localstore.ResolveArg(dir, a)
 		if err != nil {
 			return nil, err
 		}
@@ -48,10 +55,15 @@ func ResolveStorePaths(storeDir string, args []string) ([]string, error) {
 }
 
 // ImportLocal adds store paths (and with recursive their closure) from
-// the local Nix store to the node, each path after those it references;
-// paths the node holds already are skipped. progress may be nil.
-func (c *Client) ImportLocal(ctx context.Context, storeDir string, paths []string, recursive bool, share Sharing, progress ImportProgress) (*LocalImport, error) {
+// the local Nix store, or with fromStore the Nix store at that URL, to
+// the node, each path after those it references; paths the node holds
+// already are skipped. progress may be nil.
+func (c *Client) ImportLocal(ctx context.Context, fromStore string, paths []string, recursive bool, share Sharing, progress ImportProgress) (*LocalImport, error) {
 	src := localstore.Open()
+	if fromStore != "" {
+		src.Close()
+		src = localstore.OpenStore(fromStore)
+	}
 	defer src.Close()
 	infos, err := src.Query(ctx, paths, recursive)
 	if err != nil {
@@ -61,7 +73,7 @@ func (c *Client) ImportLocal(ctx context.Context, storeDir string, paths []strin
 	var todo []*pathinfo.Info
 	var total uint64
 	for _, in := range infos {
-		sp, err := storepath.Parse(storeDir, in.StorePath)
+		sp, err := storepath.Parse(path.Dir(in.StorePath), in.StorePath)
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,9 @@
 // without an import, from a catalog that follows the store (localshare.go):
 // Info answers from the index, then that catalog, then the peers.
 //
+// Guix paths (guix.go) share the index and castore and are served on
+// guix.http_listen only, signed with the Guix key, never the Nix one.
+//
 // With upstream.substituters, the upstream binary caches are asked beside
 // the peers, and a path found there is pulled through by package pull
 // (upstream.go).
@@ -66,6 +69,7 @@ import (
 	"github.com/p2pstore/p2pstore/config"
 	"github.com/p2pstore/p2pstore/internal/httpserve"
 	"github.com/p2pstore/p2pstore/narview/daemon"
+	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/mount"
 	"github.com/p2pstore/p2pstore/narview/narcache"
@@ -82,8 +86,13 @@ type Node struct {
 	signKey *narinfo.SecretKey
 	peerKey crypto.PrivKey      // the libp2p identity; nil without p2p.listen
 	keys    []narinfo.PublicKey // trusted (trust.go)
-	lock    *os.File
-	metrics *metrics
+	// Guix (guix.go): the node's Guix key, the Guix keys it trusts (its
+	// own among them), and the host name its Guix signatures carry.
+	guixKey  *guix.SecretKey
+	guixKeys []guix.PublicKey
+	guixHost string
+	lock     *os.File
+	metrics  *metrics
 	// bg is Run's context, for work a request starts and that outlives
 	// it (filling the NAR cache).
 	bg       context.Context
@@ -101,6 +110,7 @@ type Node struct {
 	integrity   integrity  // damage found and repaired (integrity.go)
 
 	httpLn    net.Listener
+	guixLn    net.Listener // nil without guix.http_listen
 	controlLn net.Listener
 	servers   []server
 	wg        sync.WaitGroup
@@ -153,6 +163,9 @@ func (n *Node) open() error {
 	if n.keys, err = loadKeys(cfg, n.signKey); err != nil {
 		return err
 	}
+	if err := n.loadGuixKeys(); err != nil {
+		return err
+	}
 	if len(cfg.P2PListen) > 0 {
 		if n.peerKey, err = loadIdentity(cfg.IdentityFile); err != nil {
 			return err
@@ -177,6 +190,11 @@ func (n *Node) open() error {
 	if cfg.HTTPListen != "" {
 		if n.httpLn, err = net.Listen("tcp", cfg.HTTPListen); err != nil {
 			return fmt.Errorf("http.listen: %w", err)
+		}
+	}
+	if cfg.GuixHTTPListen != "" {
+		if n.guixLn, err = net.Listen("tcp", cfg.GuixHTTPListen); err != nil {
+			return fmt.Errorf("guix.http_listen: %w", err)
 		}
 	}
 	if n.controlLn, err = listenUnix(cfg.DaemonSocket, socketGID); err != nil {
@@ -292,7 +310,7 @@ func (n *Node) Handler() http.Handler {
 
 // Run serves until ctx is done, then shuts down gracefully.
 func (n *Node) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	serve := func(ln net.Listener, srv server) {
 		n.servers = append(n.servers, srv)
 		n.wg.Add(1)
@@ -333,6 +351,12 @@ func (n *Node) Run(ctx context.Context) error {
 		serve(n.httpLn, &httpserve.Server{Handler: n.Handler(), ReadHeaderTimeout: 30 * time.Second,
 			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withConn, Log: n.log})
 	}
+	if n.guixLn != nil {
+		// The Guix listener: httpserve too, for guix substitute's
+		// pipelined narinfo requests.
+		serve(n.guixLn, &httpserve.Server{Handler: n.GuixHandler(), ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withConn, Log: n.log})
+	}
 	// The control API takes request bodies (imports): net/http.
 	controlLn := newConnListener(n.controlLn.Addr())
 	serve(controlLn, &http.Server{Handler: n.controlHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
@@ -360,7 +384,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.log.Info("store mounted", "dir", n.cfg.MountDir)
 		}
 	}
-	n.log.Info("node running", "http", n.HTTPAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
+	n.log.Info("node running", "http", n.HTTPAddr(), "guix_http", n.GuixAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
 	select {
 	case <-ctx.Done():
 		n.log.Info("node stopping", "reason", context.Cause(ctx))
@@ -386,6 +410,9 @@ func (n *Node) Close() error {
 	}
 	if n.httpLn != nil {
 		n.httpLn.Close()
+	}
+	if n.guixLn != nil {
+		n.guixLn.Close()
 	}
 	n.closeUpstreams() // before the store, which pulls write (also at the end of Run)
 	if n.index != nil {

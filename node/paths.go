@@ -143,7 +143,10 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 	switch share {
 	case ShareDefault:
 	case ShareSigned:
-		if n.signKey == nil {
+		if n.isGuix(info.StorePath) && n.guixKey == nil {
+			return nil, badInput("--sign: the node has no Guix signing key (guix.sign_key_file)")
+		}
+		if !n.isGuix(info.StorePath) && n.signKey == nil {
 			return nil, badInput("--sign: the node has no signing key (sign.key_file)")
 		}
 		sign = true
@@ -168,11 +171,23 @@ func (n *Node) Import(ctx context.Context, info *pathinfo.Info, r io.Reader, sha
 // `import --sign`), which shares them (see sharing.go). src says where
 // the path came from; those its owner added (SourceImport) are pinned
 // (see disklimit.go). A path once private stays so when it is added again.
+// A Guix path (guix.go) is checked against the Guix store and keys, and
+// signed with the Guix key, in its Guix narinfo.
 func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, sign bool, src pathinfo.Source) (castore.WriteStats, error) {
-	if err := info.Validate(n.cfg.StoreDir); err != nil {
+	isGuix := n.isGuix(info.StorePath)
+	if err := info.Validate(n.storeDirOf(info.StorePath)); err != nil {
 		return castore.WriteStats{}, badInput("%v", err)
 	}
-	n.dropBadSigs(info)
+	if info.GuixNarinfo != "" {
+		if err := n.checkGuixNarinfo(info); err != nil {
+			return castore.WriteStats{}, err
+		}
+	}
+	if isGuix {
+		info.Sigs = nil // Nix signatures sign Nix paths
+	} else {
+		n.dropBadSigs(info)
+	}
 	n.importsRunning.Add(1)
 	defer n.importsRunning.Add(-1)
 	// The lease keeps the tree from gc until the path is recorded.
@@ -198,8 +213,12 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	}
 	info.Root, info.Pinned, info.Source = root, src == pathinfo.SourceImport, src
 	n.carryOver(info)
-	sign = sign && n.signKey != nil && !info.Private
-	if sign {
+	switch {
+	case isGuix && sign && n.guixKey != nil && !info.Private && info.GuixNarinfo == "":
+		if err := n.signGuix(info); err != nil {
+			return castore.WriteStats{}, err
+		}
+	case !isGuix && sign && n.signKey != nil && !info.Private:
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))
 	}
 	if n.signKey != nil && n.shares(info) {
@@ -256,13 +275,18 @@ func (d daemonStore) PathFromHashPart(ctx context.Context, hash string) (string,
 	if err != nil {
 		return "", err
 	}
+	if d.n.isGuix(info.StorePath) {
+		return "", pathinfo.ErrNotFound
+	}
 	return info.StorePath, nil
 }
 
 func (d daemonStore) AllPaths(ctx context.Context) ([]string, error) {
 	var out []string
 	err := d.n.index.ForEach(func(info *pathinfo.Info) error {
-		out = append(out, info.StorePath)
+		if !d.n.isGuix(info.StorePath) {
+			out = append(out, info.StorePath)
+		}
 		return nil
 	})
 	sort.Strings(out)
@@ -319,6 +343,9 @@ type mountSource struct {
 
 func (m mountSource) Path(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := m.n.index.Get(hash)
+	if err == nil && m.n.isGuix(info.StorePath) {
+		return nil, pathinfo.ErrNotFound
+	}
 	if err == nil {
 		m.n.limit.touch(hash)
 	}
@@ -332,7 +359,9 @@ func (m mountSource) Reading(hash string) { m.n.limit.read(hash) }
 func (m mountSource) Paths(ctx context.Context) ([]string, error) {
 	var out []string
 	err := m.n.index.ForEach(func(info *pathinfo.Info) error {
-		out = append(out, path.Base(info.StorePath))
+		if !m.n.isGuix(info.StorePath) {
+			out = append(out, path.Base(info.StorePath))
+		}
 		return nil
 	})
 	return out, err

@@ -21,7 +21,7 @@ func fetchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			paths, err := node.ResolveStorePaths(cfg.StoreDir, args)
+			paths, err := node.ResolveStorePaths(cfg.StoreDir, "", args)
 			if err != nil {
 				return err
 			}

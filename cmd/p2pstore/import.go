@@ -15,6 +15,7 @@ import (
 
 func importCommand() *cobra.Command {
 	var recursive, sign, private bool
+	var fromStore string
 	cmd := &cobra.Command{
 		Use:   "import [--recursive] [--sign | --private] PATH...",
 		Short: "Add store paths from the local Nix store to the running node",
@@ -23,7 +24,11 @@ func importCommand() *cobra.Command {
 The node gives its peers only paths signed by a key it trusts or by its
 own key. It signs what is imported with its key only with --sign, or when
 its setting sign.imports is on; --private keeps the paths from its peers
-whatever signs them.`,
+whatever signs them.
+
+Paths under guix.store_dir (/gnu/store) are Guix paths, served on
+guix.http_listen and signed for Guix with guix.sign_key_file. Nix reads
+them from a store at a URL (--from-store) whose store directory is Guix's.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if sign && private {
@@ -39,7 +44,7 @@ whatever signs them.`,
 			if err != nil {
 				return err
 			}
-			paths, err := node.ResolveStorePaths(cfg.StoreDir, args)
+			paths, err := node.ResolveStorePaths(cfg.StoreDir, cfg.GuixStoreDir, args)
 			if err != nil {
 				return err
 			}
@@ -47,7 +52,7 @@ whatever signs them.`,
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				progress = &importBar{}
 			}
-			sum, err := node.NewClient(cfg.DaemonSocket).ImportLocal(cmd.Context(), cfg.StoreDir, paths, recursive, share, progress)
+			sum, err := node.NewClient(cfg.DaemonSocket).ImportLocal(cmd.Context(), fromStore, paths, recursive, share, progress)
 			if err != nil {
 				return err
 			}
@@ -64,6 +69,7 @@ whatever signs them.`,
 	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "also import every path the given paths reference, directly or not")
 	cmd.Flags().BoolVar(&sign, "sign", false, "sign the paths with the node's key (sign.key_file), which shares them with its peers")
 	cmd.Flags().BoolVar(&private, "private", false, "never give the paths to peers, whatever signs them")
+	cmd.Flags().StringVar(&fromStore, "from-store", "", "read the paths from the Nix store at this URL instead of the local one, e.g. 'local?store=/gnu/store&real=DIR/gnu/store&state=DIR/state' for Guix paths (those under guix.store_dir, signed with guix.sign_key_file)")
 	return cmd
 }
 

@@ -23,7 +23,7 @@ func pinCommand(pin bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			paths, err := node.ResolveStorePaths(cfg.StoreDir, args)
+			paths, err := node.ResolveStorePaths(cfg.StoreDir, "", args)
 			if err != nil {
 				return err
 			}

@@ -18,6 +18,10 @@
 // they are made. A .nar.xz is compressed per request, costs an encoder of
 // its own, and is advertised by no narinfo here: at most MaxXz run at
 // once, and more get 503 with Retry-After before any byte of body.
+//
+// GuixHandler (guix.go) serves Guix's substitute protocol from the same
+// Paths and NAR code. Each handler answers only for the paths of its
+// store directory: the other store's path is a 404.
 package httpcache
 
 import (
@@ -28,6 +32,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,6 +131,10 @@ func (h *Handler) info(w http.ResponseWriter, r *http.Request, hash string) *pat
 	}
 	info, err := h.paths.Info(r.Context(), hash)
 	switch {
+	case err == nil && path.Dir(info.StorePath) != h.opts.StoreDir:
+		// The other store's path (Nix's or Guix's): served on its own
+		// listener only.
+		http.Error(w, "no such path", http.StatusNotFound)
 	case err == nil:
 		return info
 	case errors.Is(err, pathinfo.ErrNotFound):
@@ -203,9 +212,16 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 		http.Error(w, "this node holds a different NAR for that path", http.StatusNotFound)
 		return
 	}
+	h.writeNAR(w, r, info, compression, nil)
+}
+
+// writeNAR answers a request for a path's NAR, compressed as asked. With
+// encode, the NAR goes out uncompressed through the encoder encode makes
+// on the body (the Guix listener's gzip), unranged and with no length.
+func (h *Handler) writeNAR(w http.ResponseWriter, r *http.Request, info *pathinfo.Info, compression nar.Compression, encode func(io.Writer) io.WriteCloser) {
 	w.Header().Set("Content-Type", "application/x-nix-nar")
 	status, off, n := http.StatusOK, int64(0), int64(-1)
-	if compression == nar.CompressionNone {
+	if compression == nar.CompressionNone && encode == nil {
 		size := int64(info.NarSize)
 		w.Header().Set("Accept-Ranges", "bytes")
 		var code int
@@ -242,9 +258,15 @@ func (h *Handler) serveNAR(w http.ResponseWriter, r *http.Request, name string) 
 	}
 	body, started := startOnFirstByte(w, status)
 	var err error
-	if n >= 0 {
+	switch {
+	case n >= 0:
 		err = h.paths.NARRange(r.Context(), info, off, n, body)
-	} else {
+	case encode != nil:
+		enc := encode(body)
+		if err = h.paths.NAR(r.Context(), info, compression, enc); err == nil {
+			err = enc.Close()
+		}
+	default:
 		err = h.paths.NAR(r.Context(), info, compression, body)
 	}
 	if err != nil {

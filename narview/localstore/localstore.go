@@ -7,6 +7,9 @@
 // For a node that shares the store it runs on, Watch follows the valid
 // paths as they come and go: from Nix's db.sqlite, read-only, or through
 // the daemon where the database cannot be read (db.go, watch.go).
+//
+// OpenStore reads a store at a Nix store URL instead, through Nix alone:
+// how Guix paths (store directory /gnu/store) made by Nix get imported.
 package localstore
 
 import (
@@ -93,15 +96,39 @@ func Open() Source {
 	return localSource{}
 }
 
-// localSource reads a store with no daemon: metadata from Nix, NARs
-// dumped from the files.
-type localSource struct{}
+// OpenStore returns a source reading the Nix store at a store URL, such
+// as local?store=/gnu/store&real=DIR/gnu/store&state=DIR/state: a store
+// whose paths lie under another directory (Guix's) can be made and read
+// by Nix that way. Nix gives both the metadata and the NARs
+// (nix store dump-path), since the files lie wherever the URL says.
+func OpenStore(url string) Source { return localSource{store: url} }
 
-func (localSource) Name() string { return "the local Nix store" }
+// localSource reads a store with no daemon: metadata from Nix, NARs
+// dumped from the files, or by Nix from the store at a URL.
+type localSource struct{ store string }
+
+func (l localSource) Name() string {
+	if l.store != "" {
+		return "the Nix store " + l.store
+	}
+	return "the local Nix store"
+}
 func (localSource) Close() error { return nil }
 
-func (localSource) Dump(ctx context.Context, path string, w io.Writer) error {
-	return dumpUnder(ctx, "/", filepath.Dir(path), path, w)
+func (l localSource) Dump(ctx context.Context, path string, w io.Writer) error {
+	if l.store == "" {
+		return dumpUnder(ctx, "/", filepath.Dir(path), path, w)
+	}
+	cmd := exec.CommandContext(ctx, "nix", "--extra-experimental-features", "nix-command", "store", "dump-path", "--store", l.store, path)
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	if err := cmd.Run(); err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			return fmt.Errorf("nix store dump-path: %s", lastLine(msg))
+		}
+		return fmt.Errorf("nix store dump-path: %w", err)
+	}
+	return nil
 }
 
 // Query asks Nix for the info of paths, and with recursive of their whole
@@ -110,7 +137,7 @@ func (localSource) Dump(ctx context.Context, path string, w io.Writer) error {
 // the .drv, as nix-store and the daemon do), so derivations are asked for
 // apart, with --derivation, which names a .drv itself (and a built path
 // its deriver, hence apart).
-func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([]*pathinfo.Info, error) {
+func (l localSource) Query(ctx context.Context, paths []string, recursive bool) ([]*pathinfo.Info, error) {
 	var drvs, others []string
 	for _, p := range paths {
 		if strings.HasSuffix(p, ".drv") {
@@ -128,7 +155,7 @@ func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([
 		if len(group.paths) == 0 {
 			continue
 		}
-		got, err := queryNix(ctx, group.paths, recursive, group.drv)
+		got, err := queryNix(ctx, l.store, group.paths, recursive, group.drv)
 		if err != nil {
 			return nil, err
 		}
@@ -142,9 +169,13 @@ func (localSource) Query(ctx context.Context, paths []string, recursive bool) ([
 	return SortByReferences(infos), nil
 }
 
-// queryNix runs `nix path-info --json` on paths.
-func queryNix(ctx context.Context, paths []string, recursive, derivation bool) ([]*pathinfo.Info, error) {
+// queryNix runs `nix path-info --json` on paths, in the store at the URL
+// store ("" for the default).
+func queryNix(ctx context.Context, store string, paths []string, recursive, derivation bool) ([]*pathinfo.Info, error) {
 	args := []string{"--extra-experimental-features", "nix-command", "path-info", "--json"}
+	if store != "" {
+		args = append(args, "--store", store)
+	}
 	if recursive {
 		args = append(args, "--recursive")
 	}

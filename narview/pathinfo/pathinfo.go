@@ -1,6 +1,12 @@
 // Package pathinfo is the path index: for each valid store path, the root
 // of its tree in castore and the metadata Nix keeps (NarHash, NarSize,
-// references, deriver, signatures, CA).
+// references, deriver, signatures, CA), and for a Guix path its signed
+// Guix narinfo.
+//
+// Nix and Guix paths share the index, keyed by hash part alone: the hash
+// covers the store directory, so the two never collide in practice, and
+// each reader checks the directory of the path it gets (a Nix listener
+// answers 404 for a Guix path and the other way round).
 //
 // The index is its own bbolt file, keyed by the store path's hash part,
 // with JSON values (a few hundred bytes each; readable with any bbolt tool).
@@ -62,6 +68,12 @@ type Info struct {
 	Sigs             []string          `json:"sigs,omitempty"`
 	CA               string            `json:"ca,omitempty"`
 	RegistrationTime int64             `json:"registration_time,omitempty"` // unix seconds
+	// GuixNarinfo is, for a path of the Guix store, its signed Guix
+	// narinfo: the text its signer hashed, byte for byte, with the
+	// Signature line and the URL entries that followed (which the node
+	// replaces with its own when it serves it). "" when nobody signed it
+	// for Guix. Nix signatures (Sigs) are of Nix paths only.
+	GuixNarinfo string `json:"guix_narinfo,omitempty"`
 	// RootSigs are p2pstore signatures binding Root, and the chunk lists
 	// of its files (Lists, castore.ListsDigest), to this path, so that a
 	// peer fetching the tree can check every object as it arrives.

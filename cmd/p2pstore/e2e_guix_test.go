@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/p2pstore/p2pstore/internal/guixtest"
+	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/narview/guix"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+	"github.com/p2pstore/p2pstore/node"
+)
+
+// guixStore is a Nix store whose paths lie under /gnu/store, its files
+// under a temporary directory: Guix paths made by Nix.
+type guixStore struct {
+	t   *testing.T
+	url string
+}
+
+func newGuixStore(t *testing.T) *guixStore {
+	d := t.TempDir()
+	return &guixStore{t, fmt.Sprintf("local?store=/gnu/store&real=%s/gnu/store&state=%s/state", d, d)}
+}
+
+// add makes a Guix path of a generated tree.
+func (g *guixStore) add(name string, files map[string][]byte) string {
+	g.t.Helper()
+	dir := filepath.Join(g.t.TempDir(), name)
+	for rel, data := range files {
+		p := filepath.Join(dir, rel)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			g.t.Fatal(err)
+		}
+	}
+	return nixtest.Line(g.t, "nix-store", "--store", g.url, "--add", dir)
+}
+
+func (g *guixStore) dump(p string) []byte {
+	g.t.Helper()
+	return nixtest.Output(g.t, "nix", "store", "dump-path", "--store", g.url, p)
+}
+
+// freeAddr returns an address on ip whose port was free a moment ago.
+func freeAddr(t *testing.T, ip string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// guixKey makes a Guix key pair and returns the secret key's file and
+// the public key's point.
+func guixKey(t *testing.T, n *nodeProc, name string) (string, []byte) {
+	t.Helper()
+	sec := filepath.Join(t.TempDir(), name+".sec")
+	n.run("keygen", "--guix", "--out", sec)
+	pub, err := os.ReadFile(strings.TrimSuffix(sec, ".sec") + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`\(q #([0-9A-F]{64})#\)`).FindSubmatch(pub)
+	if m == nil {
+		t.Fatalf("no q in %s", pub)
+	}
+	q, _ := hex.DecodeString(string(m[1]))
+	return sec, q
+}
+
+func httpGet(t *testing.T, url string) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	return resp, b
+}
+
+// TestGuixServe: a node serves Guix paths on its Guix listener, Nix paths
+// on its Nix one, neither on the other's; a Guix narinfo is in Guix's
+// layout, signed with the node's Guix key (checked by the independent
+// verifier), its NarHash that of nix-store --dump, and every NAR it
+// offers decompresses to that dump. A narinfo signed elsewhere passes on
+// byte for byte, and one no trusted key signed is refused. The same tree
+// as a Nix and a Guix path stores its contents once.
+func TestGuixServe(t *testing.T) {
+	nixtest.Require(t)
+	gs := newGuixStore(t)
+	files := edgeFiles()
+	gpath := gs.add("edge", files)
+	npath := addTree(t, "edge", files)
+
+	n := newNode(t)
+	guixAddr := freeAddr(t, "127.0.0.1")
+	sec, q := guixKey(t, n, "node")
+	farmSec, farmQ := guixKey(t, n, "farm")
+	n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-sign-key-file", sec,
+		"--guix-public-key", strings.TrimSuffix(farmSec, ".sec")+".pub")
+	n.start()
+	guixURL := "http://" + guixAddr
+
+	n.run("import", "--sign", npath)
+	out := n.run("import", "--sign", "--from-store", gs.url, gpath)
+	// Dedup: the Guix path's contents are the Nix path's.
+	m := regexp.MustCompile(`new after dedup: ([0-9.]+)%`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("import said %q", out)
+	}
+	if ratio, _ := strconv.ParseFloat(m[1], 64); ratio > 1 {
+		t.Errorf("the Guix copy of a stored tree added %.1f%% of its NAR, want at most 1%%", ratio)
+	}
+
+	want := gs.dump(gpath)
+	wantHash := storepath.NarHash(sha256.Sum256(want))
+	resp, text := httpGet(t, guixURL+"/"+hashPart(gpath)+".narinfo")
+	if resp.StatusCode != 200 {
+		t.Fatalf("Guix narinfo: %d %s", resp.StatusCode, text)
+	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "max-age=3600" {
+		t.Errorf("Guix narinfo Cache-Control %q", cc)
+	}
+	head := fmt.Sprintf("StorePath: %s\nNarHash: %s\nNarSize: %d\nReferences: \nSignature: 1;", gpath, wantHash, len(want))
+	if !strings.HasPrefix(string(text), head) {
+		t.Errorf("Guix narinfo:\n%s\nwant it to begin:\n%s", text, head)
+	}
+	if ok, err := guixtest.Verify(text, q); !ok || err != nil {
+		t.Errorf("the node's Guix signature does not verify (%v):\n%s", err, text)
+	}
+	ni, err := guix.Parse(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var comps []string
+	for _, e := range ni.NARs {
+		comps = append(comps, e.Compression)
+		resp, body := httpGet(t, guixURL+"/"+e.URL)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", e.URL, resp.StatusCode, body)
+		}
+		switch e.Compression {
+		case "zstd":
+			body = decompress(t, body)
+		case "gzip":
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(body, want) {
+			t.Errorf("%s: NAR (%d bytes) differs from nix-store --dump (%d)", e.URL, len(body), len(want))
+		}
+	}
+	if strings.Join(comps, " ") != "zstd gzip none" {
+		t.Errorf("compressions %v", comps)
+	}
+
+	// Each store on its own listener only.
+	for _, c := range []struct{ url, what string }{
+		{guixURL + "/" + hashPart(npath) + ".narinfo", "a Nix path's narinfo on the Guix listener"},
+		{guixURL + "/nar/" + filepath.Base(npath), "a Nix path's NAR on the Guix listener"},
+		{n.url + "/" + hashPart(gpath) + ".narinfo", "a Guix path's narinfo on the Nix listener"},
+		{guixURL + "/" + strings.Repeat("0", 32) + ".narinfo", "a narinfo the node lacks"},
+		{guixURL + "/nar/lzip/" + filepath.Base(gpath), "an unknown compression"},
+	} {
+		resp, body := httpGet(t, c.url)
+		if resp.StatusCode != 404 {
+			t.Errorf("%s: %d %s", c.what, resp.StatusCode, body)
+		}
+		if strings.HasSuffix(c.url, ".narinfo") && strings.HasPrefix(c.url, guixURL) && resp.Header.Get("Cache-Control") != "max-age=60" {
+			t.Errorf("%s: Cache-Control %q", c.what, resp.Header.Get("Cache-Control"))
+		}
+	}
+	if code, _ := n.get("/" + hashPart(npath) + ".narinfo"); code != 200 {
+		t.Errorf("the Nix path on the Nix listener: %d", code)
+	}
+
+	// A narinfo signed by a key of guix.public_keys passes on byte for
+	// byte, with the node's NAR entries after it; one signed by a key
+	// the node does not trust is refused, and nothing is stored.
+	farm, err := guix.LoadSecretKeyFile(farmSec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := gs.add("other", map[string][]byte{"f": []byte("signed by the farm")})
+	otherNAR := gs.dump(other)
+	upstream := &guix.NarInfo{StorePath: other, NarHash: storepath.NarHash(sha256.Sum256(otherNAR)),
+		NarSize: uint64(len(otherNAR)), References: []string{}, System: "x86_64-linux",
+		NARs: []guix.NAR{{URL: "nar/lzip/" + filepath.Base(other), Compression: "lzip", FileSize: 99}}}
+	if err := upstream.Sign(farm, "farm.example"); err != nil {
+		t.Fatal(err)
+	}
+	upText := upstream.String()
+	signedPart := upText[:strings.Index(upText, "URL:")]
+	if ok, _ := guixtest.Verify([]byte(upText), farmQ); !ok {
+		t.Fatal("the test's own farm narinfo does not verify")
+	}
+	stranger, err := guix.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := *upstream
+	forged.Sign(stranger, "stranger")
+	info := &pathinfo.Info{StorePath: other, NarHash: upstream.NarHash, NarSize: upstream.NarSize, GuixNarinfo: forged.String()}
+	_, err = n.client.Import(context.Background(), info, bytes.NewReader(otherNAR), node.ShareDefault)
+	if err == nil || !strings.Contains(err.Error(), "guix.public_keys") || strings.Contains(err.Error(), "\n") {
+		t.Errorf("a narinfo by an untrusted key: %v", err)
+	}
+	if resp, _ := httpGet(t, guixURL+"/"+hashPart(other)+".narinfo"); resp.StatusCode != 404 {
+		t.Errorf("a refused import is served: %d", resp.StatusCode)
+	}
+	info.GuixNarinfo = upText
+	if _, err := n.client.Import(context.Background(), info, bytes.NewReader(otherNAR), node.ShareSigned); err != nil {
+		t.Fatal(err)
+	}
+	_, text = httpGet(t, guixURL+"/"+hashPart(other)+".narinfo")
+	if !strings.HasPrefix(string(text), signedPart) || !strings.Contains(string(text), "URL: nar/zstd/"+filepath.Base(other)) ||
+		strings.Contains(string(text), "lzip") {
+		t.Errorf("the farm's narinfo came out as:\n%s\nwant it to begin:\n%s", text, signedPart)
+	}
+	if ok, _ := guixtest.Verify(text, farmQ); !ok {
+		t.Errorf("the farm's signature no longer verifies:\n%s", text)
+	}
+	t.Run("pipelining", func(t *testing.T) { testGuixPipelining(t, guixAddr, hashPart(gpath)) })
+}
+
+// testGuixPipelining sends 1,000 narinfo requests on one connection, as
+// guix substitute does, and reads the answers in order, every one framed
+// (404s too); then a burst with a malformed request in its middle: the
+// requests before it are answered, then the connection closes.
+func testGuixPipelining(t *testing.T, addr, have string) {
+	hashes := make([]string, 1000)
+	for i := range hashes {
+		hashes[i] = fmt.Sprintf("%032d", i)
+		if i%10 == 0 {
+			hashes[i] = have
+		}
+	}
+	send := func(c net.Conn, bad int) {
+		var b bytes.Buffer
+		for i, h := range hashes {
+			if i == bad {
+				b.WriteString("GET /nonsense HTTP/1.1 extra\r\nHost\r\n\r\n")
+				continue
+			}
+			fmt.Fprintf(&b, "GET /%s.narinfo HTTP/1.1\r\nHost: node\r\nUser-Agent: GNU Guile\r\n\r\n", h)
+		}
+		go c.Write(b.Bytes()) // the answers come while it writes
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		return c, bufio.NewReader(c)
+	}
+	c, br := dial()
+	send(c, -1)
+	for i, h := range hashes {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		wantCode := 404
+		if h == have {
+			wantCode = 200
+		}
+		if resp.StatusCode != wantCode || resp.ContentLength != int64(len(body)) || resp.Header.Get("Cache-Control") == "" {
+			t.Fatalf("answer %d: %d, Content-Length %d for %d bytes, Cache-Control %q; want %d, framed",
+				i, resp.StatusCode, resp.ContentLength, len(body), resp.Header.Get("Cache-Control"), wantCode)
+		}
+		if h == have && !bytes.Contains(body, []byte("StorePath: /gnu/store/"+have)) {
+			t.Fatalf("answer %d is not its request's:\n%s", i, body)
+		}
+	}
+
+	const bad = 500
+	c, br = dial()
+	send(c, bad)
+	for i := 0; ; i++ {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			if i < bad {
+				t.Fatalf("connection ended after %d answers, before the malformed request (%d): %v", i, bad, err)
+			}
+			break
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		switch {
+		case i < bad && resp.StatusCode != 200 && resp.StatusCode != 404:
+			t.Fatalf("answer %d: %d", i, resp.StatusCode)
+		case i == bad && resp.StatusCode != 400:
+			t.Fatalf("the malformed request got %d, want 400", resp.StatusCode)
+		case i > bad:
+			t.Fatalf("answer %d after the malformed request", i)
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package httpcache
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	"github.com/p2pstore/p2pstore/narview/guix"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// The Guix listener: guix publish's routes, at the root of a listener of
+// its own, for the paths of the Guix store.
+//
+//   - /<hash>.narinfo in Guix's layout: the path's signed Guix narinfo
+//     (Info.GuixNarinfo) above its Signature line byte for byte, or an
+//     unsigned one for a path nobody signed for Guix; then this node's NAR
+//     entries. Cache-Control max-age says how long a client may keep it
+//     (TTL) or a 404 (NegativeTTL), as guix publish --ttl and
+//     --negative-ttl do.
+//   - /nar/<compression>/<basename> and /nar/<basename>: none, zstd (the
+//     stored frames spliced, as the Nix view does) and gzip (compressed
+//     here, at a fast level). lzip, which Guix's build farm offers, is
+//     not: no Go encoder is at hand, and zstd decompresses faster.
+//   - The narinfo gives no FileSize: Guix pairs FileSize lines with URLs by
+//     position and drops the entries past the shortest list, and only the
+//     uncompressed size is known. Without sizes Guix's client prefers
+//     zstd, then gzip, then none.
+//   - /nix-cache-info is answered as guix publish does (Guix never asks).
+
+// GuixOptions configure a GuixHandler.
+type GuixOptions struct {
+	StoreDir    string        // /gnu/store
+	TTL         time.Duration // max-age of a narinfo (0: DefaultGuixTTL)
+	NegativeTTL time.Duration // max-age of a narinfo 404 (0: DefaultGuixNegativeTTL)
+	Log         *slog.Logger
+}
+
+// DefaultGuixTTL keeps a narinfo an hour: a path may leave the node
+// (storage.max_bytes), and a client holding its narinfo then asks in vain
+// until it expires.
+const DefaultGuixTTL = time.Hour
+
+// DefaultGuixNegativeTTL is short: a path missing now may come from a
+// peer or an import in a minute. (Guix's client keeps a 404 two minutes
+// when the server says nothing.)
+const DefaultGuixNegativeTTL = time.Minute
+
+// GuixCompressions are the compressions the Guix listener offers, in the
+// narinfo's order.
+var GuixCompressions = []string{"zstd", "gzip", "none"}
+
+// GuixHandler serves Guix's substitute protocol.
+type GuixHandler struct {
+	h                 *Handler // its NAR serving
+	opts              GuixOptions
+	maxAge, maxAgeNeg string
+}
+
+// NewGuix returns a GuixHandler serving the paths under opts.StoreDir.
+func NewGuix(paths Paths, opts GuixOptions) *GuixHandler {
+	if opts.TTL <= 0 {
+		opts.TTL = DefaultGuixTTL
+	}
+	if opts.NegativeTTL <= 0 {
+		opts.NegativeTTL = DefaultGuixNegativeTTL
+	}
+	h := New(paths, Options{StoreDir: opts.StoreDir, Log: opts.Log})
+	return &GuixHandler{h: h, opts: opts,
+		maxAge:    "max-age=" + strconv.Itoa(int(opts.TTL.Seconds())),
+		maxAgeNeg: "max-age=" + strconv.Itoa(int(opts.NegativeTTL.Seconds())),
+	}
+}
+
+func (g *GuixHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	p := r.URL.Path
+	switch {
+	case p == "/nix-cache-info":
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "StoreDir: %s\nWantMassQuery: 0\nPriority: 100\n", g.opts.StoreDir)
+	case strings.HasSuffix(p, ".narinfo") && strings.Count(p, "/") == 1:
+		g.serveNarinfo(w, r, strings.TrimSuffix(p[1:], ".narinfo"))
+	case strings.HasPrefix(p, "/nar/"):
+		g.serveNAR(w, r, p[len("/nar/"):])
+	case strings.HasPrefix(p, "/log/"):
+		http.Error(w, "no build logs here", http.StatusNotFound)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (g *GuixHandler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash string) {
+	// A 404 gets the negative TTL; an answer replaces it below.
+	w.Header().Set("Cache-Control", g.maxAgeNeg)
+	info := g.h.info(w, r, hash)
+	if info == nil {
+		return
+	}
+	buf := narinfoBufs.Get().(*[]byte)
+	defer narinfoBufs.Put(buf)
+	var err error
+	if *buf, err = AppendGuixNarinfo((*buf)[:0], info); err != nil {
+		// A record the node took checked; it cannot be read now.
+		g.opts.Log.Error("Guix narinfo", "path", info.StorePath, "err", err)
+		http.Error(w, "no such path", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Cache-Control", g.maxAge)
+	w.Header().Set("Content-Type", "application/x-nix-narinfo")
+	w.Header().Set("Content-Length", strconv.Itoa(len(*buf)))
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(*buf)
+}
+
+// GuixNarinfo returns the Guix narinfo of a path of the Guix store: its
+// signed one (Info.GuixNarinfo), else one made from the record, unsigned.
+// The NAR entries of the signed text that lie below its Signature line
+// are dropped; those above it (narinfos signed before 2022) stay, being
+// signed.
+func GuixNarinfo(info *pathinfo.Info) (*guix.NarInfo, error) {
+	if info.GuixNarinfo != "" {
+		ni, err := guix.Parse([]byte(info.GuixNarinfo))
+		if err != nil {
+			return nil, err
+		}
+		ni.NARs = ni.NARs[:ni.SignedNARs()]
+		return ni, nil
+	}
+	ni := &guix.NarInfo{StorePath: info.StorePath, NarHash: info.NarHash, NarSize: info.NarSize,
+		References: pathinfo.BaseNames(info.References)}
+	if info.Deriver != "" {
+		ni.Deriver = path.Base(info.Deriver)
+	}
+	return ni, nil
+}
+
+// AppendGuixNarinfo appends the narinfo the Guix listener serves for a
+// path to b: GuixNarinfo's, with this node's NAR entries.
+func AppendGuixNarinfo(b []byte, info *pathinfo.Info) ([]byte, error) {
+	ni, err := GuixNarinfo(info)
+	if err != nil {
+		return b, err
+	}
+	base := path.Base(info.StorePath)
+	for _, c := range GuixCompressions {
+		ni.NARs = append(ni.NARs, guix.NAR{URL: guix.NARURL(c, base), Compression: c})
+	}
+	return ni.Append(b), nil
+}
+
+// gzipWriters are gzip encoders of NAR responses: each holds some hundred
+// KiB of tables.
+var gzipWriters = sync.Pool{New: func() any {
+	z, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed)
+	return z
+}}
+
+// pooledGzip returns its encoder to gzipWriters when closed.
+type pooledGzip struct{ *gzip.Writer }
+
+func (z pooledGzip) Close() error {
+	err := z.Writer.Close()
+	gzipWriters.Put(z.Writer)
+	return err
+}
+
+func newGzip(w io.Writer) io.WriteCloser {
+	z := gzipWriters.Get().(*gzip.Writer)
+	z.Reset(w)
+	return pooledGzip{z}
+}
+
+// serveNAR answers nar/<compression>/<basename> and nar/<basename> (the
+// basename unescaped already by the URL parser).
+func (g *GuixHandler) serveNAR(w http.ResponseWriter, r *http.Request, rest string) {
+	compression, base, ok := strings.Cut(rest, "/")
+	if !ok {
+		compression, base = "none", rest
+	}
+	var encode func(io.Writer) io.WriteCloser
+	c := nar.CompressionNone
+	switch compression {
+	case "none":
+	case "zstd":
+		c = nar.CompressionZstd
+	case "gzip":
+		encode = newGzip
+	default:
+		http.Error(w, fmt.Sprintf("unknown compression %q: this node serves %s", compression, strings.Join(GuixCompressions, ", ")), http.StatusNotFound)
+		return
+	}
+	if _, err := storepath.ParseBase(base); err != nil {
+		http.Error(w, "NAR URLs are nar/[<compression>/]<store path basename>: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	info := g.h.info(w, r, base[:storepath.HashLen])
+	if info == nil {
+		return
+	}
+	if path.Base(info.StorePath) != base {
+		http.Error(w, "no such path", http.StatusNotFound)
+		return
+	}
+	g.h.writeNAR(w, r, info, c, encode)
+}

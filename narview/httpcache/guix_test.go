@@ -1,0 +1,53 @@
+package httpcache
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/p2pstore/p2pstore/narview/guix"
+)
+
+// A Guix narinfo names the references and the deriver by basename and
+// percent-encodes the basename in its NAR URLs, which resolve; a narinfo
+// signed before 2022 keeps its signed NAR entries and gets the node's
+// after them.
+func TestGuixNarinfo(t *testing.T) {
+	f := newFakePaths([]byte("nar bytes"))
+	base := testHash + "-a+b"
+	f.info.StorePath = "/gnu/store/" + base
+	f.info.References = []string{"/gnu/store/" + testHash + "-a+b", "/gnu/store/1b8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-lib"}
+	f.info.Deriver = "/gnu/store/2c8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-a.drv"
+	g := NewGuix(f, GuixOptions{StoreDir: "/gnu/store"})
+	get := func(p string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		g.ServeHTTP(w, httptest.NewRequest(http.MethodGet, p, nil))
+		return w
+	}
+	w := get("/" + testHash + ".narinfo")
+	ni, err := guix.Parse(w.Body.Bytes())
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, w.Body)
+	}
+	if strings.Join(ni.References, " ") != testHash+"-a+b 1b8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-lib" || ni.Deriver != "2c8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-a.drv" {
+		t.Errorf("narinfo:\n%s", w.Body)
+	}
+	if ni.NARs[0].URL != "nar/zstd/"+testHash+"-a%2Bb" {
+		t.Errorf("URL %q", ni.NARs[0].URL)
+	}
+	for _, n := range ni.NARs {
+		if w := get("/" + strings.ReplaceAll(n.URL, "%2B", "+")); w.Code != 200 {
+			t.Errorf("%s: %d", n.URL, w.Code)
+		}
+	}
+
+	// Old layout: the signed text holds a gzip entry.
+	old := "StorePath: /gnu/store/" + base + "\nURL: nar/gzip/" + base + "\nCompression: gzip\nFileSize: 5\nNarHash: " + f.info.NarHash.String() +
+		"\nNarSize: 9\nReferences: \nSignature: 1;h;eA==\n"
+	f.info.GuixNarinfo = old
+	w = get("/" + testHash + ".narinfo")
+	if !strings.HasPrefix(w.Body.String(), old) || !strings.Contains(w.Body.String(), "URL: nar/zstd/") {
+		t.Errorf("an old narinfo came out as:\n%s", w.Body)
+	}
+}

@@ -1,0 +1,144 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/p2pstore/p2pstore/narview/guix"
+	"github.com/p2pstore/p2pstore/narview/httpcache"
+	"github.com/p2pstore/p2pstore/narview/nar"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
+)
+
+// Guix paths (guix.*) live in the same index and castore as Nix paths; a
+// path is Guix's when it lies under guix.store_dir. They are served on
+// guix.http_listen only, from the index (a miss is a 404: peers and
+// upstreams hold Nix paths), and signed for Guix only: with
+// guix.sign_key_file when an import says so, never with the Nix key. An
+// owner's import may bring the path's Guix narinfo signed elsewhere; the
+// node keeps it when it describes the path and a key of guix.public_keys
+// (or the node's own) signed it, and refuses the import otherwise.
+
+// loadGuixKeys reads guix.sign_key_file and guix.public_keys, refusing at
+// start a file that cannot be read or parsed, naming its key.
+func (n *Node) loadGuixKeys() error {
+	cfg := n.cfg
+	if cfg.GuixSignKeyFile != "" {
+		k, err := guix.LoadSecretKeyFile(cfg.GuixSignKeyFile)
+		if err != nil {
+			return fmt.Errorf("guix.sign_key_file: %w", err)
+		}
+		n.guixKey = &k
+		n.guixKeys = append(n.guixKeys, k.Public())
+	}
+	for _, f := range cfg.GuixPublicKeys {
+		k, err := guix.LoadPublicKeyFile(f)
+		if err != nil {
+			return fmt.Errorf("guix.public_keys: %w", err)
+		}
+		n.guixKeys = append(n.guixKeys, k)
+	}
+	host, err := os.Hostname()
+	if err != nil || strings.ContainsAny(host, "; \t") || host == "" {
+		host = "p2pstore"
+	}
+	n.guixHost = host
+	return nil
+}
+
+// isGuix reports whether a store path is one of the Guix store.
+func (n *Node) isGuix(storePath string) bool {
+	return path.Dir(storePath) == n.cfg.GuixStoreDir
+}
+
+// storeDirOf is the store directory a path must lie in: Guix's for a
+// Guix path, else Nix's.
+func (n *Node) storeDirOf(storePath string) string {
+	if n.isGuix(storePath) {
+		return n.cfg.GuixStoreDir
+	}
+	return n.cfg.StoreDir
+}
+
+// checkGuixNarinfo checks the Guix narinfo an import brings: it parses,
+// describes this very path (Guix's equivalence: path, NarHash, NarSize,
+// references), and a trusted Guix key signed it.
+func (n *Node) checkGuixNarinfo(info *pathinfo.Info) error {
+	if !n.isGuix(info.StorePath) {
+		return badInput("%s: a Guix narinfo for a path outside guix.store_dir %s", info.StorePath, n.cfg.GuixStoreDir)
+	}
+	ni, err := guix.Parse([]byte(info.GuixNarinfo))
+	if err != nil {
+		return badInput("%s: %v", info.StorePath, err)
+	}
+	want := &guix.NarInfo{StorePath: info.StorePath, NarHash: info.NarHash, NarSize: info.NarSize,
+		References: pathinfo.BaseNames(info.References)}
+	if !guix.Equivalent(ni, want) {
+		return badInput("%s: its Guix narinfo describes another NAR (path, NarHash, NarSize or references differ)", info.StorePath)
+	}
+	if err := ni.Verify(n.guixKeys); err != nil {
+		return badInput("%v (guix.public_keys)", err)
+	}
+	return nil
+}
+
+// signGuix signs a Guix path's narinfo with the node's Guix key.
+func (n *Node) signGuix(info *pathinfo.Info) error {
+	ni, err := httpcache.GuixNarinfo(&pathinfo.Info{StorePath: info.StorePath, NarHash: info.NarHash,
+		NarSize: info.NarSize, References: info.References, Deriver: info.Deriver})
+	if err != nil {
+		return err
+	}
+	if err := ni.Sign(*n.guixKey, n.guixHost); err != nil {
+		return err
+	}
+	// Parse wants a NAR entry; the listener replaces it with its own.
+	base := path.Base(info.StorePath)
+	ni.NARs = []guix.NAR{{URL: guix.NARURL("none", base), Compression: "none"}}
+	info.GuixNarinfo = ni.String()
+	return nil
+}
+
+// GuixAddr returns the address the Guix listener listens on, "" for none.
+func (n *Node) GuixAddr() string {
+	if n.guixLn == nil {
+		return ""
+	}
+	return n.guixLn.Addr().String()
+}
+
+// GuixHandler returns the Guix listener's handler.
+func (n *Node) GuixHandler() http.Handler {
+	g := httpcache.NewGuix(guixPaths{n}, httpcache.GuixOptions{StoreDir: n.cfg.GuixStoreDir, Log: n.log})
+	return n.metrics.instrument(corkNARs(g))
+}
+
+// guixPaths adapts the node to httpcache.Paths for the Guix listener:
+// the index alone, so that a burst of narinfo requests for paths the node
+// lacks costs no fetch each.
+type guixPaths struct{ n *Node }
+
+func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	info, err := g.n.index.Get(hash)
+	if err != nil {
+		return nil, err
+	}
+	if !g.n.isGuix(info.StorePath) {
+		return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
+	}
+	g.n.limit.touch(hash)
+	return info, nil
+}
+
+func (g guixPaths) NAR(ctx context.Context, info *pathinfo.Info, c nar.Compression, w io.Writer) error {
+	return g.n.NAR(ctx, info, c, w)
+}
+
+func (g guixPaths) NARRange(ctx context.Context, info *pathinfo.Info, off, size int64, w io.Writer) error {
+	return g.n.NARRange(ctx, info, off, size, w)
+}
