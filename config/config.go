@@ -94,7 +94,7 @@ type setting struct {
 
 var settings = []setting{
 	{"data_dir", "data-dir", "", "$XDG_DATA_HOME/p2pstore, or /var/lib/p2pstore for root", "where the node keeps its store"},
-	{"store_dir", "store-dir", "/nix/store", "", "the Nix store directory paths live under (/gnu/store for Guix)"},
+	{"store_dir", "store-dir", "/nix/store", "", "the Nix store directory paths live under (Guix paths: guix.store_dir)"},
 	{"http.listen", "http-listen", "127.0.0.1:7420", "", "address of the HTTP binary cache"},
 	{"daemon.socket", "daemon-socket", "", "<data_dir>/daemon.sock", "unix socket for the Nix daemon protocol and the commands"},
 	{"daemon.socket_group", "daemon-socket-group", "", "none: the socket is 0600", "group that may use the daemon socket (0660); the node's user must be in it"},
@@ -591,7 +591,8 @@ func (c *Config) validate() error {
 		if err := checkHostPort(c.GuixHTTPListen); err != nil {
 			return bad("guix.http_listen", c.GuixHTTPListen, "%v", err)
 		}
-		if c.GuixHTTPListen == c.HTTPListen {
+		// Port 0 (any free port) makes two addresses, whatever the host.
+		if c.GuixHTTPListen == c.HTTPListen && !strings.HasSuffix(c.HTTPListen, ":0") {
 			return bad("guix.http_listen", c.GuixHTTPListen, "the same as http.listen; the Guix listener needs an address of its own")
 		}
 	}

@@ -516,12 +516,14 @@ func TestGuixService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `store_dir: "/gnu/store"
-daemon:
+	want := `daemon:
   socket: "` + socket + `"
   socket_group: "p2pstore"
 http:
   listen: "127.0.0.1:7420"
+guix:
+  store_dir: "/gnu/store"
+  http_listen: "127.0.0.1:8080"
 p2p:
   listen: ["/ip4/0.0.0.0/tcp/7421", "/ip4/0.0.0.0/udp/7421/quic-v1"]
   bootstrap: []
@@ -545,13 +547,13 @@ local:
 		t.Fatal(err)
 	}
 	// The shepherd service's command line, the test's addresses over it.
-	n := startNode(t, socket, append([]string{"serve", "--config", configFile, "--data-dir", filepath.Join(root, "data")},
-		nodeOverrides("127.0.0.63")...)...)
+	n := startNode(t, socket, append([]string{"serve", "--config", configFile, "--data-dir", filepath.Join(root, "data"),
+		"--guix-http-listen", "127.0.0.63:0"}, nodeOverrides("127.0.0.63")...)...)
 	if n.status.MaxBytes != 1<<30 {
 		t.Errorf("the node's disk limit is %d, want the config file's 1G", n.status.MaxBytes)
 	}
-	if got := n.storeDir(t); got != "/gnu/store" {
-		t.Errorf("the node serves store %s, want /gnu/store", got)
+	if got := n.storeDir(t); got != "/nix/store" {
+		t.Errorf("the node's Nix listener serves store %s, want /nix/store", got)
 	}
 	n.stop(t)
 

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
-	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
@@ -119,26 +117,18 @@ func (n *Node) GuixHandler() http.Handler {
 }
 
 // guixPaths adapts the node to httpcache.Paths for the Guix listener:
-// the index alone, so that a burst of narinfo requests for paths the node
-// lacks costs no fetch each.
-type guixPaths struct{ n *Node }
+// its NARs as the node's, but paths from the index alone, so that a burst
+// of narinfo requests for paths the node lacks costs no fetch each.
+type guixPaths struct{ *Node }
 
 func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	info, err := g.n.index.Get(hash)
+	info, err := g.index.Get(hash)
 	if err != nil {
 		return nil, err
 	}
-	if !g.n.isGuix(info.StorePath) {
+	if !g.isGuix(info.StorePath) {
 		return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
 	}
-	g.n.limit.touch(hash)
+	g.limit.touch(hash)
 	return info, nil
-}
-
-func (g guixPaths) NAR(ctx context.Context, info *pathinfo.Info, c nar.Compression, w io.Writer) error {
-	return g.n.NAR(ctx, info, c, w)
-}
-
-func (g guixPaths) NARRange(ctx context.Context, info *pathinfo.Info, off, size int64, w io.Writer) error {
-	return g.n.NARRange(ctx, info, off, size, w)
 }

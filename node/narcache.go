@@ -29,26 +29,28 @@ func (n *Node) openNARCache() error {
 	return nil
 }
 
-// renderCached writes the part of an uncompressed NAR from the cache's
-// file, by sendfile where w leads to a socket. It reports false, having
-// written nothing, when the cache lacks the NAR; a whole request for a NAR
-// it lacks may start the making of its file.
+// renderCached writes the part of a NAR from the cache's file, by
+// sendfile where w leads to a socket: an uncompressed NAR or a range of
+// it, or a whole .nar.zst. It reports false, having written nothing, when
+// the cache lacks the NAR; a whole request for a NAR it lacks may start
+// the making of its file.
 func (n *Node) renderCached(ctx context.Context, info *pathinfo.Info, part nar.Part, w io.Writer) (bool, error) {
-	if n.narCache == nil || part.Compression != nar.CompressionNone {
+	if n.narCache == nil || !cachedCompression(part.Compression) || part.Compression != nar.CompressionNone && part.N > 0 {
 		return false, nil
 	}
-	f, ok := n.narCache.Open(info.NarHash)
+	key := narcache.Key{NarHash: info.NarHash, Compression: part.Compression}
+	f, fileSize, ok := n.narCache.Open(key)
 	if !ok {
-		if part.N == 0 && n.narCache.Admit(info.NarHash, int64(info.NarSize)) {
+		if part.N == 0 && n.narCache.Admit(key, int64(info.NarSize)) {
 			n.wg.Add(1)
-			go n.fillNARCache(info)
+			go n.fillNARCache(info, part.Compression)
 		}
 		return false, nil
 	}
 	defer f.Close()
 	off, size := part.Off, part.N
 	if size == 0 {
-		size = int64(info.NarSize)
+		size = fileSize - off
 	}
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
 		return true, err
@@ -61,22 +63,48 @@ func (n *Node) renderCached(ctx context.Context, info *pathinfo.Info, part nar.P
 	return true, err
 }
 
+// cachedCompression says whether the NAR cache keeps NARs so compressed:
+// uncompressed, and zstd (Nix's /zstd view, Guix); xz is not advertised.
+func cachedCompression(c nar.Compression) bool {
+	return c == nar.CompressionNone || c == nar.CompressionZstd
+}
+
+// NARSize implements httpcache.Paths: the size of a whole NAR so
+// compressed, when the node knows it before it sends it.
+func (n *Node) NARSize(info *pathinfo.Info, c nar.Compression) (int64, bool) {
+	if c == nar.CompressionNone {
+		return int64(info.NarSize), true
+	}
+	if n.narCache == nil || !cachedCompression(c) {
+		return 0, false
+	}
+	return n.narCache.Size(narcache.Key{NarHash: info.NarHash, Compression: c})
+}
+
 // fillNARCache makes the cache's file of a valid path's NAR, from castore,
-// in the background: at most one at a time (the cache admits one).
-func (n *Node) fillNARCache(info *pathinfo.Info) {
+// in the background: at most one at a time (the cache admits one). A
+// .nar.zst is made once the compressor has made the zstd frames of every
+// chunk it had: else it would hold the chunks' bytes in raw frames, about
+// as large as the NAR.
+func (n *Node) fillNARCache(info *pathinfo.Info, c nar.Compression) {
 	defer n.wg.Done()
 	ctx := n.bg
 	hash := info.HashPart()
 	release, held := n.limit.hold(hash)
 	defer release()
-	err := n.narCache.Fill(ctx, info.NarHash, int64(info.NarSize), func(ctx context.Context, w io.Writer) error {
+	err := n.narCache.Fill(ctx, narcache.Key{NarHash: info.NarHash, Compression: c}, int64(info.NarSize), func(ctx context.Context, w io.Writer) error {
 		rec, err := n.index.Get(hash)
 		if !held || err != nil || rec.NarHash != info.NarHash {
 			return fmt.Errorf("not in the store yet")
 		}
+		if c == nar.CompressionZstd {
+			if st, err := n.store.Stats(); err != nil || st.Frames < st.Chunks {
+				return fmt.Errorf("zstd frames still being made")
+			}
+		}
 		r := n.store.NewReader()
 		defer r.Close()
-		return nar.Render(ctx, w, rec.Root, r)
+		return nar.RenderPart(ctx, w, rec.Root, r, nar.Part{Compression: c}, zstdSplicer(r))
 	})
 	switch {
 	case errors.Is(err, narcache.ErrMismatch):

@@ -403,3 +403,57 @@ func TestNARCache(t *testing.T) {
 	n.waitNarinfo(q, 404, 30*time.Second)
 	n.checkServedNAR(p)
 }
+
+// TestNARCacheZstd: a .nar.zst asked for twice is kept as a file once its
+// zstd frames are made; then the /zstd narinfo gives its FileSize, the
+// response its Content-Length, and a real Nix client substitutes the path
+// through the /zstd view from it.
+func TestNARCacheZstd(t *testing.T) {
+	nixtest.Require(t)
+	n := newNode(t)
+	n.args = append(n.args, "--nar-cache-bytes", "64M")
+	n.start()
+	p := wordsTree(t, 8)
+	n.run("import", "--sign", p)
+	n.waitCompressed()
+	dump := nixtest.Output(t, "nix-store", "--dump", p)
+	narinfo := func() string {
+		t.Helper()
+		code, body := n.get("/zstd/" + hashPart(p) + ".narinfo")
+		if code != 200 {
+			t.Fatalf("/zstd narinfo: %d", code)
+		}
+		return string(body)
+	}
+	if fs := narinfoField(narinfo(), "FileSize"); fs != "" {
+		t.Fatalf("FileSize %s before the .nar.zst is known", fs)
+	}
+	url := n.url + "/zstd/" + narinfoField(narinfo(), "URL")
+	for i := 0; i < 2; i++ {
+		if _, body := getRange(t, url, ""); !bytes.Equal(decompress(t, body), dump) {
+			t.Fatalf("GET %d: not the NAR", i)
+		}
+	}
+	n.waitNARCached(1)
+	resp, zst := getRange(t, url, "")
+	if !bytes.Equal(decompress(t, zst), dump) {
+		t.Fatal("the cached .nar.zst does not decompress to the NAR")
+	}
+	if len(zst) >= len(dump)/2 {
+		t.Fatalf("the cached .nar.zst is %d bytes of a %d-byte NAR: its frames were not made", len(zst), len(dump))
+	}
+	if resp.ContentLength != int64(len(zst)) || narinfoField(narinfo(), "FileSize") != strconv.Itoa(len(zst)) {
+		t.Fatalf("Content-Length %d, FileSize %q; want %d", resp.ContentLength, narinfoField(narinfo(), "FileSize"), len(zst))
+	}
+	pub := n.status().PublicKey
+	store, out, err := substitute(t, pub, p, n.url+"/zstd")
+	if err != nil {
+		t.Fatalf("nix-store -r through /zstd: %v\n%s", err, out)
+	}
+	if got, want := pathInfo(t, store, p)[p].NarHash, pathInfo(t, "", p)[p].NarHash; got != want {
+		t.Fatalf("client recorded %s, want %s", got, want)
+	}
+	if s := n.status(); s.NARCacheHits != 2 {
+		t.Fatalf("%d responses from the NAR cache, want 2 (a GET and the client's)", s.NARCacheHits)
+	}
+}

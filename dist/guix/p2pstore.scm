@@ -36,6 +36,7 @@
             p2pstore-configuration?
             p2pstore-configuration-package
             p2pstore-configuration-store-directory
+            p2pstore-configuration-guix-http-listen
             p2pstore-configuration-data-directory
             p2pstore-configuration-socket
             p2pstore-configuration-socket-group
@@ -59,8 +60,10 @@
   p2pstore-configuration make-p2pstore-configuration
   p2pstore-configuration?
   (package              p2pstore-configuration-package) ;file-like, with bin/p2pstore
-  (store-directory      p2pstore-configuration-store-directory
+  (store-directory      p2pstore-configuration-store-directory ;Guix's
                         (default "/gnu/store"))
+  (guix-http-listen     p2pstore-configuration-guix-http-listen ;for guix substitute
+                        (default "127.0.0.1:8080"))
   (data-directory       p2pstore-configuration-data-directory
                         (default "/var/lib/p2pstore"))
   (socket               p2pstore-configuration-socket
@@ -105,12 +108,13 @@
 
 ;; The settings as (KEY . VALUE), KEY as the node names it ("http.listen").
 (define (p2pstore-configuration-settings config)
-  `(("store_dir" . ,(p2pstore-configuration-store-directory config))
-    ("daemon.socket" . ,(p2pstore-configuration-socket config))
+  `(("daemon.socket" . ,(p2pstore-configuration-socket config))
     ,@(match (p2pstore-configuration-socket-group config)
         (#f '())
         (group `(("daemon.socket_group" . ,group))))
     ("http.listen" . ,(p2pstore-configuration-http-listen config))
+    ("guix.store_dir" . ,(p2pstore-configuration-store-directory config))
+    ("guix.http_listen" . ,(p2pstore-configuration-guix-http-listen config))
     ("p2p.listen" . ,(p2pstore-configuration-p2p-listen config))
     ("p2p.bootstrap" . ,(p2pstore-configuration-bootstrap config))
     ("p2p.mdns" . ,(p2pstore-configuration-mdns? config))

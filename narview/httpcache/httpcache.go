@@ -57,6 +57,10 @@ type Paths interface {
 	// NARRange writes n bytes of the path's uncompressed NAR from offset
 	// off to w; the range lies within the NAR.
 	NARRange(ctx context.Context, info *pathinfo.Info, off, n int64, w io.Writer) error
+	// NARSize returns the size of the whole NAR so compressed, when it is
+	// known before it is made (a NAR kept as a file): narinfos then give
+	// its FileSize and responses a Content-Length.
+	NARSize(info *pathinfo.Info, compression nar.Compression) (int64, bool)
 }
 
 // Options configure a Handler.
@@ -165,7 +169,11 @@ func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash stri
 	}
 	buf := narinfoBufs.Get().(*[]byte)
 	defer narinfoBufs.Put(buf)
-	*buf = appendNarinfo((*buf)[:0], info, compression)
+	var fileSize uint64
+	if size, ok := h.paths.NARSize(info, compression); ok {
+		fileSize = uint64(size)
+	}
+	*buf = appendNarinfo((*buf)[:0], info, compression, fileSize)
 	w.Header().Set("Content-Type", "text/x-nix-narinfo")
 	w.Header().Set("Content-Length", strconv.Itoa(len(*buf)))
 	if r.Method == http.MethodHead {
@@ -175,16 +183,13 @@ func (h *Handler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash stri
 }
 
 // appendNarinfo appends a path's narinfo, pointing at its NAR in the given
-// compression, to b.
-func appendNarinfo(b []byte, info *pathinfo.Info, c nar.Compression) []byte {
+// compression, fileSize bytes (0: not known, no FileSize), to b.
+func appendNarinfo(b []byte, info *pathinfo.Info, c nar.Compression, fileSize uint64) []byte {
 	narHash := info.NarHash.String()
 	ni := narinfo.NarInfo{
 		StorePath: info.StorePath, URL: narURL(info, narHash, c), Compression: string(c),
 		NarHash: info.NarHash, NarSize: info.NarSize, References: pathinfo.BaseNames(info.References),
-		Sigs: info.Sigs, CA: info.CA,
-	}
-	if c == nar.CompressionNone {
-		ni.FileSize = info.NarSize
+		Sigs: info.Sigs, CA: info.CA, FileSize: fileSize,
 	}
 	if info.Deriver != "" {
 		ni.Deriver = info.Deriver[strings.LastIndexByte(info.Deriver, '/')+1:]
@@ -239,6 +244,11 @@ func (h *Handler) writeNAR(w http.ResponseWriter, r *http.Request, info *pathinf
 			w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		default:
 			off, n = 0, -1
+			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
+		}
+	}
+	if compression != nar.CompressionNone && encode == nil {
+		if size, ok := h.paths.NARSize(info, compression); ok {
 			w.Header().Set("Content-Length", strconv.FormatInt(size, 10))
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -27,6 +28,7 @@ type fakePaths struct {
 	info    *pathinfo.Info
 	release chan struct{}
 	started chan struct{} // an xz NAR has begun
+	zstSize int64         // the .nar.zst's size when known (NARSize), else 0
 }
 
 func newFakePaths(narBytes []byte) *fakePaths {
@@ -57,6 +59,16 @@ func (f *fakePaths) NAR(ctx context.Context, info *pathinfo.Info, compression na
 func (f *fakePaths) NARRange(ctx context.Context, info *pathinfo.Info, off, n int64, w io.Writer) error {
 	_, err := w.Write(f.nar[off : off+n])
 	return err
+}
+
+func (f *fakePaths) NARSize(info *pathinfo.Info, c nar.Compression) (int64, bool) {
+	switch {
+	case c == nar.CompressionNone:
+		return int64(len(f.nar)), true
+	case c == nar.CompressionZstd && f.zstSize > 0:
+		return f.zstSize, true
+	}
+	return 0, false
 }
 
 func (f *fakePaths) url(suffix string) string {
@@ -282,6 +294,39 @@ func TestNARFailureIsNotFound(t *testing.T) {
 		h.ServeHTTP(rec, httptest.NewRequest("GET", f.url(suffix), nil))
 		if rec.Code != http.StatusNotFound || rec.Header().Get("Content-Length") == fmt.Sprint(len(f.nar)) {
 			t.Errorf("GET %s of a NAR that fails: %d, Content-Length %q", suffix, rec.Code, rec.Header().Get("Content-Length"))
+		}
+	}
+}
+
+// TestKnownCompressedSize: a .nar.zst whose size the node knows (a NAR
+// kept as a file) gets FileSize in the /zstd narinfo and a Content-Length;
+// one it does not know gets neither.
+func TestKnownCompressedSize(t *testing.T) {
+	// Large enough that net/http does not buffer the whole body and
+	// count it itself.
+	f := newFakePaths(bytes.Repeat([]byte("a NAR of some bytes"), 10000))
+	srv := httptest.NewServer(New(f, Options{StoreDir: "/nix/store", Log: slog.New(slog.DiscardHandler)}))
+	defer srv.Close()
+	for _, known := range []int64{0, int64(len(f.nar))} {
+		f.zstSize = known
+		resp, err := http.Get(srv.URL + "/zstd/" + testHash + ".narinfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		hasSize := strings.Contains(string(text), fmt.Sprintf("\nFileSize: %d\n", known))
+		if hasSize != (known > 0) || known == 0 && strings.Contains(string(text), "FileSize:") {
+			t.Errorf("known size %d: narinfo\n%s", known, text)
+		}
+		resp, err = http.Get(srv.URL + f.url(".nar.zst"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if want := map[bool]int64{true: known, false: -1}[known > 0]; resp.ContentLength != want {
+			t.Errorf("known size %d: Content-Length %d", known, resp.ContentLength)
 		}
 	}
 }

@@ -1,6 +1,6 @@
-// Package narcache keeps the uncompressed NARs of the paths clients ask for
-// most as plain files, so that a node serves them as nginx serves a static
-// binary cache: one sendfile from one file. A NAR rendered from castore
+// Package narcache keeps the NARs of the paths clients ask for most as
+// plain files, uncompressed or as .nar.zst, so that a node serves them as
+// nginx serves a static binary cache: one sendfile from one file. A NAR rendered from castore
 // interleaves its framing with the file contents of thousands of small
 // files, which costs a write or a read per file; from a file it is one
 // loop in the kernel (about 2.5 times less CPU per NAR, see BENCHMARKS.md).
@@ -11,9 +11,12 @@
 //     worth the disk, a path two machines ask for is likely to be asked
 //     again. The file is made in the background, one at a time, by the
 //     caller's render; the request that admitted it is served as before.
-//   - A file is named by its NarHash and holds exactly that NAR: it is
-//     checked (size and sha256) before it is renamed into place and synced
+//   - A file is named by its NarHash and compression and holds exactly
+//     that NAR: it is checked (size and sha256 of the NAR, a .nar.zst
+//     decompressed to do so) before it is renamed into place and synced
 //     first, so a crash leaves at worst a temporary file, removed at Open.
+//     A .nar.zst's bytes are one valid compression of the NAR, not the
+//     only one: Nix and Guix check the NAR, never the compressed bytes.
 //     Being keyed by content, an entry is never stale; it goes only when
 //     the cache needs room (least recently served first), or when the
 //     path's contents prove bad elsewhere (Remove).
@@ -38,14 +41,41 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
-// suffix names the cache's files; tmpSuffix those being made.
-const (
-	suffix    = ".nar"
-	tmpSuffix = ".tmp"
-)
+// tmpSuffix names the files being made.
+const tmpSuffix = ".tmp"
+
+// Key names a cached NAR: its NarHash, and how the file is compressed
+// (nar.CompressionNone or nar.CompressionZstd).
+type Key struct {
+	NarHash     storepath.NarHash
+	Compression nar.Compression
+}
+
+func (k Key) name() string {
+	return strings.TrimPrefix(k.NarHash.String(), "sha256:") + k.Compression.Suffix()
+}
+
+// parseName is the Key of a cache file's name.
+func parseName(name string) (Key, bool) {
+	for _, c := range []nar.Compression{nar.CompressionZstd, nar.CompressionNone} {
+		base, ok := strings.CutSuffix(name, c.Suffix())
+		if !ok || strings.Contains(base, ".") {
+			continue
+		}
+		h, err := storepath.ParseNarHash("sha256:" + base)
+		if err != nil {
+			return Key{}, false
+		}
+		return Key{h, c}, true
+	}
+	return Key{}, false
+}
 
 // maxSeen bounds the NarHashes remembered as asked for once; past it the
 // memory starts again (a NAR then needs two more requests).
@@ -61,16 +91,16 @@ type Cache struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	entries map[storepath.NarHash]*list.Element // of *entry, most recent first
+	entries map[Key]*list.Element // of *entry, most recent first
 	lru     *list.List
 	size    int64 // bytes of the entries, and of the fill in progress
-	seen    map[storepath.NarHash]bool
+	seen    map[Key]bool
 	filling bool
 	stats   Stats
 }
 
 type entry struct {
-	hash storepath.NarHash
+	key  Key
 	size int64
 }
 
@@ -90,7 +120,7 @@ func Open(dir string, max int64, log *slog.Logger) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	c := &Cache{dir: dir, max: max, log: log, entries: map[storepath.NarHash]*list.Element{}, lru: list.New(), seen: map[storepath.NarHash]bool{}}
+	c := &Cache{dir: dir, max: max, log: log, entries: map[Key]*list.Element{}, lru: list.New(), seen: map[Key]bool{}}
 	des, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -106,18 +136,18 @@ func Open(dir string, max int64, log *slog.Logger) (*Cache, error) {
 		if err != nil {
 			continue
 		}
-		hash, ok := parseName(name)
+		key, ok := parseName(name)
 		if !ok || !fi.Mode().IsRegular() {
 			// A fill a crash interrupted, or nothing of ours.
 			os.Remove(filepath.Join(dir, name))
 			continue
 		}
-		files = append(files, found{entry{hash, fi.Size()}, fi.ModTime().UnixNano()})
+		files = append(files, found{entry{key, fi.Size()}, fi.ModTime().UnixNano()})
 	}
 	// Most recently made first, as they were served before the restart.
 	slices.SortFunc(files, func(a, b found) int { return cmp.Compare(b.mod, a.mod) })
 	for _, f := range files {
-		c.entries[f.hash] = c.lru.PushBack(&entry{f.hash, f.size})
+		c.entries[f.key] = c.lru.PushBack(&entry{f.key, f.size})
 		c.size += f.size
 	}
 	c.mu.Lock()
@@ -126,84 +156,85 @@ func Open(dir string, max int64, log *slog.Logger) (*Cache, error) {
 	return c, nil
 }
 
-func parseName(name string) (storepath.NarHash, bool) {
-	var h storepath.NarHash
-	base, ok := strings.CutSuffix(name, suffix)
-	if !ok {
-		return h, false
-	}
-	parsed, err := storepath.ParseNarHash("sha256:" + base)
-	if err != nil {
-		return h, false
-	}
-	return parsed, true
-}
+func (c *Cache) path(k Key) string { return filepath.Join(c.dir, k.name()) }
 
-func (c *Cache) path(h storepath.NarHash) string {
-	return filepath.Join(c.dir, strings.TrimPrefix(h.String(), "sha256:")+suffix)
-}
-
-// Open returns the NAR with NarHash h, opened for this reader alone, and
-// marks it used; ok is false when the cache lacks it.
-func (c *Cache) Open(h storepath.NarHash) (f *os.File, ok bool) {
+// Open returns the NAR file of k, opened for this reader alone, with its
+// size, and marks it used; ok is false when the cache lacks it.
+func (c *Cache) Open(k Key) (f *os.File, size int64, ok bool) {
 	c.mu.Lock()
-	el := c.entries[h]
+	el := c.entries[k]
 	if el != nil {
 		c.lru.MoveToFront(el)
+		size = el.Value.(*entry).size
 	}
 	c.mu.Unlock()
 	if el == nil {
-		return nil, false
+		return nil, 0, false
 	}
-	f, err := os.Open(c.path(h))
+	f, err := os.Open(c.path(k))
 	if err != nil {
 		// Gone behind the cache's back: forget it.
-		c.Remove(h)
-		return nil, false
+		c.Remove(k.NarHash)
+		return nil, 0, false
 	}
 	c.mu.Lock()
 	c.stats.Hits++
 	c.mu.Unlock()
-	return f, true
+	return f, size, true
 }
 
-// Admit counts a whole request for the NAR with NarHash h and size bytes,
-// and reports whether the caller should make its file now (with Fill): on
-// its second request, when no other fill runs and it fits.
-func (c *Cache) Admit(h storepath.NarHash, size int64) bool {
+// Size returns the size of k's file, if the cache has it, without
+// marking it used.
+func (c *Cache) Size(k Key) (int64, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.entries[h] != nil || size <= 0 || size > c.max/2 {
+	if el := c.entries[k]; el != nil {
+		return el.Value.(*entry).size, true
+	}
+	return 0, false
+}
+
+// Admit counts a whole request for k, a NAR of narSize bytes, and reports
+// whether the caller should make its file now (with Fill): on its second
+// request, when no other fill runs and it fits. The fill claims narSize
+// bytes while it runs (a .nar.zst is smaller, or barely larger when its
+// chunks would not compress).
+func (c *Cache) Admit(k Key, narSize int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[k] != nil || narSize <= 0 || narSize > c.max/2 {
 		return false
 	}
-	if !c.seen[h] {
+	if !c.seen[k] {
 		if len(c.seen) >= maxSeen {
 			clear(c.seen)
 		}
-		c.seen[h] = true
+		c.seen[k] = true
 		return false
 	}
 	if c.filling {
 		return false
 	}
-	delete(c.seen, h)
+	delete(c.seen, k)
 	c.filling = true
 	// The fill's bytes are claimed now, so the cache never passes max.
-	c.evictLocked(size)
-	c.size += size
+	c.evictLocked(narSize)
+	c.size += narSize
 	return true
 }
 
-// Fill makes the file of the NAR that Admit let in: render writes the NAR
-// to its writer; the bytes are kept only when they are size bytes with
-// NarHash h. Every Admit that returned true must be followed by one Fill.
-func (c *Cache) Fill(ctx context.Context, h storepath.NarHash, size int64, render func(context.Context, io.Writer) error) (err error) {
-	kept := false
+// Fill makes the file of the NAR that Admit let in: render writes it,
+// compressed as k says, to its writer; the bytes are kept only when they
+// are (or decompress to) narSize bytes with k's NarHash. Every Admit that
+// returned true must be followed by one Fill.
+func (c *Cache) Fill(ctx context.Context, k Key, narSize int64, render func(context.Context, io.Writer) error) (err error) {
+	kept, size := false, int64(0)
 	defer func() {
 		c.mu.Lock()
 		c.filling = false
-		if !kept {
-			c.size -= size
+		c.size -= narSize // the claim; a kept file counts its own size
+		if kept {
+			c.size += size
 		}
 		c.mu.Unlock()
 	}()
@@ -217,21 +248,26 @@ func (c *Cache) Fill(ctx context.Context, h storepath.NarHash, size int64, rende
 			os.Remove(tmp.Name())
 		}
 	}()
-	sum := sha256.New()
-	bw := bufio.NewWriterSize(io.MultiWriter(tmp, sum), 1<<20)
-	cw := &limitWriter{w: bw, left: size}
-	if err := render(ctx, cw); err != nil {
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	lw := &limitWriter{w: bw, left: narSize + narSize/64 + 1<<16} // zstd's raw frames add little
+	if err := render(ctx, lw); err != nil {
 		return err
 	}
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	if cw.left != 0 || cw.over || [sha256.Size]byte(sum.Sum(nil)) != h {
-		c.mu.Lock()
-		c.stats.Rejected++
-		c.mu.Unlock()
-		return fmt.Errorf("%w %s (%d bytes)", ErrMismatch, h, size)
+	if lw.over {
+		return c.reject(k)
 	}
+	if err := check(tmp, k, narSize); err != nil {
+		c.reject(k)
+		return err
+	}
+	fi, err := tmp.Stat()
+	if err != nil {
+		return err
+	}
+	size = fi.Size()
 	// Synced before the rename: after a crash a name is a whole NAR.
 	if err := tmp.Sync(); err != nil {
 		return err
@@ -239,29 +275,63 @@ func (c *Cache) Fill(ctx context.Context, h storepath.NarHash, size int64, rende
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), c.path(h)); err != nil {
+	if err := os.Rename(tmp.Name(), c.path(k)); err != nil {
 		return err
 	}
 	kept = true
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.entries[h] != nil { // adopted meanwhile: the same bytes
-		c.size -= size
+	if c.entries[k] != nil { // adopted meanwhile: the same NAR
+		size = 0
 		return nil
 	}
-	c.entries[h] = c.lru.PushFront(&entry{h, size})
+	c.entries[k] = c.lru.PushFront(&entry{k, size})
 	c.stats.Fills++
 	return nil
 }
 
-// Adopt takes the file at name, which the caller has checked to be
-// exactly size bytes with NarHash h (a pull's spool), as that NAR's
-// file, when it fits; it renames it into the cache, on the same file
-// system. It does nothing when the cache has the NAR or it is over half
-// the cache.
-func (c *Cache) Adopt(name string, h storepath.NarHash, size int64) error {
+func (c *Cache) reject(k Key) error {
 	c.mu.Lock()
-	if c.entries[h] != nil || size <= 0 || size > c.max/2 {
+	c.stats.Rejected++
+	c.mu.Unlock()
+	return fmt.Errorf("%w %s (%s)", ErrMismatch, k.NarHash, k.Compression)
+}
+
+// check reads f back from its start: the NAR it holds (decompressed for a
+// .nar.zst) must be narSize bytes with k's NarHash.
+func check(f *os.File, k Key, narSize int64) error {
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	var r io.Reader = bufio.NewReaderSize(f, 1<<20)
+	if k.Compression == nar.CompressionZstd {
+		d, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		r = d
+	}
+	sum := sha256.New()
+	n, err := io.Copy(sum, io.LimitReader(r, narSize+1))
+	if err != nil {
+		return fmt.Errorf("%w %s (%s): %v", ErrMismatch, k.NarHash, k.Compression, err)
+	}
+	if n != narSize || storepath.NarHash(sum.Sum(nil)) != k.NarHash {
+		return fmt.Errorf("%w %s (%s, %d bytes)", ErrMismatch, k.NarHash, k.Compression, n)
+	}
+	return nil
+}
+
+// Adopt takes the file at name, which the caller has checked to be
+// exactly the uncompressed NAR with NarHash h, size bytes (a pull's
+// spool), as that NAR's file, when it fits; it renames it into the
+// cache, on the same file system. It does nothing when the cache has the
+// NAR or it is over half the cache.
+func (c *Cache) Adopt(name string, h storepath.NarHash, size int64) error {
+	k := Key{h, nar.CompressionNone}
+	c.mu.Lock()
+	if c.entries[k] != nil || size <= 0 || size > c.max/2 {
 		c.mu.Unlock()
 		return nil
 	}
@@ -281,7 +351,7 @@ func (c *Cache) Adopt(name string, h storepath.NarHash, size int64) error {
 		if err := f.Sync(); err != nil {
 			return err
 		}
-		return os.Rename(name, c.path(h))
+		return os.Rename(name, c.path(k))
 	}()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -289,21 +359,23 @@ func (c *Cache) Adopt(name string, h storepath.NarHash, size int64) error {
 		c.size -= size
 		return err
 	}
-	if c.entries[h] != nil { // filled meanwhile
+	if c.entries[k] != nil { // filled meanwhile
 		c.size -= size
 		return nil
 	}
-	c.entries[h] = c.lru.PushFront(&entry{h, size})
+	c.entries[k] = c.lru.PushFront(&entry{k, size})
 	c.stats.Fills++
 	return nil
 }
 
-// Remove drops the NAR with NarHash h, if the cache has it.
+// Remove drops the files of the NAR with NarHash h, if the cache has any.
 func (c *Cache) Remove(h storepath.NarHash) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el := c.entries[h]; el != nil {
-		c.removeLocked(el)
+	for _, comp := range []nar.Compression{nar.CompressionNone, nar.CompressionZstd} {
+		if el := c.entries[Key{h, comp}]; el != nil {
+			c.removeLocked(el)
+		}
 	}
 }
 
@@ -321,10 +393,10 @@ func (c *Cache) evictLocked(need int64) {
 
 func (c *Cache) removeLocked(el *list.Element) {
 	e := c.lru.Remove(el).(*entry)
-	delete(c.entries, e.hash)
+	delete(c.entries, e.key)
 	c.size -= e.size
 	// Readers hold their own descriptors: the bytes live until they close.
-	if err := os.Remove(c.path(e.hash)); err != nil && !errors.Is(err, os.ErrNotExist) && c.log != nil {
+	if err := os.Remove(c.path(e.key)); err != nil && !errors.Is(err, os.ErrNotExist) && c.log != nil {
 		c.log.Warn("removing a cached NAR", "err", err)
 	}
 }
@@ -348,7 +420,7 @@ type limitWriter struct {
 func (l *limitWriter) Write(p []byte) (int, error) {
 	if int64(len(p)) > l.left {
 		l.over = true
-		return 0, errors.New("rendered NAR is longer than its NarSize")
+		return 0, errors.New("rendered NAR is longer than it can be")
 	}
 	n, err := l.w.Write(p)
 	l.left -= int64(n)

@@ -10,13 +10,19 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
 
-func narOf(b byte, size int) ([]byte, storepath.NarHash) {
+// narOf makes a NAR-like byte string and its Key (uncompressed).
+func narOf(b byte, size int) ([]byte, Key) {
 	nar := bytes.Repeat([]byte{b}, size)
-	return nar, storepath.NarHash(sha256.Sum256(nar))
+	return nar, Key{storepath.NarHash(sha256.Sum256(nar)), nar0}
 }
+
+const nar0 = nar.CompressionNone
 
 func render(nar []byte) func(context.Context, io.Writer) error {
 	return func(_ context.Context, w io.Writer) error {
@@ -26,7 +32,7 @@ func render(nar []byte) func(context.Context, io.Writer) error {
 }
 
 // fill admits and fills a NAR as the node does for its second request.
-func fill(t *testing.T, c *Cache, nar []byte, h storepath.NarHash) {
+func fill(t *testing.T, c *Cache, nar []byte, h Key) {
 	t.Helper()
 	if c.Admit(h, int64(len(nar))) {
 		t.Fatal("admitted on its first request")
@@ -39,9 +45,9 @@ func fill(t *testing.T, c *Cache, nar []byte, h storepath.NarHash) {
 	}
 }
 
-func readAll(t *testing.T, c *Cache, h storepath.NarHash) []byte {
+func readAll(t *testing.T, c *Cache, h Key) []byte {
 	t.Helper()
-	f, ok := c.Open(h)
+	f, _, ok := c.Open(h)
 	if !ok {
 		t.Fatal("cache lacks the NAR")
 	}
@@ -59,7 +65,7 @@ func TestFillServesTheSameBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	nar, h := narOf('a', 1000)
-	if _, ok := c.Open(h); ok {
+	if _, _, ok := c.Open(h); ok {
 		t.Fatal("an empty cache has a NAR")
 	}
 	fill(t, c, nar, h)
@@ -99,7 +105,7 @@ func TestFillRefusesWrongBytes(t *testing.T) {
 		if name == "flipped byte" && !errors.Is(err, ErrMismatch) {
 			t.Fatalf("flipped byte: %v, want ErrMismatch", err)
 		}
-		if _, ok := c.Open(h); ok {
+		if _, _, ok := c.Open(h); ok {
 			t.Fatalf("%s: served", name)
 		}
 	}
@@ -146,11 +152,11 @@ func TestEvictsLeastRecentlyServed(t *testing.T) {
 	fill(t, c, a, ha)
 	fill(t, c, b, hb)
 	// A reader of b keeps its bytes while b goes.
-	fb, _ := c.Open(hb)
+	fb, _, _ := c.Open(hb)
 	defer fb.Close()
 	readAll(t, c, ha) // a served after b
 	fill(t, c, d, hd)
-	if _, ok := c.Open(hb); ok {
+	if _, _, ok := c.Open(hb); ok {
 		t.Fatal("b, least recently served, stayed")
 	}
 	if got, _ := io.ReadAll(fb); !bytes.Equal(got, b) {
@@ -197,7 +203,7 @@ func TestReopenKeepsWholeFilesOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.Open(ha); ok {
+	if _, _, ok := c.Open(ha); ok {
 		t.Fatal("a NAR over the bound kept")
 	}
 }
@@ -216,7 +222,7 @@ func TestAdopt(t *testing.T) {
 		return name
 	}
 	a, ha := narOf('a', 1000)
-	if err := c.Adopt(spool(a), ha, 1000); err != nil {
+	if err := c.Adopt(spool(a), ha.NarHash, 1000); err != nil {
 		t.Fatal(err)
 	}
 	if got := readAll(t, c, ha); !bytes.Equal(got, a) {
@@ -227,7 +233,7 @@ func TestAdopt(t *testing.T) {
 	}
 	// A file of the wrong size is refused and leaves the cache as it was.
 	b, hb := narOf('b', 1000)
-	if err := c.Adopt(spool(b[:900]), hb, 1000); err == nil {
+	if err := c.Adopt(spool(b[:900]), hb.NarHash, 1000); err == nil {
 		t.Fatal("a short spool adopted")
 	}
 	if s := c.Stats(); s.Entries != 1 || s.Bytes != 1000 {
@@ -235,10 +241,55 @@ func TestAdopt(t *testing.T) {
 	}
 	// Over half the cache: left where it is.
 	big, hbig := narOf('x', 1300)
-	if err := c.Adopt(spool(big), hbig, 1300); err != nil {
+	if err := c.Adopt(spool(big), hbig.NarHash, 1300); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.Open(hbig); ok {
+	if _, _, ok := c.Open(hbig); ok {
 		t.Fatal("a NAR over half the cache adopted")
+	}
+}
+
+// TestZstd: a .nar.zst is kept when it decompresses to the NAR, beside the
+// uncompressed file of the same NAR, and Remove drops both.
+func TestZstd(t *testing.T) {
+	c, err := Open(t.TempDir(), 1<<20, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, ka := narOf('a', 10000)
+	kz := Key{ka.NarHash, nar.CompressionZstd}
+	compressed := func(b []byte) []byte {
+		e, _ := zstd.NewWriter(nil)
+		return e.EncodeAll(b, nil)
+	}
+	bad := bytes.Clone(a)
+	bad[5000] = 'b'
+	for _, wrong := range [][]byte{compressed(bad), compressed(a[:9999]), a} {
+		c.Admit(kz, 10000)
+		if !c.Admit(kz, 10000) {
+			t.Fatal("not admitted")
+		}
+		if err := c.Fill(context.Background(), kz, 10000, render(wrong)); !errors.Is(err, ErrMismatch) {
+			t.Fatalf("a wrong .nar.zst: %v, want ErrMismatch", err)
+		}
+	}
+	fill(t, c, a, ka)
+	c.Admit(kz, 10000)
+	c.Admit(kz, 10000)
+	if err := c.Fill(context.Background(), kz, 10000, render(compressed(a))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, c, kz); !bytes.Equal(got, compressed(a)) {
+		t.Fatal("the .nar.zst's bytes differ")
+	}
+	if size, ok := c.Size(kz); !ok || size != int64(len(compressed(a))) {
+		t.Fatalf("Size %d %v", size, ok)
+	}
+	if s := c.Stats(); s.Entries != 2 || s.Bytes != 10000+int64(len(compressed(a))) {
+		t.Fatalf("stats %+v", s)
+	}
+	c.Remove(ka.NarHash)
+	if s := c.Stats(); s.Entries != 0 || s.Bytes != 0 {
+		t.Fatalf("after Remove: %+v", s)
 	}
 }
