@@ -68,6 +68,7 @@ import (
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/config"
 	"github.com/p2pstore/p2pstore/internal/httpserve"
+	"github.com/p2pstore/p2pstore/internal/priority"
 	"github.com/p2pstore/p2pstore/narview/daemon"
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
@@ -439,7 +440,12 @@ func (n *Node) compressLoop(ctx context.Context) {
 		case <-n.compress:
 		}
 		start := time.Now()
-		count, err := n.store.CompressPending(ctx)
+		// At the lowest priority: the frames only speed up later .nar.zst
+		// responses, and the clients of a pull or an import that just
+		// ended are still unpacking what they got.
+		var count int
+		var err error
+		priority.Run(func() { count, err = n.store.CompressPending(ctx) })
 		var dmg *castore.Damage
 		if errors.As(err, &dmg) {
 			n.damageFound(dmg, "the compressor")

@@ -1,6 +1,7 @@
-// Package priority runs background work (a fetch's index writes, the
-// store's scrub) at the lowest CPU priority, and so the lowest disk
-// priority, so that it never competes with what clients wait for.
+// Package priority runs background work (a fetch's index writes, the zstd
+// frames the compressor makes, the store's scrub) at the lowest CPU
+// priority, and so the lowest disk priority, so that it never competes
+// with what clients wait for.
 package priority
 
 import (
