@@ -393,23 +393,25 @@ base_import() {
 }
 
 # node_cpu_ticks: user + system CPU time the node has used, in clock ticks.
-node_cpu_ticks() { sed 's/.*) //' "/proc/$NODE_PID/stat" | awk '{ print $12 + $13 }'; }
+node_cpu_ticks() { sed 's/.*) //' "/proc/${1:-$NODE_PID}/stat" | awk '{ print $12 + $13 }'; }
 
-# wait_node_idle: after an import the node keeps working in the background
-# (it makes the zstd frames of new chunks); measuring before it is done
-# would charge that work to whatever runs next. Waits, bounded (120 s),
-# until every chunk is compressed (if the node reports it) and the node
-# uses under 5% of a core over half a second.
+# wait_node_idle [PID SOCKET]: after an import the node keeps working in
+# the background (it makes the zstd frames of new chunks); measuring
+# before it is done would charge that work to whatever runs next. Waits,
+# bounded (120 s), until every chunk is compressed (if the node reports
+# it) and the node uses under 5% of a core over half a second. Without
+# arguments, the bench node.
 wait_node_idle() {
-  [ -n "$NODE_PID" ] || return 0
+  local pid=${1:-$NODE_PID} sock=${2:-$SOCK}
+  [ -n "$pid" ] || return 0
   local i st chunks done_chunks t0 t1
   for ((i = 0; i < 240; i++)); do
-    st=$(p2p status --json)
+    st=$("$BIN" status --json --daemon-socket "$sock")
     chunks=$(json_num chunks <<<"$st")
     done_chunks=$(json_num chunks_compressed <<<"$st")
-    t0=$(node_cpu_ticks)
+    t0=$(node_cpu_ticks "$pid")
     sleep 0.5
-    t1=$(node_cpu_ticks)
+    t1=$(node_cpu_ticks "$pid")
     if { [ -z "$done_chunks" ] || [ "$done_chunks" -ge "$chunks" ]; } && ((t1 - t0 <= 2)); then
       return 0
     fi
@@ -1243,6 +1245,9 @@ bench_upstream() {
       start_pull_node "$comp"
       substitute_once "$PULL_URL" cold
       cold+=("$SUB_SECONDS")
+      # Warm: the node has the path and is done with it (its zstd frames
+      # made, at the lowest priority), as when another machine asks later.
+      wait_node_idle "$PULL_PID" "$PULL_SOCK"
       substitute_once "$PULL_URL" warm
       warm+=("$SUB_SECONDS")
       r=$(awk '/^VmHWM/ { print $2 }' "/proc/$PULL_PID/status")

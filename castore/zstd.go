@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -302,6 +303,75 @@ func (z *ZstdWriter) Close() error {
 		return err
 	}
 	return z.out.Flush()
+}
+
+// ErrNotCompressed is ZstdSizer's answer for a chunk whose frame the
+// background compressor has not made yet: a ZstdWriter would compress it
+// on the spot, to a size not known before.
+var ErrNotCompressed = errors.New("castore: chunk not compressed yet")
+
+// ZstdSizer counts the bytes a ZstdWriter would write for the same calls,
+// from the index alone (no chunk is read): the size of a .nar.zst before
+// it is made, for a narinfo's FileSize.
+type ZstdSizer struct {
+	r       *Reader
+	pending int
+	N       int64 // bytes counted so far
+}
+
+// NewZstdSizer returns a ZstdSizer reading the index through r.
+func (r *Reader) NewZstdSizer() *ZstdSizer { return &ZstdSizer{r: r} }
+
+// Write counts bytes of the next raw frame, as ZstdWriter.Write.
+func (z *ZstdSizer) Write(p []byte) (int, error) {
+	z.pending += len(p)
+	if z.pending >= maxRawBlock {
+		z.flushPending()
+	}
+	return len(p), nil
+}
+
+func (z *ZstdSizer) flushPending() {
+	if z.pending > 0 {
+		z.N += rawFrameSize(z.pending)
+		z.pending = 0
+	}
+}
+
+// rawFrameSize is the size of a raw frame of n bytes, as ZstdWriter makes
+// it: header, and a 3-byte header per block of at most maxRawBlock.
+func rawFrameSize(n int) int64 {
+	blocks := max(1, (n+maxRawBlock-1)/maxRawBlock)
+	return int64(len(rawFrameHeader(nil, n)) + 3*blocks + n)
+}
+
+// SpliceChunk counts a chunk's frame, as ZstdWriter.SpliceChunk writes it.
+func (z *ZstdSizer) SpliceChunk(ref ChunkRef) error {
+	z.flushPending()
+	s := z.r.s
+	loc, ok, err := s.frameLoc(ref.Digest)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ok && loc.Size > 0:
+		z.N += int64(loc.Size)
+	case ok: // incompressible: raw blocks around the chunk's bytes
+		raw, err := s.chunkLoc(ref.Digest)
+		if err != nil {
+			return err
+		}
+		z.N += rawFrameSize(int(raw.Size))
+	default:
+		return ErrNotCompressed
+	}
+	return nil
+}
+
+// Close counts what is pending.
+func (z *ZstdSizer) Close() error {
+	z.flushPending()
+	return nil
 }
 
 // rawFrameHeader appends a zstd frame header for a single-segment frame of

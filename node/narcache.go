@@ -70,15 +70,34 @@ func cachedCompression(c nar.Compression) bool {
 }
 
 // NARSize implements httpcache.Paths: the size of a whole NAR so
-// compressed, when the node knows it before it sends it.
+// compressed, when the node knows it before it sends it: the NAR cache's
+// file, or for a .nar.zst of a stored path whose chunks all have their
+// frames, what the splice of those frames comes to (counted from the
+// index, no chunk read).
 func (n *Node) NARSize(info *pathinfo.Info, c nar.Compression) (int64, bool) {
-	if c == nar.CompressionNone {
+	switch c {
+	case nar.CompressionNone:
 		return int64(info.NarSize), true
-	}
-	if n.narCache == nil || !cachedCompression(c) {
+	case nar.CompressionZstd:
+	default:
 		return 0, false
 	}
-	return n.narCache.Size(narcache.Key{NarHash: info.NarHash, Compression: c})
+	if n.narCache != nil {
+		if size, ok := n.narCache.Size(narcache.Key{NarHash: info.NarHash, Compression: c}); ok {
+			return size, true
+		}
+	}
+	rec, err := n.index.Get(info.HashPart())
+	if err != nil || rec.NarHash != info.NarHash {
+		return 0, false // rendered from elsewhere (a pull, a fetch, the local store)
+	}
+	r := n.store.NewReader()
+	defer r.Close()
+	sizer := r.NewZstdSizer()
+	if err := nar.RenderSpliced(n.bg, sizer, rec.Root, r); err != nil {
+		return 0, false
+	}
+	return sizer.N, true
 }
 
 // fillNARCache makes the cache's file of a valid path's NAR, from castore,
