@@ -42,6 +42,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/p2pstore/p2pstore/internal/priority"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -248,7 +249,11 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	info := *j.info
 	info.References = slices.Clone(info.References)
 	info.Sigs = slices.Clone(info.Sigs)
-	err := j.p.add.AddPath(ctx, &info, &spoolReader{j: j, ctx: ctx, ingest: true})
+	// The ingest at the lowest CPU priority: clients read the spool, not
+	// castore, so it never holds them up, and the CPU it would take is
+	// theirs while they unpack what they got.
+	var err error
+	priority.Run(func() { err = j.p.add.AddPath(ctx, &info, &spoolReader{j: j, ctx: ctx, ingest: true}) })
 	if err != nil {
 		j.setErr(err)
 	}
