@@ -460,13 +460,35 @@ func (j *Job) Render(ctx context.Context, w io.Writer, off, n int64) error {
 	if n < 0 {
 		n = int64(j.info.NarSize) - off
 	}
-	r := &spoolReader{j: j, ctx: ctx, off: off}
-	k, err := io.CopyBuffer(w, io.LimitReader(onlyReader{r}, n), make([]byte, 256<<10))
-	if err == nil && k < n {
-		err = io.ErrUnexpectedEOF
+	// A descriptor of this reader's own, at its own offset: what has
+	// arrived goes to w's ReadFrom as a file range, which on a socket is
+	// sendfile. Opened through /proc so that it is the spool's file even
+	// once the job has given its name to the NAR cache.
+	f, err := os.Open(fmt.Sprintf("/proc/self/fd/%d", j.f.Fd()))
+	if err != nil {
+		return err
 	}
-	return err
+	defer f.Close()
+	for n > 0 {
+		avail, err := j.wait(ctx, off, false)
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		part := min(avail, n)
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+		k, err := io.Copy(w, &io.LimitedReader{R: f, N: part})
+		off, n = off+k, n-k
+		if err != nil {
+			return err
+		}
+		if k < part {
+			return io.ErrUnexpectedEOF
+		}
+	}
+	return nil
 }
-
-// onlyReader hides everything but Read, so that io.Copy uses the buffer.
-type onlyReader struct{ io.Reader }
