@@ -228,7 +228,7 @@ func TestP2PManyIdentities(t *testing.T) {
 		flood.mu.Unlock()
 		t.Logf("%s: B's fetch took %s with %d (then %d) attacking streams held; A reset %d, the longest after %s",
 			round.name, took.Round(time.Millisecond), before, during, flood.resets.Load(), held.Round(time.Millisecond))
-		if err != nil || !strings.Contains(out, "fetched 1 paths") {
+		if err != nil || !strings.Contains(out, "fetched 1 path ") {
 			t.Fatalf("%s: B's fetch under attack failed after %s: %v\n%s\nB:\n%s", round.name, took, err, out, b.log)
 		}
 		if took > 20*time.Second {

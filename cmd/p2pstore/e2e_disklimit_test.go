@@ -165,7 +165,7 @@ func TestDiskLimit(t *testing.T) {
 	b.run("verify")
 
 	// Unpinned, the imported path can go; pinned again, it stays.
-	if out := b.run("unpin", q); !strings.Contains(out, "unpinned 1 paths") {
+	if out := b.run("unpin", q); !strings.Contains(out, "unpinned 1 path;") {
 		t.Fatalf("unpin: %s", out)
 	}
 	if s := b.status(); s.PinnedPaths != 0 || s.UnpinnedPaths != 3 {

@@ -123,7 +123,7 @@ func TestP2PChain(t *testing.T) {
 	}
 	// And `p2pstore fetch` on B.
 	out := b.run("fetch", edge)
-	if !strings.Contains(out, "fetched 1 paths") {
+	if !strings.Contains(out, "fetched 1 path ") {
 		t.Fatalf("fetch on B: %s", out)
 	}
 	b.checkServedNAR(edge)
@@ -232,7 +232,7 @@ func TestP2PBadPeers(t *testing.T) {
 	c.start()
 	c.waitPeers(3)
 	out := c.run("fetch", p)
-	if !strings.Contains(out, "fetched 1 paths") {
+	if !strings.Contains(out, "fetched 1 path ") {
 		t.Fatalf("fetch: %s", out)
 	}
 	c.checkServedNAR(p)
@@ -508,7 +508,7 @@ func TestP2PStalledPeer(t *testing.T) {
 	start := time.Now()
 	out := c.run("fetch", p)
 	took := time.Since(start)
-	if !strings.Contains(out, "fetched 1 paths") {
+	if !strings.Contains(out, "fetched 1 path ") {
 		t.Fatalf("fetch: %s", out)
 	}
 	if staller.stalls.Load() == 0 {
@@ -616,7 +616,7 @@ func TestMDNSNamespaces(t *testing.T) {
 	a.run("import", "--sign", p)
 	a.waitPeers(1)
 	b.waitPeers(1)
-	if out := b.run("fetch", p); !strings.Contains(out, "fetched 1 paths") {
+	if out := b.run("fetch", p); !strings.Contains(out, "fetched 1 path ") {
 		t.Fatalf("fetch over the LAN: %s", out)
 	}
 }

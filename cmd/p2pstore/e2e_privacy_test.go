@@ -237,7 +237,7 @@ func TestP2PPrivateImports(t *testing.T) {
 			t.Errorf("B's narinfo of the private path %s: %d", p, code)
 		}
 	}
-	if out := b.run("fetch", signed); !strings.Contains(out, "fetched 1 paths") {
+	if out := b.run("fetch", signed); !strings.Contains(out, "fetched 1 path ") {
 		t.Fatalf("fetch of the signed path on B: %s", out)
 	}
 	client := filepath.Join(t.TempDir(), "client")

@@ -36,10 +36,11 @@ func fetchCommand() *cobra.Command {
 			}
 			rate := 0.0
 			if res.Seconds > 0 {
-				rate = float64(res.NarBytes) / res.Seconds / 1e6
+				rate = float64(res.NarBytes) / res.Seconds / (1 << 20)
 			}
-			fmt.Printf("fetched %d paths (%s of NARs; %s of chunks moved, %s on the wire) in %.2fs (%.0f MB/s); %d were already there\n",
-				len(res.Fetched), humanBytes(res.NarBytes), humanBytes(res.ChunkBytes), humanBytes(res.BytesReceived), res.Seconds, rate, res.Present)
+			fmt.Printf("fetched %s (%s of NARs; %s of chunks moved, %s on the wire) in %.2fs (%.0f MiB/s); %s already there\n",
+				count(len(res.Fetched), "path", "paths"), humanBytes(res.NarBytes), humanBytes(res.ChunkBytes), humanBytes(res.BytesReceived), res.Seconds, rate,
+				count(res.Present, "was", "were"))
 			return nil
 		},
 	}

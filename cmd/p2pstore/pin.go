@@ -31,7 +31,7 @@ func pinCommand(pin bool) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("%s %d paths; %d were so already\n", done, len(res.Changed), res.Unchanged)
+			fmt.Printf("%s %s; %s so already\n", done, count(len(res.Changed), "path", "paths"), count(res.Unchanged, "was", "were"))
 			return nil
 		},
 	}
