@@ -1026,16 +1026,19 @@ swarm_teardown() {
   ip link del p2pbench-br 2>/dev/null || true
 }
 
-# swarm_host NAME IP: a namespace wired to the bridge.
-swarm_host() {
-  local ns; ns=$(swarm_ns "$1")
-  ip netns add "$ns"
-  ip link add "pb-$1" type veth peer name eth0 netns "$ns"
-  ip link set "pb-$1" master p2pbench-br up
-  ip -n "$ns" addr add "$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
+# netns_host NS VETH BRIDGE IP: a namespace NS wired to BRIDGE by a veth
+# pair (VETH on the bridge's side, eth0 inside) with address IP/24.
+netns_host() {
+  ip netns add "$1"
+  ip link add "$2" type veth peer name eth0 netns "$1"
+  ip link set "$2" master "$3" up
+  ip -n "$1" addr add "$4/24" dev eth0
+  ip -n "$1" link set eth0 up
+  ip -n "$1" link set lo up
 }
+
+# swarm_host NAME IP: a namespace wired to the bridge.
+swarm_host() { netns_host "$(swarm_ns "$1")" "pb-$1" p2pbench-br "$2"; }
 
 setup_swarm() {
   [ -z "$SWARM_READY" ] || return 0
@@ -1513,15 +1516,7 @@ wan_teardown() {
 }
 
 # wan_host NAME IP: a namespace wired to the bridge.
-wan_host() {
-  local ns; ns=$(wan_ns "$1")
-  ip netns add "$ns"
-  ip link add "pbw-$1" type veth peer name eth0 netns "$ns"
-  ip link set "pbw-$1" master p2pbench-wbr up
-  ip -n "$ns" addr add "$2/24" dev eth0
-  ip -n "$ns" link set eth0 up
-  ip -n "$ns" link set lo up
-}
+wan_host() { netns_host "$(wan_ns "$1")" "pbw-$1" p2pbench-wbr "$2"; }
 
 # wan_sent: the bytes the upstream's host has sent over its link so far
 # (with their IP and Ethernet headers): what the bridge's end received.
