@@ -230,9 +230,10 @@ func TestVerifyRepairFromUpstream(t *testing.T) {
 	if _, out, err := substitute(t, pub, p, n.url); err != nil {
 		t.Fatalf("nix-store -r through the node: %v\n%s", err, out)
 	}
-	// The compressor reads new chunks after a pull: done before the flip,
-	// it cannot find the damage first and have it repaired in the
-	// background.
+	// The pull's ingest may still run after its client is done; then the
+	// compressor reads the new chunks: both done before the flip, neither
+	// can find the damage first and have it repaired in the background.
+	n.waitValid(p)
 	n.waitCompressed()
 	n.flipPackByte(5000)
 

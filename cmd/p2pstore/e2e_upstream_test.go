@@ -224,10 +224,7 @@ func TestUpstreamPullThrough(t *testing.T) {
 				if got[p].NarHash != src[p].NarHash || got[p].NarSize != src[p].NarSize {
 					t.Errorf("%s: client recorded %s/%d, source has %s/%d", p, got[p].NarHash, got[p].NarSize, src[p].NarHash, src[p].NarSize)
 				}
-				ok, err := n.client.HasPath(context.Background(), hashPart(p))
-				if err != nil || !ok {
-					t.Errorf("%s is not valid on the node after the pull (%v)", p, err)
-				}
+				n.waitValid(p) // the ingest may finish after the client
 			}
 			// The node's narinfo carries the upstream's signature as it was.
 			_, upText := getBody(t, up.url+"/"+hashPart(top)+".narinfo")
@@ -606,9 +603,29 @@ func TestUpstreamFullDisk(t *testing.T) {
 	if got, want := pathInfo(t, store, big)[big].NarHash, pathInfo(t, "", big)[big].NarHash; got != want {
 		t.Fatalf("substituted %s, want %s", got, want)
 	}
+	// The client has its NAR once the spool checks out; the pull's ingest
+	// (at the lowest priority) may still run.
+	n.waitValid(big)
 	n.run("verify")
 	if ents, _ := os.ReadDir(filepath.Join(data, "spool")); len(ents) != 0 {
 		t.Errorf("the spool holds %d files", len(ents))
+	}
+}
+
+// waitValid waits (bounded) until the node holds the path as valid: a
+// pull's client may finish before its ingest does.
+func (n *nodeProc) waitValid(path string) {
+	n.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, err := n.client.HasPath(context.Background(), hashPart(path))
+		if err == nil && ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s not valid on the node after 30 s (%v)\n%s", path, err, n.log)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
