@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,12 +18,20 @@ import (
 
 // Guix paths (guix.*) live in the same index and castore as Nix paths; a
 // path is Guix's when it lies under guix.store_dir. They are served on
-// guix.http_listen only, from the index (a miss is a 404: peers and
-// upstreams hold Nix paths), and signed for Guix only: with
-// guix.sign_key_file when an import says so, never with the Nix key. An
-// owner's import may bring the path's Guix narinfo signed elsewhere; the
-// node keeps it when it describes the path and a key of guix.public_keys
-// (or the node's own) signed it, and refuses the import otherwise.
+// guix.http_listen only, from the index and then the peers, and signed
+// for Guix only: with guix.sign_key_file when an import says so, never
+// with the Nix key. An owner's import may bring the path's Guix narinfo
+// signed elsewhere; the node keeps it when it describes the path and a
+// key of guix.public_keys (or the node's own) signed it, and refuses the
+// import otherwise.
+//
+// Between nodes a Guix path moves as a Nix one does, its record carrying
+// the signed Guix narinfo byte for byte: a node shares it, and announces
+// it under the Guix store's DHT key, only when a trusted Guix key signed
+// that narinfo, and a fetching node takes it only on the same terms, with
+// its own guix.public_keys; it then serves that very text to its Guix
+// clients. Nix signatures of the tree's root do not cover Guix paths: the
+// fetched tree is checked against the narinfo's NarHash.
 
 // loadGuixKeys reads guix.sign_key_file and guix.public_keys, refusing at
 // start a file that cannot be read or parsed, naming its key.
@@ -72,17 +81,13 @@ func (n *Node) checkGuixNarinfo(info *pathinfo.Info) error {
 	if !n.isGuix(info.StorePath) {
 		return badInput("%s: a Guix narinfo for a path outside guix.store_dir %s", info.StorePath, n.cfg.GuixStoreDir)
 	}
-	ni, err := guix.Parse([]byte(info.GuixNarinfo))
-	if err != nil {
-		return badInput("%s: %v", info.StorePath, err)
-	}
-	want := &guix.NarInfo{StorePath: info.StorePath, NarHash: info.NarHash, NarSize: info.NarSize,
-		References: pathinfo.BaseNames(info.References)}
-	if !guix.Equivalent(ni, want) {
-		return badInput("%s: its Guix narinfo describes another NAR (path, NarHash, NarSize or references differ)", info.StorePath)
-	}
-	if err := ni.Verify(n.guixKeys); err != nil {
-		return badInput("%v (guix.public_keys)", err)
+	if err := info.GuixTrustedBy(n.guixKeys); err != nil {
+		for _, sigErr := range []error{guix.ErrUnsigned, guix.ErrCorrupt, guix.ErrUntrusted, guix.ErrHashMismatch, guix.ErrInvalid} {
+			if errors.Is(err, sigErr) {
+				return badInput("%v (guix.public_keys)", err)
+			}
+		}
+		return badInput("%v", err)
 	}
 	return nil
 }
@@ -119,12 +124,19 @@ func (n *Node) GuixHandler() http.Handler {
 }
 
 // guixPaths adapts the node to httpcache.Paths for the Guix listener:
-// the index alone, so that a burst of narinfo requests for paths the node
-// lacks costs no fetch each.
+// the index, then the peers. A lookup of the peers is bounded by
+// narinfoDeadline, as the Nix listener's is with upstreams: Guix asks
+// its narinfos one after the other on one connection, so a slow miss
+// holds up every request behind it. A search that outlives its request
+// goes on (one per path), and a path found nowhere is remembered a while
+// (package fetch), so the next burst's misses cost nothing.
 type guixPaths struct{ n *Node }
 
 func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := g.n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) && g.n.p2p != nil {
+		info, err = g.fromPeers(ctx, hash)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +145,21 @@ func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error
 	}
 	g.n.limit.touch(hash)
 	return info, nil
+}
+
+// fromPeers starts the fetch of a path from the peers and returns its
+// record once one is found: the NAR then streams as the chunks arrive.
+func (g guixPaths) fromPeers(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	ctx, cancel := context.WithTimeout(ctx, narinfoDeadline)
+	defer cancel()
+	j, err := g.n.p2p.fetch.Start(ctx, hash)
+	if err == nil {
+		return j.Info(), nil
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, narinfoDeadline, pathinfo.ErrNotFound)
+	}
+	return nil, err
 }
 
 func (g guixPaths) NAR(ctx context.Context, info *pathinfo.Info, c nar.Compression, w io.Writer) error {

@@ -18,7 +18,8 @@
 // Info answers from the index, then that catalog, then the peers.
 //
 // Guix paths (guix.go) share the index and castore and are served on
-// guix.http_listen only, signed with the Guix key, never the Nix one.
+// guix.http_listen only, signed with the Guix key, never the Nix one;
+// peers exchange them on the terms of their Guix signatures.
 //
 // With upstream.substituters, the upstream binary caches are asked beside
 // the peers, and a path found there is pulled through by package pull

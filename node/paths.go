@@ -221,9 +221,11 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	case !isGuix && sign && n.signKey != nil && !info.Private:
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))
 	}
-	if n.signKey != nil && n.shares(info) {
+	if n.signKey != nil && !isGuix && n.shares(info) {
 		// The node binds the tree and chunk lists of a path it shares to
 		// the path, so that peers can check every object as it arrives.
+		// (Not a Guix path's: its peers check it against its Guix
+		// narinfo, a Nix key vouching for nothing of Guix's.)
 		lists, err := n.store.TreeLists(ctx, root)
 		if err != nil {
 			return castore.WriteStats{}, err
