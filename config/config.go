@@ -100,7 +100,7 @@ var settings = []setting{
 	{"daemon.socket_group", "daemon-socket-group", "", "none: the socket is 0600", "group that may use the daemon socket (0660); the node's user must be in it"},
 	{"p2p.listen", "p2p-listen", []string{"/ip4/0.0.0.0/tcp/7421", "/ip4/0.0.0.0/udp/7421/quic-v1"}, "", "libp2p listen multiaddress (repeatable)"},
 	{"p2p.bootstrap", "bootstrap", []string{}, "", "bootstrap peer multiaddress with /p2p/<id> (repeatable)"},
-	{"p2p.mdns", "mdns", true, "", "discover peers on the LAN with mDNS"},
+	{"p2p.mdns", "mdns", true, "", "discover peers on the LAN with mDNS, and advertise the Guix listener there"},
 	{"p2p.identity_file", "identity-file", "", "<data_dir>/identity.key", "the node's libp2p key, made on first start"},
 	{"p2p.max_upload_rate", "max-upload-rate", "0", "0, no cap", "cap on bytes/s sent to peers (k/M/G suffixes)"},
 	{"trust.public_keys", "trusted-public-key", []string{}, "", "key whose signatures make a path trusted, from peers, upstreams or the local store (repeatable)"},
