@@ -134,7 +134,11 @@ type guixPaths struct{ n *Node }
 
 func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := g.n.index.Get(hash)
-	if errors.Is(err, pathinfo.ErrNotFound) && g.n.p2p != nil {
+	switch {
+	case !errors.Is(err, pathinfo.ErrNotFound):
+	case g.n.up != nil && g.n.up.guix != nil:
+		info, err = g.n.infoElsewhere(ctx, hash, g.n.up.guix) // the peers and the Guix upstreams
+	case g.n.p2p != nil:
 		info, err = g.fromPeers(ctx, hash)
 	}
 	if err != nil {

@@ -27,8 +27,8 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 			return li, nil
 		}
 	}
-	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
-		return n.infoElsewhere(ctx, hash) // upstream.go
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil && n.up.client != nil {
+		return n.infoElsewhere(ctx, hash, n.up.client) // upstream.go
 	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		j, err := n.p2p.fetch.Start(ctx, hash)
@@ -52,7 +52,7 @@ func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) 
 			info, err = n.index.Get(hash)
 		}
 	}
-	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil && n.up.client != nil {
 		return n.lookupElsewhere(ctx, hash) // upstream.go
 	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
