@@ -18,12 +18,12 @@ import (
 
 // Guix paths (guix.*) live in the same index and castore as Nix paths; a
 // path is Guix's when it lies under guix.store_dir. They are served on
-// guix.http_listen only, from the index and then the peers, and signed
-// for Guix only: with guix.sign_key_file when an import says so, never
-// with the Nix key. An owner's import may bring the path's Guix narinfo
-// signed elsewhere; the node keeps it when it describes the path and a
-// key of guix.public_keys (or the node's own) signed it, and refuses the
-// import otherwise.
+// guix.http_listen only, from the index, the peers and guix.substituters,
+// and signed for Guix only: with guix.sign_key_file when an import says
+// so, never with the Nix key. An owner's import may bring the path's Guix
+// narinfo signed elsewhere; the node keeps it when it describes the path
+// and a key of guix.public_keys (or the node's own) signed it, and
+// refuses the import otherwise.
 //
 // Between nodes a Guix path moves as a Nix one does, its record carrying
 // the signed Guix narinfo byte for byte: a node shares it, and announces
@@ -124,8 +124,8 @@ func (n *Node) GuixHandler() http.Handler {
 }
 
 // guixPaths adapts the node to httpcache.Paths for the Guix listener:
-// the index, then the peers. A lookup of the peers is bounded by
-// narinfoDeadline, as the Nix listener's is with upstreams: Guix asks
+// the index, then the peers and the Guix upstreams (upstream.go). A
+// lookup is bounded by narinfoDeadline, as the Nix listener's is: Guix asks
 // its narinfos one after the other on one connection, so a slow miss
 // holds up every request behind it. A search that outlives its request
 // goes on (one per path), and a path found nowhere is remembered a while
