@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
@@ -124,22 +127,19 @@ func (n *Node) GuixHandler() http.Handler {
 }
 
 // guixPaths adapts the node to httpcache.Paths for the Guix listener:
-// the index, then the peers and the Guix upstreams (upstream.go). A
-// lookup is bounded by narinfoDeadline, as the Nix listener's is: Guix asks
-// its narinfos one after the other on one connection, so a slow miss
-// holds up every request behind it. A search that outlives its request
-// goes on (one per path), and a path found nowhere is remembered a while
-// (package fetch), so the next burst's misses cost nothing.
+// the index, then the peers and the Guix upstreams (upstream.go). Guix
+// asks its narinfos one after the other on one connection (up to 1,000
+// pipelined), so each slow miss holds up every request behind it: a
+// lookup waits narinfoDeadline at most, and a connection's lookups wait
+// from a budget (missBudget), past which a miss is a 404 at once. A
+// search that outlives its request goes on (one per path; a path found
+// nowhere is remembered a while), so what it finds serves the next ask.
 type guixPaths struct{ n *Node }
 
 func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 	info, err := g.n.index.Get(hash)
-	switch {
-	case !errors.Is(err, pathinfo.ErrNotFound):
-	case g.n.up != nil && g.n.up.guix != nil:
-		info, err = g.n.infoElsewhere(ctx, hash, g.n.up.guix) // the peers and the Guix upstreams
-	case g.n.p2p != nil:
-		info, err = g.fromPeers(ctx, hash)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		info, err = g.elsewhere(ctx, hash)
 	}
 	if err != nil {
 		return nil, err
@@ -151,19 +151,86 @@ func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error
 	return info, nil
 }
 
+// elsewhere looks a path the index lacks up on the peers and the Guix
+// upstreams, waiting what the connection's budget allows.
+func (g guixPaths) elsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	guixUp := g.n.up != nil && g.n.up.guix != nil
+	if !guixUp && g.n.p2p == nil {
+		return nil, fmt.Errorf("%s: %w", hash, pathinfo.ErrNotFound)
+	}
+	wait := narinfoDeadline
+	budget, _ := ctx.Value(missBudgetKey{}).(*missBudget)
+	if budget != nil {
+		wait = budget.take()
+	}
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var info *pathinfo.Info
+	var err error
+	if guixUp {
+		info, err = g.n.infoElsewhere(lctx, hash, g.n.up.guix)
+	} else {
+		info, err = g.fromPeers(lctx, hash)
+	}
+	if budget != nil {
+		budget.spend(time.Since(start))
+	}
+	if err != nil && ctx.Err() == nil && lctx.Err() != nil {
+		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, wait, pathinfo.ErrNotFound)
+	}
+	return info, err
+}
+
 // fromPeers starts the fetch of a path from the peers and returns its
 // record once one is found: the NAR then streams as the chunks arrive.
 func (g guixPaths) fromPeers(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	ctx, cancel := context.WithTimeout(ctx, narinfoDeadline)
-	defer cancel()
 	j, err := g.n.p2p.fetch.Start(ctx, hash)
-	if err == nil {
-		return j.Info(), nil
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, narinfoDeadline, pathinfo.ErrNotFound)
+	if j != nil && j.Info() != nil {
+		return j.Info(), nil // found, even if ctx ended meanwhile
 	}
 	return nil, err
+}
+
+// missBudget is what one Guix connection may wait for lookups of paths
+// the node lacks: missBudgetMax in hand, refilled by half the time that
+// passes, so that a burst of misses waits some seconds in all, not
+// narinfoDeadline each, and a connection that asks now and then waits
+// the full deadline each time.
+type missBudget struct {
+	mu   sync.Mutex
+	left time.Duration
+	at   time.Time // of the last refill; zero before the first
+}
+
+type missBudgetKey struct{}
+
+const missBudgetMax = 5 * time.Second
+
+// take refills the budget and returns how long the next lookup may wait.
+func (b *missBudget) take() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if b.at.IsZero() {
+		b.left = missBudgetMax
+	} else {
+		b.left = min(missBudgetMax, b.left+now.Sub(b.at)/2)
+	}
+	b.at = now
+	return max(0, min(b.left, narinfoDeadline))
+}
+
+// spend takes what a lookup waited from the budget.
+func (b *missBudget) spend(d time.Duration) {
+	b.mu.Lock()
+	b.left -= d
+	b.mu.Unlock()
+}
+
+// withMissBudget gives a Guix connection its budget.
+func withMissBudget(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(withConn(ctx, c), missBudgetKey{}, new(missBudget))
 }
 
 func (g guixPaths) NAR(ctx context.Context, info *pathinfo.Info, c nar.Compression, w io.Writer) error {

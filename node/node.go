@@ -358,7 +358,7 @@ func (n *Node) Run(ctx context.Context) error {
 		// The Guix listener: httpserve too, for guix substitute's
 		// pipelined narinfo requests.
 		serve(n.guixLn, &httpserve.Server{Handler: n.GuixHandler(), ReadHeaderTimeout: 30 * time.Second,
-			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withConn, Log: n.log})
+			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withMissBudget, Log: n.log})
 		if n.cfg.MDNS {
 			n.wg.Add(1)
 			go func() {

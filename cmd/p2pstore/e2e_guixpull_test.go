@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -154,5 +158,49 @@ func TestGuixPullThrough(t *testing.T) {
 	other.start()
 	if resp, body := httpGet(t, "http://"+otherAddr+"/"+hashPart(gpath)+".narinfo"); resp.StatusCode != 404 {
 		t.Errorf("a node that does not trust the farm: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestGuixMissBurst: with its Guix upstream accepting connections and
+// never answering, a burst of pipelined narinfo requests for paths the
+// node lacks, as guix substitute sends, is answered 404 within seconds in
+// all, not narinfoDeadline each: the connection's lookups wait from a
+// budget.
+func TestGuixMissBurst(t *testing.T) {
+	nixtest.Require(t)
+	n := newNodeAt(t, "127.0.0.156", "")
+	guixAddr := freeAddr(t, "127.0.0.156")
+	n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-substituter", hangingListener(t, "127.0.0.156"))
+	n.start()
+
+	const burst = 200
+	c, err := net.Dial("tcp", guixAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	c.SetDeadline(start.Add(60 * time.Second))
+	var b bytes.Buffer
+	for i := range burst {
+		fmt.Fprintf(&b, "GET /%032d.narinfo HTTP/1.1\r\nHost: node\r\nUser-Agent: GNU Guile\r\n\r\n", i)
+	}
+	go c.Write(b.Bytes())
+	br := bufio.NewReader(c)
+	for i := range burst {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d after %s: %v", i, time.Since(start), err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Fatalf("answer %d: %d", i, resp.StatusCode)
+		}
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("%d pipelined misses took %s", burst, took)
+	} else {
+		t.Logf("%d pipelined misses answered in %s", burst, took)
 	}
 }
