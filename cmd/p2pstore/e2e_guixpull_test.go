@@ -161,16 +161,24 @@ func TestGuixPullThrough(t *testing.T) {
 	}
 }
 
-// TestGuixMissBurst: with its Guix upstream accepting connections and
-// never answering, a burst of pipelined narinfo requests for paths the
-// node lacks, as guix substitute sends, is answered 404 within seconds in
-// all, not narinfoDeadline each: the connection's lookups wait from a
-// budget.
+// TestGuixMissBurst: with its Guix upstream slow (a second for each
+// answer, a farm far away, never failing), a burst of pipelined narinfo
+// requests for paths the node lacks, as guix substitute sends, is
+// answered 404 within seconds in all, not a second each: the
+// connection's lookups wait from a budget.
 func TestGuixMissBurst(t *testing.T) {
 	nixtest.Require(t)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(time.Second):
+		case <-r.Context().Done():
+		}
+		http.NotFound(w, r)
+	}))
+	defer slow.Close()
 	n := newNodeAt(t, "127.0.0.156", "")
 	guixAddr := freeAddr(t, "127.0.0.156")
-	n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-substituter", hangingListener(t, "127.0.0.156"))
+	n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-substituter", slow.URL)
 	n.start()
 
 	const burst = 200
