@@ -74,6 +74,9 @@ type Config struct {
 	GuixStoreDir    string   `key:"guix.store_dir"`
 	GuixSignKeyFile string   `key:"guix.sign_key_file"`
 	GuixPublicKeys  []string `key:"guix.public_keys"` // files such as signing-key.pub, read by the node
+	// GuixSubstituters are Guix substitute servers (guix publish, the
+	// build farms) whose paths the Guix listener pulls through.
+	GuixSubstituters []string `key:"guix.substituters"`
 
 	// File is the config file read, "" for none.
 	File string
@@ -100,7 +103,7 @@ var settings = []setting{
 	{"daemon.socket_group", "daemon-socket-group", "", "none: the socket is 0600", "group that may use the daemon socket (0660); the node's user must be in it"},
 	{"p2p.listen", "p2p-listen", []string{"/ip4/0.0.0.0/tcp/7421", "/ip4/0.0.0.0/udp/7421/quic-v1"}, "", "libp2p listen multiaddress (repeatable)"},
 	{"p2p.bootstrap", "bootstrap", []string{}, "", "bootstrap peer multiaddress with /p2p/<id> (repeatable)"},
-	{"p2p.mdns", "mdns", true, "", "discover peers on the LAN with mDNS"},
+	{"p2p.mdns", "mdns", true, "", "discover peers on the LAN with mDNS, and advertise the Guix listener there"},
 	{"p2p.identity_file", "identity-file", "", "<data_dir>/identity.key", "the node's libp2p key, made on first start"},
 	{"p2p.max_upload_rate", "max-upload-rate", "0", "0, no cap", "cap on bytes/s sent to peers (k/M/G suffixes)"},
 	{"trust.public_keys", "trusted-public-key", []string{}, "", "key whose signatures make a path trusted, from peers, upstreams or the local store (repeatable)"},
@@ -122,6 +125,7 @@ var settings = []setting{
 	{"guix.store_dir", "guix-store-dir", "/gnu/store", "", "the Guix store directory; its paths are served on guix.http_listen only"},
 	{"guix.sign_key_file", "guix-sign-key-file", "", "", "Guix secret key (signing-key.sec, as keygen --guix writes it) the node signs Guix narinfos with"},
 	{"guix.public_keys", "guix-public-key", []string{}, "", "file of a Guix public key (signing-key.pub) whose signed narinfos the node trusts (repeatable)"},
+	{"guix.substituters", "guix-substituter", []string{}, "", "Guix substitute server to pull Guix paths through from when no peer has them, e.g. https://bordeaux.guix.gnu.org; its narinfos need a key of guix.public_keys (repeatable)"},
 }
 
 func lookupSetting(key string) *setting {
@@ -242,6 +246,7 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	c.GuixStoreDir = strings.TrimSuffix(r.str("guix.store_dir"), "/")
 	c.GuixSignKeyFile = r.str("guix.sign_key_file")
 	c.GuixPublicKeys = r.list("guix.public_keys")
+	c.GuixSubstituters = r.list("guix.substituters")
 	if r.err != nil {
 		return nil, r.err
 	}

@@ -120,6 +120,7 @@ func samples(t *testing.T) map[string]sample {
 		"guix.store_dir":          same("/f/gnu", "/e/gnu", "/g/gnu"),
 		"guix.sign_key_file":      same("/f/guix.sec", "/e/guix.sec", "/g/guix.sec"),
 		"guix.public_keys":        list([]string{"/f/a.pub"}, []string{"/e/b.pub", "/e/c.pub"}, []string{"/g/d.pub"}),
+		"guix.substituters":       list([]string{"https://f.example"}, []string{"https://e.example"}, []string{"http://g.example"}),
 	}
 }
 

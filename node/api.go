@@ -407,9 +407,7 @@ func (n *Node) status(ctx context.Context, peers bool) (*Status, error) {
 		s.PathSources[sourceLabel(src)] += count
 	}
 	s.UpstreamBytesReceived = n.upstreamBytes()
-	if n.up != nil {
-		s.UpstreamHits, s.UpstreamMisses = n.up.client.Lookups()
-	}
+	s.UpstreamHits, s.UpstreamMisses = n.upstreamLookups()
 	if counted {
 		s.SharedPaths, s.PrivatePaths = shared, tot.Paths-shared
 	}

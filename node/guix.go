@@ -2,25 +2,39 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
+	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // Guix paths (guix.*) live in the same index and castore as Nix paths; a
 // path is Guix's when it lies under guix.store_dir. They are served on
-// guix.http_listen only, from the index (a miss is a 404: peers and
-// upstreams hold Nix paths), and signed for Guix only: with
-// guix.sign_key_file when an import says so, never with the Nix key. An
-// owner's import may bring the path's Guix narinfo signed elsewhere; the
-// node keeps it when it describes the path and a key of guix.public_keys
-// (or the node's own) signed it, and refuses the import otherwise.
+// guix.http_listen only, from the index, the peers and guix.substituters,
+// and signed for Guix only: with guix.sign_key_file when an import says
+// so, never with the Nix key. An owner's import may bring the path's Guix
+// narinfo signed elsewhere; the node keeps it when it describes the path
+// and a key of guix.public_keys (or the node's own) signed it, and
+// refuses the import otherwise.
+//
+// Between nodes a Guix path moves as a Nix one does, its record carrying
+// the signed Guix narinfo byte for byte: a node shares it, and announces
+// it under the Guix store's DHT key, only when a trusted Guix key signed
+// that narinfo, and a fetching node takes it only on the same terms, with
+// its own guix.public_keys; it then serves that very text to its Guix
+// clients. Nix signatures of the tree's root do not cover Guix paths: the
+// fetched tree is checked against the narinfo's NarHash.
 
 // loadGuixKeys reads guix.sign_key_file and guix.public_keys, refusing at
 // start a file that cannot be read or parsed, naming its key.
@@ -70,17 +84,13 @@ func (n *Node) checkGuixNarinfo(info *pathinfo.Info) error {
 	if !n.isGuix(info.StorePath) {
 		return badInput("%s: a Guix narinfo for a path outside guix.store_dir %s", info.StorePath, n.cfg.GuixStoreDir)
 	}
-	ni, err := guix.Parse([]byte(info.GuixNarinfo))
-	if err != nil {
-		return badInput("%s: %v", info.StorePath, err)
-	}
-	want := &guix.NarInfo{StorePath: info.StorePath, NarHash: info.NarHash, NarSize: info.NarSize,
-		References: pathinfo.BaseNames(info.References)}
-	if !guix.Equivalent(ni, want) {
-		return badInput("%s: its Guix narinfo describes another NAR (path, NarHash, NarSize or references differ)", info.StorePath)
-	}
-	if err := ni.Verify(n.guixKeys); err != nil {
-		return badInput("%v (guix.public_keys)", err)
+	if err := info.GuixTrustedBy(n.guixKeys); err != nil {
+		for _, sigErr := range []error{guix.ErrUnsigned, guix.ErrCorrupt, guix.ErrUntrusted, guix.ErrHashMismatch, guix.ErrInvalid} {
+			if errors.Is(err, sigErr) {
+				return badInput("%v (guix.public_keys)", err)
+			}
+		}
+		return badInput("%v", err)
 	}
 	return nil
 }
@@ -117,18 +127,120 @@ func (n *Node) GuixHandler() http.Handler {
 }
 
 // guixPaths adapts the node to httpcache.Paths for the Guix listener:
-// its NARs as the node's, but paths from the index alone, so that a burst
-// of narinfo requests for paths the node lacks costs no fetch each.
-type guixPaths struct{ *Node }
+// the index, then the peers and the Guix upstreams (upstream.go). Guix
+// asks its narinfos one after the other on one connection (up to 1,000
+// pipelined), so each slow miss holds up every request behind it: a
+// lookup waits narinfoDeadline at most, and a connection's lookups wait
+// from a budget (missBudget), past which a miss is a 404 at once. A
+// search that outlives its request goes on (one per path; a path found
+// nowhere is remembered a while), so what it finds serves the next ask.
+type guixPaths struct{ n *Node }
 
 func (g guixPaths) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	info, err := g.index.Get(hash)
+	info, err := g.n.index.Get(hash)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		info, err = g.elsewhere(ctx, hash)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if !g.isGuix(info.StorePath) {
+	if !g.n.isGuix(info.StorePath) {
 		return nil, fmt.Errorf("%s: %w", info.StorePath, pathinfo.ErrNotFound)
 	}
-	g.limit.touch(hash)
+	g.n.limit.touch(hash)
 	return info, nil
+}
+
+// elsewhere looks a path the index lacks up on the peers and the Guix
+// upstreams, waiting what the connection's budget allows.
+func (g guixPaths) elsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	guixUp := g.n.up != nil && g.n.up.guix != nil
+	if !guixUp && g.n.p2p == nil {
+		return nil, fmt.Errorf("%s: %w", hash, pathinfo.ErrNotFound)
+	}
+	wait := narinfoDeadline
+	budget, _ := ctx.Value(missBudgetKey{}).(*missBudget)
+	if budget != nil {
+		wait = budget.take()
+	}
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var info *pathinfo.Info
+	var err error
+	if guixUp {
+		info, err = g.n.infoElsewhere(lctx, hash, g.n.up.guix)
+	} else {
+		info, err = g.fromPeers(lctx, hash)
+	}
+	if budget != nil {
+		budget.spend(time.Since(start))
+	}
+	if err != nil && ctx.Err() == nil && lctx.Err() != nil {
+		return nil, fmt.Errorf("%s: no answer within %s: %w", hash, wait, pathinfo.ErrNotFound)
+	}
+	return info, err
+}
+
+// fromPeers starts the fetch of a path from the peers and returns its
+// record once one is found: the NAR then streams as the chunks arrive.
+func (g guixPaths) fromPeers(ctx context.Context, hash string) (*pathinfo.Info, error) {
+	j, err := g.n.p2p.fetch.Start(ctx, hash)
+	if j != nil && j.Info() != nil {
+		return j.Info(), nil // found, even if ctx ended meanwhile
+	}
+	return nil, err
+}
+
+// missBudget is what one Guix connection may wait for lookups of paths
+// the node lacks: missBudgetMax in hand, refilled by half the time that
+// passes, so that a burst of misses waits some seconds in all, not
+// narinfoDeadline each, and a connection that asks now and then waits
+// the full deadline each time.
+type missBudget struct {
+	mu   sync.Mutex
+	left time.Duration
+	at   time.Time // of the last refill; zero before the first
+}
+
+type missBudgetKey struct{}
+
+const missBudgetMax = 5 * time.Second
+
+// take refills the budget and returns how long the next lookup may wait.
+func (b *missBudget) take() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	if b.at.IsZero() {
+		b.left = missBudgetMax
+	} else {
+		b.left = min(missBudgetMax, b.left+now.Sub(b.at)/2)
+	}
+	b.at = now
+	return max(0, min(b.left, narinfoDeadline))
+}
+
+// spend takes what a lookup waited from the budget.
+func (b *missBudget) spend(d time.Duration) {
+	b.mu.Lock()
+	b.left -= d
+	b.mu.Unlock()
+}
+
+// withMissBudget gives a Guix connection its budget.
+func withMissBudget(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(withConn(ctx, c), missBudgetKey{}, new(missBudget))
+}
+
+func (g guixPaths) NAR(ctx context.Context, info *pathinfo.Info, c nar.Compression, w io.Writer) error {
+	return g.n.NAR(ctx, info, c, w)
+}
+
+func (g guixPaths) NARRange(ctx context.Context, info *pathinfo.Info, off, size int64, w io.Writer) error {
+	return g.n.NARRange(ctx, info, off, size, w)
+}
+
+func (g guixPaths) NARSize(info *pathinfo.Info, c nar.Compression) (int64, bool) {
+	return g.n.NARSize(info, c)
 }

@@ -18,7 +18,10 @@
 // Info answers from the index, then that catalog, then the peers.
 //
 // Guix paths (guix.go) share the index and castore and are served on
-// guix.http_listen only, signed with the Guix key, never the Nix one.
+// guix.http_listen only, signed with the Guix key, never the Nix one;
+// peers exchange them on the terms of their Guix signatures. With
+// p2p.mdns, the Guix listener is advertised on the LAN as guix publish
+// --advertise does (guixmdns.go).
 //
 // With upstream.substituters, the upstream binary caches are asked beside
 // the peers, and a path found there is pulled through by package pull
@@ -356,7 +359,14 @@ func (n *Node) Run(ctx context.Context) error {
 		// The Guix listener: httpserve too, for guix substitute's
 		// pipelined narinfo requests.
 		serve(n.guixLn, &httpserve.Server{Handler: n.GuixHandler(), ReadHeaderTimeout: 30 * time.Second,
-			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withConn, Log: n.log})
+			IdleTimeout: 2 * time.Minute, WriteProgressTimeout: httpWriteProgressTimeout, ConnContext: withMissBudget, Log: n.log})
+		if n.cfg.MDNS {
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				n.advertiseGuix(ctx) // guixmdns.go
+			}()
+		}
 	}
 	// The control API takes request bodies (imports): net/http.
 	controlLn := newConnListener(n.controlLn.Addr())

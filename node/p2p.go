@@ -223,7 +223,8 @@ func (n *Node) startP2P(ctx context.Context) (*p2p, error) {
 		h.Close()
 		return nil, err
 	}
-	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace, Done: n.fetchedFromPeers},
+	p.fetch = fetch.New(fetch.Config{StoreDir: cfg.StoreDir, Keys: n.keys, Log: n.log, Reserve: n.reserveSpace, Done: n.fetchedFromPeers,
+		GuixStoreDir: cfg.GuixStoreDir, GuixTrusted: func(info *pathinfo.Info) error { return info.GuixTrustedBy(n.guixKeys) }},
 		peerFinder{p}, n.store, fetchedPaths{n}, p)
 	for _, pi := range boot {
 		go p.connect(ctx, pi, "bootstrap")
@@ -363,7 +364,7 @@ func (p *p2p) shareObjects(ctx context.Context, info *pathinfo.Info) []mh.Multih
 		return nil
 	}
 	keys := make([]mh.Multihash, 0, len(fresh)+1)
-	keys = append(keys, dht.PathKey(p.n.cfg.StoreDir, info.HashPart()))
+	keys = append(keys, dht.PathKey(p.n.storeDirOf(info.StorePath), info.HashPart()))
 	for _, d := range fresh {
 		keys = append(keys, dht.DigestKey(d))
 	}
@@ -400,7 +401,7 @@ func (p *p2p) announceAll(ctx context.Context) {
 			if _, err := p.n.store.Share(ctx, info.Root); err != nil {
 				return err
 			}
-			keys = append(keys, dht.PathKey(p.n.cfg.StoreDir, info.HashPart()))
+			keys = append(keys, dht.PathKey(p.n.storeDirOf(info.StorePath), info.HashPart()))
 		}
 		return ctx.Err()
 	})
@@ -538,14 +539,33 @@ func (f peerFinder) Sources(ctx context.Context, hash string) <-chan fetch.Sourc
 				return
 			}
 		}
-		for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(f.p.n.cfg.StoreDir, hash), fetchMaxProviders) {
-			f.p.host.Peerstore().AddAddrs(pi.ID, pi.Addrs, peerstore.TempAddrTTL)
-			if !send(pi.ID) {
-				return
-			}
+		// The hash part alone does not say whose store the path is in: a
+		// node with a Guix listener looks for both keys at once.
+		var wg sync.WaitGroup
+		for _, dir := range f.storeDirs() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for pi := range f.p.dht.FindProviders(ctx, dht.PathKey(dir, hash), fetchMaxProviders) {
+					f.p.host.Peerstore().AddAddrs(pi.ID, pi.Addrs, peerstore.TempAddrTTL)
+					if !send(pi.ID) {
+						return
+					}
+				}
+			}()
 		}
+		wg.Wait()
 	}()
 	return out
+}
+
+// storeDirs are the stores whose paths the node looks for on the DHT:
+// Nix's, and Guix's when it serves Guix clients.
+func (f peerFinder) storeDirs() []string {
+	if f.p.n.guixLn != nil {
+		return []string{f.p.n.cfg.StoreDir, f.p.n.cfg.GuixStoreDir}
+	}
+	return []string{f.p.n.cfg.StoreDir}
 }
 
 // fetchMaxProviders bounds the providers asked of the DHT for one path.

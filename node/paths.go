@@ -27,8 +27,8 @@ func (n *Node) Info(ctx context.Context, hash string) (*pathinfo.Info, error) {
 			return li, nil
 		}
 	}
-	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
-		return n.infoElsewhere(ctx, hash) // upstream.go
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil && n.up.client != nil {
+		return n.infoElsewhere(ctx, hash, n.up.client) // upstream.go
 	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
 		j, err := n.p2p.fetch.Start(ctx, hash)
@@ -52,7 +52,7 @@ func (n *Node) lookup(ctx context.Context, hash string) (*pathinfo.Info, error) 
 			info, err = n.index.Get(hash)
 		}
 	}
-	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil {
+	if errors.Is(err, pathinfo.ErrNotFound) && n.up != nil && n.up.client != nil {
 		return n.lookupElsewhere(ctx, hash) // upstream.go
 	}
 	if errors.Is(err, pathinfo.ErrNotFound) && n.p2p != nil {
@@ -221,9 +221,11 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	case !isGuix && sign && n.signKey != nil && !info.Private:
 		info.AddSig(n.signKey.Sign(info.Fingerprint()))
 	}
-	if n.signKey != nil && n.shares(info) {
+	if n.signKey != nil && !isGuix && n.shares(info) {
 		// The node binds the tree and chunk lists of a path it shares to
 		// the path, so that peers can check every object as it arrives.
+		// (Not a Guix path's: its peers check it against its Guix
+		// narinfo, a Nix key vouching for nothing of Guix's.)
 		lists, err := n.store.TreeLists(ctx, root)
 		if err != nil {
 			return castore.WriteStats{}, err

@@ -26,9 +26,18 @@ const (
 	SharePrivate Sharing = "private" // never given to peers, whatever signs it
 )
 
-// shares says whether a path is one the node gives to peers.
+// shares says whether a path is one the node gives to peers. A Guix
+// path is when a trusted Guix key (or the node's own) signed its Guix
+// narinfo, which then goes to peers with it, byte for byte; Nix
+// signatures do not make a Guix path shared.
 func (n *Node) shares(info *pathinfo.Info) bool {
-	return !info.Private && info.TrustedBy(n.keys)
+	if info.Private {
+		return false
+	}
+	if n.isGuix(info.StorePath) {
+		return info.GuixTrustedBy(n.guixKeys) == nil
+	}
+	return info.TrustedBy(n.keys)
 }
 
 // sharedCount counts the paths the node shares, for status without

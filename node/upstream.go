@@ -34,6 +34,12 @@ import (
 // the upstream's signatures unchanged. An upstream whose NAR of a path
 // came broken or wrong is left out of that path's lookups for a while
 // (pull.FailedRecently), so that another upstream's copy is used.
+//
+// Guix substitute servers (guix.substituters) are upstreams of the Guix
+// listener on the same terms, through a client of their own in Guix's
+// layout (upstream.Config.Guix) and the same puller: the narinfo served
+// for a pulled Guix path is the upstream's signed text, with the node's
+// NAR entries.
 
 // narinfoDeadline bounds the wait of a narinfo request for peers and
 // upstreams: Nix waits 300 s for a silent server, five times over. Below
@@ -46,7 +52,8 @@ const spoolDir = "spool"
 
 // upstreams is the node's pull-through side.
 type upstreams struct {
-	client *upstream.Client
+	client *upstream.Client // upstream.substituters; nil for none
+	guix   *upstream.Client // guix.substituters; nil for none
 	puller *pull.Puller
 	// starting is held while the winner of a lookup checks that no job
 	// gets the path and starts its own, so that two requests whose
@@ -56,22 +63,42 @@ type upstreams struct {
 
 // openUpstreams sets the pull-through up when upstreams are configured.
 func (n *Node) openUpstreams() error {
-	if len(n.cfg.Upstreams) == 0 {
+	if len(n.cfg.Upstreams) == 0 && len(n.cfg.GuixSubstituters) == 0 {
 		return nil
 	}
 	p, err := pull.New(filepath.Join(n.cfg.DataDir, spoolDir), pulledPaths{n}, pulledPaths{n}, n.log, n.pulled)
 	if err != nil {
 		return err
 	}
+	n.up = &upstreams{puller: p}
 	// An upstream that just sent a path's NAR broken or wrong is not asked
 	// for it again for a while: another may have it whole.
-	c, err := upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log,
-		Skip: p.FailedRecently})
-	if err != nil {
-		return fmt.Errorf("upstream.substituters: %w", err)
+	if len(n.cfg.Upstreams) > 0 {
+		n.up.client, err = upstream.New(upstream.Config{URLs: n.cfg.Upstreams, Keys: n.keys, StoreDir: n.cfg.StoreDir, Log: n.log,
+			Skip: p.FailedRecently})
+		if err != nil {
+			return fmt.Errorf("upstream.substituters: %w", err)
+		}
 	}
-	n.up = &upstreams{client: c, puller: p}
+	if len(n.cfg.GuixSubstituters) > 0 {
+		n.up.guix, err = upstream.New(upstream.Config{URLs: n.cfg.GuixSubstituters, Guix: true, GuixKeys: n.guixKeys,
+			StoreDir: n.cfg.GuixStoreDir, Log: n.log, Skip: p.FailedRecently})
+		if err != nil {
+			return fmt.Errorf("guix.substituters: %w", err)
+		}
+	}
 	return nil
+}
+
+// clients are the upstream clients the node has.
+func (u *upstreams) clients() []*upstream.Client {
+	var out []*upstream.Client
+	for _, c := range []*upstream.Client{u.client, u.guix} {
+		if c != nil {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // closeUpstreams ends the running pulls and waits for them: called
@@ -106,10 +133,11 @@ func (p pulledPaths) KeepNAR(name string, info *pathinfo.Info) {
 }
 
 // infoElsewhere finds a path the index lacks: a pull already running for
-// it, else the first trusted answer of the peers and the upstreams. Only
-// the winner's job starts (a fetch job already running is the peers'
-// answer), so a path both have is downloaded once.
-func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
+// it, else the first trusted answer of the peers and the upstreams of c
+// (the Nix or the Guix ones). Only the winner's job starts (a fetch job
+// already running is the peers' answer), so a path both have is
+// downloaded once.
+func (n *Node) infoElsewhere(ctx context.Context, hash string, c *upstream.Client) (*pathinfo.Info, error) {
 	if j := n.up.puller.Running(hash); j != nil {
 		return j.Info(), nil
 	}
@@ -124,7 +152,7 @@ func (n *Node) infoElsewhere(ctx context.Context, hash string) (*pathinfo.Info, 
 	answers := make(chan answer, 2)
 	asked := 1
 	go func() {
-		p, err := n.up.client.Lookup(ctx, hash)
+		p, err := c.Lookup(ctx, hash)
 		answers <- answer{func() (*pathinfo.Info, error) { return n.foundUpstream(ctx, p) }, err}
 	}()
 	if n.p2p != nil {
@@ -215,14 +243,20 @@ func (n *Node) pullFor(ctx context.Context, hash string) *pull.Job {
 	if n.p2p != nil && n.p2p.fetch.Running(hash) != nil {
 		return nil
 	}
-	p := n.up.client.Cached(hash)
+	var c *upstream.Client
+	var p *upstream.Path
+	for _, c = range n.up.clients() {
+		if p = c.Cached(hash); p != nil {
+			break
+		}
+	}
 	if p == nil {
 		return nil
 	}
 	if n.fetchFromPeers(ctx, p.Info) {
 		return nil
 	}
-	if _, err := n.startPull(ctx, p); err != nil {
+	if _, err := n.startPull(ctx, c, p); err != nil {
 		if !errors.Is(err, pull.ErrFailedRecently) {
 			n.log.Warn("starting a pull", "path", p.Info.StorePath, "err", err)
 		}
@@ -255,9 +289,9 @@ func (n *Node) fetchFromPeers(ctx context.Context, info *pathinfo.Info) bool {
 	return n.p2p.fetch.Running(info.HashPart()) != nil
 }
 
-// startPull starts the pull of an upstream's answer, unless a job already
-// gets the path (another request's winner): one job per path.
-func (n *Node) startPull(ctx context.Context, p *upstream.Path) (*pathinfo.Info, error) {
+// startPull starts the pull of an answer of c's upstreams, unless a job
+// already gets the path (another request's winner): one job per path.
+func (n *Node) startPull(ctx context.Context, c *upstream.Client, p *upstream.Path) (*pathinfo.Info, error) {
 	hash := p.Info.HashPart()
 	if info, ok, err := n.gotten(ctx, hash); ok {
 		return info, err
@@ -273,12 +307,12 @@ func (n *Node) startPull(ctx context.Context, p *upstream.Path) (*pathinfo.Info,
 		return info, nil // a job got it meanwhile
 	}
 	j, err := n.up.puller.Start(ctx, p.Info, p.Upstream, func(ctx context.Context) (io.ReadCloser, error) {
-		return n.up.client.Open(ctx, p)
+		return c.Open(ctx, p)
 	})
 	if err != nil {
 		return nil, err
 	}
-	n.up.client.Forget(hash) // the job has it now
+	c.Forget(hash) // the job has it now
 	return j.Info(), nil
 }
 
@@ -303,7 +337,7 @@ func (n *Node) startFetch(ctx context.Context, fd *fetch.Found) (*pathinfo.Info,
 // lookupElsewhere is infoElsewhere for callers that need the path valid
 // here: it waits for the job that gets it.
 func (n *Node) lookupElsewhere(ctx context.Context, hash string) (*pathinfo.Info, error) {
-	if _, err := n.infoElsewhere(ctx, hash); err != nil {
+	if _, err := n.infoElsewhere(ctx, hash, n.up.client); err != nil {
 		return nil, err
 	}
 	if !n.index.Has(hash) {
@@ -378,5 +412,21 @@ func (n *Node) upstreamBytes() uint64 {
 	if n.up == nil {
 		return 0
 	}
-	return n.up.client.BytesReceived()
+	var b uint64
+	for _, c := range n.up.clients() {
+		b += c.BytesReceived()
+	}
+	return b
+}
+
+// upstreamLookups counts the lookups that asked upstreams, Nix and Guix.
+func (n *Node) upstreamLookups() (hits, misses uint64) {
+	if n.up == nil {
+		return 0, 0
+	}
+	for _, c := range n.up.clients() {
+		h, m := c.Lookups()
+		hits, misses = hits+h, misses+m
+	}
+	return hits, misses
 }

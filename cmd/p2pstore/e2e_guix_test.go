@@ -151,36 +151,7 @@ func TestGuixServe(t *testing.T) {
 	if ok, err := guixtest.Verify(text, q); !ok || err != nil {
 		t.Errorf("the node's Guix signature does not verify (%v):\n%s", err, text)
 	}
-	ni, err := guix.Parse(text)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var comps []string
-	for _, e := range ni.NARs {
-		comps = append(comps, e.Compression)
-		resp, body := httpGet(t, guixURL+"/"+e.URL)
-		if resp.StatusCode != 200 {
-			t.Fatalf("%s: %d %s", e.URL, resp.StatusCode, body)
-		}
-		switch e.Compression {
-		case "zstd":
-			body = decompress(t, body)
-		case "gzip":
-			zr, err := gzip.NewReader(bytes.NewReader(body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if body, err = io.ReadAll(zr); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if !bytes.Equal(body, want) {
-			t.Errorf("%s: NAR (%d bytes) differs from nix-store --dump (%d)", e.URL, len(body), len(want))
-		}
-	}
-	if strings.Join(comps, " ") != "zstd gzip none" {
-		t.Errorf("compressions %v", comps)
-	}
+	checkGuixNARs(t, guixURL, text, want)
 
 	// Each store on its own listener only.
 	for _, c := range []struct{ url, what string }{
@@ -249,6 +220,129 @@ func TestGuixServe(t *testing.T) {
 		t.Errorf("the farm's signature no longer verifies:\n%s", text)
 	}
 	t.Run("pipelining", func(t *testing.T) { testGuixPipelining(t, guixAddr, hashPart(gpath)) })
+}
+
+// checkGuixNARs checks that a Guix narinfo served at guixURL offers
+// zstd, gzip and plain NARs, and that each decompresses to want.
+func checkGuixNARs(t *testing.T, guixURL string, narinfo, want []byte) {
+	t.Helper()
+	ni, err := guix.Parse(narinfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var comps []string
+	for _, e := range ni.NARs {
+		comps = append(comps, e.Compression)
+		resp, body := httpGet(t, guixURL+"/"+e.URL)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %s", e.URL, resp.StatusCode, body)
+		}
+		switch e.Compression {
+		case "zstd":
+			body = decompress(t, body)
+		case "gzip":
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !bytes.Equal(body, want) {
+			t.Errorf("%s: NAR (%d bytes) differs from nix-store --dump (%d)", e.URL, len(body), len(want))
+		}
+	}
+	if strings.Join(comps, " ") != "zstd gzip none" {
+		t.Errorf("compressions %v", comps)
+	}
+}
+
+// guixNarinfo asks a Guix listener for a path's narinfo until it answers
+// 200 (bounded): a node may need a moment to find it on its peers.
+func guixNarinfo(t *testing.T, guixURL, p string) []byte {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, text := httpGet(t, guixURL+"/"+hashPart(p)+".narinfo")
+		if resp.StatusCode == 200 {
+			return text
+		}
+		if resp.StatusCode != 404 || time.Now().After(deadline) {
+			t.Fatalf("%s narinfo of %s: %d %s", guixURL, p, resp.StatusCode, text)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestGuixP2P: a Guix path moves between nodes as a Nix one does. A
+// imports it signed with its Guix key; C, which knows only B and trusts
+// A's Guix key, finds it through the DHT (under the Guix store's key) and
+// serves it on its Guix listener: the narinfo is A's signed text byte for
+// byte (checked by the independent verifier) and every NAR is the dump.
+// B, trusting the key too, gets it from its peers. S, which trusts A's
+// Nix key but not its Guix key, does not take it; a Guix path A holds
+// unsigned is not given to anyone.
+func TestGuixP2P(t *testing.T) {
+	nixtest.Require(t)
+	gs := newGuixStore(t)
+	files := randomFiles(11, 3)
+	files["small"] = []byte("a small file")
+	gpath := gs.add("tree", files)
+	unsigned := gs.add("unsigned", map[string][]byte{"f": []byte("nobody signed this")})
+	want := gs.dump(gpath)
+
+	guixNode := func(ip, nixKey string, extra ...string) (*nodeProc, string) {
+		addr := freeAddr(t, ip)
+		n := newNodeAt(t, ip, nixKey, append([]string{"--guix-http-listen", addr}, extra...)...)
+		return n, "http://" + addr
+	}
+	a, aURL := guixNode("127.0.0.150", "node-a-1")
+	sec, q := guixKey(t, a, "a")
+	aPub := strings.TrimSuffix(sec, ".sec") + ".pub"
+	a.args = append(a.args, "--guix-sign-key-file", sec)
+	a.start()
+	nixPub := a.status().PublicKey
+	b, bURL := guixNode("127.0.0.151", "", "--bootstrap", a.p2pAddr(), "--guix-public-key", aPub)
+	b.start()
+	c, cURL := guixNode("127.0.0.152", "", "--bootstrap", b.p2pAddr(), "--guix-public-key", aPub)
+	c.start()
+	s, sURL := guixNode("127.0.0.153", "", "--bootstrap", a.p2pAddr(), "--trusted-public-key", nixPub)
+	s.start()
+
+	a.run("import", "--sign", "--from-store", gs.url, gpath)
+	a.run("import", "--from-store", gs.url, unsigned)
+	a.waitPeers(2)
+	c.waitPeers(1)
+	a.waitAnnounced()
+	if st := a.status(); st.SharedPaths != 1 {
+		t.Errorf("A shares %d paths, want 1 (the signed Guix path)", st.SharedPaths)
+	}
+	_, aText := httpGet(t, aURL+"/"+hashPart(gpath)+".narinfo")
+
+	for _, n := range []struct {
+		name, url string
+	}{{"C", cURL}, {"B", bURL}} {
+		text := guixNarinfo(t, n.url, gpath)
+		if !bytes.Equal(text, aText) {
+			t.Errorf("%s serves the narinfo\n%s\nA serves\n%s", n.name, text, aText)
+		}
+		if ok, err := guixtest.Verify(text, q); !ok {
+			t.Errorf("%s's narinfo does not verify with A's key (%v):\n%s", n.name, err, text)
+		}
+		checkGuixNARs(t, n.url, text, want)
+	}
+	// S trusts A's Nix key only: Nix signatures say nothing of Guix paths.
+	if resp, body := httpGet(t, sURL+"/"+hashPart(gpath)+".narinfo"); resp.StatusCode != 404 {
+		t.Errorf("a node that does not trust A's Guix key: %d %s", resp.StatusCode, body)
+	}
+	// Nobody signed the other path: A gives it to no peer.
+	if resp, body := httpGet(t, bURL+"/"+hashPart(unsigned)+".narinfo"); resp.StatusCode != 404 {
+		t.Errorf("an unsigned Guix path reached B: %d %s", resp.StatusCode, body)
+	}
+	if st := s.status(); st.Paths != 0 {
+		t.Errorf("S holds %d paths, want none", st.Paths)
+	}
 }
 
 // testGuixPipelining sends 1,000 narinfo requests on one connection, as

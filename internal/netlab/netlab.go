@@ -308,6 +308,23 @@ func (h *Host) Listen(port int) (net.Listener, error) {
 	return ln, err
 }
 
+// ListenMulticastUDP opens a UDP socket in the host's namespace on
+// group's port, joined to group on the host's link, as an mDNS
+// responder or browser (Avahi) has one: for tests that speak multicast
+// themselves.
+func (h *Host) ListenMulticastUDP(group *net.UDPAddr) (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := h.in(func() error {
+		iface, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		c, err = net.ListenMulticastUDP("udp4", iface, group)
+		return err
+	})
+	return c, err
+}
+
 // in runs f on a thread switched into the host's namespace; a socket
 // made there stays in that namespace.
 func (h *Host) in(f func() error) error {

@@ -50,6 +50,7 @@ import (
 
 	"github.com/p2pstore/p2pstore/castore"
 	"github.com/p2pstore/p2pstore/internal/cache"
+	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
 )
@@ -164,6 +165,25 @@ func badSig(fp, sig string, keys []narinfo.PublicKey) bool {
 // TrustedBy reports whether one of the signatures verifies with one of keys.
 func (i *Info) TrustedBy(keys []narinfo.PublicKey) bool {
 	return narinfo.VerifyAny(i.Fingerprint(), i.Sigs, keys)
+}
+
+// GuixTrustedBy checks a Guix path's Guix narinfo: it parses, describes
+// this very path by Guix's rule of equivalence (path, NarHash, NarSize,
+// references in order), and one of keys signed it. The error says which
+// failed.
+func (i *Info) GuixTrustedBy(keys []guix.PublicKey) error {
+	if i.GuixNarinfo == "" {
+		return fmt.Errorf("%s: no Guix narinfo: %w", i.StorePath, guix.ErrUnsigned)
+	}
+	ni, err := guix.Parse([]byte(i.GuixNarinfo))
+	if err != nil {
+		return fmt.Errorf("%s: %w", i.StorePath, err)
+	}
+	want := &guix.NarInfo{StorePath: i.StorePath, NarHash: i.NarHash, NarSize: i.NarSize, References: BaseNames(i.References)}
+	if !guix.Equivalent(ni, want) {
+		return fmt.Errorf("%s: its Guix narinfo describes another NAR (path, NarHash, NarSize or references differ)", i.StorePath)
+	}
+	return ni.Verify(keys)
 }
 
 // MarshalJSON encodes an Info with its root node and hash.

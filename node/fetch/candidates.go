@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"sync"
 	"time"
 
@@ -111,8 +112,13 @@ func (f *Fetcher) askRecord(ctx context.Context, src Source, hash string) (candi
 		return candidate{}, false
 	}
 	info, err := src.Record(ctx, hash)
+	isGuix := err == nil && f.isGuix(info)
 	if err == nil {
-		if err = info.Validate(f.cfg.StoreDir); err != nil {
+		storeDir := f.cfg.StoreDir
+		if isGuix {
+			storeDir = f.cfg.GuixStoreDir
+		}
+		if err = info.Validate(storeDir); err != nil {
 			err = fmt.Errorf("%w: record: %v", transfer.ErrBadData, err)
 		} else if info.HashPart() != hash {
 			err = fmt.Errorf("%w: asked for %s, got %s", transfer.ErrBadData, hash, info.StorePath)
@@ -125,6 +131,9 @@ func (f *Fetcher) askRecord(ctx context.Context, src Source, hash string) (candi
 		f.penaliseFor(src, err)
 		return candidate{}, false
 	}
+	if isGuix {
+		return f.guixCandidate(src, info)
+	}
 	info.DropBadSigs(f.cfg.Keys) // as Nix: a bad signature beside a good one is no reason to refuse
 	if !info.TrustedBy(f.cfg.Keys) {
 		f.cfg.Log.Debug("ignoring a record no trusted key signed", "source", src.ID(), "path", info.StorePath)
@@ -136,6 +145,27 @@ func (f *Fetcher) askRecord(ctx context.Context, src Source, hash string) (candi
 		info.RootSigs = nil // kept only when they check out
 	}
 	return c, true
+}
+
+// isGuix reports whether a record is of a path of the Guix store.
+func (f *Fetcher) isGuix(info *pathinfo.Info) bool {
+	return f.cfg.GuixStoreDir != "" && path.Dir(info.StorePath) == f.cfg.GuixStoreDir
+}
+
+// guixCandidate keeps a Guix path's record when a trusted Guix key signed
+// its Guix narinfo. Its tree is checked against that narinfo's NarHash:
+// the root signatures are made with Nix keys, which Guix paths do not
+// answer to.
+func (f *Fetcher) guixCandidate(src Source, info *pathinfo.Info) (candidate, bool) {
+	info.Sigs, info.RootSigs = nil, nil
+	if f.cfg.GuixTrusted == nil {
+		return candidate{}, false
+	}
+	if err := f.cfg.GuixTrusted(info); err != nil {
+		f.cfg.Log.Debug("ignoring a Guix record no trusted Guix key signed", "source", src.ID(), "path", info.StorePath, "err", err)
+		return candidate{}, false
+	}
+	return candidate{src: src, info: info}, true
 }
 
 // choose picks the group of candidates to fetch from (bestGroup) and the

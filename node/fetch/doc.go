@@ -5,7 +5,10 @@
 //  1. Find sources (Finder: peers connected now, then those the DHT names)
 //     and ask them for the path's record; keep only records a trusted key
 //     signed, noting whether the tree's root and chunk lists are bound to
-//     the path by a trusted signature too (transfer.RootFingerprint).
+//     the path by a trusted signature too (transfer.RootFingerprint). A
+//     Guix path's record is kept when a trusted Guix key signed its Guix
+//     narinfo (Config.GuixTrusted); its tree is then checked against that
+//     NarHash, Nix keys vouching for nothing of Guix's.
 //  2. In a Job, in the background: get the directory tree (checked as a
 //     Merkle walk from the root) and the chunk lists of the files the node
 //     lacks, then the chunks it lacks, in NAR order, from all sources at

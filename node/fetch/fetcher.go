@@ -76,7 +76,14 @@ type Config struct {
 	// Keys are the keys whose signatures the fetcher trusts: a record
 	// none of them signed is ignored.
 	Keys []narinfo.PublicKey
-	Log  *slog.Logger
+	// GuixStoreDir, when set, is the Guix store's directory: a record of
+	// a path there is checked against it and trusted when GuixTrusted
+	// says so (its Guix narinfo, signed by a trusted Guix key). Nix
+	// signatures, and the root signatures made with Nix keys, count for
+	// nothing there.
+	GuixStoreDir string
+	GuixTrusted  func(info *pathinfo.Info) error
+	Log          *slog.Logger
 	// Reserve, when set, is called with the bytes of the chunks a job is
 	// about to download, before it downloads them, and may make room for
 	// them (the node's disk limit); the job calls release once the path

@@ -20,6 +20,9 @@
 //     from the compressed offset, feeding the same decompressor, or read
 //     again from the start and skipped to the offset when the upstream
 //     ignores ranges, at most Retries times.
+//   - With Config.Guix, the upstreams are Guix substitute servers:
+//     narinfos in Guix's layout, checked with Guix keys and kept as
+//     signed; the zstd NAR is taken first, lzip never (checkGuix).
 //   - xz NARs are decoded by the xz command where it is installed (twice
 //     as fast as ulikunitz/xz, which decodes slower than a 100 mbit link
 //     brings them in), by ulikunitz/xz otherwise.
@@ -51,6 +54,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/p2pstore/p2pstore/internal/cache"
+	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -70,6 +74,13 @@ type Config struct {
 	IdleTimeout time.Duration     // a NAR body that sends nothing this long is broken
 	Retries     int               // resumptions of one NAR body
 	BreakerOpen time.Duration     // first pause of a failing upstream before its re-probe
+
+	// Guix makes the upstreams Guix substitute servers (guix publish, the
+	// build farms): narinfos in Guix's layout of paths under StoreDir
+	// (Guix's), trusted when a key of GuixKeys signed them, their text
+	// kept as the path's Info.GuixNarinfo; Keys is not used.
+	Guix     bool
+	GuixKeys []guix.PublicKey
 
 	// Skip, when set, says an upstream (Path.Upstream) is not to be asked
 	// for a path now: it sent the path's NAR broken or wrong a moment
@@ -325,10 +336,13 @@ func (c *Client) narinfo(ctx context.Context, u *upstream, hash string) (*Path, 
 	default:
 		return nil, fmt.Errorf("narinfo: HTTP %s", resp.Status)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, narinfo.MaxSize+1))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, max(narinfo.MaxSize, guix.MaxSize)+1))
 	c.received.Add(uint64(len(body)))
 	if err != nil {
 		return nil, err
+	}
+	if c.cfg.Guix {
+		return c.checkGuix(u, hash, body)
 	}
 	ni, err := narinfo.Parse(string(body))
 	if err != nil {
@@ -376,6 +390,60 @@ func (c *Client) check(u *upstream, hash string, ni *narinfo.NarInfo) (*Path, er
 	}
 	return &Path{Info: info, URL: u.base.ResolveReference(ref).String(), Compression: ni.Compression, Upstream: u.name}, nil
 }
+
+// checkGuix turns a Guix narinfo into a Path, on the terms of check: it
+// must name the path asked for, be well formed, and carry a signature by
+// a key of GuixKeys; its text is kept byte for byte, so that the node
+// serves it still verifying. Of its NAR entries, the one in the
+// compression of guixPreference that comes first.
+func (c *Client) checkGuix(u *upstream, hash string, text []byte) (*Path, error) {
+	ni, err := guix.Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := storepath.Parse(c.cfg.StoreDir, ni.StorePath)
+	if err != nil {
+		return nil, err
+	}
+	if sp.Hash != hash {
+		return nil, fmt.Errorf("narinfo for %s names %s", hash, ni.StorePath)
+	}
+	dir := c.cfg.StoreDir + "/"
+	info := &pathinfo.Info{StorePath: ni.StorePath, NarHash: ni.NarHash, NarSize: ni.NarSize, GuixNarinfo: string(text)}
+	for _, r := range ni.References {
+		info.References = append(info.References, dir+r) // in the narinfo's order, which its equivalence compares
+	}
+	if ni.Deriver != "" {
+		info.Deriver = dir + ni.Deriver
+	}
+	if err := info.Validate(c.cfg.StoreDir); err != nil {
+		return nil, err
+	}
+	if err := info.GuixTrustedBy(c.cfg.GuixKeys); err != nil {
+		c.cfg.Log.Warn("upstream Guix narinfo not trusted", "upstream", u.name, "path", ni.StorePath, "err", err)
+		return nil, pathinfo.ErrNotFound
+	}
+	for _, comp := range guixPreference {
+		for _, e := range ni.NARs {
+			if e.Compression != comp {
+				continue
+			}
+			ref, err := url.Parse(e.URL)
+			if err != nil {
+				return nil, fmt.Errorf("narinfo URL: %w", err)
+			}
+			return &Path{Info: info, URL: u.base.ResolveReference(ref).String(), Compression: comp, Upstream: u.name}, nil
+		}
+	}
+	c.cfg.Log.Warn("upstream Guix NARs in no compression the node decodes", "upstream", u.name, "path", ni.StorePath)
+	return nil, pathinfo.ErrNotFound
+}
+
+// guixPreference ranks the compressions of a Guix narinfo's NARs: zstd
+// decodes fastest, and the farms offer it beside lzip, which the node
+// does not decode (a Go decoder exists, on the LZMA decoder that is
+// slower than xz's; nothing needs it while zstd is there).
+var guixPreference = []string{"zstd", "gzip", "none", "xz", "bzip2"}
 
 // supported says whether Open can decompress a NAR so compressed.
 func supported(compression string) bool {

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/p2pstore/p2pstore/internal/guixtest"
+	"github.com/p2pstore/p2pstore/internal/nixtest"
+	"github.com/p2pstore/p2pstore/narview/guix"
+	"github.com/p2pstore/p2pstore/narview/storepath"
+)
+
+// guixFarm is a Guix substitute server in the build farms' layout:
+// narinfos signed by the farm's key with lzip and then zstd entries after
+// the Signature line, the NARs at nar/lzip/... (bytes no decoder reads)
+// and nar/zstd/...; it counts the requests of each path.
+type guixFarm struct {
+	srv   *httptest.Server
+	mu    sync.Mutex
+	files map[string][]byte
+	hits  map[string]int
+}
+
+func newGuixFarm(t *testing.T) *guixFarm {
+	f := &guixFarm{files: map[string][]byte{}, hits: map[string]int{}}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		body, ok := f.files[r.URL.Path]
+		f.hits[r.URL.Path]++
+		f.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body))
+	}))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+// offer serves a path whose NAR is nar, its narinfo signed by key, and
+// returns the narinfo.
+func (f *guixFarm) offer(t *testing.T, p string, nar []byte, key guix.SecretKey) string {
+	t.Helper()
+	base := filepath.Base(p)
+	ni := &guix.NarInfo{StorePath: p, NarHash: storepath.NarHash(sha256.Sum256(nar)), NarSize: uint64(len(nar)), References: []string{}}
+	if err := ni.Sign(key, "farm.example"); err != nil {
+		t.Fatal(err)
+	}
+	var zst bytes.Buffer
+	zw, _ := zstd.NewWriter(&zst)
+	zw.Write(nar)
+	zw.Close()
+	ni.NARs = []guix.NAR{
+		{URL: guix.NARURL("lzip", base), Compression: "lzip", FileSize: uint64(zst.Len() - 1)},
+		{URL: guix.NARURL("zstd", base), Compression: "zstd", FileSize: uint64(zst.Len())},
+	}
+	text := ni.String()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.files["/"+hashPart(p)+".narinfo"] = []byte(text)
+	f.files["/nar/zstd/"+base] = zst.Bytes()
+	f.files["/nar/lzip/"+base] = []byte("LZIP, but not for this node")
+	return text
+}
+
+func (f *guixFarm) hitsOf(path string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hits[path]
+}
+
+// TestGuixPullThrough: a node whose Guix listener misses pulls the path
+// through from a Guix substitute server (guix.substituters) whose key it
+// trusts (guix.public_keys): it serves the farm's narinfo with its signed
+// part byte for byte (checked by the independent verifier) and NARs that
+// are the dump, having downloaded the zstd NAR once and the lzip one
+// never; then it holds the path. A narinfo by a key it does not trust is
+// not served, and a node that does not trust the farm serves nothing.
+func TestGuixPullThrough(t *testing.T) {
+	nixtest.Require(t)
+	gs := newGuixStore(t)
+	files := randomFiles(21, 2)
+	files["small"] = []byte("pulled through")
+	gpath := gs.add("pulled", files)
+	forgedPath := gs.add("forged", map[string][]byte{"f": []byte("signed by a stranger")})
+	want := gs.dump(gpath)
+	farm := newGuixFarm(t)
+
+	n := newNodeAt(t, "127.0.0.154", "")
+	farmSec, farmQ := guixKey(t, n, "farm")
+	strangerSec, _ := guixKey(t, n, "stranger")
+	farmKey, err := guix.LoadSecretKeyFile(farmSec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := guix.LoadSecretKeyFile(strangerSec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upText := farm.offer(t, gpath, want, farmKey)
+	signedPart := upText[:strings.Index(upText, "URL:")]
+	farm.offer(t, forgedPath, gs.dump(forgedPath), stranger)
+
+	guixAddr := freeAddr(t, "127.0.0.154")
+	n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-substituter", farm.srv.URL,
+		"--guix-public-key", strings.TrimSuffix(farmSec, ".sec")+".pub")
+	n.start()
+	guixURL := "http://" + guixAddr
+
+	text := guixNarinfo(t, guixURL, gpath)
+	if !strings.HasPrefix(string(text), signedPart) || strings.Contains(string(text), "lzip") {
+		t.Errorf("the farm's narinfo came out as:\n%s\nwant it to begin:\n%s", text, signedPart)
+	}
+	if ok, err := guixtest.Verify(text, farmQ); !ok {
+		t.Errorf("the farm's signature no longer verifies (%v):\n%s", err, text)
+	}
+	checkGuixNARs(t, guixURL, text, want)
+	base := filepath.Base(gpath)
+	if z, l := farm.hitsOf("/nar/zstd/"+base), farm.hitsOf("/nar/lzip/"+base); z != 1 || l != 0 {
+		t.Errorf("the farm served the zstd NAR %d times and the lzip one %d times; want once and never", z, l)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for n.status().Paths != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pulled path did not become valid:\n%s", n.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Valid here now: served from the node's store, the same bytes.
+	if again := guixNarinfo(t, guixURL, gpath); !bytes.Equal(again, text) {
+		t.Errorf("the narinfo changed once the path was valid:\n%s", again)
+	}
+
+	if resp, body := httpGet(t, guixURL+"/"+hashPart(forgedPath)+".narinfo"); resp.StatusCode != 404 {
+		t.Errorf("a narinfo by an untrusted key: %d %s", resp.StatusCode, body)
+	}
+	if !strings.Contains(n.log.String(), "upstream Guix narinfo not trusted") {
+		t.Errorf("the untrusted narinfo was not logged:\n%s", n.log)
+	}
+	// A node that does not trust the farm.
+	other := newNodeAt(t, "127.0.0.155", "")
+	otherAddr := freeAddr(t, "127.0.0.155")
+	other.args = append(other.args, "--guix-http-listen", otherAddr, "--guix-substituter", farm.srv.URL)
+	other.start()
+	if resp, body := httpGet(t, "http://"+otherAddr+"/"+hashPart(gpath)+".narinfo"); resp.StatusCode != 404 {
+		t.Errorf("a node that does not trust the farm: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestGuixMissBurst: with its Guix upstream slow (a second for each
+// answer, a farm far away, never failing), a burst of pipelined narinfo
+// requests for paths the node lacks, as guix substitute sends, is
+// answered 404 within seconds in all, not a second each: the
+// connection's lookups wait from a budget.
+func TestGuixMissBurst(t *testing.T) {
+	nixtest.Require(t)
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(time.Second):
+		case <-r.Context().Done():
+		}
+		http.NotFound(w, r)
+	}))
+	defer slow.Close()
+	n := newNodeAt(t, "127.0.0.156", "")
+	guixAddr := freeAddr(t, "127.0.0.156")
+	n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-substituter", slow.URL)
+	n.start()
+
+	const burst = 200
+	c, err := net.Dial("tcp", guixAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	c.SetDeadline(start.Add(60 * time.Second))
+	var b bytes.Buffer
+	for i := range burst {
+		fmt.Fprintf(&b, "GET /%032d.narinfo HTTP/1.1\r\nHost: node\r\nUser-Agent: GNU Guile\r\n\r\n", i)
+	}
+	go c.Write(b.Bytes())
+	br := bufio.NewReader(c)
+	for i := range burst {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d after %s: %v", i, time.Since(start), err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			t.Fatalf("answer %d: %d", i, resp.StatusCode)
+		}
+	}
+	if took := time.Since(start); took > 20*time.Second {
+		t.Errorf("%d pipelined misses took %s", burst, took)
+	} else {
+		t.Logf("%d pipelined misses answered in %s", burst, took)
+	}
+}
