@@ -427,28 +427,19 @@ static_cache() {
     "$@" >>"$LOGS/static-cache.log" 2>&1 || die "nix copy to the $comp cache failed; see $LOGS/static-cache.log"
 }
 
-NGINX_STARTED=""
-# Makes the static caches of go1.25.0 and starts nginx on them.
-start_nginx() {
-  [ -z "$NGINX_STARTED" ] || return 0
-  NGINX_STARTED=1
-  start_node # for the key
-  log "making static binary caches of go1.25.0 (none, zstd)"
-  static_cache none "$GO0"
-  static_cache zstd "$GO0"
-  port_free "$NGINX_PORT" || die "port $NGINX_PORT is in use; set NGINX_PORT"
-  port_free "$((NGINX_PORT + 30))" || die "port $((NGINX_PORT + 30)) is in use; set NGINX_PORT"
-  local d=$BENCH_DIR/nginx
+# nginx_conf DIR ERROR_LOG SERVERS: writes DIR/nginx.conf, tuned as a
+# binary cache would be (sendfile, no access log, long-lived keep-alive
+# connections), with the server blocks SERVERS. Workers run as root
+# because the files are root's in a private scratch dir.
+nginx_conf() {
+  local d=$1
   mkdir -p "$d/tmp"
-  # Tuned as a binary cache would be: sendfile, no access log, long-lived
-  # keep-alive connections. Workers run as root because the files are
-  # root's in a private scratch dir.
-  cat >"$BENCH_DIR/nginx.conf" <<EOF
+  cat >"$d/nginx.conf" <<EOF
 user root;
 worker_processes auto;
 daemon off;
 pid $d/nginx.pid;
-error_log $LOGS/nginx-error.log warn;
+error_log $2 warn;
 events { worker_connections 1024; }
 http {
   access_log off;
@@ -467,6 +458,24 @@ http {
     text/x-nix-cache-info nix-cache-info;
   }
   default_type application/octet-stream;
+$3
+}
+EOF
+}
+
+NGINX_STARTED=""
+# Makes the static caches of go1.25.0 and starts nginx on them.
+start_nginx() {
+  [ -z "$NGINX_STARTED" ] || return 0
+  NGINX_STARTED=1
+  start_node # for the key
+  log "making static binary caches of go1.25.0 (none, zstd)"
+  static_cache none "$GO0"
+  static_cache zstd "$GO0"
+  port_free "$NGINX_PORT" || die "port $NGINX_PORT is in use; set NGINX_PORT"
+  port_free "$((NGINX_PORT + 30))" || die "port $((NGINX_PORT + 30)) is in use; set NGINX_PORT"
+  local d=$BENCH_DIR/nginx
+  nginx_conf "$d" "$LOGS/nginx-error.log" "
   server {
     listen 127.0.0.1:$NGINX_PORT;
     root $BENCH_DIR/static; # /none/ and /zstd/ are the two caches
@@ -475,10 +484,8 @@ http {
     listen 127.0.0.1:$((NGINX_PORT + 30));
     root $BENCH_DIR/static;
     limit_rate $UPSTREAM_RATE; # per connection: the upstream's link
-  }
-}
-EOF
-  nginx -p "$d" -e "$LOGS/nginx-error.log" -c "$BENCH_DIR/nginx.conf" >"$LOGS/nginx.log" 2>&1 &
+  }"
+  nginx -p "$d" -e "$LOGS/nginx-error.log" -c "$d/nginx.conf" >"$LOGS/nginx.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
   wait_for nginx "$pid" curl -fsS "$NGINX_URL/none/nix-cache-info"
@@ -1547,37 +1554,11 @@ setup_upstream_wan() {
   ip netns exec "$(wan_ns up)" tc qdisc add dev eth0 root tbf rate "$WAN_RATE" burst "$burst" latency 200ms
   tc qdisc add dev pbw-up root tbf rate "$WAN_RATE" burst "$burst" latency 200ms
   local d=$BENCH_DIR/nginx-wan
-  mkdir -p "$d/tmp"
-  cat >"$d/nginx.conf" <<EOF
-user root;
-worker_processes auto;
-daemon off;
-pid $d/nginx.pid;
-error_log $LOGS/nginx-wan-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  tcp_nodelay on;
-  keepalive_requests 1000000;
-  keepalive_timeout 65;
-  client_body_temp_path $d/tmp/body;
-  proxy_temp_path $d/tmp/proxy;
-  fastcgi_temp_path $d/tmp/fastcgi;
-  uwsgi_temp_path $d/tmp/uwsgi;
-  scgi_temp_path $d/tmp/scgi;
-  types {
-    text/x-nix-narinfo narinfo;
-    text/x-nix-cache-info nix-cache-info;
-  }
-  default_type application/octet-stream;
+  nginx_conf "$d" "$LOGS/nginx-wan-error.log" "
   server {
     listen $WAN_NET.10:80;
     root $BENCH_DIR/static;
-  }
-}
-EOF
+  }"
   ip netns exec "$(wan_ns up)" nginx -p "$d" -e "$LOGS/nginx-wan-error.log" -c "$d/nginx.conf" >"$LOGS/nginx-wan.log" 2>&1 &
   local pid=$!
   PIDS+=("$pid")
