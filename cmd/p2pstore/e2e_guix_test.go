@@ -87,18 +87,10 @@ func guixKey(t *testing.T, n *nodeProc, name string) (string, []byte) {
 	return sec, q
 }
 
+// httpGet GETs url and returns the response with its whole body.
 func httpGet(t *testing.T, url string) (*http.Response, []byte) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	return resp, b
+	return getRange(t, url, "")
 }
 
 // TestGuixServe: a node serves Guix paths on its Guix listener, Nix paths

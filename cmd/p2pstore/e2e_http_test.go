@@ -32,11 +32,13 @@ func (n *nodeProc) narURL(p string) string {
 	return n.url + "/" + narinfoField(string(body), "URL")
 }
 
-// getRange GETs url with a Range header.
+// getRange GETs url with a Range header (none when rng is empty).
 func getRange(t *testing.T, url, rng string) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", url, nil)
-	req.Header.Set("Range", rng)
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -324,7 +326,7 @@ func TestNARCache(t *testing.T) {
 	dump := nixtest.Output(t, "nix-store", "--dump", p)
 	url := n.narURL(p)
 	for i := 0; i < 2; i++ {
-		if _, body := getRange(t, url, ""); !bytes.Equal(body, dump) {
+		if _, body := httpGet(t, url); !bytes.Equal(body, dump) {
 			t.Fatalf("GET %d: not the NAR", i)
 		}
 	}
@@ -355,7 +357,7 @@ func TestNARCache(t *testing.T) {
 	n.start()
 	n.waitNARCached(1)
 	url = n.narURL(p) // a new port
-	if _, body := getRange(t, url, ""); !bytes.Equal(body, dump) {
+	if _, body := httpGet(t, url); !bytes.Equal(body, dump) {
 		t.Fatal("after a restart: not the NAR")
 	}
 	if s := n.status(); s.NARCacheHits != 1 {
@@ -383,8 +385,8 @@ func TestNARCache(t *testing.T) {
 	}
 	n.start()
 	qURL := n.narURL(q)
-	getRange(t, qURL, "")
-	getRange(t, qURL, "")
+	httpGet(t, qURL)
+	httpGet(t, qURL)
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(n.log.String(), "do not render to its NarHash") {
 		if time.Now().After(deadline) {
@@ -429,7 +431,7 @@ func TestNARCacheZstd(t *testing.T) {
 	url := n.url + "/zstd/" + narinfoField(narinfo(), "URL")
 	var spliced []byte
 	for i := 0; i < 2; i++ {
-		resp, body := getRange(t, url, "")
+		resp, body := httpGet(t, url)
 		if !bytes.Equal(decompress(t, body), dump) {
 			t.Fatalf("GET %d: not the NAR", i)
 		}
@@ -439,7 +441,7 @@ func TestNARCacheZstd(t *testing.T) {
 		spliced = body
 	}
 	n.waitNARCached(1)
-	resp, zst := getRange(t, url, "")
+	resp, zst := httpGet(t, url)
 	if !bytes.Equal(zst, spliced) {
 		t.Fatal("the cached .nar.zst differs from the one spliced from the frames")
 	}

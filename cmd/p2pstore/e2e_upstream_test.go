@@ -263,15 +263,7 @@ func TestUpstreamPullThrough(t *testing.T) {
 
 func getBody(t *testing.T, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
+	resp, b := httpGet(t, url)
 	return resp.StatusCode, string(b)
 }
 
