@@ -83,9 +83,7 @@ func NewGuix(paths Paths, opts GuixOptions) *GuixHandler {
 }
 
 func (g *GuixHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	if !getOrHead(w, r) {
 		return
 	}
 	p := r.URL.Path

@@ -99,10 +99,19 @@ func New(paths Paths, opts Options) *Handler {
 	return &Handler{paths: paths, opts: opts, xz: make(chan struct{}, opts.MaxXz)}
 }
 
+// getOrHead answers 405 to any method but GET and HEAD, and says whether
+// the request may go on.
+func getOrHead(w http.ResponseWriter, r *http.Request) bool {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return true
+	}
+	w.Header().Set("Allow", "GET, HEAD")
+	http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	return false
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	if !getOrHead(w, r) {
 		return
 	}
 	p := r.URL.Path
