@@ -102,9 +102,9 @@ func (n *Node) NARSize(info *pathinfo.Info, c nar.Compression) (int64, bool) {
 
 // fillNARCache makes the cache's file of a valid path's NAR, from castore,
 // in the background: at most one at a time (the cache admits one). A
-// .nar.zst is made once the compressor has made the zstd frames of every
-// chunk it had: else it would hold the chunks' bytes in raw frames, about
-// as large as the NAR.
+// .nar.zst is made once the compressor has made the zstd frames of the
+// path's chunks (NARSize knows its size then): else it would hold chunks
+// compressed on the spot at the fastest level.
 func (n *Node) fillNARCache(info *pathinfo.Info, c nar.Compression) {
 	defer n.wg.Done()
 	ctx := n.bg
@@ -116,10 +116,10 @@ func (n *Node) fillNARCache(info *pathinfo.Info, c nar.Compression) {
 		if !held || err != nil || rec.NarHash != info.NarHash {
 			return fmt.Errorf("not in the store yet")
 		}
-		if c == nar.CompressionZstd {
-			if st, err := n.store.Stats(); err != nil || st.Frames < st.Chunks {
-				return fmt.Errorf("zstd frames still being made")
-			}
+		if _, known := n.NARSize(info, c); !known {
+			// A .nar.zst whose size the index cannot tell has chunks
+			// without their frame yet.
+			return fmt.Errorf("zstd frames still being made")
 		}
 		r := n.store.NewReader()
 		defer r.Close()
