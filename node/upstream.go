@@ -312,7 +312,6 @@ func (n *Node) startPull(ctx context.Context, c *upstream.Client, p *upstream.Pa
 	if err != nil {
 		return nil, err
 	}
-	c.Forget(hash) // the job has it now
 	return j.Info(), nil
 }
 

@@ -362,6 +362,10 @@ func (j *Job) setErr(err error) {
 	j.mu.Lock()
 	if j.err == nil {
 		j.err = err
+		// The spool's name goes with the first failure, before anyone
+		// hears of it: readers hold descriptors, and nothing a client
+		// sees after its response broke may find a spool left.
+		os.Remove(j.f.Name())
 	}
 	j.cond.Broadcast()
 	j.mu.Unlock()

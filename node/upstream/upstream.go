@@ -238,17 +238,17 @@ func (c *Client) Lookup(ctx context.Context, hash string) (*Path, error) {
 	}
 }
 
-// Cached returns the path a lookup found and no pull has taken yet (for
-// FoundTTL), without asking the upstreams; nil when there is none.
+// Cached returns the path a lookup found (for FoundTTL), without asking
+// the upstreams; nil when there is none or Skip now refuses its upstream
+// (its NAR came broken), so that the next Lookup asks the others. Kept
+// while its pull runs: a narinfo asked as the pull starts is answered
+// from here, not by the upstream a second time.
 func (c *Client) Cached(hash string) *Path {
 	if f, ok := c.found.Get(hash); ok && time.Now().Before(f.until) && !c.skip(f.p.Upstream, hash) {
 		return f.p
 	}
 	return nil
 }
-
-// Forget drops a found path (once it is pulled, or its pull failed).
-func (c *Client) Forget(hash string) { c.found.Put(hash, foundPath{}) }
 
 func (c *Client) run(l *lookup, hash string) {
 	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
