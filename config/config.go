@@ -70,10 +70,13 @@ type Config struct {
 	LogFormat      string        `key:"log.format"` // "text" or "json"
 	// Guix (guix.*): a listener of its own serving the paths under
 	// GuixStoreDir in Guix's narinfo layout, signed with GuixSignKeyFile.
-	GuixHTTPListen  string   `key:"guix.http_listen"` // "" for no Guix listener
-	GuixStoreDir    string   `key:"guix.store_dir"`
-	GuixSignKeyFile string   `key:"guix.sign_key_file"`
-	GuixPublicKeys  []string `key:"guix.public_keys"` // files such as signing-key.pub, read by the node
+	GuixHTTPListen string `key:"guix.http_listen"` // "" for no Guix listener
+	// GuixDaemonSocket speaks Guix's daemon protocol for the Guix paths
+	// (GUIX_DAEMON_SOCKET): Guix's dialect needs a socket of its own.
+	GuixDaemonSocket string   `key:"guix.daemon_socket"`
+	GuixStoreDir     string   `key:"guix.store_dir"`
+	GuixSignKeyFile  string   `key:"guix.sign_key_file"`
+	GuixPublicKeys   []string `key:"guix.public_keys"` // files such as signing-key.pub, read by the node
 	// GuixSubstituters are Guix substitute servers (guix publish, the
 	// build farms) whose paths the Guix listener pulls through.
 	GuixSubstituters []string `key:"guix.substituters"`
@@ -122,6 +125,7 @@ var settings = []setting{
 	{"log.level", "log-level", "info", "", "least severe log lines written: debug, info, warn or error"},
 	{"log.format", "log-format", "text", "", "log lines as text (key=value) or json"},
 	{"guix.http_listen", "guix-http-listen", "", "none: no Guix listener", "address of the Guix substitute server (guix substitute --substitute-urls=http://HOST:PORT)"},
+	{"guix.daemon_socket", "guix-daemon-socket", "", "<data_dir>/guix-daemon.sock", "unix socket for Guix's daemon protocol (GUIX_DAEMON_SOCKET=SOCKET guix ...): queries and exports of the Guix paths"},
 	{"guix.store_dir", "guix-store-dir", "/gnu/store", "", "the Guix store directory; its paths are served on guix.http_listen only"},
 	{"guix.sign_key_file", "guix-sign-key-file", "", "", "Guix secret key (signing-key.sec, as keygen --guix writes it) the node signs Guix narinfos with"},
 	{"guix.public_keys", "guix-public-key", []string{}, "", "file of a Guix public key (signing-key.pub) whose signed narinfos the node trusts (repeatable)"},
@@ -243,6 +247,7 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	c.LogLevel = r.level("log.level")
 	c.LogFormat = r.oneOf("log.format", "text", "json")
 	c.GuixHTTPListen = r.str("guix.http_listen")
+	c.GuixDaemonSocket = r.str("guix.daemon_socket")
 	c.GuixStoreDir = strings.TrimSuffix(r.str("guix.store_dir"), "/")
 	c.GuixSignKeyFile = r.str("guix.sign_key_file")
 	c.GuixPublicKeys = r.list("guix.public_keys")
@@ -258,6 +263,9 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	}
 	if c.DaemonSocket == "" {
 		c.DaemonSocket = filepath.Join(c.DataDir, "daemon.sock")
+	}
+	if c.GuixDaemonSocket == "" {
+		c.GuixDaemonSocket = filepath.Join(c.DataDir, "guix-daemon.sock")
 	}
 	if c.IdentityFile == "" {
 		c.IdentityFile = filepath.Join(c.DataDir, "identity.key")
@@ -565,9 +573,17 @@ func (c *Config) validate() error {
 			return bad("http.listen", c.HTTPListen, "%v", err)
 		}
 	}
-	if len(c.DaemonSocket) > maxSocketPath {
-		return bad("daemon.socket", c.DaemonSocket, "%d bytes, over the %d a unix socket path may have; set daemon.socket to a shorter path (it defaults to <data_dir>/daemon.sock)",
-			len(c.DaemonSocket), maxSocketPath)
+	for _, sock := range []struct{ key, path, file string }{
+		{"daemon.socket", c.DaemonSocket, "daemon.sock"},
+		{"guix.daemon_socket", c.GuixDaemonSocket, "guix-daemon.sock"},
+	} {
+		if len(sock.path) > maxSocketPath {
+			return bad(sock.key, sock.path, "%d bytes, over the %d a unix socket path may have; set %s to a shorter path (it defaults to <data_dir>/%s)",
+				len(sock.path), maxSocketPath, sock.key, sock.file)
+		}
+	}
+	if c.GuixDaemonSocket == c.DaemonSocket {
+		return bad("guix.daemon_socket", c.GuixDaemonSocket, "the same as daemon.socket; Guix's daemon protocol needs a socket of its own")
 	}
 	for _, a := range c.P2PListen {
 		if _, err := ma.NewMultiaddr(a); err != nil {

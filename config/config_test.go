@@ -117,6 +117,7 @@ func samples(t *testing.T) map[string]sample {
 		"log.level":               same("debug", "warn", "error"),
 		"log.format":              same("json", "text", "json"),
 		"guix.http_listen":        same("127.0.0.1:11", "[::1]:12", ":13"),
+		"guix.daemon_socket":      same("/f/guix.sock", "/e/guix.sock", "/g/guix.sock"),
 		"guix.store_dir":          same("/f/gnu", "/e/gnu", "/g/gnu"),
 		"guix.sign_key_file":      same("/f/guix.sec", "/e/guix.sec", "/g/guix.sec"),
 		"guix.public_keys":        list([]string{"/f/a.pub"}, []string{"/e/b.pub", "/e/c.pub"}, []string{"/g/d.pub"}),
@@ -235,8 +236,8 @@ func TestDefaults(t *testing.T) {
 		!c.ShareLocal || !c.LocalCopyAhead || c.SignImports {
 		t.Errorf("defaults: %+v", c)
 	}
-	if c.DaemonSocket != "/d/daemon.sock" || c.IdentityFile != "/d/identity.key" {
-		t.Errorf("derived paths %q %q", c.DaemonSocket, c.IdentityFile)
+	if c.DaemonSocket != "/d/daemon.sock" || c.GuixDaemonSocket != "/d/guix-daemon.sock" || c.IdentityFile != "/d/identity.key" {
+		t.Errorf("derived paths %q %q %q", c.DaemonSocket, c.GuixDaemonSocket, c.IdentityFile)
 	}
 	if c.File != "" || len(c.Searched) != 2 {
 		t.Errorf("file %q, searched %q", c.File, c.Searched)
@@ -332,6 +333,8 @@ func TestRefused(t *testing.T) {
 		{file: "http: [\n", want: []string{"config file"}},
 		{args: []string{"--daemon-socket", long + "/daemon.sock"}, want: []string{"daemon.socket", "107"}},
 		{args: []string{"--data-dir", long}, want: []string{"daemon.socket", "107", "<data_dir>/daemon.sock"}},
+		{args: []string{"--guix-daemon-socket", long + "/g.sock"}, want: []string{"guix.daemon_socket", "107", "<data_dir>/guix-daemon.sock"}},
+		{args: []string{"--daemon-socket", "/s.sock", "--guix-daemon-socket", "/s.sock"}, want: []string{"guix.daemon_socket", "a socket of its own"}},
 		{args: []string{"--sign-imports"}, want: []string{"sign.imports", "sign.key_file"}},
 		{args: []string{"--local-root", "nix"}, want: []string{"local.root"}},
 		{args: []string{"--guix-store-dir", "gnu/store"}, want: []string{"guix.store_dir", "flag --guix-store-dir"}},

@@ -298,7 +298,7 @@ func TestAddSignaturesDoomed(t *testing.T) {
 	if !n.limit.doom(a) {
 		t.Fatal("doom refused")
 	}
-	err := daemonStore{n}.AddSignatures(context.Background(), p, []string{sig})
+	err := daemonStore{n: n}.AddSignatures(context.Background(), p, []string{sig})
 	if !errors.Is(err, pathinfo.ErrNotFound) {
 		t.Errorf("adding signatures to a doomed path: %v", err)
 	}
@@ -306,7 +306,7 @@ func TestAddSignaturesDoomed(t *testing.T) {
 		t.Error("a doomed path's record was written")
 	}
 	n.limit.undoom(a)
-	if err := (daemonStore{n}).AddSignatures(context.Background(), p, []string{sig}); err != nil {
+	if err := (daemonStore{n: n}).AddSignatures(context.Background(), p, []string{sig}); err != nil {
 		t.Fatal(err)
 	}
 	if info, _ := n.index.Get(a); info == nil || !slices.Contains(info.Sigs, sig) {

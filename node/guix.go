@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/p2pstore/p2pstore/narview/daemon"
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/httpcache"
 	"github.com/p2pstore/p2pstore/narview/nar"
@@ -110,6 +112,16 @@ func (n *Node) signGuix(info *pathinfo.Info) error {
 	ni.NARs = []guix.NAR{{URL: guix.NARURL("none", base), Compression: "none"}}
 	info.GuixNarinfo = ni.String()
 	return nil
+}
+
+// guixDaemonServer returns the server of Guix's daemon protocol on
+// guix.daemon_socket; exports are signed with the node's Guix key.
+func (n *Node) guixDaemonServer() *daemon.Server {
+	var opts daemon.GuixOptions
+	if k := n.guixKey; k != nil {
+		opts.SignExport = func(h [sha256.Size]byte) string { return k.SignHash(h).String() }
+	}
+	return daemon.NewGuixServer(daemonStore{n: n, guix: true}, n.cfg.GuixStoreDir, opts, n.log)
 }
 
 // GuixAddr returns the address the Guix listener listens on, "" for none.

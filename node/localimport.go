@@ -54,15 +54,47 @@ func ResolveStorePaths(storeDir, guixStoreDir string, args []string) ([]string, 
 	return paths, nil
 }
 
+// ImportSource says where ImportLocal reads paths from: the local Nix
+// store (the zero value), the Nix store at a URL, or the local Guix
+// daemon.
+type ImportSource struct {
+	NixStore string // a Nix store URL, such as local?store=/gnu/store&real=...
+	Guix     bool   // the guix-daemon at GUIX_DAEMON_SOCKET, or Guix's own socket
+}
+
+// ImportSourceFor is where the paths of an import are read from when the
+// user names no store: the Guix daemon when they are all Guix paths (under
+// guixStoreDir), the local Nix store when none is. Both at once is an
+// error: the two stores are read apart.
+func ImportSourceFor(guixStoreDir string, paths []string) (ImportSource, error) {
+	guix := 0
+	for _, p := range paths {
+		if path.Dir(p) == guixStoreDir {
+			guix++
+		}
+	}
+	if guix > 0 && guix < len(paths) {
+		return ImportSource{}, badInput("import Guix paths (under %s) and Nix paths in separate runs: each comes from its own store", guixStoreDir)
+	}
+	return ImportSource{Guix: guix > 0}, nil
+}
+
 // ImportLocal adds store paths (and with recursive their closure) from
-// the local Nix store, or with fromStore the Nix store at that URL, to
-// the node, each path after those it references; paths the node holds
-// already are skipped. progress may be nil.
-func (c *Client) ImportLocal(ctx context.Context, fromStore string, paths []string, recursive bool, share Sharing, progress ImportProgress) (*LocalImport, error) {
-	src := localstore.Open()
-	if fromStore != "" {
-		src.Close()
-		src = localstore.OpenStore(fromStore)
+// the local Nix store, or from where from says, to the node, each path
+// after those it references; paths the node holds already are skipped.
+// progress may be nil.
+func (c *Client) ImportLocal(ctx context.Context, from ImportSource, paths []string, recursive bool, share Sharing, progress ImportProgress) (*LocalImport, error) {
+	var src localstore.Source
+	switch {
+	case from.NixStore != "":
+		src = localstore.OpenStore(from.NixStore)
+	case from.Guix:
+		var err error
+		if src, err = localstore.OpenGuix(); err != nil {
+			return nil, err
+		}
+	default:
+		src = localstore.Open()
 	}
 	defer src.Close()
 	infos, err := src.Query(ctx, paths, recursive)

@@ -116,6 +116,7 @@ type Node struct {
 	httpLn    net.Listener
 	guixLn    net.Listener // nil without guix.http_listen
 	controlLn net.Listener
+	guixSock  net.Listener // guix.daemon_socket
 	servers   []server
 	wg        sync.WaitGroup
 }
@@ -203,6 +204,11 @@ func (n *Node) open() error {
 	}
 	if n.controlLn, err = listenUnix(cfg.DaemonSocket, socketGID); err != nil {
 		return fmt.Errorf("daemon.socket: %w", err)
+	}
+	if cfg.GuixDaemonSocket != "" { // config always sets it; a Config made in code may not
+		if n.guixSock, err = listenUnix(cfg.GuixDaemonSocket, socketGID); err != nil {
+			return fmt.Errorf("guix.daemon_socket: %w", err)
+		}
 	}
 	return nil
 }
@@ -372,12 +378,20 @@ func (n *Node) Run(ctx context.Context) error {
 	controlLn := newConnListener(n.controlLn.Addr())
 	serve(controlLn, &http.Server{Handler: n.controlHandler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(n.log.Handler(), slog.LevelDebug)})
-	daemonSrv := daemon.NewServer(daemonStore{n}, n.cfg.StoreDir, n.log)
+	daemonSrv := daemon.NewServer(daemonStore{n: n}, n.cfg.StoreDir, n.log)
+	guixDaemonSrv := n.guixDaemonServer()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
 		n.serveSocket(ctx, n.controlLn, daemonSrv, controlLn)
 	}()
+	if n.guixSock != nil {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			serveDaemon(ctx, n.guixSock, guixDaemonSrv)
+		}()
+	}
 	n.wg.Add(2)
 	go n.compressLoop(ctx)
 	go n.gcLoop(ctx)
@@ -395,7 +409,7 @@ func (n *Node) Run(ctx context.Context) error {
 			n.log.Info("store mounted", "dir", n.cfg.MountDir)
 		}
 	}
-	n.log.Info("node running", "http", n.HTTPAddr(), "guix_http", n.GuixAddr(), "socket", n.cfg.DaemonSocket, "data_dir", n.cfg.DataDir)
+	n.log.Info("node running", "http", n.HTTPAddr(), "guix_http", n.GuixAddr(), "socket", n.cfg.DaemonSocket, "guix_socket", n.cfg.GuixDaemonSocket, "data_dir", n.cfg.DataDir)
 	select {
 	case <-ctx.Done():
 		n.log.Info("node stopping", "reason", context.Cause(ctx))
@@ -403,6 +417,9 @@ func (n *Node) Run(ctx context.Context) error {
 		n.log.Error("node stopping", "reason", err)
 	}
 	n.controlLn.Close()
+	if n.guixSock != nil {
+		n.guixSock.Close()
+	}
 	shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, srv := range n.servers {
@@ -410,6 +427,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.wg.Wait()
 	daemonSrv.Close()
+	guixDaemonSrv.Close()
 	return err
 }
 
@@ -418,6 +436,10 @@ func (n *Node) Close() error {
 	if n.controlLn != nil {
 		n.controlLn.Close()
 		os.Remove(n.cfg.DaemonSocket)
+	}
+	if n.guixSock != nil {
+		n.guixSock.Close()
+		os.Remove(n.cfg.GuixDaemonSocket)
 	}
 	if n.httpLn != nil {
 		n.httpLn.Close()

@@ -246,21 +246,36 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 	return st, nil
 }
 
-// daemonStore adapts the node to daemon.Store.
-type daemonStore struct{ n *Node }
+// daemonStore adapts the node to daemon.Store: for the Nix paths, or
+// with guix for the Guix ones (guix.daemon_socket).
+type daemonStore struct {
+	n    *Node
+	guix bool
+}
+
+func (d daemonStore) storeDir() string {
+	if d.guix {
+		return d.n.cfg.GuixStoreDir
+	}
+	return d.n.cfg.StoreDir
+}
 
 // PathInfo looks a full store path up; the hash part must name this very
-// path. With lookup it goes to the peers, as an HTTP narinfo request does,
-// but answers once the path is valid here (clients read it from the mount).
+// path. With lookup it goes to the peers (and the upstreams), as an HTTP
+// narinfo request does on the store's listener, but answers once the
+// path is valid here (clients read it from the mount).
 func (d daemonStore) PathInfo(ctx context.Context, path string, lookup bool) (*pathinfo.Info, error) {
-	sp, err := storepath.Parse(d.n.cfg.StoreDir, path)
+	sp, err := storepath.Parse(d.storeDir(), path)
 	if err != nil {
 		return nil, err
 	}
 	var info *pathinfo.Info
-	if lookup {
+	switch {
+	case lookup && d.guix:
+		info, err = guixPaths{d.n}.Info(ctx, sp.Hash)
+	case lookup:
 		info, err = d.n.lookup(ctx, sp.Hash)
-	} else {
+	default:
 		info, err = d.n.index.Get(sp.Hash)
 	}
 	if err != nil {
@@ -277,7 +292,7 @@ func (d daemonStore) PathFromHashPart(ctx context.Context, hash string) (string,
 	if err != nil {
 		return "", err
 	}
-	if d.n.isGuix(info.StorePath) {
+	if d.n.isGuix(info.StorePath) != d.guix {
 		return "", pathinfo.ErrNotFound
 	}
 	return info.StorePath, nil
@@ -286,7 +301,7 @@ func (d daemonStore) PathFromHashPart(ctx context.Context, hash string) (string,
 func (d daemonStore) AllPaths(ctx context.Context) ([]string, error) {
 	var out []string
 	err := d.n.index.ForEach(func(info *pathinfo.Info) error {
-		if !d.n.isGuix(info.StorePath) {
+		if d.n.isGuix(info.StorePath) == d.guix {
 			out = append(out, info.StorePath)
 		}
 		return nil

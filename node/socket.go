@@ -64,6 +64,18 @@ func (n *Node) serveSocket(ctx context.Context, ln net.Listener, srv *daemon.Ser
 	}
 }
 
+// serveDaemon runs srv's protocol on every connection ln accepts: the
+// Guix daemon socket, which carries nothing else.
+func serveDaemon(ctx context.Context, ln net.Listener, srv *daemon.Server) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go srv.ServeConn(ctx, c, c)
+	}
+}
+
 // serveStdio receives the bridge's stdin and stdout and serves the worker
 // protocol on them; closing c at the end lets the bridge exit.
 func (n *Node) serveStdio(ctx context.Context, c net.Conn, br *bufio.Reader, srv *daemon.Server) {

@@ -27,8 +27,9 @@ its setting sign.imports is on; --private keeps the paths from its peers
 whatever signs them.
 
 Paths under guix.store_dir (/gnu/store) are Guix paths, served on
-guix.http_listen and signed for Guix with guix.sign_key_file. Nix reads
-them from a store at a URL (--from-store) whose store directory is Guix's.`,
+guix.http_listen and signed for Guix with guix.sign_key_file. They are
+read from the guix-daemon (its socket, or GUIX_DAEMON_SOCKET), or by Nix
+from a store at a URL (--from-store) whose store directory is Guix's.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if sign && private {
@@ -52,7 +53,13 @@ them from a store at a URL (--from-store) whose store directory is Guix's.`,
 			if term.IsTerminal(int(os.Stderr.Fd())) {
 				progress = &importBar{}
 			}
-			sum, err := node.NewClient(cfg.DaemonSocket).ImportLocal(cmd.Context(), fromStore, paths, recursive, share, progress)
+			from := node.ImportSource{NixStore: fromStore}
+			if fromStore == "" {
+				if from, err = node.ImportSourceFor(cfg.GuixStoreDir, paths); err != nil {
+					return err
+				}
+			}
+			sum, err := node.NewClient(cfg.DaemonSocket).ImportLocal(cmd.Context(), from, paths, recursive, share, progress)
 			if err != nil {
 				return err
 			}

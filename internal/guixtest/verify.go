@@ -36,6 +36,12 @@ func Verify(narinfo []byte, q []byte) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	return VerifyHash(text, sha256.Sum256(narinfo[:at]), q)
+}
+
+// VerifyHash checks a Guix signature (its S-expression text, as an export
+// carries it) of the SHA-256 h, as Verify does a narinfo's.
+func VerifyHash(text []byte, h [sha256.Size]byte, q []byte) (bool, error) {
 	var missing error
 	field := func(re string) []byte {
 		m := regexp.MustCompile(re).FindSubmatch(text)
@@ -49,7 +55,6 @@ func Verify(narinfo []byte, q []byte) (bool, error) {
 		}
 		return b
 	}
-	h := sha256.Sum256(narinfo[:at])
 	hash, key := field(`\(hash sha256 #([0-9A-F]+)#\)`), field(`\(q #([0-9A-F]+)#\)`)
 	r := new(big.Int).SetBytes(field(`\(r #([0-9A-F]+)#\)`))
 	s := new(big.Int).SetBytes(field(`\(s #([0-9A-F]+)#\)`))

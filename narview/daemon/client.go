@@ -19,7 +19,11 @@ type Client struct {
 	conn    io.ReadWriteCloser
 	r       *wireReader
 	w       *wireWriter
-	version uint64 // negotiated
+	version uint64 // negotiated; a Guix daemon's is Nix's 1.15
+	guix    bool   // the daemon is guix-daemon (DialGuix)
+	// sink gets the data the daemon sends with STDERR_WRITE during an op
+	// (an export); nil drops it.
+	sink io.Writer
 }
 
 // Dial connects to the daemon socket at path and shakes hands.
@@ -174,7 +178,11 @@ func (c *Client) stderr(read func(max uint64) ([]byte, error)) error {
 				return err
 			}
 		case stderrWrite:
-			if err := c.r.Skip(MaxFrameLen); err != nil {
+			sink := c.sink
+			if sink == nil {
+				sink = io.Discard
+			}
+			if err := c.r.CopyTo(sink, MaxFrameLen); err != nil {
 				return err
 			}
 		default:
@@ -333,10 +341,14 @@ func (c *Client) QueryPathInfo(path string) (*pathinfo.Info, error) {
 }
 
 // NarFromPath writes the path's NAR to w. The NAR has no length prefix on
-// the wire, so it is parsed to find its end.
+// the wire, so it is parsed to find its end. guix-daemon has no such op:
+// the NAR is taken from an export of the path.
 func (c *Client) NarFromPath(path string, w io.Writer) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.guix {
+		return c.exportNAR(path, w)
+	}
 	if err := c.call(opNarFromPath, func() { c.w.String(path) }); err != nil {
 		return err
 	}

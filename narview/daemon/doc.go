@@ -1,7 +1,9 @@
 // Package daemon speaks the Nix worker protocol (the nix-daemon's), as a
 // server so that Nix clients use the node as a store over a unix socket or
 // ssh-ng, and as a client so that imports read paths and NARs from a
-// running nix-daemon.
+// running nix-daemon. It speaks Guix's dialect too (guix.go), on a socket
+// of its own, as server and client: Guix tooling queries and exports the
+// node's Guix paths, and imports read paths from a guix-daemon.
 //
 // The protocol: after a handshake, the client sends operations (a u64 op
 // code and its arguments) one at a time; the server answers each with log
@@ -26,7 +28,8 @@
 // makes no progress for RequestTimeout, or after IdleTimeout between
 // requests (hours: Nix clients keep connections open while idle).
 //
-// Files: server.go (connections, handshake, dispatch, errors), ops_query.go
+// Files: server.go (connections, handshake, dispatch, errors), guix.go
+// (Guix's dialect: its handshake, ops and exports, server and client), ops_query.go
 // (queries), ops_build.go (requests to make paths valid), ops_add.go
 // (adding paths), ops_fixed.go (the table of fixed answers), limits.go
 // (size and time limits), wire.go (encoding), proto.go (constants and

@@ -35,6 +35,16 @@ func (c *conn) pathAndInfo(ctx context.Context) (string, *pathinfo.Info, error) 
 	return p, info, err
 }
 
+// validPath reads a path argument and returns its info; a path that is
+// not valid (nor found) is the client's error.
+func (c *conn) validPath(ctx context.Context) (*pathinfo.Info, error) {
+	p, info, err := c.pathAndInfo(ctx)
+	if err == nil && info == nil {
+		err = clientErr("path '%s' is not valid", p)
+	}
+	return info, err
+}
+
 func (c *conn) isValidPath(ctx context.Context) error {
 	_, info, err := c.pathAndInfo(ctx)
 	if err != nil {
@@ -86,11 +96,11 @@ func (c *conn) queryPathInfo(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if info == nil && c.minor() < 17 {
+		return clientErr("path '%s' is not valid", p)
+	}
 	c.last()
 	if info == nil {
-		if c.minor() < 17 {
-			return clientErr("path '%s' is not valid", p)
-		}
 		c.w.Uint64(0)
 		return nil
 	}
@@ -188,19 +198,16 @@ func (c *conn) referrers(ctx context.Context, p string) ([]string, error) {
 // its end by parsing it.
 func (c *conn) narFromPath(ctx context.Context) error {
 	// Check before STDERR_LAST: after it, a failure cannot be told.
-	p, info, err := c.pathAndInfo(ctx)
+	info, err := c.validPath(ctx)
 	if err != nil {
 		return err
-	}
-	if info == nil {
-		return clientErr("path '%s' is not valid", p)
 	}
 	c.last()
 	if err := c.w.Flush(); err != nil {
 		return err
 	}
 	if err := c.srv.store.WriteNAR(ctx, info, c.raw); err != nil {
-		return fmt.Errorf("sending the NAR of %s: %w", p, err)
+		return fmt.Errorf("sending the NAR of %s: %w", info.StorePath, err)
 	}
 	return nil
 }

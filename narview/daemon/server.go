@@ -41,6 +41,7 @@ type Server struct {
 	store    Store
 	storeDir string
 	log      *slog.Logger
+	guix     *GuixOptions // nil: Nix's dialect
 
 	// IdleTimeout bounds the wait for a client's next request;
 	// RequestTimeout the wait for any progress inside one, reading or
@@ -135,11 +136,18 @@ type conn struct {
 	raw     io.Writer
 	rd      *deadlineReader
 	wd      *deadlineWriter
-	version uint64 // negotiated
+	version uint64 // negotiated; a Guix connection's is Nix's 1.15
+	// guixMinor is a Guix connection's negotiated minor; 0 for Nix.
+	guixMinor uint64
 }
 
+// minor is the Nix minor that says what goes on the wire.
 func (c *conn) minor() uint64 { return minor(c.version) }
 
+// handshake answers the client's magic with ours and the server's
+// version, reads the client's version and goes on in the client's
+// dialect: a client of the other one is turned away once it has sent
+// all it sends before it reads, so that it gets the reason.
 func (c *conn) handshake() error {
 	magic, err := c.r.Uint64()
 	if err != nil {
@@ -150,7 +158,11 @@ func (c *conn) handshake() error {
 	}
 	// A Nix 2.8 client waits for our magic before it sends its version.
 	c.w.Uint64(workerMagic2)
-	c.w.Uint64(ProtocolVersion)
+	if c.srv.guix != nil {
+		c.w.Uint64(GuixProtocolVersion)
+	} else {
+		c.w.Uint64(ProtocolVersion)
+	}
 	if err := c.w.Flush(); err != nil {
 		return err
 	}
@@ -161,6 +173,13 @@ func (c *conn) handshake() error {
 	if clientVersion>>8 != 1 {
 		return fmt.Errorf("client protocol %d.%d is not 1.x", clientVersion>>8, minor(clientVersion))
 	}
+	if minor(clientVersion) >= minGuixMinor {
+		return c.guixHandshake(clientVersion)
+	}
+	return c.nixHandshake(clientVersion)
+}
+
+func (c *conn) nixHandshake(clientVersion uint64) error {
 	if clientVersion < MinClientVersion {
 		// Finish the old client's handshake so that it reads our error
 		// (in the old format) where it reads the handshake's log
@@ -214,6 +233,11 @@ func (c *conn) handshake() error {
 	}
 	if c.minor() >= 35 {
 		c.w.Uint64(1) // trusted: the socket is the node owner's
+	}
+	if c.srv.guix != nil {
+		msg := "this is p2pstore's Guix daemon socket (guix.daemon_socket); Nix clients use daemon.socket"
+		c.fail(msg)
+		return errors.New(msg)
 	}
 	c.w.Uint64(stderrLast)
 	return c.w.Flush()
@@ -312,11 +336,15 @@ var opHandlers = map[uint64]func(*conn, context.Context) error{
 }
 
 func (c *conn) op(ctx context.Context, op uint64) error {
-	if handle, ok := opHandlers[op]; ok {
+	handlers, fixed := opHandlers, fixedOps
+	if c.srv.guix != nil {
+		handlers, fixed = guixOpHandlers, guixFixedOps
+	}
+	if handle, ok := handlers[op]; ok {
 		return handle(c, ctx)
 	}
-	if fixed, ok := fixedOps[op]; ok {
-		return c.answerFixed(fixed)
+	if f, ok := fixed[op]; ok {
+		return c.answerFixed(f)
 	}
 	return fmt.Errorf("%w %d", errUnknownOp, op)
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path"
 	"sort"
 	"strings"
 	"sync"
@@ -47,7 +48,7 @@ func (m *memStore) PathFromHashPart(_ context.Context, h string) (string, error)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for p := range m.infos {
-		if strings.HasPrefix(p, storeDir+"/"+h) {
+		if strings.HasPrefix(path.Base(p), h) {
 			return p, nil
 		}
 	}

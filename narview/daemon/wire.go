@@ -121,7 +121,11 @@ func (r *wireReader) BytesInto(p []byte) (int, error) {
 
 // Skip reads a string of at most max bytes and drops it; it does not
 // count against the budget.
-func (r *wireReader) Skip(max int) error {
+func (r *wireReader) Skip(max int) error { return r.CopyTo(io.Discard, max) }
+
+// CopyTo reads a string of at most max bytes into w, as it comes: data
+// that streams through, not counted against the budget.
+func (r *wireReader) CopyTo(w io.Writer, max int) error {
 	n, err := r.Uint64()
 	if err != nil {
 		return err
@@ -129,7 +133,10 @@ func (r *wireReader) Skip(max int) error {
 	if n > uint64(max) {
 		return fmt.Errorf("%w: string of %d bytes (at most %d)", ErrTooLarge, n, max)
 	}
-	if _, err := r.r.Discard(int(n)); err != nil {
+	if _, err := io.CopyN(w, r.r, int64(n)); err != nil {
+		if err == io.ErrUnexpectedEOF {
+			err = io.EOF
+		}
 		return err
 	}
 	return r.padding(n)
@@ -244,8 +251,19 @@ func (w *wireWriter) String(s string) {
 	if w.err == nil {
 		_, w.err = w.w.WriteString(s)
 	}
+	w.pad(len(s))
+}
+
+// Bytes writes p as String writes a string.
+func (w *wireWriter) Bytes(p []byte) {
+	w.Uint64(uint64(len(p)))
+	w.write(p)
+	w.pad(len(p))
+}
+
+func (w *wireWriter) pad(n int) {
 	var zero [8]byte
-	w.write(zero[:(8-len(s)%8)%8])
+	w.write(zero[:(8-n%8)%8])
 }
 
 func (w *wireWriter) Strings(ss []string) {

@@ -247,10 +247,39 @@ func SortByReferences(infos []*pathinfo.Info) []*pathinfo.Info {
 	return out
 }
 
-// daemonSource reads paths through a nix-daemon.
-type daemonSource struct{ c *daemon.Client }
+// GuixDaemonSocket is where a guix-daemon listens: $GUIX_DAEMON_SOCKET
+// (a file name; Guix's guix:// and ssh:// URIs are not read here), or
+// the default.
+func GuixDaemonSocket() string {
+	if p := os.Getenv("GUIX_DAEMON_SOCKET"); p != "" {
+		return p
+	}
+	return "/var/guix/daemon-socket/socket"
+}
 
-func (d *daemonSource) Name() string { return "the nix-daemon at " + DaemonSocket() }
+// OpenGuix returns the guix-daemon as a source, in Guix's dialect of the
+// protocol: path infos from its queries, NARs from its exports.
+func OpenGuix() (Source, error) {
+	sock := GuixDaemonSocket()
+	c, err := daemon.DialGuix(sock)
+	if err != nil {
+		return nil, fmt.Errorf("the guix-daemon at %s (GUIX_DAEMON_SOCKET): %w", sock, err)
+	}
+	return &daemonSource{c: c, name: "the guix-daemon at " + sock}, nil
+}
+
+// daemonSource reads paths through a nix-daemon or a guix-daemon.
+type daemonSource struct {
+	c    *daemon.Client
+	name string // "": the nix-daemon at DaemonSocket
+}
+
+func (d *daemonSource) Name() string {
+	if d.name != "" {
+		return d.name
+	}
+	return "the nix-daemon at " + DaemonSocket()
+}
 func (d *daemonSource) Close() error { return d.c.Close() }
 
 func (d *daemonSource) Dump(ctx context.Context, path string, w io.Writer) error {
@@ -275,10 +304,10 @@ func (d *daemonSource) Query(ctx context.Context, paths []string, recursive bool
 		seen[p] = true
 		info, err := d.c.QueryPathInfo(p)
 		if errors.Is(err, pathinfo.ErrNotFound) {
-			return nil, fmt.Errorf("%s is not a valid path in the local Nix store", p)
+			return nil, fmt.Errorf("%s is not a valid path in %s", p, d.Name())
 		}
 		if err != nil {
-			return nil, fmt.Errorf("nix-daemon: %w", err)
+			return nil, fmt.Errorf("%s: %w", d.Name(), err)
 		}
 		out = append(out, info)
 		if recursive {
