@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -115,11 +116,28 @@ func (n *Node) signGuix(info *pathinfo.Info) error {
 }
 
 // guixDaemonServer returns the server of Guix's daemon protocol on
-// guix.daemon_socket; exports are signed with the node's Guix key.
+// guix.daemon_socket. Exports are signed with the node's Guix key;
+// imports (guix archive --import, guix copy) need an archive signed by a
+// key of guix.public_keys or the node's own, as guix-daemon's ACL
+// decides, and are spooled in data_dir while that is checked.
 func (n *Node) guixDaemonServer() *daemon.Server {
-	var opts daemon.GuixOptions
+	spool := filepath.Join(n.cfg.DataDir, spoolDir)
+	os.MkdirAll(spool, 0o700)
+	opts := daemon.GuixOptions{SpoolDir: spool}
 	if k := n.guixKey; k != nil {
 		opts.SignExport = func(h [sha256.Size]byte) string { return k.SignHash(h).String() }
+	}
+	if len(n.guixKeys) > 0 {
+		opts.CheckImport = func(text string, h [sha256.Size]byte) error {
+			sig, err := guix.ParseSignature([]byte(text))
+			if err != nil {
+				return err
+			}
+			if err := sig.Verify(h, n.guixKeys); err != nil {
+				return fmt.Errorf("%w (guix.public_keys)", err)
+			}
+			return nil
+		}
 	}
 	return daemon.NewGuixServer(daemonStore{n: n, guix: true}, n.cfg.GuixStoreDir, opts, n.log)
 }

@@ -315,9 +315,15 @@ func (d daemonStore) WriteNAR(ctx context.Context, info *pathinfo.Info, w io.Wri
 }
 
 // AddPath adds a path from `nix copy --to`: signed (and shared) as
-// sign.imports says.
+// sign.imports says. A Guix path comes from `guix archive --import`,
+// whose archive a trusted key signed (the daemon checked it): the node
+// vouches for it with its Guix key, when it has one.
 func (d daemonStore) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
-	_, err := d.n.addPath(ctx, info, r, d.n.cfg.SignImports, pathinfo.SourceImport)
+	sign := d.n.cfg.SignImports
+	if d.guix {
+		sign = d.n.guixKey != nil
+	}
+	_, err := d.n.addPath(ctx, info, r, sign, pathinfo.SourceImport)
 	return err
 }
 

@@ -27,13 +27,14 @@ func TestGuixDaemon(t *testing.T) {
 	gs := newGuixStore(t)
 	gpath := gs.add("tree", edgeFiles())
 	want := gs.dump(gpath)
+	gpath2 := gs.add("second", map[string][]byte{"f": []byte("imported with guix archive --import")})
 	wantHash := storepath.NarHash(sha256.Sum256(want))
 
 	a := newNode(t)
 	sec, q := guixKey(t, a, "a")
 	a.args = append(a.args, "--guix-sign-key-file", sec)
 	a.start()
-	a.run("import", "--sign", "--from-store", gs.url, gpath)
+	a.run("import", "--sign", "--from-store", gs.url, gpath, gpath2)
 	sock := filepath.Join(a.dir, "data", "guix-daemon.sock")
 
 	c, err := daemon.DialGuix(sock)
@@ -112,7 +113,8 @@ func TestGuixDaemon(t *testing.T) {
 	bn := newNodeAt(t, "127.0.0.2", "")
 	bsec, bq := guixKey(t, bn, "b")
 	guixAddr := freeAddr(t, "127.0.0.2")
-	bn.args = append(bn.args, "--guix-sign-key-file", bsec, "--guix-http-listen", guixAddr)
+	bn.args = append(bn.args, "--guix-sign-key-file", bsec, "--guix-http-listen", guixAddr,
+		"--guix-public-key", strings.TrimSuffix(sec, ".sec")+".pub")
 	bn.start()
 	t.Setenv("GUIX_DAEMON_SOCKET", sock)
 	if out := bn.run("import", "--sign", gpath); !strings.Contains(out, "imported 1 path from the guix-daemon at "+sock) {
@@ -132,6 +134,31 @@ func TestGuixDaemon(t *testing.T) {
 		t.Errorf("a mixed import: %v %s", err, out)
 	}
 
+	// guix archive --import into the second node: an archive signed by
+	// the first node's key, which the second trusts, goes in and is
+	// served under the second's key; one the first node gets from the
+	// second (whose key it does not trust), or unsigned, is refused.
+	bc, err := daemon.DialGuix(filepath.Join(bn.dir, "data", "guix-daemon.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	added, err := bc.Import(bytes.NewReader(archive(t, c, gpath2, true)))
+	if err != nil || len(added) != 1 || added[0] != gpath2 {
+		t.Fatalf("guix archive --import of a trusted archive: %v %v", added, err)
+	}
+	text2 := guixNarinfo(t, "http://"+guixAddr, gpath2)
+	if ok, err := guixtest.Verify(text2, bq); !ok || err != nil {
+		t.Errorf("the imported path's narinfo does not verify with the second node's key (%v):\n%s", err, text2)
+	}
+	checkGuixNARs(t, "http://"+guixAddr, text2, gs.dump(gpath2))
+	if _, err := c.Import(bytes.NewReader(archive(t, bc, gpath2, true))); err == nil || !strings.Contains(err.Error(), "untrusted key") {
+		t.Errorf("an archive by a key the node does not trust: %v", err)
+	}
+	if _, err := bc.Import(bytes.NewReader(archive(t, c, gpath, false))); err == nil || !strings.Contains(err.Error(), "not signed") {
+		t.Errorf("an unsigned archive: %v", err)
+	}
+
 	// Nix on the Guix socket, and Guix on the Nix one.
 	out, err := nixtest.Command("nix", "store", "ping", "--store", "unix://"+sock).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "Guix daemon socket") {
@@ -143,4 +170,17 @@ func TestGuixDaemon(t *testing.T) {
 	if !strings.Contains(a.log.String(), "node running") || strings.Contains(a.log.String(), "panic") {
 		t.Errorf("node log:\n%s", a.log)
 	}
+}
+
+// archive exports path through c as `guix archive --export` frames one
+// path: 1, the export, 0.
+func archive(t *testing.T, c *daemon.Client, path string, sign bool) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	b.Write(binenc.LittleEndian.AppendUint64(nil, 1))
+	if err := c.Export(path, sign, &b); err != nil {
+		t.Fatal(err)
+	}
+	b.Write(binenc.LittleEndian.AppendUint64(nil, 0))
+	return b.Bytes()
 }

@@ -8,7 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
+	"os"
+
+	"github.com/p2pstore/p2pstore/internal/counting"
+	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
 
 // Guix's dialect of the protocol (guix-daemon's): Nix's as it stood at
@@ -20,8 +25,10 @@ import (
 // version string or trust flag in the handshake, errors as a message and
 // a status, a path info without the valid flag or signatures. What Guix
 // changed or kept after Nix dropped it is here: QueryPathHash,
-// QueryReferences, ExportPath, SetOptions without the build limits
-// (0x61), BuiltinBuilders and SubstituteURLs.
+// QueryReferences, ExportPath and ImportPaths (archives signed as Guix
+// signs them, checked against the node's trusted Guix keys as
+// guix-daemon checks its ACL, whoever the client), SetOptions without
+// the build limits (0x61), BuiltinBuilders and SubstituteURLs.
 
 const (
 	// GuixProtocolVersion is the Guix protocol we speak: 1.0x64, as
@@ -40,6 +47,7 @@ const (
 	opQueryPathHash   = 4
 	opQueryReferences = 5
 	opExportPath      = 16
+	opImportPaths     = 27
 	opBuiltinBuilders = 80
 	opSubstituteURLs  = 81
 )
@@ -51,6 +59,14 @@ type GuixOptions struct {
 	// signature's S-expression in libgcrypt's advanced notation. Nil: an
 	// export asked to be signed is refused with the reason.
 	SignExport func(sha256 [sha256.Size]byte) string
+	// CheckImport accepts the signature an imported path's archive
+	// carries (its S-expression text) when it signs sha256 with a
+	// trusted key, as guix-daemon does with its ACL: Guix imports only
+	// signed archives, whoever the client. Nil: every import is refused.
+	CheckImport func(signature string, sha256 [sha256.Size]byte) error
+	// SpoolDir holds an imported path's NAR while its signature, which
+	// comes after it, is checked; "" is the system's temporary directory.
+	SpoolDir string
 }
 
 // NewGuixServer returns a server of Guix's dialect for store, whose paths
@@ -101,6 +117,7 @@ var (
 		opQueryPathInfo:         (*conn).queryPathInfo,
 		opQueryPathFromHashPart: (*conn).queryPathFromHashPart,
 		opQueryValidPaths:       (*conn).queryValidPaths,
+		opImportPaths:           (*conn).importPaths,
 	}
 	guixFixedOps = func() map[uint64]fixedOp {
 		ops := map[uint64]fixedOp{
@@ -214,6 +231,130 @@ func (c *conn) exportPath(ctx context.Context) error {
 	return nil
 }
 
+// importPaths adds the paths of an export stream (what `guix archive
+// --export` writes: 1 and a path's export, for each path, then 0), pulled
+// from the client with STDERR_READ, never past its end. Each path's NAR
+// is spooled, as its signature comes after it, then added once the
+// signature is checked. The reply lists the paths added.
+func (c *conn) importPaths(ctx context.Context) error {
+	src := bufio.NewReaderSize(&pullReader{c: c, left: math.MaxUint64}, 64<<10)
+	var added []string
+	for {
+		more, err := newWireReader(src).Uint64()
+		if err != nil {
+			return c.importFailed(err)
+		}
+		if more == 0 {
+			break
+		}
+		if more != 1 {
+			return clientErr("the import is not an export of paths (guix archive --export)")
+		}
+		p, err := c.importPath(ctx, src)
+		if err != nil {
+			return c.importFailed(err)
+		}
+		added = append(added, p)
+	}
+	c.last()
+	c.w.Strings(added)
+	return nil
+}
+
+// importFailed reports an import's failure: the connection's, or the
+// client's error (the client sends only what is asked for, so the
+// connection stays in step).
+func (c *conn) importFailed(err error) error {
+	var oe *opError
+	if errors.As(err, &oe) {
+		return err
+	}
+	if c.w.err != nil {
+		return c.w.err
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return clientErr("the import ended in the middle of a path")
+	}
+	return refusal(err)
+}
+
+// importPath reads one path's export, checks its signature and adds it.
+func (c *conn) importPath(ctx context.Context, src *bufio.Reader) (string, error) {
+	spool, err := os.CreateTemp(c.srv.guix.SpoolDir, "guix-import-*.nar")
+	if err != nil {
+		return "", err
+	}
+	os.Remove(spool.Name()) // the descriptor is enough; a crash leaves nothing
+	defer spool.Close()
+	h, narHash := sha256.New(), sha256.New()
+	nar := &counting.Writer{W: io.MultiWriter(spool, h, narHash)}
+	if err := readNAR(&teeReader{r: src, w: nar}); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return "", err
+		}
+		return "", clientErr("the import's NAR: %v", err)
+	}
+	trailer := newWireReader(src)
+	trailer.resetBudget()
+	magic, err := trailer.Uint64()
+	if err != nil {
+		return "", err
+	}
+	if magic != exportMagic {
+		return "", clientErr("the import's NAR is not followed by an export trailer (%#x)", magic)
+	}
+	info := &pathinfo.Info{NarSize: uint64(nar.N), NarHash: [sha256.Size]byte(narHash.Sum(nil))}
+	if info.StorePath, err = trailer.String(); err != nil {
+		return "", err
+	}
+	if info.References, err = trailer.Strings(); err != nil {
+		return "", err
+	}
+	if info.Deriver, err = trailer.String(); err != nil {
+		return "", err
+	}
+	// What was signed is the NAR and the trailer as sent; the wire's
+	// encoding is canonical (zero padding), so it is written again here.
+	hw := newWireWriter(h)
+	hw.Uint64(magic)
+	hw.String(info.StorePath)
+	hw.Strings(info.References)
+	hw.String(info.Deriver)
+	if err := hw.Flush(); err != nil {
+		return "", err
+	}
+	signed := [sha256.Size]byte(h.Sum(nil))
+	hasSig, err := trailer.Uint64()
+	if err != nil {
+		return "", err
+	}
+	sig := ""
+	if hasSig == 1 {
+		if sig, err = trailer.String(); err != nil {
+			return "", err
+		}
+	}
+	if err := info.Validate(c.srv.storeDir); err != nil {
+		return "", clientErr("importing: %v", err)
+	}
+	switch {
+	case hasSig != 1:
+		return "", clientErr("importing %s: the archive is not signed; Guix imports only signed archives", info.StorePath)
+	case c.srv.guix.CheckImport == nil:
+		return "", clientErr("importing %s: p2pstore trusts no Guix key (guix.public_keys)", info.StorePath)
+	}
+	if err := c.srv.guix.CheckImport(sig, signed); err != nil {
+		return "", clientErr("importing %s: %v", info.StorePath, err)
+	}
+	if _, err := spool.Seek(0, io.SeekStart); err != nil {
+		return "", err
+	}
+	if err := c.srv.store.AddPath(ctx, info, bufio.NewReaderSize(spool, 64<<10)); err != nil {
+		return "", refusal(err)
+	}
+	return info.StorePath, nil
+}
+
 // stderrData sends what is written to it as one STDERR_WRITE message:
 // data for the client's sink.
 type stderrData struct{ c *conn }
@@ -312,6 +453,29 @@ func (c *Client) export(path string, sign bool, w io.Writer) error {
 	}
 	_, err = c.r.Uint64() // 1
 	return err
+}
+
+// Import sends an export stream (what `guix archive --export` writes) to
+// the daemon, which adds its paths, and returns them.
+func (c *Client) Import(r io.Reader) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.w.Uint64(opImportPaths)
+	if err := c.w.Flush(); err != nil {
+		return nil, err
+	}
+	err := c.stderr(func(max uint64) ([]byte, error) {
+		b := make([]byte, min(max, 1<<20))
+		n, err := io.ReadFull(r, b)
+		if n == 0 {
+			return nil, fmt.Errorf("the export ended before the daemon read it all: %w", err)
+		}
+		return b[:n], nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.r.Strings()
 }
 
 // exportNAR writes the NAR of an unsigned export of path to w, and checks

@@ -284,3 +284,90 @@ func guixHello(conn net.Conn, version uint64) *Client {
 	c.w.Flush()
 	return c
 }
+
+// exportStream exports paths from a server of store, framed as `guix
+// archive --export` writes them: 1 before each path, 0 at the end.
+func exportStream(t *testing.T, store Store, opts GuixOptions, sign bool, paths ...string) []byte {
+	t.Helper()
+	c, err := NewGuixClient(guixServer(t, store, opts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	w := newWireWriter(&out)
+	for _, p := range paths {
+		w.Uint64(1)
+		w.Flush()
+		if err := c.Export(p, sign, &out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Uint64(0)
+	w.Flush()
+	return out.Bytes()
+}
+
+// TestGuixImport: guix archive --import into the node. An archive whose
+// signature the server's check accepts adds its paths, infos intact; an
+// unsigned one, a rejected signature, a NAR changed after signing and a
+// stream that is not an export are refused with the reason, add nothing,
+// and leave the connection usable.
+func TestGuixImport(t *testing.T) {
+	from, ps, nars := guixStore(t)
+	signer := GuixOptions{SignExport: func(h [sha256.Size]byte) string { return fmt.Sprintf("signed %x", h) }}
+	check := GuixOptions{CheckImport: func(sig string, h [sha256.Size]byte) error {
+		if sig != fmt.Sprintf("signed %x", h) {
+			return errors.New("signature by an untrusted key")
+		}
+		return nil
+	}, SpoolDir: t.TempDir()}
+
+	to := newMemStore()
+	c, err := NewGuixClient(guixServer(t, to, check))
+	if err != nil {
+		t.Fatal(err)
+	}
+	added, err := c.Import(bytes.NewReader(exportStream(t, from, signer, true, ps[0], ps[1])))
+	if err != nil || len(added) != 2 || added[0] != ps[0] || added[1] != ps[1] {
+		t.Fatalf("Import: %v %v", added, err)
+	}
+	for i, p := range ps {
+		info, err := to.PathInfo(context.Background(), p, false)
+		if err != nil || info.NarHash != sha256.Sum256(nars[i]) || len(info.References) != 1 || info.References[0] != ps[0] ||
+			!strings.HasSuffix(info.Deriver, "-x.drv") || !bytes.Equal(to.nars[p], nars[i]) {
+			t.Fatalf("imported %s: %+v %v", p, info, err)
+		}
+	}
+
+	signed := exportStream(t, from, signer, true, ps[1])
+	changed := bytes.Clone(signed)
+	changed[bytes.Index(changed, []byte("second"))] ^= 1
+	for name, tc := range map[string]struct {
+		stream []byte
+		want   string
+	}{
+		"unsigned":      {exportStream(t, from, GuixOptions{}, false, ps[1]), "not signed"},
+		"untrusted key": {exportStream(t, from, GuixOptions{SignExport: func([sha256.Size]byte) string { return "forged" }}, true, ps[1]), "untrusted"},
+		"changed NAR":   {changed, "untrusted"},
+		"not an export": {[]byte{2, 0, 0, 0, 0, 0, 0, 0}, "not an export"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			to := newMemStore()
+			c, err := NewGuixClient(guixServer(t, to, check))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = c.Import(bytes.NewReader(tc.stream))
+			var de *DaemonError
+			if !errors.As(err, &de) || !strings.Contains(de.Msg, tc.want) {
+				t.Fatalf("Import: %v, want an error saying %q", err, tc.want)
+			}
+			if all, _ := to.AllPaths(context.Background()); len(all) != 0 {
+				t.Fatalf("a refused import added %v", all)
+			}
+			if valid, err := c.QueryValidPaths([]string{ps[1]}, false); err != nil || len(valid) != 0 {
+				t.Fatalf("after the refusal: %v %v", valid, err)
+			}
+		})
+	}
+}

@@ -391,16 +391,7 @@ func (ni *NarInfo) verify(trusted []PublicKey) error {
 	if err != nil {
 		return err
 	}
-	if !slices.ContainsFunc(trusted, sig.Key.Equal) {
-		return fmt.Errorf("%w (q %s)", ErrUntrusted, sig.Key.Short())
-	}
-	if sig.Hash != sha256.Sum256(ni.Signed) {
-		return ErrHashMismatch
-	}
-	if !sig.Valid() {
-		return ErrInvalid
-	}
-	return nil
+	return sig.Verify(sha256.Sum256(ni.Signed), trusted)
 }
 
 // Equivalent reports whether two narinfos describe the same NAR as Guix

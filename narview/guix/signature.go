@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/p2pstore/p2pstore/narview/sexp"
@@ -91,6 +92,22 @@ func signatureFrom(l sexp.List) (*Signature, error) {
 	sig := &Signature{R: r, S: s, Key: key, expr: l}
 	copy(sig.Hash[:], hash[1])
 	return sig, nil
+}
+
+// Verify checks that the signature is by a key of trusted, of the hash h,
+// and verifies, in Guix's order. The error wraps ErrUntrusted,
+// ErrHashMismatch or ErrInvalid.
+func (s *Signature) Verify(h [sha256.Size]byte, trusted []PublicKey) error {
+	if !slices.ContainsFunc(trusted, s.Key.Equal) {
+		return fmt.Errorf("%w (q %s)", ErrUntrusted, s.Key.Short())
+	}
+	if s.Hash != h {
+		return ErrHashMismatch
+	}
+	if !s.Valid() {
+		return ErrInvalid
+	}
+	return nil
 }
 
 // Valid reports whether the signature's r and s sign its hash under its
