@@ -53,7 +53,7 @@ fuzz() {
 }
 fuzz_log=$(mktemp)
 trap 'rm -f "$fuzz_log"' EXIT
-for target in narview/nar:FuzzIngest narview/narinfo:FuzzParse narview/sexp:FuzzParse narview/guix:FuzzParse narview/daemon:FuzzWire narview/daemon:FuzzServer \
+for target in narview/nar:FuzzIngest narview/narinfo:FuzzParse narview/sexp:FuzzParse narview/guix:FuzzParse narview/daemon:FuzzWire narview/daemon:FuzzServer narview/daemon:FuzzGuixServer \
   node/transfer:FuzzServe node/transfer:FuzzClient internal/httpserve:FuzzServe; do
   if ! fuzz "$target" "$fuzz_log"; then
     grep -v '^fuzz: elapsed' "$fuzz_log"

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
@@ -29,7 +30,7 @@ func guixServer(t testing.TB, store Store, opts GuixOptions) net.Conn {
 }
 
 // guixStore holds two Guix paths, the second referring to the first.
-func guixStore(t *testing.T) (*memStore, [2]string, [2][]byte) {
+func guixStore(t testing.TB) (*memStore, [2]string, [2][]byte) {
 	store := newMemStore()
 	ps := [2]string{guixPath(1), guixPath(2)}
 	nars := [2][]byte{narOf(t, "first"), narOf(t, "second")}
@@ -370,4 +371,76 @@ func TestGuixImport(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzGuixServer is FuzzServer for Guix's dialect, after a handshake at
+// 0x160 + version%5: the server must neither panic nor hang, whatever
+// ops, exports and archives come.
+func FuzzGuixServer(f *testing.F) {
+	var seed bytes.Buffer
+	w := newWireWriter(&seed)
+	w.Uint64(opSetOptions)
+	for range 9 {
+		w.Uint64(0)
+	}
+	w.Uint64(0)
+	for _, op := range []uint64{opQueryPathInfo, opQueryPathHash, opQueryReferences} {
+		w.Uint64(op)
+		w.String(guixPath(1))
+	}
+	w.Uint64(opExportPath)
+	w.String(guixPath(2))
+	w.Uint64(1)
+	w.Flush()
+	f.Add(byte(3), seed.Bytes())
+	// An archive of one path, answering the server's reads.
+	var archive bytes.Buffer
+	aw := newWireWriter(&archive)
+	aw.Uint64(opImportPaths)
+	aw.Uint64(1)
+	aw.Flush()
+	nar := narOf(f, "fuzz")
+	h := sha256.New()
+	h.Write(nar)
+	archive.Write(nar)
+	tw := newWireWriter(io.MultiWriter(&archive, h))
+	tw.Uint64(exportMagic)
+	tw.String(guixPath(3))
+	tw.Strings(nil)
+	tw.String("")
+	tw.Flush()
+	aw.Uint64(1)
+	aw.String(fmt.Sprintf("signed %x", h.Sum(nil)))
+	aw.Uint64(0)
+	aw.Flush()
+	// The server pulls it in reads of up to 64 KiB: one answer here.
+	var seed2 bytes.Buffer
+	sw := newWireWriter(&seed2)
+	sw.Uint64(opImportPaths)
+	sw.Bytes(archive.Bytes()[8:])
+	sw.Flush()
+	f.Add(byte(4), seed2.Bytes())
+	store, _, _ := guixStore(f) // imports add to it: no matter
+	opts := GuixOptions{
+		SignExport:  func(h [sha256.Size]byte) string { return fmt.Sprintf("signed %x", h) },
+		CheckImport: func(sig string, h [sha256.Size]byte) error { return nil },
+		SpoolDir:    f.TempDir(),
+	}
+	f.Fuzz(func(t *testing.T, version byte, ops []byte) {
+		hello := binary.LittleEndian.AppendUint64(nil, workerMagic1)
+		hello = binary.LittleEndian.AppendUint64(hello, 1<<8|(0x160+uint64(version)%5))
+		hello = binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(hello, 0), 0)
+		in := io.MultiReader(bytes.NewReader(hello), bytes.NewReader(ops))
+		srv := NewGuixServer(store, gnuStore, opts, nil)
+		done := make(chan struct{})
+		go func() {
+			srv.ServeConn(context.Background(), in, io.Discard)
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("server hung on its input")
+		}
+	})
 }
