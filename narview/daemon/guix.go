@@ -183,11 +183,19 @@ func (c *conn) queryReferences(ctx context.Context) error {
 // path, its references and deriver, then 1 and a signature of the SHA-256
 // of all that, or 0. `guix archive --import` checks the signature.
 func (c *conn) exportPath(ctx context.Context) error {
-	p, info, err := c.pathAndInfo(ctx)
+	p, badPath := c.path()
+	var oe *opError
+	if badPath != nil && !errors.As(badPath, &oe) {
+		return badPath
+	}
+	sign, err := c.r.Uint64() // read whatever the path was: the connection goes on
 	if err != nil {
 		return err
 	}
-	sign, err := c.r.Uint64()
+	if badPath != nil {
+		return badPath
+	}
+	info, err := c.validInfo(ctx, p, true)
 	if err != nil {
 		return err
 	}

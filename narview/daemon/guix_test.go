@@ -161,6 +161,33 @@ func TestGuixQueries(t *testing.T) {
 	if ok, err := c.IsValidPath(ps[0]); !ok || err != nil {
 		t.Fatalf("after an error: %v %v", ok, err)
 	}
+	// What is not a store path, or not valid, is the client's error, as
+	// guix-daemon answers it; the connection goes on.
+	for _, tc := range []struct {
+		op   uint64
+		args func(w *wireWriter)
+		want string
+	}{
+		{opIsValidPath, func(w *wireWriter) { w.String("/tmp/not-in-the-store") }, "/tmp/not-in-the-store"},
+		{opQueryValidPaths, func(w *wireWriter) { w.Strings([]string{ps[0], "/etc/passwd", ps[1]}) }, "/etc/passwd"},
+		{opExportPath, func(w *wireWriter) { w.String("nonsense"); w.Uint64(1) }, "nonsense"},
+		{opCollectGarbage, func(w *wireWriter) {
+			w.Uint64(0)
+			w.Strings([]string{"/gnu/store/x"})
+			for range 5 {
+				w.Uint64(0)
+			}
+		}, "does not delete"},
+		{opQueryDeriver, func(w *wireWriter) { w.String(guixPath(99)) }, "is not valid"},
+		{opQueryPathFromHashPart, func(w *wireWriter) { w.String("short") }, "invalid hash part"},
+	} {
+		if err := r.op(tc.op, tc.args); !errors.As(err, &de) || !strings.Contains(de.Msg, tc.want) {
+			t.Errorf("op %d: %v, want an error naming %q", tc.op, err, tc.want)
+		}
+		if ok, err := c.IsValidPath(ps[0]); !ok || err != nil {
+			t.Fatalf("after op %d's error: %v %v", tc.op, ok, err)
+		}
+	}
 	// Nix's ops are not Guix's: the connection closes with the reason.
 	if err := r.op(opNarFromPath, func(w *wireWriter) { w.String(ps[0]) }); !errors.As(err, &de) || !strings.Contains(de.Msg, "invalid operation") {
 		t.Fatalf("NarFromPath on the Guix socket: %v", err)

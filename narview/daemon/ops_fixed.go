@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -142,14 +144,24 @@ func (c *conn) addPermRoot(context.Context) error {
 // combine into an op's arguments in the order they come.
 type argsReader func(c *conn) error
 
+// readAll reads the arguments of rs in turn. An argument the client got
+// wrong (an opError: a Guix store path that is not one) does not stop
+// it: the rest is read, so that the connection stays in step.
 func readAll(rs ...argsReader) argsReader {
 	return func(c *conn) error {
+		var wrong error
 		for _, r := range rs {
-			if err := r(c); err != nil {
+			err := r(c)
+			var oe *opError
+			if errors.As(err, &oe) {
+				wrong = cmp.Or(wrong, err)
+				continue
+			}
+			if err != nil {
 				return err
 			}
 		}
-		return nil
+		return wrong
 	}
 }
 

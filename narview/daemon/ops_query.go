@@ -111,22 +111,22 @@ func (c *conn) queryPathInfo(ctx context.Context) error {
 	return nil
 }
 
-// queryPathFromHashPart answers "" for a hash part no path has, and for a
-// string that is not a hash part at all.
+// queryPathFromHashPart answers "" for a hash part no path has, and an
+// error for a string that is not a hash part at all, as the daemons do.
 func (c *conn) queryPathFromHashPart(ctx context.Context) error {
 	h, err := c.r.String()
 	if err != nil {
 		return err
 	}
-	p := ""
-	if storepath.ValidateHash(h) == nil {
-		p, err = c.srv.store.PathFromHashPart(ctx, h)
-		if errors.Is(err, pathinfo.ErrNotFound) {
-			p, err = "", nil
-		}
-		if err != nil {
-			return err
-		}
+	if storepath.ValidateHash(h) != nil {
+		return clientErr("invalid hash part")
+	}
+	p, err := c.srv.store.PathFromHashPart(ctx, h)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		p, err = "", nil
+	}
+	if err != nil {
+		return err
 	}
 	c.last()
 	c.w.String(p)
@@ -149,6 +149,9 @@ func (c *conn) queryDeriver(ctx context.Context) error {
 		return err
 	}
 	info, err := c.srv.store.PathInfo(ctx, p, false)
+	if errors.Is(err, pathinfo.ErrNotFound) {
+		return clientErr("path '%s' is not valid", p)
+	}
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -370,25 +371,37 @@ func (c *conn) path() (string, error) {
 		return "", fmt.Errorf("%w: a store path of %d bytes (at most %d)", errBadArgs, len(p), max)
 	}
 	if _, err := storepath.Parse(c.srv.storeDir, p); err != nil {
+		if c.srv.guix != nil {
+			// guix-daemon checks paths once the request is read,
+			// so that the connection goes on.
+			return "", clientErr("%v", err)
+		}
 		return "", fmt.Errorf("%w: %v", errBadArgs, err)
 	}
 	return p, nil
 }
 
 // paths reads a list of store paths, each checked as it comes: a list of
-// anything else is refused at its first entry.
+// anything else is refused at its first entry (for Guix, once the list
+// is read).
 func (c *conn) paths() ([]string, error) {
 	n, err := c.r.count()
 	if err != nil {
 		return nil, err
 	}
 	ps := make([]string, 0, min(n, 1024))
+	var bad error
 	for i := 0; i < n; i++ {
 		p, err := c.path()
+		var oe *opError
+		if errors.As(err, &oe) {
+			bad = cmp.Or(bad, err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
 		ps = append(ps, p)
 	}
-	return ps, nil
+	return ps, bad
 }
