@@ -510,9 +510,9 @@ func guixYAML(t *testing.T, file, configuration string) (string, error) {
 // the node with the config file it writes.
 func TestGuixService(t *testing.T) {
 	root := t.TempDir()
-	socket := filepath.Join(root, "daemon.sock")
-	yaml, err := guixYAML(t, "guix/p2pstore.scm", fmt.Sprintf(`((socket . %q) (max-bytes . "1G")
-		(extra-settings . (("p2p.max_upload_rate" . "10M"))))`, socket))
+	socket, guixSocket := filepath.Join(root, "daemon.sock"), filepath.Join(root, "guix-daemon.sock")
+	yaml, err := guixYAML(t, "guix/p2pstore.scm", fmt.Sprintf(`((socket . %q) (guix-daemon-socket . %q) (max-bytes . "1G")
+		(extra-settings . (("p2p.max_upload_rate" . "10M"))))`, socket, guixSocket))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,6 +524,7 @@ http:
 guix:
   store_dir: "/gnu/store"
   http_listen: "127.0.0.1:8080"
+  daemon_socket: "` + guixSocket + `"
 p2p:
   listen: ["/ip4/0.0.0.0/tcp/7421", "/ip4/0.0.0.0/udp/7421/quic-v1"]
   bootstrap: []
@@ -554,6 +555,9 @@ local:
 	}
 	if got := n.storeDir(t); got != "/nix/store" {
 		t.Errorf("the node's Nix listener serves store %s, want /nix/store", got)
+	}
+	if fi, err := os.Stat(guixSocket); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Errorf("no Guix daemon socket where the service file puts it: %v", err)
 	}
 	n.stop(t)
 

@@ -40,6 +40,7 @@
             p2pstore-configuration-data-directory
             p2pstore-configuration-socket
             p2pstore-configuration-socket-group
+            p2pstore-configuration-guix-daemon-socket
             p2pstore-configuration-http-listen
             p2pstore-configuration-p2p-listen
             p2pstore-configuration-bootstrap
@@ -70,6 +71,8 @@
                         (default "/var/run/p2pstore/daemon.sock"))
   (socket-group         p2pstore-configuration-socket-group ;#f: root and the node only
                         (default "p2pstore"))
+  (guix-daemon-socket   p2pstore-configuration-guix-daemon-socket ;for GUIX_DAEMON_SOCKET
+                        (default "/var/run/p2pstore/guix-daemon.sock"))
   (http-listen          p2pstore-configuration-http-listen
                         (default "127.0.0.1:7420"))
   (p2p-listen           p2pstore-configuration-p2p-listen
@@ -115,6 +118,7 @@
     ("http.listen" . ,(p2pstore-configuration-http-listen config))
     ("guix.store_dir" . ,(p2pstore-configuration-store-directory config))
     ("guix.http_listen" . ,(p2pstore-configuration-guix-http-listen config))
+    ("guix.daemon_socket" . ,(p2pstore-configuration-guix-daemon-socket config))
     ("p2p.listen" . ,(p2pstore-configuration-p2p-listen config))
     ("p2p.bootstrap" . ,(p2pstore-configuration-bootstrap config))
     ("p2p.mdns" . ,(p2pstore-configuration-mdns? config))
