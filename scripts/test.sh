@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: installs what the tests need (Debian's nix-bin,
-# zstd, openssh-server, systemd-analyze and Guile for dist/), adds the
+# zstd, lzip, openssh-server, systemd-analyze and Guile for dist/), adds the
 # real-data corpus to the Nix store, then gofmt, go vet and go test.
 # Needs root on a fresh machine (apt-get, single-user Nix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/nix-env.sh
 # zstd checks our .nar.zst streams with the reference decoder; sshd serves
-# the ssh-ng tests; bzip2 makes a bzip2 NAR for the upstream client's tests.
+# the ssh-ng tests; bzip2 makes a bzip2 NAR for the upstream client's tests;
+# lzip makes the lzip files of internal/lzip's and the upstream client's
+# tests (and of the Guix farm of the pull-through test), and is the
+# command the node decodes lzip NARs with.
 missing=()
 command -v zstd >/dev/null 2>&1 || missing+=(zstd)
 command -v bzip2 >/dev/null 2>&1 || missing+=(bzip2)
+command -v lzip >/dev/null 2>&1 || missing+=(lzip)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server openssh-client)
 # nginx serves the static upstream caches of the pull-through tests.
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
@@ -54,7 +58,7 @@ fuzz() {
 fuzz_log=$(mktemp)
 trap 'rm -f "$fuzz_log"' EXIT
 for target in narview/nar:FuzzIngest narview/narinfo:FuzzParse narview/sexp:FuzzParse narview/guix:FuzzParse narview/daemon:FuzzWire narview/daemon:FuzzServer narview/daemon:FuzzGuixServer \
-  node/transfer:FuzzServe node/transfer:FuzzClient internal/httpserve:FuzzServe; do
+  node/transfer:FuzzServe node/transfer:FuzzClient internal/httpserve:FuzzServe internal/lzip:FuzzReader; do
   if ! fuzz "$target" "$fuzz_log"; then
     grep -v '^fuzz: elapsed' "$fuzz_log"
     grep -q 'Failing input written' "$fuzz_log" && exit 1

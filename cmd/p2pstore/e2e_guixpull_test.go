@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -24,9 +26,9 @@ import (
 )
 
 // guixFarm is a Guix substitute server in the build farms' layout:
-// narinfos signed by the farm's key with lzip and then zstd entries after
-// the Signature line, the NARs at nar/lzip/... (bytes no decoder reads)
-// and nar/zstd/...; it counts the requests of each path.
+// narinfos signed by the farm's key with their NAR entries after the
+// Signature line, the NARs at nar/<compression>/...; it counts the
+// requests of each path.
 type guixFarm struct {
 	srv   *httptest.Server
 	mu    sync.Mutex
@@ -51,29 +53,59 @@ func newGuixFarm(t *testing.T) *guixFarm {
 	return f
 }
 
-// offer serves a path whose NAR is nar, its narinfo signed by key, and
-// returns the narinfo.
+// farmNAR is one NAR entry of a farm's narinfo: its compression and
+// body.
+type farmNAR struct {
+	compression string
+	body        []byte
+}
+
+// offer serves a path whose NAR is nar as the farms serve what they built
+// since 2021: lzip, then zstd (the lzip body bytes no decoder reads: it
+// is not to be asked for). It returns the narinfo, signed by key.
 func (f *guixFarm) offer(t *testing.T, p string, nar []byte, key guix.SecretKey) string {
+	t.Helper()
+	var zst bytes.Buffer
+	zw, _ := zstd.NewWriter(&zst)
+	zw.Write(nar)
+	zw.Close()
+	return f.publish(t, p, nar, key, farmNAR{"lzip", []byte("LZIP, but not for this node")}, farmNAR{"zstd", zst.Bytes()})
+}
+
+// offerLzip serves a path as the farms serve their older paths: an lzip
+// NAR only, made by the lzip command.
+func (f *guixFarm) offerLzip(t *testing.T, p string, nar []byte, key guix.SecretKey) string {
+	t.Helper()
+	if _, err := exec.LookPath("lzip"); err != nil {
+		t.Skip("the lzip command is not installed: it makes the farm's lzip NAR (apt-get install lzip)")
+	}
+	cmd := exec.Command("lzip", "-c", "-9")
+	cmd.Stdin = bytes.NewReader(nar)
+	lz, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.publish(t, p, nar, key, farmNAR{"lzip", lz})
+}
+
+// publish serves a path's narinfo, signed by key, with these NARs.
+func (f *guixFarm) publish(t *testing.T, p string, nar []byte, key guix.SecretKey, nars ...farmNAR) string {
 	t.Helper()
 	base := filepath.Base(p)
 	ni := &guix.NarInfo{StorePath: p, NarHash: storepath.NarHash(sha256.Sum256(nar)), NarSize: uint64(len(nar)), References: []string{}}
 	if err := ni.Sign(key, "farm.example"); err != nil {
 		t.Fatal(err)
 	}
-	var zst bytes.Buffer
-	zw, _ := zstd.NewWriter(&zst)
-	zw.Write(nar)
-	zw.Close()
-	ni.NARs = []guix.NAR{
-		{URL: guix.NARURL("lzip", base), Compression: "lzip", FileSize: uint64(zst.Len() - 1)},
-		{URL: guix.NARURL("zstd", base), Compression: "zstd", FileSize: uint64(zst.Len())},
+	for _, n := range nars {
+		ni.NARs = append(ni.NARs, guix.NAR{URL: guix.NARURL(n.compression, base), Compression: n.compression, FileSize: uint64(len(n.body))})
 	}
 	text := ni.String()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.files["/"+hashPart(p)+".narinfo"] = []byte(text)
-	f.files["/nar/zstd/"+base] = zst.Bytes()
-	f.files["/nar/lzip/"+base] = []byte("LZIP, but not for this node")
+	for _, n := range nars {
+		f.files["/nar/"+n.compression+"/"+base] = n.body
+	}
 	return text
 }
 
@@ -158,6 +190,85 @@ func TestGuixPullThrough(t *testing.T) {
 	other.start()
 	if resp, body := httpGet(t, "http://"+otherAddr+"/"+hashPart(gpath)+".narinfo"); resp.StatusCode != 404 {
 		t.Errorf("a node that does not trust the farm: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestGuixPullThroughLzip: from a farm that offers a path's NAR in lzip
+// only (its older substitutes), the node pulls it through, decoded by the
+// lzip command where it is installed (a wrapper on PATH counts its runs)
+// and by internal/lzip where it is not (PATH without it): the node serves
+// NARs that are nix-store --dump's, under the farm's narinfo (its NarHash
+// that of the dump), and then holds the path.
+func TestGuixPullThroughLzip(t *testing.T) {
+	nixtest.Require(t)
+	for i, decoder := range []string{"command", "go"} {
+		t.Run(decoder, func(t *testing.T) {
+			gs := newGuixStore(t)
+			files := randomFiles(byte(31+i), 2)
+			files["small"] = []byte("pulled through from lzip")
+			gpath := gs.add("lzip-only", files)
+			want := gs.dump(gpath)
+			farm := newGuixFarm(t)
+			ip := fmt.Sprintf("127.0.0.%d", 157+i)
+			n := newNodeAt(t, ip, "")
+			farmSec, farmQ := guixKey(t, n, "farm")
+			farmKey, err := guix.LoadSecretKeyFile(farmSec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			upText := farm.offerLzip(t, gpath, want, farmKey)
+
+			bin := t.TempDir() // the node's PATH: a counting lzip, or nothing
+			runs := filepath.Join(t.TempDir(), "lzip-runs")
+			if decoder == "command" {
+				real, err := exec.LookPath("lzip")
+				if err != nil {
+					t.Fatal(err)
+				}
+				script := fmt.Sprintf("#!/bin/sh\necho run >> %s\nexec %s \"$@\"\n", runs, real)
+				if err := os.WriteFile(filepath.Join(bin, "lzip"), []byte(script), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n.env = []string{"PATH=" + bin}
+			guixAddr := freeAddr(t, ip)
+			n.args = append(n.args, "--guix-http-listen", guixAddr, "--guix-substituter", farm.srv.URL,
+				"--guix-public-key", strings.TrimSuffix(farmSec, ".sec")+".pub")
+			n.start()
+			guixURL := "http://" + guixAddr
+
+			text := guixNarinfo(t, guixURL, gpath)
+			if signed := upText[:strings.Index(upText, "URL:")]; !strings.HasPrefix(string(text), signed) {
+				t.Errorf("the farm's narinfo came out as:\n%s\nwant it to begin:\n%s", text, signed)
+			}
+			if ok, err := guixtest.Verify(text, farmQ); !ok {
+				t.Errorf("the farm's signature no longer verifies (%v):\n%s", err, text)
+			}
+			ni, err := guix.Parse(text)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ni.NarHash != storepath.NarHash(sha256.Sum256(want)) {
+				t.Errorf("NarHash %s, want the dump's", ni.NarHash)
+			}
+			checkGuixNARs(t, guixURL, text, want)
+			if l := farm.hitsOf("/nar/lzip/" + filepath.Base(gpath)); l != 1 {
+				t.Errorf("the farm served the lzip NAR %d times, want once", l)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for n.status().Paths != 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the pulled path did not become valid:\n%s", n.log)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			// Served from the node's store now: the same NARs.
+			checkGuixNARs(t, guixURL, text, want)
+			ran, _ := os.ReadFile(runs)
+			if got, wantRuns := strings.Count(string(ran), "run"), map[string]int{"command": 1, "go": 0}[decoder]; got != wantRuns {
+				t.Errorf("the lzip command ran %d times, want %d", got, wantRuns)
+			}
+		})
 	}
 }
 

@@ -66,6 +66,7 @@ type nodeProc struct {
 	client *node.Client
 	url    string
 	wrap   []string // runs serve through this (ip netns exec NS)
+	env    []string // added to serve's environment
 }
 
 // syncBuffer is a bytes.Buffer that a node's output goroutine writes
@@ -117,6 +118,9 @@ func (n *nodeProc) start() {
 	n.log = new(syncBuffer)
 	argv := append(append(append([]string(nil), n.wrap...), binary, "serve"), n.args...)
 	n.cmd = exec.Command(argv[0], argv[1:]...)
+	if n.env != nil {
+		n.cmd.Env = append(os.Environ(), n.env...)
+	}
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)

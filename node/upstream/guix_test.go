@@ -3,6 +3,8 @@ package upstream
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +42,7 @@ func newGuixClient(t *testing.T, keys []guix.PublicKey, urls ...string) *Client 
 }
 
 // A Guix upstream: the narinfo signed by a trusted Guix key is kept byte
-// for byte, the zstd NAR is taken (lzip, listed first, never asked for)
+// for byte, the zstd NAR is taken (lzip, listed first, not asked for)
 // at its percent-encoded URL, and the NAR decodes.
 func TestGuixUpstream(t *testing.T) {
 	key, err := guix.GenerateKey()
@@ -52,7 +54,7 @@ func TestGuixUpstream(t *testing.T) {
 	rs.text("/"+f.hash+".narinfo", text)
 	base := f.hash + "-hello+1"
 	rs.file("/nar/zstd/"+base, compress(t, "zstd", f.nar))
-	rs.file("/nar/lzip/"+base, []byte("not decodable here"))
+	rs.file("/nar/lzip/"+base, []byte("not an lzip file: never read"))
 	srv := serve(t, rs)
 	c := newGuixClient(t, []guix.PublicKey{key.Public()}, srv.URL)
 	got, p := fetchNAR(t, c, f)
@@ -70,8 +72,48 @@ func TestGuixUpstream(t *testing.T) {
 	}
 }
 
+// A narinfo that offers only lzip (the farms' older paths): the lzip NAR
+// is taken and decodes, by the lzip command and by internal/lzip.
+func TestGuixUpstreamLzipOnly(t *testing.T) {
+	for _, command := range []bool{true, false} {
+		t.Run(fmt.Sprintf("command=%v", command), func(t *testing.T) {
+			if !command {
+				withoutCommand(t, "lzip")
+			}
+			key, err := guix.GenerateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, text := guixFixture(t, 7, key)
+			rs := newRoutes()
+			rs.text("/"+f.hash+".narinfo", text[:strings.Index(text, "URL: nar/zstd")])
+			base := f.hash + "-hello+1"
+			rs.file("/nar/lzip/"+base, compress(t, "lzip", f.nar))
+			srv := serve(t, rs)
+			c := newGuixClient(t, []guix.PublicKey{key.Public()}, srv.URL)
+			got, p := fetchNAR(t, c, f)
+			if !bytes.Equal(got, f.nar) {
+				t.Fatal("the NAR differs")
+			}
+			if p.Compression != "lzip" || !strings.Contains(p.URL, "/nar/lzip/"+f.hash+"-hello%2B1") {
+				t.Errorf("took %s at %s", p.Compression, p.URL)
+			}
+		})
+	}
+}
+
+// Every compression Guix knows is one the upstream client decodes and
+// ranks.
+func TestGuixPreference(t *testing.T) {
+	for _, c := range guix.Compressions {
+		if !slices.Contains(guixPreference, c) || !supported(c) {
+			t.Errorf("%s: ranked %v, decoded %v", c, slices.Contains(guixPreference, c), supported(c))
+		}
+	}
+}
+
 // Not taken: a narinfo by a Guix key the node does not trust, a Nix
-// narinfo, one with only lzip NARs, one of another path.
+// narinfo, one of another path.
 func TestGuixUpstreamRefuses(t *testing.T) {
 	key, _ := guix.GenerateKey()
 	stranger, _ := guix.GenerateKey()
@@ -93,11 +135,6 @@ func TestGuixUpstreamRefuses(t *testing.T) {
 	rs.text("/"+f.hash+".narinfo", nix)
 	if err := lookup(f); err == nil {
 		t.Error("a Nix narinfo was taken")
-	}
-	f, text = guixFixture(t, 4, key)
-	rs.text("/"+f.hash+".narinfo", text[:strings.Index(text, "URL: nar/zstd")])
-	if err := lookup(f); !errors.Is(err, pathinfo.ErrNotFound) {
-		t.Errorf("lzip only: %v", err)
 	}
 	f, text = guixFixture(t, 5, key)
 	other, _ := guixFixture(t, 6, key)

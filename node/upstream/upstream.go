@@ -22,10 +22,13 @@
 //     ignores ranges, at most Retries times.
 //   - With Config.Guix, the upstreams are Guix substitute servers:
 //     narinfos in Guix's layout, checked with Guix keys and kept as
-//     signed; the zstd NAR is taken first, lzip never (checkGuix).
+//     signed; the zstd NAR is taken first, then lzip (guixPreference).
 //   - xz NARs are decoded by the xz command where it is installed (twice
 //     as fast as ulikunitz/xz, which decodes slower than a 100 mbit link
-//     brings them in), by ulikunitz/xz otherwise.
+//     brings them in), by ulikunitz/xz otherwise; lzip NARs likewise by
+//     the lzip command, by internal/lzip otherwise. A command runs under
+//     the NAR's context: Close kills it and waits for it, and its
+//     stderr is the error of a stream it fails.
 package upstream
 
 import (
@@ -54,6 +57,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/p2pstore/p2pstore/internal/cache"
+	"github.com/p2pstore/p2pstore/internal/lzip"
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -440,15 +444,16 @@ func (c *Client) checkGuix(u *upstream, hash string, text []byte) (*Path, error)
 }
 
 // guixPreference ranks the compressions of a Guix narinfo's NARs: zstd
-// decodes fastest, and the farms offer it beside lzip, which the node
-// does not decode (a Go decoder exists, on the LZMA decoder that is
-// slower than xz's; nothing needs it while zstd is there).
-var guixPreference = []string{"zstd", "gzip", "none", "xz", "bzip2"}
+// decodes fastest, and the farms offer it beside lzip for what they built
+// since 2021; lzip then, the farms' only NAR of older paths, and fewer
+// bytes over a farm's link than gzip; then gzip and none, which guix
+// publish offers when so configured.
+var guixPreference = []string{"zstd", "lzip", "gzip", "none", "xz", "bzip2"}
 
 // supported says whether Open can decompress a NAR so compressed.
 func supported(compression string) bool {
 	switch compression {
-	case "", "none", "bzip2", "xz", "zstd", "gzip", "br":
+	case "", "none", "bzip2", "xz", "zstd", "gzip", "br", "lzip":
 		return true
 	}
 	return false
@@ -550,11 +555,20 @@ func (c *Client) Open(ctx context.Context, p *Path) (io.ReadCloser, error) {
 	case "", "bzip2":
 		r = bzip2.NewReader(br)
 	case "xz":
-		var x *xzProcess
-		if x, err = startXz(ctx, br); err == nil {
-			r, closer = x, x.stop
+		var d *decoderProcess
+		if d, err = startDecoder(ctx, xzCommand, []string{"--decompress", "--stdout"}, br); err == nil {
+			r, closer = d, d.stop
 		} else {
 			r, err = xz.NewReader(br)
+		}
+	case "lzip":
+		var d *decoderProcess
+		if d, err = startDecoder(ctx, lzipCommand, []string{"--decompress", "--stdout", "--trailing-error"}, br); err == nil {
+			r, closer = d, d.stop
+		} else {
+			// NarSize bounds what it may decode to, and so its
+			// dictionary.
+			r, err = lzip.NewReader(br, int64(p.Info.NarSize))
 		}
 	case "zstd":
 		var d *zstd.Decoder
@@ -602,8 +616,18 @@ func (d *decompressed) Close() error {
 // it cannot start, ulikunitz/xz decodes.
 var xzCommand = "xz"
 
-// xzProcess is the xz command decoding a stream.
-type xzProcess struct {
+// lzipCommand decodes lzip NARs where it is installed, faster than
+// internal/lzip (BENCHMARKS.md, Guix (issue 18), "lzip"), which decodes
+// otherwise. --trailing-error: data after the last member fails, as it
+// does in internal/lzip. The command writes its output a dictionary's
+// worth at a time (8 MiB at lzip -6, 32 MiB at -9): a pull sees the NAR
+// in bursts, which is all the same to it.
+var lzipCommand = "lzip"
+
+// decoderProcess is a decompressing command (xz, lzip) decoding a stream
+// from its stdin to its stdout.
+type decoderProcess struct {
+	name   string // for errors
 	cmd    *exec.Cmd
 	out    io.ReadCloser
 	stderr bytes.Buffer // read only once the command has ended
@@ -611,44 +635,49 @@ type xzProcess struct {
 	err    error
 }
 
-func startXz(ctx context.Context, r io.Reader) (*xzProcess, error) {
-	path, err := exec.LookPath(xzCommand)
+// startDecoder starts a command that reads r. Its context must end before
+// stop is called (Close cancels it): that kills the command and lets go
+// of r, which the command's stdin copier may be reading.
+func startDecoder(ctx context.Context, command string, args []string, r io.Reader) (*decoderProcess, error) {
+	path, err := exec.LookPath(command)
 	if err != nil {
 		return nil, err
 	}
-	x := &xzProcess{cmd: exec.CommandContext(ctx, path, "--decompress", "--stdout")}
-	x.cmd.Stdin = r
-	x.cmd.Stderr = &x.stderr
-	if x.out, err = x.cmd.StdoutPipe(); err != nil {
+	d := &decoderProcess{name: command, cmd: exec.CommandContext(ctx, path, args...)}
+	d.cmd.Stdin = r
+	d.cmd.Stderr = &d.stderr
+	if d.out, err = d.cmd.StdoutPipe(); err != nil {
 		return nil, err
 	}
-	if err := x.cmd.Start(); err != nil {
+	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
-	return x, nil
+	return d, nil
 }
 
-func (x *xzProcess) Read(p []byte) (int, error) {
-	if x.ended {
-		return 0, x.err
+func (d *decoderProcess) Read(p []byte) (int, error) {
+	if d.ended {
+		return 0, d.err
 	}
-	n, err := x.out.Read(p)
+	n, err := d.out.Read(p)
 	if err == io.EOF {
-		x.ended, x.err = true, io.EOF
-		if werr := x.cmd.Wait(); werr != nil {
-			x.err = fmt.Errorf("xz: %v: %s", werr, strings.TrimSpace(x.stderr.String()))
+		// Reaped here when it ends by itself; its exit status says
+		// whether the stream was whole.
+		d.ended, d.err = true, io.EOF
+		if werr := d.cmd.Wait(); werr != nil {
+			d.err = fmt.Errorf("%s: %v: %s", d.name, werr, strings.TrimSpace(d.stderr.String()))
 		}
-		return n, x.err
+		return n, d.err
 	}
 	return n, err
 }
 
 // stop ends the command (its context is cancelled by then, which kills
 // it) and waits for it.
-func (x *xzProcess) stop() {
-	if !x.ended {
-		x.ended, x.err = true, errors.New("xz: stopped")
-		x.cmd.Wait()
+func (d *decoderProcess) stop() {
+	if !d.ended {
+		d.ended, d.err = true, fmt.Errorf("%s: stopped", d.name)
+		d.cmd.Wait()
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
+	"github.com/p2pstore/p2pstore/internal/lzip"
 	"github.com/p2pstore/p2pstore/narview/narinfo"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 	"github.com/p2pstore/p2pstore/narview/storepath"
@@ -94,16 +95,10 @@ func compress(t *testing.T, c string, data []byte) []byte {
 		w = brotli.NewWriter(&b)
 	case "bzip2", "":
 		// The standard library reads bzip2 but cannot write it.
-		if _, err := exec.LookPath("bzip2"); err != nil {
-			t.Skip("bzip2 not installed: the bzip2 case needs the bzip2 command to make its NAR")
-		}
-		cmd := exec.Command("bzip2", "-c")
-		cmd.Stdin = bytes.NewReader(data)
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
+		return compressCommand(t, data, "bzip2", "-c")
+	case "lzip":
+		// Nothing here writes lzip.
+		return compressCommand(t, data, "lzip", "-c")
 	default:
 		t.Fatalf("compression %q", c)
 	}
@@ -115,6 +110,22 @@ func compress(t *testing.T, c string, data []byte) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// compressCommand is data compressed by a command, or skips t when the
+// command is not installed (scripts/test.sh installs them).
+func compressCommand(t *testing.T, data []byte, command string, args ...string) []byte {
+	t.Helper()
+	if _, err := exec.LookPath(command); err != nil {
+		t.Skipf("%s not installed: this case needs the %s command to make its NAR", command, command)
+	}
+	cmd := exec.Command(command, args...)
+	cmd.Stdin = bytes.NewReader(data)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // routes is a test upstream: exact paths to handlers, 404 otherwise; it
@@ -198,7 +209,7 @@ func fetchNAR(t *testing.T, c *Client, f *fixture) ([]byte, *Path) {
 }
 
 func TestCompressions(t *testing.T) {
-	for _, c := range []string{"none", "xz", "zstd", "bzip2", "gzip", "br", ""} {
+	for _, c := range []string{"none", "xz", "zstd", "bzip2", "gzip", "br", "lzip", ""} {
 		name := c
 		if c == "" {
 			name = "missing=bzip2"
@@ -518,43 +529,93 @@ func TestBreakerSkipsFailingUpstream(t *testing.T) {
 	}
 }
 
-// TestXzWithoutCommand: without the xz command, ulikunitz/xz decodes.
-func TestXzWithoutCommand(t *testing.T) {
-	old := xzCommand
-	xzCommand = "p2pstore-test-no-such-xz"
-	defer func() { xzCommand = old }()
-	f := newFixture(t, 10, 300<<10)
+// openServed serves the fixture with body as its NAR, so compressed, and
+// opens it through a client: Open's answer.
+func openServed(t *testing.T, f *fixture, compression string, body []byte) (io.ReadCloser, error) {
+	t.Helper()
 	rt := newRoutes()
-	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x.nar.xz", "xz"))
-	rt.file("/nar/x.nar.xz", compress(t, "xz", f.nar))
+	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x", compression))
+	rt.file("/nar/x", body)
 	s := serve(t, rt)
-	got, _ := fetchNAR(t, newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL), f)
-	if !bytes.Equal(got, f.nar) {
-		t.Fatal("NAR differs")
+	c := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
+	ctx := ctxTimeout(t, 20*time.Second)
+	p, err := c.Lookup(ctx, f.hash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Open(ctx, p)
+}
+
+// withoutCommand makes the decoding command of compression c (xz, lzip)
+// one that is not installed, for the rest of t: the Go decoder decodes.
+func withoutCommand(t *testing.T, c string) {
+	v := map[string]*string{"xz": &xzCommand, "lzip": &lzipCommand}[c]
+	old := *v
+	*v = "p2pstore-test-no-such-" + c
+	t.Cleanup(func() { *v = old })
+}
+
+// TestWithoutCommand: without the xz or lzip command, ulikunitz/xz and
+// internal/lzip decode.
+func TestWithoutCommand(t *testing.T) {
+	for _, c := range []string{"xz", "lzip"} {
+		t.Run(c, func(t *testing.T) {
+			withoutCommand(t, c)
+			f := newFixture(t, 10, 300<<10)
+			rt := newRoutes()
+			rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x.nar."+c, c))
+			rt.file("/nar/x.nar."+c, compress(t, c, f.nar))
+			s := serve(t, rt)
+			got, _ := fetchNAR(t, newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL), f)
+			if !bytes.Equal(got, f.nar) {
+				t.Fatal("NAR differs")
+			}
+		})
+	}
+}
+
+// TestLzipTrailingData: an lzip NAR with bytes after its last member
+// fails with either decoder, the command's with what it said on stderr.
+func TestLzipTrailingData(t *testing.T) {
+	for _, command := range []bool{true, false} {
+		t.Run(fmt.Sprintf("command=%v", command), func(t *testing.T) {
+			if !command {
+				withoutCommand(t, "lzip")
+			}
+			f := newFixture(t, 14, 100<<10)
+			r, err := openServed(t, f, "lzip", append(compress(t, "lzip", f.nar), "appended"...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			_, err = io.ReadAll(r)
+			switch {
+			case err == nil:
+				t.Fatal("a NAR with trailing data read without error")
+			case command && !strings.HasPrefix(err.Error(), "lzip: exit status") || command && !strings.Contains(strings.ToLower(err.Error()), "trailing data"):
+				t.Fatalf("the lzip command's error does not carry its stderr: %v", err)
+			case !command && !errors.Is(err, lzip.ErrCorrupt):
+				t.Fatalf("got %v, want lzip.ErrCorrupt", err)
+			}
+		})
 	}
 }
 
 // TestCorruptCompressed: a compressed NAR damaged in its middle fails to
 // read, whichever decoder reads it, and closing it ends its decoder.
 func TestCorruptCompressed(t *testing.T) {
-	for _, c := range []string{"xz", "zstd", "gzip", "bzip2"} {
+	for _, c := range []string{"xz", "zstd", "gzip", "bzip2", "lzip", "lzip-in-go"} {
 		t.Run(c, func(t *testing.T) {
+			if c == "lzip-in-go" {
+				c = "lzip"
+				withoutCommand(t, c)
+			}
 			f := newFixture(t, 11, 1<<20)
 			body := bytes.Clone(compress(t, c, f.nar))
 			for i := len(body) / 2; i < len(body)/2+64; i++ {
 				body[i] ^= 0x55
 			}
-			rt := newRoutes()
-			rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x", c))
-			rt.file("/nar/x", body)
-			s := serve(t, rt)
-			c := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
-			ctx := ctxTimeout(t, 20*time.Second)
-			p, err := c.Lookup(ctx, f.hash)
-			if err != nil {
-				t.Fatal(err)
-			}
-			r, err := c.Open(ctx, p)
+			r, err := openServed(t, f, c, body)
 			if err != nil {
 				return // refused at once: fine
 			}
@@ -570,47 +631,66 @@ func TestCorruptCompressed(t *testing.T) {
 	}
 }
 
-// TestCloseMidStream: closing a NAR half read ends the xz command even
-// while the upstream holds the rest back.
+// TestCloseMidStream: closing a NAR half read ends the decoding command
+// (xz, lzip) even while the upstream holds the rest back: killed, and
+// waited for.
 func TestCloseMidStream(t *testing.T) {
-	f := newFixture(t, 12, 1<<20)
-	body := compress(t, "xz", f.nar)
-	release := make(chan struct{})
-	rt := newRoutes()
-	rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x.nar.xz", "xz"))
-	rt.handle("/nar/x.nar.xz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		w.Write(body[:len(body)/2])
-		w.(http.Flusher).Flush()
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
-	s := serve(t, rt)
-	defer close(release)
-	c := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
-	ctx := ctxTimeout(t, 20*time.Second)
-	p, err := c.Lookup(ctx, f.hash)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := c.Open(ctx, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.ReadFull(r, make([]byte, 1000)); err != nil {
-		t.Fatal(err)
-	}
-	closed := make(chan struct{})
-	go func() {
-		r.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Close hung on a stalled upstream")
+	for _, c := range []string{"xz", "lzip"} {
+		t.Run(c, func(t *testing.T) {
+			f := newFixture(t, 12, 1<<20)
+			body := compress(t, c, f.nar)
+			if c == "lzip" {
+				// The lzip command writes its output a dictionary at a
+				// time (8 MiB at its default level): half of this NAR
+				// would give nothing to read before the stall. -0 has a
+				// 64 KiB one.
+				body = compressCommand(t, f.nar, "lzip", "-c", "-0")
+			}
+			release := make(chan struct{})
+			rt := newRoutes()
+			rt.text("/"+f.hash+".narinfo", f.narinfo("nar/x.nar", c))
+			rt.handle("/nar/x.nar", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+				w.Write(body[:len(body)/2])
+				w.(http.Flusher).Flush()
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+			})
+			s := serve(t, rt)
+			defer close(release)
+			cl := newClient(t, []narinfo.PublicKey{f.key.Public()}, s.URL)
+			ctx := ctxTimeout(t, 20*time.Second)
+			p, err := cl.Lookup(ctx, f.hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := cl.Open(ctx, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(r, make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			d, ok := r.(*decompressed).Reader.(*decoderProcess)
+			if !ok {
+				t.Skipf("the %s command is not installed", c)
+			}
+			closed := make(chan struct{})
+			go func() {
+				r.Close()
+				close(closed)
+			}()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close hung on a stalled upstream")
+			}
+			if st := d.cmd.ProcessState; st == nil || st.Success() {
+				t.Fatalf("the %s command was not killed and waited for: %v", c, st)
+			}
+		})
 	}
 }
 
