@@ -153,7 +153,7 @@ ratio() { calc "$NAR_BYTES / $(size "$1")"; }
 echo
 echo "$CMDLINE"
 echo
-echo "$STARTED; go1.25.0's NAR, $(fmt '%.1f' "$(calc "$NAR_BYTES / 1e6")") MB; $(lzip --version | head -n1), $(zstd --version | head -n1); $(nproc) cores; load average $LOAD_BEFORE before, $LOAD_AFTER after; best of $RUNS runs (each run's MB/s in brackets)."
+echo "$STARTED; go1.25.0's NAR, $(fmt '%.1f' "$(calc "$NAR_BYTES / 1e6")") MB; $(lzip --version | head -n1), zstd $(zstd --version | grep -o 'v[0-9.]*' | head -n1); $(nproc) cores; load average $LOAD_BEFORE before, $LOAD_AFTER after; best of $RUNS runs (each run's MB/s in brackets)."
 echo
 echo "Decoding, NAR MB/s:"
 echo

@@ -31,7 +31,10 @@ import (
 //   - /nar/<compression>/<basename> and /nar/<basename>: none, zstd (the
 //     stored frames spliced, as the Nix view does) and gzip (compressed
 //     here, at a fast level). lzip, which Guix's build farm offers, is
-//     not: no Go encoder is at hand, and zstd decompresses faster.
+//     not: its worthwhile levels compress at 1.3-2.3 MB/s, and lzip -0
+//     (4.6 times zstd -3's time) makes files 2% smaller than zstd's
+//     (BENCHMARKS.md, Guix (issue 18), "lzip"); Guix clients since 1.3
+//     (2021) take zstd.
 //   - The narinfo gives no FileSize: Guix pairs FileSize lines with URLs by
 //     position and drops the entries past the shortest list, and only the
 //     uncompressed size is known. Without sizes Guix's client prefers
