@@ -37,6 +37,17 @@
 // Responses are HTTP/1.1; an HTTP/1.0 request gets its answer and the
 // connection is closed. A body without a Content-Length is buffered up to
 // 4 KiB, so small answers get one, and larger ones go chunked.
+//
+// Pipelined requests (Guix asks for up to 1,000 narinfos at once on one
+// connection) get their answers in as few writes as the write buffer
+// allows: an answer waits while the next request is already in, and what
+// waits goes out when the buffer fills, before the server would wait for
+// the client (for the next request, or the rest of one), and when the
+// connection ends. A write each took a fifth of the Guix listener's time
+// per narinfo; nginx, which sends an answer a writev and a sendfile, has
+// TCP_CORK (tcp_nopush) gather them into full segments instead. A handler
+// that takes long holds the answers before it, as any pipelined answer
+// waits for those before it.
 package httpserve
 
 import (
@@ -189,10 +200,13 @@ type conn struct {
 }
 
 // limitedReader caps the bytes a request header may take: bufio reads
-// through it, and it is lifted once the header is in.
+// through it, and it is lifted once the header is in. Before it reads the
+// connection it sends the answers still buffered (pending), so that the
+// server never waits on the client while holding answers back.
 type limitedReader struct {
-	r io.Reader
-	n int64
+	r       io.Reader
+	n       int64
+	pending *bufio.Writer
 }
 
 var errHeaderTooLarge = errors.New("request header too large")
@@ -204,12 +218,20 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	if int64(len(p)) > l.n {
 		p = p[:l.n]
 	}
+	if err := l.pending.Flush(); err != nil {
+		return 0, err
+	}
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
 	return n, err
 }
 
 const noLimit = 1<<63 - 1
+
+// writeBuf is a connection's write buffer, which pipelined answers fill
+// before they go out: a dozen Guix narinfos. (4 KiB took a write every
+// three; 64 KiB saved little more.)
+const writeBuf = 16 << 10
 
 // setIdle marks the connection idle or busy; it reports false when the
 // server is shutting down and the connection should go.
@@ -256,15 +278,26 @@ func (c *conn) serve() {
 	if maxHeader <= 0 {
 		maxHeader = 64 << 10
 	}
-	c.lr = limitedReader{r: c.rw, n: noLimit}
 	c.out = c.rw
 	if c.s.WriteProgressTimeout > 0 {
 		c.out = &progressWriter{c: c.rw, timeout: c.s.WriteProgressTimeout}
 	}
+	bw := bufio.NewWriterSize(c.out, writeBuf)
+	c.lr = limitedReader{r: c.rw, n: noLimit, pending: bw}
 	br := bufio.NewReaderSize(&c.lr, 4<<10)
-	bw := bufio.NewWriterSize(c.out, 4<<10)
+	// Answers wait in bw while the next request is already in br
+	// (pipelined): they go out together, in one write, when bw fills or
+	// the server would wait for the client (the loop's top, lr's reads),
+	// and when the connection ends.
+	defer bw.Flush()
 	for first := true; ; first = false {
-		if !c.setIdle(true) {
+		pipelined := br.Buffered() > 0
+		if !pipelined && bw.Flush() != nil {
+			return
+		}
+		// A connection with a request in hand is not idle: Shutdown lets
+		// it finish the answers it holds.
+		if !c.setIdle(!pipelined) {
 			c.linger = !first // it may have sent another request already
 			return
 		}
@@ -658,7 +691,7 @@ func (w *response) finish() error {
 		w.bw.Flush()
 		return http.ErrContentLength
 	}
-	return w.bw.Flush()
+	return w.err // the answer goes out with those after it (conn.serve)
 }
 
 // progressWriter writes to a connection under a deadline that moves with

@@ -709,3 +709,138 @@ func TestHeaderTrickle(t *testing.T) {
 		t.Errorf("a trickled header held its connection for %v (timeout 300 ms)", took)
 	}
 }
+
+// countingListener counts the writes of the connections it accepts.
+type countingListener struct {
+	net.Listener
+	writes atomic.Int32
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countingConn{Conn: c, writes: &l.writes}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	writes *atomic.Int32
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// serveCounting serves h and returns the listener's address and its count
+// of writes.
+func serveCounting(t *testing.T, h http.Handler) (*Server, string, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &countingListener{Listener: ln}
+	s := &Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 10 * time.Second}
+	go s.Serve(cl)
+	t.Cleanup(func() { s.Shutdown(context.Background()) })
+	return s, ln.Addr().String(), &cl.writes
+}
+
+// readAnswers reads n answers from br and checks that answer i is
+// "answer <path i>".
+func readAnswers(t *testing.T, br *bufio.Reader, paths []string) {
+	t.Helper()
+	for i, p := range paths {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || string(body) != "answer "+p {
+			t.Fatalf("answer %d: %q %v, want %q", i, body, err, "answer "+p)
+		}
+	}
+}
+
+func echoPath(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "answer "+r.URL.Path) }
+
+// dialBounded connects to addr for a test that must not hang: reads and
+// writes fail after 10 s (a bound, not a measure).
+func dialBounded(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	return conn
+}
+
+// Answers to pipelined requests (as Guix asks for narinfos) go out
+// together, a buffer at a time, not in a write each.
+func TestPipelinedAnswersShareWrites(t *testing.T) {
+	_, addr, writes := serveCounting(t, http.HandlerFunc(echoPath))
+	conn := dialBounded(t, addr)
+	var reqs strings.Builder
+	var paths []string
+	for i := range 100 {
+		paths = append(paths, fmt.Sprintf("/%d", i))
+		fmt.Fprintf(&reqs, "GET /%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
+	}
+	if _, err := io.WriteString(conn, reqs.String()); err != nil {
+		t.Fatal(err)
+	}
+	readAnswers(t, bufio.NewReader(conn), paths)
+	// 100 answers of about 130 bytes; a write per read of the requests
+	// (4 KiB at a time) at most.
+	if n := writes.Load(); n > 10 {
+		t.Errorf("100 pipelined answers took %d writes, want at most 10", n)
+	}
+}
+
+// An answer is not held back while the server waits for the rest of the
+// next request: a client may send half of it, and wait.
+func TestAnswerNotHeldForPartialRequest(t *testing.T) {
+	_, addr, _ := serveCounting(t, http.HandlerFunc(echoPath))
+	conn := dialBounded(t, addr)
+	io.WriteString(conn, "GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTT")
+	br := bufio.NewReader(conn)
+	readAnswers(t, br, []string{"/first"})
+	io.WriteString(conn, "P/1.1\r\nHost: x\r\n\r\n")
+	readAnswers(t, br, []string{"/second"})
+}
+
+// Answers held for pipelining go out when Shutdown ends their connection
+// after the request in hand.
+func TestShutdownSendsHeldAnswers(t *testing.T) {
+	release, entered := make(chan struct{}), make(chan struct{})
+	s, addr, _ := serveCounting(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(entered)
+			<-release
+		}
+		echoPath(w, r)
+	}))
+	conn := dialBounded(t, addr)
+	io.WriteString(conn, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-entered
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	for !s.isClosing() {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	br := bufio.NewReader(conn)
+	readAnswers(t, br, []string{"/a", "/slow"})
+	if rest, err := io.ReadAll(br); err != nil || len(rest) > 0 {
+		t.Errorf("after the answer in hand: %q %v, want the connection closed", rest, err)
+	}
+	if err := <-shut; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
