@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 
+	"github.com/p2pstore/p2pstore/internal/cache"
 	"github.com/p2pstore/p2pstore/narview/guix"
 	"github.com/p2pstore/p2pstore/narview/nar"
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
@@ -40,6 +42,9 @@ import (
 //     uncompressed size is known. Without sizes Guix's client prefers
 //     zstd, then gzip, then none.
 //   - /nix-cache-info is answered as guix publish does (Guix never asks).
+//   - A narinfo's text is made once and kept (guixText) while its record
+//     stays the same: a Guix client asks for a closure's narinfos at
+//     once, and again on its next build.
 
 // GuixOptions configure a GuixHandler.
 type GuixOptions struct {
@@ -68,6 +73,55 @@ type GuixHandler struct {
 	h                 *Handler // its NAR serving
 	opts              GuixOptions
 	maxAge, maxAgeNeg string
+	texts             *cache.Map[string, *guixText] // by hash part
+}
+
+// guixTexts bounds the narinfo texts a GuixHandler keeps. Making one
+// parses the signed narinfo again and took half the handler's time per
+// narinfo (guix substitute asks up to 1,000 at once on one connection);
+// a few MB hold the narinfos of several such closures.
+const guixTexts = 4 << 10
+
+// guixText is a narinfo text made for a record, with the fields of the
+// record it was made from (all that AppendGuixNarinfo reads). It serves
+// only a record that has them all: one the node has replaced since (a
+// new Guix narinfo, another NAR) is made anew, so nothing invalidates
+// the cache, and a stale text cannot be served.
+type guixText struct {
+	guixNarinfo, storePath, deriver string
+	narHash                         storepath.NarHash
+	narSize                         uint64
+	references                      []string
+	text                            []byte
+	contentLength                   []string // a header value
+}
+
+func newGuixText(info *pathinfo.Info, text []byte) *guixText {
+	return &guixText{guixNarinfo: info.GuixNarinfo, storePath: info.StorePath, deriver: info.Deriver,
+		narHash: info.NarHash, narSize: info.NarSize, references: slices.Clone(info.References),
+		text: text, contentLength: []string{strconv.Itoa(len(text))}}
+}
+
+// of reports whether t was made from info's fields.
+func (t *guixText) of(info *pathinfo.Info) bool {
+	return t.guixNarinfo == info.GuixNarinfo && t.storePath == info.StorePath && t.deriver == info.Deriver &&
+		t.narHash == info.NarHash && t.narSize == info.NarSize && slices.Equal(t.references, info.References)
+}
+
+// text returns the narinfo text the listener serves for info, made once
+// for as long as info's fields stay the same.
+func (g *GuixHandler) text(info *pathinfo.Info) (*guixText, error) {
+	hash := info.HashPart()
+	if t, ok := g.texts.Get(hash); ok && t.of(info) {
+		return t, nil
+	}
+	text, err := AppendGuixNarinfo(nil, info)
+	if err != nil {
+		return nil, err
+	}
+	t := newGuixText(info, text)
+	g.texts.Put(hash, t)
+	return t, nil
 }
 
 // NewGuix returns a GuixHandler serving the paths under opts.StoreDir.
@@ -82,6 +136,7 @@ func NewGuix(paths Paths, opts GuixOptions) *GuixHandler {
 	return &GuixHandler{h: h, opts: opts,
 		maxAge:    "max-age=" + strconv.Itoa(int(opts.TTL.Seconds())),
 		maxAgeNeg: "max-age=" + strconv.Itoa(int(opts.NegativeTTL.Seconds())),
+		texts:     cache.New[string, *guixText](guixTexts),
 	}
 }
 
@@ -112,23 +167,28 @@ func (g *GuixHandler) serveNarinfo(w http.ResponseWriter, r *http.Request, hash 
 	if info == nil {
 		return
 	}
-	buf := narinfoBufs.Get().(*[]byte)
-	defer narinfoBufs.Put(buf)
-	var err error
-	if *buf, err = AppendGuixNarinfo((*buf)[:0], info); err != nil {
+	t, err := g.text(info)
+	if err != nil {
 		// A record the node took checked; it cannot be read now.
 		g.opts.Log.Error("Guix narinfo", "path", info.StorePath, "err", err)
 		http.Error(w, "no such path", http.StatusNotFound)
 		return
 	}
-	w.Header().Set("Cache-Control", g.maxAge)
-	w.Header().Set("Content-Type", "application/x-nix-narinfo")
-	w.Header().Set("Content-Length", strconv.Itoa(len(*buf)))
+	h := w.Header()
+	h.Set("Cache-Control", g.maxAge)
+	h["Content-Type"] = guixNarinfoType
+	h["Content-Length"] = t.contentLength
 	if r.Method == http.MethodHead {
 		return
 	}
-	w.Write(*buf)
+	w.Write(t.text)
 }
+
+// guixNarinfoType is the Content-Type of a Guix narinfo: one slice for
+// every answer (as a text's contentLength is for each of its answers),
+// which nothing changes: a server copies or writes out the header it is
+// given, and no handler here appends to a value it did not set.
+var guixNarinfoType = []string{"application/x-nix-narinfo"}
 
 // GuixNarinfo returns the Guix narinfo of a path of the Guix store: its
 // signed one (Info.GuixNarinfo), else one made from the record, unsigned.

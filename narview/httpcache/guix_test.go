@@ -3,6 +3,7 @@ package httpcache
 import (
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -50,4 +51,49 @@ func TestGuixNarinfo(t *testing.T) {
 	if !strings.HasPrefix(w.Body.String(), old) || !strings.Contains(w.Body.String(), "URL: nar/zstd/") {
 		t.Errorf("an old narinfo came out as:\n%s", w.Body)
 	}
+}
+
+// The listener keeps the narinfo texts it makes, and serves a kept one
+// only while the record is the one it was made from: each change of a
+// field the text shows is served at once, and every answer is the text
+// AppendGuixNarinfo makes for the record as it is then.
+func TestGuixNarinfoFollowsRecord(t *testing.T) {
+	f := newFakePaths([]byte("nar bytes"))
+	f.info.StorePath = "/gnu/store/" + testHash + "-a"
+	g := NewGuix(f, GuixOptions{StoreDir: "/gnu/store"})
+	check := func(change string) {
+		t.Helper()
+		want, err := AppendGuixNarinfo(nil, f.info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // made, then kept
+			w := httptest.NewRecorder()
+			g.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/"+testHash+".narinfo", nil))
+			if w.Code != http.StatusOK || w.Body.String() != string(want) {
+				t.Fatalf("after %s: %d\n%s\nwant\n%s", change, w.Code, w.Body, want)
+			}
+			if cl := w.Header().Get("Content-Length"); cl != strconv.Itoa(len(want)) {
+				t.Fatalf("after %s: Content-Length %s for %d bytes", change, cl, len(want))
+			}
+		}
+	}
+	check("nothing")
+	f.info.References = append(f.info.References, "/gnu/store/1b8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-lib")
+	check("a new reference")
+	f.info.References[0] = "/gnu/store/2c8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-lib" // in place
+	check("a reference changed in place")
+	f.info.Deriver = "/gnu/store/2c8dxr1ivgbz2ambz6ymxy4nbz1gjzfy-a.drv"
+	check("a deriver")
+	f.info.NarSize++
+	check("NarSize")
+	f.info.NarHash[0] ^= 1
+	check("NarHash")
+	f.info.StorePath = "/gnu/store/" + testHash + "-b"
+	check("the name")
+	f.info.GuixNarinfo = "StorePath: " + f.info.StorePath + "\nNarHash: " + f.info.NarHash.String() +
+		"\nNarSize: 9\nReferences: \nSignature: 1;h;eA==\nURL: nar/none/" + testHash + "-b\nCompression: none\n"
+	check("a signed narinfo")
+	f.info.GuixNarinfo = strings.Replace(f.info.GuixNarinfo, "eA==", "eB==", 1)
+	check("another signature")
 }
