@@ -22,7 +22,10 @@
 // an io.ReaderFrom (a body of known length goes out by the connection's
 // ReadFrom: sendfile for files), the connection in the request's context
 // through ConnContext, and a context cancelled when the handler returns.
-// A client that goes away is noticed when a write fails, not before.
+// A client that goes away is noticed when a write fails, not before. As
+// http.ResponseWriter says, a handler may not use its ResponseWriter once
+// it has returned: the writer and its header map serve the connection's
+// next request.
 //
 // Timeouts: ReadHeaderTimeout bounds the reading of each request header
 // (and the wait for the first), IdleTimeout the wait for the next one.
@@ -59,11 +62,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/textproto"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -191,12 +197,18 @@ func (s *Server) log() *slog.Logger {
 
 // conn is one client connection.
 type conn struct {
-	s      *Server
-	rw     net.Conn
-	out    io.Writer // rw's write side, with the write-progress deadline
-	idle   bool      // waiting for a request (s.mu)
-	lr     limitedReader
-	linger bool // the server ends the connection: close gently
+	s          *Server
+	rw         net.Conn
+	remoteAddr string
+	out        io.Writer // rw's write side, with the write-progress deadline
+	idle       bool      // waiting for a request (s.mu)
+	lr         limitedReader
+	linger     bool // the server ends the connection: close gently
+	// What each response of the connection uses, one after the other:
+	// a handler may not use its ResponseWriter once it has returned.
+	resp   response
+	header http.Header
+	head   []byte // the response header being written
 }
 
 // limitedReader caps the bytes a request header may take: bufio reads
@@ -278,6 +290,8 @@ func (c *conn) serve() {
 	if maxHeader <= 0 {
 		maxHeader = 64 << 10
 	}
+	c.remoteAddr = c.rw.RemoteAddr().String()
+	c.header = http.Header{}
 	c.out = c.rw
 	if c.s.WriteProgressTimeout > 0 {
 		c.out = &progressWriter{c: c.rw, timeout: c.s.WriteProgressTimeout}
@@ -380,13 +394,15 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req = req.WithContext(ctx)
-	req.RemoteAddr = c.rw.RemoteAddr().String()
+	req.RemoteAddr = c.remoteAddr
 	// A client that asked to be told to send its body (Expect:
 	// 100-continue) is never told, and the connection ends after the
 	// answer: neither side then mistakes a body for a request. The binary
 	// cache takes no bodies.
 	expects := req.Header.Get("Expect") != "" && req.ContentLength != 0
-	w := &response{c: c, bw: bw, req: req, header: http.Header{}, declared: -1,
+	clear(c.header)
+	w := &c.resp
+	*w = response{c: c, bw: bw, req: req, header: c.header, declared: -1,
 		closeAfter: req.Close || !req.ProtoAtLeast(1, 1) || expects}
 	defer func() {
 		if p := recover(); p != nil {
@@ -424,11 +440,15 @@ func (c *conn) serveOne(ctx context.Context, req *http.Request, bw *bufio.Writer
 
 // response is the http.ResponseWriter of one request.
 type response struct {
-	c          *conn
-	bw         *bufio.Writer
-	req        *http.Request
-	header     http.Header // what the handler sets
-	sentHeader http.Header // the header as WriteHeader found it
+	c      *conn
+	bw     *bufio.Writer
+	req    *http.Request
+	header http.Header // what the handler sets
+
+	// The header as WriteHeader found it, less the framing (written out
+	// in c.head with the status line; what sendHeader adds depends on it).
+	hasType, hasDate bool
+	connection       []string // the handler's Connection values
 
 	status     int   // 0 until WriteHeader or the first write
 	sent       bool  // status line and header written (into bw)
@@ -453,16 +473,75 @@ func (w *response) WriteHeader(code int) {
 	}
 	w.status = code
 	// What goes out is the header as it is now, as with net/http: later
-	// changes to the map are not sent. The framing is the server's.
-	w.sentHeader = w.header.Clone()
-	w.sentHeader.Del("Transfer-Encoding")
-	if cl := w.sentHeader.Get("Content-Length"); cl != "" {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+	// changes to the map are not sent. It is written out now, after the
+	// status line, in the order of its keys (as Header.Write does), but
+	// for the framing, which is the server's (sendHeader).
+	keys := make([]string, 0, 16)
+	for k := range w.header {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b := strconv.AppendInt(append(w.c.head[:0], "HTTP/1.1 "...), int64(code), 10)
+	b = append(append(append(b, ' '), http.StatusText(code)...), "\r\n"...)
+	for _, k := range keys {
+		vs := w.header[k]
+		switch k {
+		case "Transfer-Encoding":
+			continue
+		case "Connection":
+			w.connection = vs
+			continue
+		case "Content-Length":
+			if len(vs) == 0 {
+				continue
+			}
+			n, err := strconv.ParseInt(vs[0], 10, 64)
+			if err != nil || n < 0 {
+				continue
+			}
 			w.declared = n
-		} else {
-			w.sentHeader.Del("Content-Length")
+		case "Content-Type":
+			w.hasType = true
+		case "Date":
+			w.hasDate = true
+		}
+		for _, v := range vs {
+			b = appendField(b, k, v)
 		}
 	}
+	w.c.head = b
+}
+
+// appendField appends a header line, its value made one line and trimmed
+// as Header.Write does.
+func appendField(b []byte, key, value string) []byte {
+	if strings.ContainsAny(value, "\r\n") {
+		value = newlineToSpace.Replace(value)
+	}
+	b = append(b, key...)
+	b = append(b, ": "...)
+	b = append(b, textproto.TrimString(value)...)
+	return append(b, "\r\n"...)
+}
+
+var newlineToSpace = strings.NewReplacer("\n", " ", "\r", " ")
+
+// httpDate is a Date header's value, made once a second (date).
+type httpDate struct {
+	unix int64
+	text string
+}
+
+var lastDate atomic.Pointer[httpDate]
+
+func date() string {
+	t := time.Now()
+	d := lastDate.Load()
+	if d == nil || d.unix != t.Unix() {
+		d = &httpDate{unix: t.Unix(), text: t.UTC().Format(http.TimeFormat)}
+		lastDate.Store(d)
+	}
+	return d.text
 }
 
 // bodyAllowed reports whether the response may have a body on the wire.
@@ -626,43 +705,48 @@ func (w *response) Flush() {
 // is the body's start, if known, for a Content-Type to be guessed from.
 func (w *response) sendHeader(final bool, first []byte) error {
 	w.sent = true
-	h := w.sentHeader
 	if w.c.s.isClosing() {
 		w.closeAfter = true // shutting down: no next request
 	}
+	h := w.c.head // the status line and the handler's fields (WriteHeader), then the server's
 	switch {
 	case w.req.Method == http.MethodHead:
 		if w.declared < 0 && final && w.written > 0 { // the length a GET would get
-			h.Set("Content-Length", strconv.FormatInt(w.written, 10))
+			h = strconv.AppendInt(append(h, "Content-Length: "...), w.written, 10)
+			h = append(h, "\r\n"...)
 		}
 	case !w.bodyAllowed():
 	default:
 		switch {
 		case w.declared >= 0:
 		case final:
-			h.Set("Content-Length", strconv.Itoa(len(w.buf)))
+			h = strconv.AppendInt(append(h, "Content-Length: "...), int64(len(w.buf)), 10)
+			h = append(h, "\r\n"...)
 		case w.req.ProtoAtLeast(1, 1):
 			w.chunked = true
-			h.Set("Transfer-Encoding", "chunked")
+			h = append(h, "Transfer-Encoding: chunked\r\n"...)
 		default:
 			w.closeAfter = true // the end of the body is the end of the connection
 		}
-		if _, ok := h["Content-Type"]; !ok && len(first) > 0 {
-			h.Set("Content-Type", http.DetectContentType(first))
+		if !w.hasType && len(first) > 0 {
+			h = appendField(h, "Content-Type", http.DetectContentType(first))
 		}
 	}
-	if h.Get("Connection") == "close" {
+	if len(w.connection) > 0 && w.connection[0] == "close" {
 		w.closeAfter = true
 	}
 	if w.closeAfter {
-		h.Set("Connection", "close")
+		h = append(h, "Connection: close\r\n"...)
+	} else {
+		for _, v := range w.connection {
+			h = appendField(h, "Connection", v)
+		}
 	}
-	if _, ok := h["Date"]; !ok {
-		h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	if !w.hasDate {
+		h = appendField(h, "Date", date())
 	}
-	fmt.Fprintf(w.bw, "HTTP/1.1 %d %s\r\n", w.status, http.StatusText(w.status))
-	h.Write(w.bw)
-	w.bw.WriteString("\r\n")
+	w.c.head = append(h, "\r\n"...)
+	w.bw.Write(w.c.head)
 	buf := w.buf
 	w.buf = nil
 	_, err := w.writeBody(buf)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -842,5 +843,38 @@ func TestShutdownSendsHeldAnswers(t *testing.T) {
 	}
 	if err := <-shut; err != nil {
 		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+// The header goes out as the handler set it, in the order of its keys
+// with every value on one line, the framing the server's: a Content-Length
+// that is no number gives way to the body's own, a handler's Date and
+// Connection stay, and Connection: close closes.
+func TestHeaderLines(t *testing.T) {
+	_, url, _, _ := start(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Zeta", "last")
+		h.Set("Alpha", " first\r\nInjected: no ")
+		h["Multi"] = []string{"one", "two"}
+		h.Set("Content-Length", "lots")
+		h.Set("Content-Type", "text/x-test")
+		h.Set("Date", "Tue, 01 Dec 2026 00:00:00 GMT")
+		if r.URL.Path == "/close" {
+			h.Set("Connection", "close")
+		}
+		io.WriteString(w, "body")
+	}))
+	out := rawExchange(t, url, "GET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+	head, body, _ := strings.Cut(out, "\r\n\r\n")
+	lines := strings.Split(head, "\r\n")
+	slices.Sort(lines[1:]) // any order
+	want := []string{"HTTP/1.1 200 OK", "Alpha: first  Injected: no", "Connection: close", "Content-Length: 4",
+		"Content-Type: text/x-test", "Date: Tue, 01 Dec 2026 00:00:00 GMT", "Multi: one", "Multi: two", "Zeta: last"}
+	if !slices.Equal(lines, want) || body != "body" {
+		t.Errorf("got\n%q\nwant the lines\n%q", out, want)
+	}
+	out = rawExchange(t, url, "GET /open HTTP/1.1\r\nHost: x\r\n\r\nGET /close HTTP/1.1\r\nHost: x\r\n\r\n")
+	if strings.Count(out, "HTTP/1.1 200 OK\r\n") != 2 || strings.Count(out, "Connection: close\r\n") != 1 {
+		t.Errorf("a kept connection, then a closed one:\n%q", out)
 	}
 }
