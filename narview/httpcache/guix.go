@@ -37,10 +37,14 @@ import (
 //     (4.6 times zstd -3's time) makes files 2% smaller than zstd's
 //     (BENCHMARKS.md, Guix (issue 18), "lzip"); Guix clients since 1.3
 //     (2021) take zstd.
-//   - The narinfo gives no FileSize: Guix pairs FileSize lines with URLs by
-//     position and drops the entries past the shortest list, and only the
-//     uncompressed size is known. Without sizes Guix's client prefers
-//     zstd, then gzip, then none.
+//   - FileSize for all the NAR entries or for none: Guix pairs FileSize
+//     lines with URLs by position and drops the entries past the shortest
+//     list. Once the zstd NAR's size is known (its frames are made), the
+//     narinfo offers zstd and none with their sizes, which guix substitute
+//     reports as the download size and picks the smaller by; gzip, whose
+//     size is known only once it is sent, is then left out (still served).
+//     Before, it offers zstd, gzip and none without sizes, and Guix's
+//     client prefers them in that order.
 //   - /nix-cache-info is answered as guix publish does (Guix never asks).
 //   - A narinfo's text is made once and kept (guixText) while its record
 //     stays the same: a Guix client asks for a closure's narinfos at
@@ -94,12 +98,21 @@ type guixText struct {
 	references                      []string
 	text                            []byte
 	contentLength                   []string // a header value
+	// sized says the text has FileSizes; one without is made again
+	// after guixSizeRetry, when the zstd NAR's size may be known.
+	sized bool
+	made  time.Time
 }
 
-func newGuixText(info *pathinfo.Info, text []byte) *guixText {
+// guixSizeRetry is how long a narinfo text made before its zstd NAR's
+// size was known is served as it is: finding the size walks the path's
+// tree, which is not done for every request.
+const guixSizeRetry = 10 * time.Second
+
+func newGuixText(info *pathinfo.Info, text []byte, sized bool) *guixText {
 	return &guixText{guixNarinfo: info.GuixNarinfo, storePath: info.StorePath, deriver: info.Deriver,
 		narHash: info.NarHash, narSize: info.NarSize, references: slices.Clone(info.References),
-		text: text, contentLength: []string{strconv.Itoa(len(text))}}
+		text: text, contentLength: []string{strconv.Itoa(len(text))}, sized: sized, made: time.Now()}
 }
 
 // of reports whether t was made from info's fields.
@@ -109,17 +122,21 @@ func (t *guixText) of(info *pathinfo.Info) bool {
 }
 
 // text returns the narinfo text the listener serves for info, made once
-// for as long as info's fields stay the same.
+// for as long as info's fields stay the same (and its sizes are known).
 func (g *GuixHandler) text(info *pathinfo.Info) (*guixText, error) {
 	hash := info.HashPart()
-	if t, ok := g.texts.Get(hash); ok && t.of(info) {
+	if t, ok := g.texts.Get(hash); ok && t.of(info) && (t.sized || time.Since(t.made) < guixSizeRetry) {
 		return t, nil
 	}
-	text, err := AppendGuixNarinfo(nil, info)
+	zstdSize, sized := g.h.paths.NARSize(info, nar.CompressionZstd)
+	if !sized {
+		zstdSize = -1
+	}
+	text, err := AppendGuixNarinfo(nil, info, zstdSize)
 	if err != nil {
 		return nil, err
 	}
-	t := newGuixText(info, text)
+	t := newGuixText(info, text, sized)
 	g.texts.Put(hash, t)
 	return t, nil
 }
@@ -213,13 +230,21 @@ func GuixNarinfo(info *pathinfo.Info) (*guix.NarInfo, error) {
 }
 
 // AppendGuixNarinfo appends the narinfo the Guix listener serves for a
-// path to b: GuixNarinfo's, with this node's NAR entries.
-func AppendGuixNarinfo(b []byte, info *pathinfo.Info) ([]byte, error) {
+// path to b: GuixNarinfo's, with this node's NAR entries. zstdSize is
+// the zstd NAR's size, or < 0 when it is not known: the entries then have
+// no FileSize.
+func AppendGuixNarinfo(b []byte, info *pathinfo.Info, zstdSize int64) ([]byte, error) {
 	ni, err := GuixNarinfo(info)
 	if err != nil {
 		return b, err
 	}
 	base := path.Base(info.StorePath)
+	if zstdSize >= 0 {
+		ni.NARs = append(ni.NARs,
+			guix.NAR{URL: guix.NARURL("zstd", base), Compression: "zstd", FileSize: uint64(zstdSize)},
+			guix.NAR{URL: guix.NARURL("none", base), Compression: "none", FileSize: info.NarSize})
+		return ni.Append(b), nil
+	}
 	for _, c := range GuixCompressions {
 		ni.NARs = append(ni.NARs, guix.NAR{URL: guix.NARURL(c, base), Compression: c})
 	}

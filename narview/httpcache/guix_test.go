@@ -1,6 +1,7 @@
 package httpcache
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -63,7 +64,7 @@ func TestGuixNarinfoFollowsRecord(t *testing.T) {
 	g := NewGuix(f, GuixOptions{StoreDir: "/gnu/store"})
 	check := func(change string) {
 		t.Helper()
-		want, err := AppendGuixNarinfo(nil, f.info)
+		want, err := AppendGuixNarinfo(nil, f.info, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,4 +97,43 @@ func TestGuixNarinfoFollowsRecord(t *testing.T) {
 	check("a signed narinfo")
 	f.info.GuixNarinfo = strings.Replace(f.info.GuixNarinfo, "eA==", "eB==", 1)
 	check("another signature")
+}
+
+// FileSize for every NAR entry or none: without the zstd NAR's size, zstd,
+// gzip and none without sizes; once it is known (after the text made
+// without it has been served guixSizeRetry), zstd and none with theirs,
+// which Guix's client pairs with the right URLs.
+func TestGuixNarinfoFileSize(t *testing.T) {
+	f := newFakePaths([]byte("nar bytes"))
+	f.info.StorePath = "/gnu/store/" + testHash + "-a"
+	g := NewGuix(f, GuixOptions{StoreDir: "/gnu/store"})
+	get := func() *guix.NarInfo {
+		t.Helper()
+		w := httptest.NewRecorder()
+		g.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/"+testHash+".narinfo", nil))
+		ni, err := guix.Parse(w.Body.Bytes())
+		if err != nil {
+			t.Fatalf("%v:\n%s", err, w.Body)
+		}
+		return ni
+	}
+	entries := func(ni *guix.NarInfo) string {
+		var s []string
+		for _, n := range ni.NARs {
+			s = append(s, fmt.Sprintf("%s %d", n.Compression, n.FileSize))
+		}
+		return strings.Join(s, ", ")
+	}
+	if got := entries(get()); got != "zstd 0, gzip 0, none 0" {
+		t.Errorf("without the zstd size: %s", got)
+	}
+	f.zstSize = 7
+	if got := entries(get()); got != "zstd 0, gzip 0, none 0" {
+		t.Errorf("the text kept a moment: %s", got)
+	}
+	text, _ := g.texts.Get(testHash)
+	text.made = text.made.Add(-guixSizeRetry)
+	if got := entries(get()); got != "zstd 7, none 9" {
+		t.Errorf("with the zstd size: %s", got)
+	}
 }
