@@ -668,6 +668,12 @@ func TestUpstreamThenPeer(t *testing.T) {
 	if _, out, err := substitute(t, pub, top, a.url); err != nil {
 		t.Fatalf("through A: %v\n%s\nA's log:\n%s", err, out, a.log)
 	}
+	// A's client has the closure once A's spools check out; A's ingests
+	// (at the lowest priority) may still run, and until each has ended
+	// A has no record of its path for B.
+	for _, p := range all {
+		a.waitValid(p)
+	}
 	a.waitPeers(1)
 	a.waitAnnounced()
 	before := up.requests(t, "/")
