@@ -335,12 +335,6 @@ func (p *p2p) close() {
 	p.host.Close()
 }
 
-// share marks a path's tree as shared and announces the new keys, when
-// the path is one the node shares (see sharing.go).
-func (p *p2p) share(ctx context.Context, info *pathinfo.Info) {
-	p.announce(info, p.shareObjects(ctx, info))
-}
-
 // Share implements fetch.Publisher: the objects now, the announcement
 // when the fetcher says.
 func (p *p2p) Share(ctx context.Context, info *pathinfo.Info) (announce func()) {

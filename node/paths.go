@@ -233,13 +233,10 @@ func (n *Node) addPath(ctx context.Context, info *pathinfo.Info, r io.Reader, si
 		info.Lists = castore.ListsDigest(lists)
 		info.RootSigs = []string{n.signKey.Sign(transfer.RootFingerprint(info.StorePath, info.NarHash, info.NarSize, info.Root, info.Lists))}
 	}
-	if err := n.putPath(info); err != nil {
+	if err := n.putSharedPath(ctx, info); err != nil {
 		return castore.WriteStats{}, err
 	}
 	n.wakeCompressor()
-	if n.p2p != nil {
-		n.p2p.share(ctx, info)
-	}
 	st := w.Stats()
 	n.metrics.imported(info.NarSize, st)
 	n.log.Info("added path", "path", info.StorePath, "nar_size", info.NarSize, "new_bytes", st.NewBytes)
@@ -349,13 +346,8 @@ func (d daemonStore) AddSignatures(ctx context.Context, path string, sigs []stri
 		info.AddSig(s)
 	}
 	d.n.dropBadSigs(info)
-	if err := d.n.putPath(info); err != nil {
-		return err
-	}
-	if d.n.p2p != nil {
-		d.n.p2p.share(ctx, info) // a trusted signature may have made it shared
-	}
-	return nil
+	// A trusted signature may have made it shared.
+	return d.n.putSharedPath(ctx, info)
 }
 
 // mountSource adapts the node to mount.Source.

@@ -43,6 +43,25 @@ func (n *Node) shares(info *pathinfo.Info) bool {
 // sharedCount counts the paths the node shares, for status without
 // checking every path's signatures at each call. It stays right this way:
 // Run takes a snapshot of the index before the node serves anything and
+// putSharedPath writes a path's record as putPath does, when the node
+// shares the path after marking its tree shared, and announces it once
+// the record is written: a peer that gets the record can then get every
+// object of it, as with the paths the fetcher records (fetch.Publisher).
+// The other way round, a peer that asked in between (an imported or
+// pulled path it was looking for, a neighbour's lookup answered at once)
+// got the record, then "not found" for the chunks, and failed the path.
+func (n *Node) putSharedPath(ctx context.Context, info *pathinfo.Info) error {
+	if n.p2p == nil {
+		return n.putPath(info)
+	}
+	keys := n.p2p.shareObjects(ctx, info)
+	if err := n.putPath(info); err != nil {
+		return err
+	}
+	n.p2p.announce(info, keys)
+	return nil
+}
+
 // countShared counts the shared paths in it, in the background; every
 // record written after that goes through putPath, which adds the change
 // the write makes (was the old record shared, is the new one), reading

@@ -195,6 +195,9 @@ func TestPeerGetsNoDamagedChunk(t *testing.T) {
 	files := secretFiles("asked")
 	p := addTree(t, "asked", files)
 	n.run("import", "--sign", p)
+	// The compressor reads the new chunks after the import: done before
+	// the flip, it cannot find the damage before the peer's request does.
+	n.waitCompressed()
 	n.flipPackByte(5000)
 
 	c, id := anonymousPeer(t, n, "127.0.0.117")

@@ -27,6 +27,13 @@
 //     join it, and the path is worth having. Close ends the running jobs
 //     (their downloads, decoders and ingests) and waits for them, so that
 //     none adds a path once the node has closed its store.
+//   - A job that fails leaves the table of running jobs at its failure,
+//     not when its goroutines are done: its ingest runs at the lowest CPU
+//     priority and, on a busy machine, may take seconds to notice, and
+//     until then every request for the path was answered with the old
+//     failure (a disk full a moment ago, since freed). The next request
+//     starts a new job; the failed one is cancelled and winds down on
+//     its own (Close still waits for it).
 package pull
 
 import (
@@ -261,7 +268,6 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	<-downloaded
 	j.mu.Lock()
 	err = j.err
-	remember := err != nil && j.upstreamFault
 	j.cond.Broadcast()
 	j.mu.Unlock()
 	if err != nil {
@@ -272,18 +278,7 @@ func (j *Job) run(ctx context.Context, open Opener) {
 	if j.p.done != nil {
 		j.p.done(Report{Info: j.info, Source: j.source, Err: err, BytesReceived: j.received, Duration: time.Since(j.begun)})
 	}
-	j.p.mu.Lock()
-	delete(j.p.jobs, j.hash)
-	if remember {
-		now := time.Now()
-		for h, until := range j.p.failed { // few: kept small here
-			if now.After(until) {
-				delete(j.p.failed, h)
-			}
-		}
-		j.p.failed[failure{j.source, j.hash}] = now.Add(failMemory)
-	}
-	j.p.mu.Unlock()
+	j.p.leave(j, false) // a failed job left at its failure
 	if err == nil && j.p.keep != nil {
 		j.p.keep.KeepNAR(j.f.Name(), j.info)
 	}
@@ -360,15 +355,45 @@ func (e *localError) Unwrap() error { return e.err }
 
 func (j *Job) setErr(err error) {
 	j.mu.Lock()
-	if j.err == nil {
+	first := j.err == nil
+	if first {
 		j.err = err
 		// The spool's name goes with the first failure, before anyone
 		// hears of it: readers hold descriptors, and nothing a client
 		// sees after its response broke may find a spool left.
 		os.Remove(j.f.Name())
+		// Out of the running jobs before anyone hears of the failure, so
+		// that a client told of it starts a new job when it asks again
+		// (the puller's lock is never held while a job's is taken). A
+		// download that failed by the upstream's fault says so before it
+		// ends, so before any failure it causes is set here.
+		j.p.leave(j, j.upstreamFault)
 	}
 	j.cond.Broadcast()
 	j.mu.Unlock()
+	if first {
+		j.cancel()
+	}
+}
+
+// leave takes a job out of the running ones, unless it left already
+// (and another may have taken its place), holding the upstream's fault
+// against it for failMemory when remember is set.
+func (p *Puller) leave(j *Job, remember bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.jobs[j.hash] == j {
+		delete(p.jobs, j.hash)
+	}
+	if remember {
+		now := time.Now()
+		for h, until := range p.failed { // few: kept small here
+			if now.After(until) {
+				delete(p.failed, h)
+			}
+		}
+		p.failed[failure{j.source, j.hash}] = now.Add(failMemory)
+	}
 }
 
 // acquire takes a reference on the spool, unless it is gone.

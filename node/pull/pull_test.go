@@ -432,3 +432,65 @@ func TestReports(t *testing.T) {
 		t.Errorf("the pull's report: %+v", pulled)
 	}
 }
+
+// slowToNotice is an ingest that, once its NAR fails, takes until gate
+// closes to return: one at the lowest CPU priority on a busy machine.
+type slowToNotice struct {
+	adder
+	gate chan struct{}
+}
+
+func (a *slowToNotice) AddPath(ctx context.Context, info *pathinfo.Info, r io.Reader) error {
+	err := a.adder.AddPath(ctx, info, r)
+	if err != nil {
+		<-a.gate
+	}
+	return err
+}
+
+// TestFailedJobLeavesAtOnce: a job that failed is no longer the path's
+// running job once a client hears of the failure, though its ingest has
+// not returned: the next Start begins a new job (here from another
+// upstream, the failed one's being held against it), which completes.
+func TestFailedJobLeavesAtOnce(t *testing.T) {
+	nar, info := testNAR(1 << 20)
+	a := &slowToNotice{gate: make(chan struct{})}
+	p, dir := newPuller(t, a)
+	failed, err := p.Start(context.Background(), info, "up-a", func(ctx context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(nar[:len(nar)/2])), nil // truncated
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := failed.Render(context.Background(), io.Discard, 0, -1); err == nil {
+		t.Fatal("the render of a truncated NAR ended well")
+	}
+	if j := p.Running(info.HashPart()); j != nil {
+		t.Fatal("the failed job still runs for its path while its ingest winds down")
+	}
+	if _, err := p.Start(context.Background(), info, "up-a", (&pipeOpener{}).open); !errors.Is(err, ErrFailedRecently) {
+		t.Fatalf("a pull that just failed started again from the same upstream (%v)", err)
+	}
+	j, err := p.Start(context.Background(), info, "up-b", func(ctx context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(nar)), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j == failed {
+		t.Fatal("Start returned the failed job")
+	}
+	if err := j.Wait(context.Background()); err != nil {
+		t.Fatalf("the new job: %v", err)
+	}
+	close(a.gate)
+	if err := failed.Wait(context.Background()); err == nil {
+		t.Fatal("the failed job succeeded")
+	}
+	if len(a.recorded) != 1 {
+		t.Fatalf("%d records, want the new job's", len(a.recorded))
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Fatalf("spool dir holds %d files", len(ents))
+	}
+}
