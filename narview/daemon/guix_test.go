@@ -11,7 +11,6 @@ import (
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/p2pstore/p2pstore/narview/pathinfo"
 )
@@ -458,16 +457,6 @@ func FuzzGuixServer(f *testing.F) {
 		hello = binary.LittleEndian.AppendUint64(hello, 1<<8|(0x160+uint64(version)%5))
 		hello = binary.LittleEndian.AppendUint64(binary.LittleEndian.AppendUint64(hello, 0), 0)
 		in := io.MultiReader(bytes.NewReader(hello), bytes.NewReader(ops))
-		srv := NewGuixServer(store, gnuStore, opts, nil)
-		done := make(chan struct{})
-		go func() {
-			srv.ServeConn(context.Background(), in, io.Discard)
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("server hung on its input")
-		}
+		serveInput(t, NewGuixServer(store, gnuStore, opts, nil), in)
 	})
 }

@@ -477,20 +477,24 @@ func FuzzServer(f *testing.F) {
 	f.Add(byte(34-21), seed.Bytes())
 	f.Add(byte(38-21), []byte{})
 	f.Fuzz(func(t *testing.T, version byte, ops []byte) {
-		store := newMemStore()
 		in := io.MultiReader(bytes.NewReader(handshakeFor(21+uint64(version)%18)), bytes.NewReader(ops))
-		srv := NewServer(store, storeDir, nil)
-		done := make(chan struct{})
-		go func() {
-			srv.ServeConn(context.Background(), in, io.Discard)
-			close(done)
-		}()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Fatal("server hung on its input")
-		}
+		serveInput(t, NewServer(newMemStore(), storeDir, nil), in)
 	})
+}
+
+// serveInput runs srv on the input of a fuzz case, which must neither
+// panic nor hang it.
+func serveInput(t *testing.T, srv *Server, in io.Reader) {
+	done := make(chan struct{})
+	go func() {
+		srv.ServeConn(context.Background(), in, io.Discard)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server hung on its input")
+	}
 }
 
 func bufioOf(r io.Reader) *bufio.Reader {
