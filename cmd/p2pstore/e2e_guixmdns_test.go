@@ -131,21 +131,9 @@ func TestGuixMDNS(t *testing.T) {
 
 	inNamespace := func(h *netlab.Host, mdns bool) *nodeProc {
 		n := newNodeAt(t, "127.0.0.1", "")
-		for j, a := range n.args {
-			switch a {
-			case "--p2p-listen":
-				n.args[j+1] = "/ip4/" + h.IP + "/tcp/0"
-			case "--http-listen":
-				n.args[j+1] = h.IP + ":0"
-			case "--mdns=false":
-				if mdns {
-					n.args[j] = "--mdns=true"
-				}
-			}
-		}
+		n.inNamespace(h, mdns)
 		// A namespace has ports of its own: guix publish's default one.
 		n.args = append(n.args, "--guix-http-listen", "0.0.0.0:8080")
-		n.wrap = h.Exec()
 		return n
 	}
 	a := inNamespace(ha, true)

@@ -580,6 +580,25 @@ func randReader(seed [32]byte) interface{ Read([]byte) (int, error) } {
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
+// inNamespace makes a node made by newNodeAt run in h's network
+// namespace, listening (HTTP and libp2p) on h's address, with mDNS on
+// when mdns is set.
+func (n *nodeProc) inNamespace(h *netlab.Host, mdns bool) {
+	for j, a := range n.args {
+		switch a {
+		case "--p2p-listen":
+			n.args[j+1] = "/ip4/" + h.IP + "/tcp/0"
+		case "--http-listen":
+			n.args[j+1] = h.IP + ":0"
+		case "--mdns=false":
+			if mdns {
+				n.args[j] = "--mdns=true"
+			}
+		}
+	}
+	n.wrap = h.Exec()
+}
+
 // TestMDNSNamespaces: two nodes on one LAN (network namespaces on a
 // bridge), each knowing nothing of the other, find each other by mDNS,
 // and one fetches a path the other holds.
@@ -594,18 +613,7 @@ func TestMDNSNamespaces(t *testing.T) {
 			keyName = "mdns-a-1"
 		}
 		n := newNodeAt(t, "127.0.0.1", keyName)
-		// Listen inside the namespace, with mDNS on.
-		for j, a := range n.args {
-			switch a {
-			case "--p2p-listen":
-				n.args[j+1] = "/ip4/" + h.IP + "/tcp/0"
-			case "--http-listen":
-				n.args[j+1] = h.IP + ":0"
-			case "--mdns=false":
-				n.args[j] = "--mdns=true"
-			}
-		}
-		n.wrap = h.Exec()
+		n.inNamespace(h, true)
 		nodes = append(nodes, n)
 	}
 	a, b := nodes[0], nodes[1]
